@@ -1,0 +1,393 @@
+"""Every configuration key of the extension, in one table.
+
+A key is written once, as a :class:`Setting`: its name in ``app.config``, its
+default, the seed's environment variable that may supply it, the parser that
+validates it, and one line of documentation (README.rst lists the same table).
+
+Precedence, highest first: a keyword argument to ``Resilience(...)``, a value
+already in ``app.config``, the seed's environment variable, the default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class _Invalid(ValueError):
+    """Raised by a parser; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One configuration key."""
+
+    key: str
+    default: T
+    parse: Callable[[object], T]
+    doc: str
+    env: str | None = None
+
+    @property
+    def option(self) -> str:
+        """The keyword accepted by ``Resilience(...)`` for this key."""
+        return self.key.removeprefix("RESILIENCE_").lower()
+
+
+# -- parsers ---------------------------------------------------------------
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise _Invalid("expected a boolean (true/false/1/0)")
+
+
+def _number(value: object, kind: type[int] | type[float]) -> float:
+    if isinstance(value, bool):
+        raise _Invalid(f"expected a {kind.__name__}, not a boolean")
+    if isinstance(value, (int, float)):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = kind(value.strip())
+        except ValueError:
+            raise _Invalid(f"expected a {kind.__name__}") from None
+    else:
+        raise _Invalid(f"expected a {kind.__name__}")
+    if kind is int and number != int(number):
+        raise _Invalid("expected an integer")
+    return number
+
+
+def positive_int(value: object) -> int:
+    number = int(_number(value, int))
+    if number <= 0:
+        raise _Invalid("expected an integer greater than 0")
+    return number
+
+
+def positive_number(value: object) -> float:
+    number = float(_number(value, float))
+    if not number > 0:
+        raise _Invalid("expected a number greater than 0")
+    return number
+
+
+def optional_str(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    return value
+
+
+def redis_url(value: object) -> str | None:
+    url = optional_str(value)
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise _Invalid("expected a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def key_prefix(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid("expected a non-empty string")
+    # Braces would break the hash tags that keep related keys in one cluster slot.
+    if any(ch in value for ch in "{} \t\r\n"):
+        raise _Invalid("must not contain braces or whitespace")
+    return value
+
+
+def url_prefix(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or value.endswith("/"):
+        raise _Invalid("expected a path starting with '/' and not ending with '/'")
+    return value
+
+
+def admin_token(value: object) -> str | None:
+    token = optional_str(value)
+    if token is not None and len(token) < 16:
+        raise _Invalid("an admin token must be at least 16 characters long")
+    return token
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def header_name(value: object) -> str:
+    if not isinstance(value, str) or not _HEADER_NAME.match(value):
+        raise _Invalid("expected an HTTP header name")
+    return value
+
+
+ClusterNodes = tuple[tuple[str, int], ...]
+
+
+def cluster_nodes(value: object) -> bool | ClusterNodes:
+    """``False``, ``True`` (use the nodes in the Redis URL) or ``host:port`` nodes."""
+    if isinstance(value, str) and ":" in value:
+        value = [part for part in value.split(",") if part.strip()]
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        nodes = []
+        for node in value:
+            host, sep, port = str(node).strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise _Invalid("expected cluster nodes as 'host:port' entries")
+            nodes.append((host, int(port)))
+        if not nodes:
+            raise _Invalid("expected at least one 'host:port' cluster node")
+        return tuple(nodes)
+    return boolean(value)
+
+
+def optional_callable(value: object) -> Callable[..., Any] | None:
+    """A callable, or a ``"module:attribute"`` import string naming one."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        module_name, sep, attribute = value.partition(":")
+        if not sep:
+            raise _Invalid("expected 'module:attribute'")
+        try:
+            value = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise _Invalid(f"cannot import it ({exc})") from None
+    if not callable(value):
+        raise _Invalid("expected a callable")
+    return value
+
+
+# -- the table -------------------------------------------------------------
+
+REDIS_URL = Setting(
+    "RESILIENCE_REDIS_URL",
+    None,
+    redis_url,
+    "Redis for shared state. Unset: in-process memory stores (one process only).",
+)
+REDIS_CLUSTER = Setting[bool | ClusterNodes](
+    "RESILIENCE_REDIS_CLUSTER",
+    False,
+    cluster_nodes,
+    "True to treat the Redis URL as a cluster node, or a list of 'host:port' startup nodes.",
+)
+REDIS_SOCKET_TIMEOUT = Setting(
+    "RESILIENCE_REDIS_SOCKET_TIMEOUT",
+    0.5,
+    positive_number,
+    "Seconds to wait for a Redis reply before treating Redis as unavailable.",
+)
+REDIS_CONNECT_TIMEOUT = Setting(
+    "RESILIENCE_REDIS_CONNECT_TIMEOUT",
+    0.5,
+    positive_number,
+    "Seconds to wait for a Redis connection.",
+)
+KEY_PREFIX = Setting(
+    "RESILIENCE_KEY_PREFIX",
+    "resilience:",
+    key_prefix,
+    "Prefix of every Redis key and channel the extension uses.",
+)
+DATABASE_URI = Setting(
+    "RESILIENCE_AUDIT_DATABASE_URI",
+    None,
+    optional_str,
+    "SQLAlchemy URL for the audit table; unset: the app's Flask-SQLAlchemy engine.",
+)
+HEALTH_ENABLED = Setting(
+    "RESILIENCE_HEALTH_ENABLED",
+    True,
+    boolean,
+    "Register the health and metrics blueprint.",
+)
+HEALTH_PREFIX = Setting(
+    "RESILIENCE_HEALTH_PREFIX",
+    "/api/health",
+    url_prefix,
+    "URL prefix of the health blueprint.",
+)
+HEALTH_PUBLIC = Setting(
+    "RESILIENCE_HEALTH_PUBLIC",
+    False,
+    boolean,
+    "Serve statistics to non-admins (never per-user figures).",
+)
+ADMIN_TOKEN = Setting(
+    "RESILIENCE_ADMIN_TOKEN",
+    None,
+    admin_token,
+    "Bearer token for admin endpoints (at least 16 characters). Unset and no "
+    "admin check: admin endpoints answer 403.",
+)
+REQUEST_ID_HEADER = Setting(
+    "RESILIENCE_REQUEST_ID_HEADER",
+    "X-Request-ID",
+    header_name,
+    "Header carrying the request id, kept when valid and echoed on every response.",
+)
+PRINCIPAL_LOADER = Setting(
+    "RESILIENCE_PRINCIPAL_LOADER",
+    None,
+    optional_callable,
+    "Callable (or 'module:function') returning the caller's user id, or None.",
+)
+BREAKER_ENABLED = Setting(
+    "RESILIENCE_BREAKER_ENABLED",
+    True,
+    boolean,
+    "False puts every circuit breaker in DISABLED: calls pass, nothing trips.",
+    env="CIRCUIT_BREAKER_ENABLED",
+)
+CACHE_ENABLED = Setting(
+    "RESILIENCE_CACHE_ENABLED",
+    True,
+    boolean,
+    "False makes every cached view run uncached.",
+    env="CACHE_ENABLED",
+)
+CACHE_DEFAULT_TTL = Setting(
+    "RESILIENCE_CACHE_DEFAULT_TTL",
+    300,
+    positive_int,
+    "Seconds a cache entry lives when the decorator names no TTL.",
+    env="CACHE_TTL",
+)
+AUDIT_ENABLED = Setting(
+    "RESILIENCE_AUDIT_ENABLED",
+    True,
+    boolean,
+    "False turns audit logging off.",
+    env="ENABLE_AUDIT_LOGGING",
+)
+AUDIT_BUFFER_SIZE = Setting(
+    "RESILIENCE_AUDIT_BUFFER_SIZE",
+    100,
+    positive_int,
+    "Audit entries waiting that trigger a flush.",
+    env="AUDIT_BUFFER_SIZE",
+)
+AUDIT_FLUSH_INTERVAL = Setting(
+    "RESILIENCE_AUDIT_FLUSH_INTERVAL",
+    5000,
+    positive_int,
+    "Milliseconds between audit flushes.",
+    env="AUDIT_FLUSH_INTERVAL",
+)
+IDEMPOTENCY_ENABLED = Setting(
+    "RESILIENCE_IDEMPOTENCY_ENABLED",
+    True,
+    boolean,
+    "False makes @idempotent views run unprotected.",
+)
+IDEMPOTENCY_TTL = Setting(
+    "RESILIENCE_IDEMPOTENCY_TTL",
+    86400,
+    positive_int,
+    "Seconds a completed idempotent response is kept for replay.",
+    env="IDEMPOTENCY_TTL",
+)
+IDEMPOTENCY_AUTO_GENERATE = Setting(
+    "RESILIENCE_IDEMPOTENCY_AUTO_GENERATE",
+    False,
+    boolean,
+    "Generate a key for requests that send none (returned in the response).",
+    env="IDEMPOTENCY_AUTO_GENERATE",
+)
+
+SETTINGS: tuple[Setting[Any], ...] = (
+    REDIS_URL,
+    REDIS_CLUSTER,
+    REDIS_SOCKET_TIMEOUT,
+    REDIS_CONNECT_TIMEOUT,
+    KEY_PREFIX,
+    DATABASE_URI,
+    HEALTH_ENABLED,
+    HEALTH_PREFIX,
+    HEALTH_PUBLIC,
+    ADMIN_TOKEN,
+    REQUEST_ID_HEADER,
+    PRINCIPAL_LOADER,
+    BREAKER_ENABLED,
+    CACHE_ENABLED,
+    CACHE_DEFAULT_TTL,
+    AUDIT_ENABLED,
+    AUDIT_BUFFER_SIZE,
+    AUDIT_FLUSH_INTERVAL,
+    IDEMPOTENCY_ENABLED,
+    IDEMPOTENCY_TTL,
+    IDEMPOTENCY_AUTO_GENERATE,
+)
+
+OPTIONS: Mapping[str, Setting[Any]] = {setting.option: setting for setting in SETTINGS}
+
+
+class Config:
+    """The parsed, validated configuration of one app; read-only."""
+
+    def __init__(self, values: Mapping[str, object]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, setting: Setting[T]) -> T:
+        value: T = self._values[setting.key]  # type: ignore[assignment]
+        return value
+
+
+def check_options(options: Mapping[str, object]) -> None:
+    """Reject constructor keywords that name no setting."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"Resilience() got unknown option(s) {', '.join(unknown)}; "
+            f"valid options are {', '.join(sorted(OPTIONS))}"
+        )
+
+
+def resolve(
+    app_config: MutableMapping[str, Any],
+    options: Mapping[str, object],
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Fill ``app_config`` with every key (``setdefault``) and validate it.
+
+    Raises :class:`ValueError` naming the key and the offending value.
+    """
+    environ = os.environ if environ is None else environ
+    from_env: dict[str, str] = {}
+    for setting in SETTINGS:
+        if setting.option in options:
+            app_config[setting.key] = options[setting.option]
+        elif setting.key not in app_config and setting.env and setting.env in environ:
+            app_config[setting.key] = environ[setting.env]
+            from_env[setting.key] = setting.env
+        else:
+            app_config.setdefault(setting.key, setting.default)
+
+    values: dict[str, object] = {}
+    for setting in SETTINGS:
+        raw = app_config[setting.key]
+        try:
+            values[setting.key] = setting.parse(raw)
+        except _Invalid as exc:
+            source = (
+                f" (from environment variable {from_env[setting.key]})" if setting.key in from_env else ""
+            )
+            raise ValueError(f"{setting.key}={raw!r}{source} is invalid: {exc}") from None
+    return Config(values)

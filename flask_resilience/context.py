@@ -1,0 +1,131 @@
+"""Who is calling and which request this is, shared by every feature.
+
+The request id and the principal are computed at most once per request and
+kept on ``g`` under one namespaced attribute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from dataclasses import dataclass
+
+from flask import Response, current_app, g, request
+
+from .config import PRINCIPAL_LOADER, REQUEST_ID_HEADER
+from .state import get_state
+
+_G_ATTRIBUTE = "_resilience"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller a request acts for.
+
+    ``kind`` is ``"user"`` for an id from a loader or Flask-Login, and
+    ``"credential"`` for a keyed hash of an ``Authorization`` header that no
+    loader recognised (so two credentials never share one principal).
+    """
+
+    kind: str
+    id: str
+
+    @property
+    def key(self) -> str:
+        """A string that scopes stored data to this caller."""
+        return f"{self.kind}:{self.id}"
+
+    @property
+    def user_id(self) -> str | None:
+        return self.id if self.kind == "user" else None
+
+
+class _RequestInfo:
+    __slots__ = ("principal", "principal_resolved", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.principal: Principal | None = None
+        self.principal_resolved = False
+
+
+def _request_info() -> _RequestInfo:
+    info: _RequestInfo | None = g.get(_G_ATTRIBUTE)
+    if info is None:
+        header = get_state().config[REQUEST_ID_HEADER]
+        incoming = request.headers.get(header, "")
+        request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        info = _RequestInfo(request_id)
+        setattr(g, _G_ATTRIBUTE, info)
+    return info
+
+
+def current_request_id() -> str:
+    """The id of the current request: a valid incoming one, else a new one."""
+    return _request_info().request_id
+
+
+def current_principal() -> Principal | None:
+    """The caller of the current request, or None for an anonymous one.
+
+    Order: the extension's ``@principal_loader``, ``RESILIENCE_PRINCIPAL_LOADER``,
+    the Flask-Login user, then a hash of the ``Authorization`` header.
+    """
+    info = _request_info()
+    if not info.principal_resolved:
+        info.principal = _resolve_principal()
+        info.principal_resolved = True
+    return info.principal
+
+
+def _resolve_principal() -> Principal | None:
+    state = get_state()
+    loader = state.extension.loaded_principal_loader or state.config[PRINCIPAL_LOADER]
+    user_id = loader() if loader is not None else _flask_login_user_id()
+    if user_id is not None and user_id != "":
+        return Principal("user", str(user_id))
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        return Principal("credential", _credential_hash(authorization))
+    return None
+
+
+def _flask_login_user_id() -> str | None:
+    if not hasattr(current_app, "login_manager"):
+        return None
+    try:
+        # Optional dependency: only apps that use Flask-Login have it.
+        from flask_login import current_user  # noqa: PLC0415
+    except ImportError:
+        return None
+    if current_user is None or not getattr(current_user, "is_authenticated", False):
+        return None
+    user_id = current_user.get_id()
+    return None if user_id is None else str(user_id)
+
+
+def _credential_hash(authorization: str) -> str:
+    # Keyed with the app's secret when it has one, so a stored principal does
+    # not let anyone test guesses of a token offline.
+    secret = current_app.secret_key
+    data = authorization.encode("utf-8", "surrogateescape")
+    if secret:
+        key = secret if isinstance(secret, bytes) else str(secret).encode()
+        digest = hmac.new(key, data, hashlib.sha256).hexdigest()
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+    return digest[:32]
+
+
+def begin_request() -> None:
+    """``before_request`` hook: fix the request id before any view runs."""
+    _request_info()
+
+
+def finish_request(response: Response) -> Response:
+    """``after_request`` hook: echo the request id on every response."""
+    response.headers[get_state().config[REQUEST_ID_HEADER]] = current_request_id()
+    return response

@@ -1,0 +1,144 @@
+"""The extension object: wires configuration, stores, hooks and the blueprint."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import Flask
+
+from . import config as cfg
+from .context import begin_request, finish_request
+from .health.blueprint import health_blueprint
+from .problems import Problem, handle_problem
+from .state import EXTENSION_NAME, ResilienceState, get_state
+from .stores.redis import RedisStore, build_client
+from .stores.sql import Database
+
+logger = logging.getLogger("flask_resilience")
+logger.addHandler(logging.NullHandler())
+
+PrincipalLoader = Callable[[], "str | int | None"]
+AdminCheck = Callable[[], bool]
+L = TypeVar("L", bound=PrincipalLoader)
+A = TypeVar("A", bound=AdminCheck)
+
+
+class Resilience:
+    """Flask-Resilience.
+
+    ``options`` are the config keys without the ``RESILIENCE_`` prefix, in
+    lower case (``redis_url=...``, ``admin_token=...``); they win over
+    ``app.config``. Configuration is read once, in :meth:`init_app`.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: object) -> None:
+        cfg.check_options(options)
+        self._options = options
+        self.loaded_principal_loader: PrincipalLoader | None = None
+        self.loaded_admin_check: AdminCheck | None = None
+        self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
+        self._exit_hook_registered = False
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register on ``app``; raises RuntimeError when already registered and
+        ValueError naming any invalid config key."""
+        if EXTENSION_NAME in app.extensions:
+            raise RuntimeError(
+                f"Flask-Resilience is already registered on the app {app.name!r}; call init_app once per app."
+            )
+        config = cfg.resolve(app.config, self._options)
+        state = ResilienceState(
+            extension=self,
+            config=config,
+            redis=_redis_store(config),
+            database=Database(config[cfg.DATABASE_URI]),
+        )
+        if state.redis is None:
+            logger.warning(
+                "RESILIENCE_REDIS_URL is not set: circuit, cache and idempotency state "
+                "is kept in this process only; set it when running more than one worker."
+            )
+        app.extensions[EXTENSION_NAME] = state
+        self._states.add(state)
+
+        _register_health_checks(state)
+        state.stats_providers["stores"] = lambda _private: _stores_stats(state)
+        app.before_request(begin_request)
+        app.before_request(lambda: _keep_listener_running(state))
+        app.after_request(finish_request)
+        app.register_error_handler(Problem, handle_problem)
+        if config[cfg.HEALTH_ENABLED]:
+            app.register_blueprint(health_blueprint, url_prefix=config[cfg.HEALTH_PREFIX])
+
+        if not self._exit_hook_registered:
+            atexit.register(self.shutdown)
+            self._exit_hook_registered = True
+
+    def principal_loader(self, loader: L) -> L:
+        """Decorator: ``loader()`` returns the current caller's user id, or None."""
+        self.loaded_principal_loader = loader
+        return loader
+
+    def admin_check(self, check: A) -> A:
+        """Decorator: ``check()`` returns True when the current caller is an admin."""
+        self.loaded_admin_check = check
+        return check
+
+    def state(self, app: Flask | None = None) -> ResilienceState:
+        """The per-app state of ``app`` (default: the current app)."""
+        return get_state(app)
+
+    def shutdown(self) -> None:
+        """Stop every background thread of every app, flushing what they hold."""
+        for state in list(self._states):
+            state.shutdown()
+
+
+def _redis_store(config: cfg.Config) -> RedisStore | None:
+    url = config[cfg.REDIS_URL]
+    cluster = config[cfg.REDIS_CLUSTER]
+    if url is None and not isinstance(cluster, tuple):
+        return None
+    client = build_client(
+        url,
+        cluster,
+        socket_timeout=config[cfg.REDIS_SOCKET_TIMEOUT],
+        connect_timeout=config[cfg.REDIS_CONNECT_TIMEOUT],
+    )
+    return RedisStore(client, config[cfg.KEY_PREFIX])
+
+
+def _register_health_checks(state: ResilienceState) -> None:
+    redis_store = state.redis
+    if redis_store is not None:
+
+        def redis_check() -> bool:
+            redis_store.ping()
+            return True
+
+        state.health_checks["redis"] = redis_check
+    state.health_checks["database"] = state.database.ping
+
+
+def _keep_listener_running(state: ResilienceState) -> None:
+    # A worker forked after subscriptions were made starts its listener here.
+    if state.redis is not None:
+        state.redis.subscriber.ensure_running()
+
+
+def _stores_stats(state: ResilienceState) -> dict[str, object]:
+    redis_store = state.redis
+    if redis_store is None:
+        return {"backend": "memory"}
+    subscriber = redis_store.subscriber
+    return {
+        "backend": "redis-cluster" if redis_store.is_cluster else "redis",
+        "key_prefix": redis_store.prefix,
+        "pubsub": {"connects": subscriber.connects, "disconnects": subscriber.disconnects},
+    }

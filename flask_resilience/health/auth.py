@@ -1,0 +1,90 @@
+"""Who may use the admin endpoints.
+
+Allowed: the app's ``@resilience.admin_check`` returns True, or the request
+carries ``Authorization: Bearer <RESILIENCE_ADMIN_TOKEN>``. With neither
+configured every admin endpoint answers 403: closed by default.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import TypeVar, cast
+
+from flask import request
+
+from ..config import ADMIN_TOKEN, HEALTH_PUBLIC
+from ..problems import Problem
+from ..state import get_state
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _digest(value: str) -> bytes:
+    # Comparing digests keeps the comparison constant-time in the token's length too.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def check_admin() -> None:
+    """Return when the caller is an admin; raise a 401/403 :class:`Problem` otherwise."""
+    state = get_state()
+    custom_check = state.extension.loaded_admin_check
+    token = state.config[ADMIN_TOKEN]
+    if custom_check is None and token is None:
+        raise Problem(
+            403,
+            "admin-disabled",
+            "Admin access is not configured",
+            "Set RESILIENCE_ADMIN_TOKEN or register @resilience.admin_check to use this endpoint.",
+        )
+    if custom_check is not None and custom_check():
+        return
+    if token is None:
+        raise Problem(403, "admin-forbidden", "Forbidden", "The admin check refused this request.")
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if not credentials:
+        raise Problem(
+            401,
+            "admin-unauthorized",
+            "Authentication required",
+            "Send 'Authorization: Bearer <admin token>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="flask-resilience"'},
+        )
+    if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(credentials.strip()), _digest(token)):
+        raise Problem(403, "admin-forbidden", "Forbidden", "The admin token is not valid.")
+
+
+def is_admin() -> bool:
+    """True when :func:`check_admin` would let the request through."""
+    try:
+        check_admin()
+    except Problem:
+        return False
+    return True
+
+
+def admin_required(view: F) -> F:
+    """Decorate a view so that only admins reach it."""
+
+    @functools.wraps(view)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        check_admin()
+        return view(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+def stats_access() -> bool:
+    """Gate for statistics endpoints; returns whether per-user figures may be shown.
+
+    Admins see everything. With ``RESILIENCE_HEALTH_PUBLIC`` anyone sees the
+    figures that name no user; otherwise non-admins get the 401/403.
+    """
+    if is_admin():
+        return True
+    if get_state().config[HEALTH_PUBLIC]:
+        return False
+    check_admin()
+    return True

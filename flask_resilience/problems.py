@@ -1,0 +1,70 @@
+"""RFC 9457 ``application/problem+json`` responses.
+
+Every error the extension itself returns goes through :class:`Problem`, so a
+client sees one format with a stable ``type`` and the request id, whichever
+feature refused it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from flask import Response, has_request_context
+
+from .context import current_request_id
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:flask-resilience:problem:"
+
+
+class Problem(Exception):
+    """An error response; raise it anywhere in a request to send it.
+
+    ``slug`` names the stable ``type`` (``urn:flask-resilience:problem:<slug>``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.type = TYPE_PREFIX + slug
+        self.title = title
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def to_dict(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        body.update(self.extra)
+        if has_request_context():
+            body["request_id"] = current_request_id()
+        return body
+
+    def to_response(self) -> Response:
+        response = Response(
+            json.dumps(self.to_dict(), separators=(",", ":")),
+            status=self.status,
+            content_type=PROBLEM_CONTENT_TYPE,
+        )
+        response.headers.update(self.headers)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def handle_problem(problem: Problem) -> Response:
+    """Flask error handler for :class:`Problem`."""
+    return problem.to_response()

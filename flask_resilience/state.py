@@ -1,0 +1,88 @@
+"""Per-app state, kept in ``app.extensions["resilience"]`` and reached
+through ``current_app``; the extension object itself never holds an app."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from flask import Flask, current_app, has_app_context
+
+from .config import Config
+from .stores.redis import RedisStore
+from .stores.sql import Database
+
+if TYPE_CHECKING:
+    from .extension import Resilience
+
+EXTENSION_NAME = "resilience"
+logger = logging.getLogger("flask_resilience")
+
+HealthCheck = Callable[[], bool]
+"""Returns True when the dependency is up, False when it is not configured
+(left out of the report); raises when it is down."""
+
+StatsProvider = Callable[[bool], Mapping[str, object]]
+"""Returns a feature's statistics; the argument says whether figures that
+name users may be included (the caller is an admin)."""
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+@dataclass(eq=False)
+class ResilienceState:
+    """Everything the extension keeps for one app."""
+
+    extension: Resilience
+    config: Config
+    redis: RedisStore | None
+    database: Database
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    health_checks: dict[str, HealthCheck] = field(default_factory=dict)
+    stats_providers: dict[str, StatsProvider] = field(default_factory=dict)
+    background: list[Stoppable] = field(default_factory=list)
+
+    def add_background(self, service: Stoppable) -> None:
+        """Register something that ``shutdown()`` must stop (and flush)."""
+        self.background.append(service)
+
+    def shutdown(self) -> None:
+        """Stop background work, newest first; one failure does not stop the rest."""
+        while self.background:
+            service = self.background.pop()
+            try:
+                service.stop()
+            except Exception:
+                logger.exception("error while stopping %r", service)
+        if self.redis is not None:
+            self.redis.close()
+        self.database.dispose()
+
+
+def get_state(app: Flask | None = None) -> ResilienceState:
+    """The state of ``app`` (default: the current app).
+
+    Raises :class:`RuntimeError` when there is no app context or the extension
+    was never registered on the app.
+    """
+    if app is None:
+        if not has_app_context():
+            raise RuntimeError(
+                "Flask-Resilience needs an application context; call this inside a "
+                "request or 'with app.app_context():'."
+            )
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        state: ResilienceState = app.extensions[EXTENSION_NAME]
+    except KeyError:
+        raise RuntimeError(
+            f"Flask-Resilience is not registered on the app {app.name!r}. "
+            "Did you forget to call 'resilience.init_app(app)'?"
+        ) from None
+    return state

@@ -1,0 +1,174 @@
+"""A Redis pub/sub listener thread that survives forks and Redis restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+logger = logging.getLogger("flask_resilience")
+
+Handler = Callable[[bytes], None]
+
+
+class Subscriber:
+    """Delivers messages on subscribed channels to their handlers.
+
+    The thread starts on the first :meth:`subscribe` in each process, so an
+    app created before gunicorn forks still listens in every worker. When the
+    connection drops, the ``on_disconnect`` callbacks run (a cache empties its
+    in-process layer, since it may miss invalidations), and the thread
+    reconnects with backoff and subscribes again.
+    """
+
+    def __init__(
+        self,
+        pubsub_factory: Callable[[], Any],
+        *,
+        poll_interval: float = 0.2,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+    ) -> None:
+        self._pubsub_factory = pubsub_factory
+        self._poll_interval = poll_interval
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._handlers: dict[str, list[Handler]] = {}
+        self._gap_callbacks: list[Callable[[], None]] = []
+        self._reset_process_state()
+
+    def _reset_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._confirmed: set[str] = set()
+        self._confirmed_changed = threading.Condition(self._lock)
+        self.connects = 0
+        self.disconnects = 0
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        """Call ``handler(message)`` for every message on ``channel``."""
+        with self._lock:
+            self._handlers.setdefault(channel, []).append(handler)
+        self.ensure_running()
+
+    def ensure_running(self) -> None:
+        """Start the thread in this process if there is something to listen to.
+
+        Cheap enough to call on every request: it is how a worker forked after
+        the subscriptions were made starts its own listener.
+        """
+        if self._pid != os.getpid():
+            # After fork the parent's thread does not exist here: start afresh.
+            self._reset_process_state()
+        thread = self._thread
+        if (thread is not None and thread.is_alive()) or not self._handlers:
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="flask-resilience-pubsub", daemon=True)
+                self._thread.start()
+
+    def on_gap(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` when messages may have been missed.
+
+        That is when a live connection is lost, and again when the listener is
+        back after a loss (messages published meanwhile never reached it).
+        """
+        self._gap_callbacks.append(callback)
+
+    def wait_until_listening(self, timeout: float = 5.0) -> bool:
+        """Block until Redis confirmed every subscribed channel (True) or timeout."""
+        with self._confirmed_changed:
+            return self._confirmed_changed.wait_for(
+                lambda: self._confirmed >= set(self._handlers), timeout=timeout
+            )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread; safe to call twice or when it never started."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        backoff = self._backoff_initial
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self._pubsub_factory()
+                self._listen(pubsub)
+            except (redis.RedisError, OSError) as exc:
+                self._lost(exc)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self._backoff_max)
+                continue
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        pubsub.close()
+            backoff = self._backoff_initial
+
+    def _listen(self, pubsub: Any) -> None:
+        subscribed: set[str] = set()
+        while not self._stop.is_set():
+            with self._lock:
+                wanted = set(self._handlers) - subscribed
+            if wanted:
+                pubsub.subscribe(*sorted(wanted))
+                subscribed |= wanted
+            message = pubsub.get_message(timeout=self._poll_interval)
+            if message is None:
+                continue
+            channel = _text(message.get("channel"))
+            if message.get("type") == "subscribe":
+                with self._confirmed_changed:
+                    reconnected = not self._confirmed and self.disconnects > 0
+                    if not self._confirmed:
+                        self.connects += 1
+                    self._confirmed.add(channel)
+                    self._confirmed_changed.notify_all()
+                if reconnected:
+                    logger.info("Redis pub/sub listener reconnected")
+                    self._report_gap()
+            elif message.get("type") == "message":
+                self._dispatch(channel, message.get("data"))
+
+    def _dispatch(self, channel: str, data: object) -> None:
+        payload = data if isinstance(data, bytes) else str(data).encode()
+        with self._lock:
+            handlers = list(self._handlers.get(channel, ()))
+        for handler in handlers:
+            try:
+                handler(payload)
+            except Exception:
+                logger.exception("pub/sub handler for %s failed", channel)
+
+    def _lost(self, exc: BaseException) -> None:
+        with self._confirmed_changed:
+            had_connection = bool(self._confirmed)
+            self._confirmed.clear()
+        if had_connection:
+            self.disconnects += 1
+            logger.warning("lost the Redis pub/sub connection (%s); reconnecting", exc)
+            self._report_gap()
+
+    def _report_gap(self) -> None:
+        for callback in self._gap_callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("pub/sub disconnect callback failed")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

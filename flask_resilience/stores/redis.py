@@ -1,0 +1,159 @@
+"""The app's Redis client, key naming and error mapping.
+
+One client per app, built from ``RESILIENCE_REDIS_URL`` (or cluster nodes)
+with short timeouts, so a slow Redis costs a request at most a fraction of a
+second. Every key and channel lives under ``RESILIENCE_KEY_PREFIX``; keys that
+one Lua script or transaction touches share a hash tag (``slot=``), so the
+same code runs on a single Redis and on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from .pubsub import Subscriber
+
+RedisClient = redis.Redis | RedisCluster
+
+
+class StoreUnavailableError(RuntimeError):
+    """Redis did not answer (refused, timed out, or errored)."""
+
+
+def build_client(
+    url: str | None,
+    cluster: bool | tuple[tuple[str, int], ...],
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+) -> RedisClient:
+    """A Redis or RedisCluster client with short timeouts.
+
+    A connection error is retried once at once (a pooled connection may be
+    stale after Redis restarted); a timeout is not retried.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": 30,
+    }
+    if isinstance(cluster, tuple):
+        nodes = [ClusterNode(host, port) for host, port in cluster]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, **options)
+    if url is None:
+        raise ValueError("a Redis URL is needed unless cluster startup nodes are given")
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+class RedisStore:
+    """Thin, typed access to Redis for the extension's features.
+
+    Methods raise :class:`StoreUnavailableError` on any Redis failure; each
+    feature decides whether that fails open or closed.
+    """
+
+    def __init__(self, client: RedisClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.is_cluster = isinstance(client, RedisCluster)
+        self._subscriber: Subscriber | None = None
+        self._lock = threading.Lock()
+
+    # -- naming ------------------------------------------------------------
+
+    def key(self, *parts: str, slot: str | None = None) -> str:
+        """``prefix`` + parts joined by ``:``.
+
+        Keys built with the same ``slot`` land in one cluster hash slot, as a
+        Lua script or MULTI over several keys needs.
+        """
+        tag = f"{{{slot}}}:" if slot is not None else ""
+        return self.prefix + tag + ":".join(parts)
+
+    def channel(self, name: str) -> str:
+        return f"{self.prefix}channel:{name}"
+
+    # -- commands ----------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        return self._run(lambda: self.client.get(key))  # type: ignore[no-any-return]
+
+    def set(self, key: str, value: bytes, ttl: float | None = None, *, only_if_absent: bool = False) -> bool:
+        """Store ``value``; ``ttl`` in seconds (millisecond precision).
+
+        With ``only_if_absent`` it is ``SET NX``: False when the key exists.
+        """
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        return bool(self._run(lambda: self.client.set(key, value, px=px, nx=only_if_absent)))
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        return int(self._run(lambda: self.client.delete(*keys)))
+
+    def scan(self, pattern: str = "*", count: int = 500) -> Iterator[str]:
+        """Keys under our prefix matching the glob ``pattern`` (SCAN, never KEYS)."""
+        match = self.prefix + pattern
+        try:
+            for key in self.client.scan_iter(match=match, count=count):
+                yield key.decode() if isinstance(key, bytes) else str(key)
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"Redis SCAN failed: {exc}") from exc
+
+    def script(self, source: str) -> Script:
+        """A Lua script registered once and run by its SHA."""
+        return self.client.register_script(source)
+
+    def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        return self._run(lambda: script(keys=keys, args=args))
+
+    def ping(self) -> float:
+        """Round-trip time in seconds; raises when Redis does not answer."""
+        started = time.perf_counter()
+        self._run(self.client.ping)
+        return time.perf_counter() - started
+
+    def publish(self, channel: str, message: bytes) -> int:
+        """Send ``message`` on ``channel``; returns how many listeners got it."""
+        return int(self._run(lambda: self.client.publish(channel, message)))
+
+    # -- pub/sub -----------------------------------------------------------
+
+    @property
+    def subscriber(self) -> Subscriber:
+        """This process's listener; its thread starts on the first subscribe."""
+        with self._lock:
+            if self._subscriber is None:
+                self._subscriber = Subscriber(self.client.pubsub)
+            return self._subscriber
+
+    def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        self.subscriber.subscribe(channel, handler)
+
+    def close(self) -> None:
+        """Stop the listener and drop pooled connections."""
+        with self._lock:
+            subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            subscriber.stop()
+        with contextlib.suppress(redis.RedisError):
+            self.client.close()
+
+    def _run(self, command: Callable[[], Any]) -> Any:
+        try:
+            return command()
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc

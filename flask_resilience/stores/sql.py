@@ -1,0 +1,52 @@
+"""The SQL engine the extension uses (the audit table, the health check).
+
+Found lazily, inside an app context, because Flask-SQLAlchemy may be
+registered after this extension: ``RESILIENCE_AUDIT_DATABASE_URI`` when set,
+else the app's Flask-SQLAlchemy engine, else none.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from flask import current_app
+from sqlalchemy import Engine, create_engine, text
+
+
+class Database:
+    def __init__(self, uri: str | None) -> None:
+        self.uri = uri
+        self._engine: Engine | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def engine(self) -> Engine | None:
+        """The engine to use, or None when the app configured no database."""
+        if self.uri is None:
+            sqlalchemy_ext = current_app.extensions.get("sqlalchemy")
+            engine: Engine | None = getattr(sqlalchemy_ext, "engine", None)
+            return engine
+        with self._lock:
+            if self._engine is None:
+                self._engine = create_engine(self.uri, pool_pre_ping=True)
+            elif self._pid != os.getpid():
+                # A forked worker must not share the parent's sockets.
+                self._engine.dispose(close=False)
+            self._pid = os.getpid()
+            return self._engine
+
+    def ping(self) -> bool:
+        """True when ``SELECT 1`` succeeds, False when no database is configured."""
+        engine = self.engine()
+        if engine is None:
+            return False
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None

@@ -1,0 +1,100 @@
+"""The extension object: registration, per-app state, shutdown."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flask import Flask
+
+from flask_resilience import Resilience, current_request_id
+from flask_resilience.state import get_state
+from tests.conftest import MakeApp
+
+
+def test_second_init_app_on_same_app_raises(make_app: MakeApp) -> None:
+    app, extension = make_app()
+    with pytest.raises(RuntimeError, match="already registered"):
+        extension.init_app(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        Resilience().init_app(app)
+
+
+def test_module_function_without_init_app_says_to_call_it() -> None:
+    app = Flask("bare")
+    with app.test_request_context("/"), pytest.raises(RuntimeError, match=r"init_app\(app\)"):
+        current_request_id()
+
+
+def test_module_function_outside_app_context_says_so() -> None:
+    with pytest.raises(RuntimeError, match="application context"):
+        get_state()
+
+
+def test_one_extension_serves_several_apps_without_storing_them(make_app: MakeApp) -> None:
+    extension = Resilience()
+    first, _ = make_app(extension, RESILIENCE_HEALTH_PREFIX="/first")
+    second, _ = make_app(extension, RESILIENCE_HEALTH_PREFIX="/second")
+    assert first.test_client().get("/first").status_code == 200
+    assert second.test_client().get("/second").status_code == 200
+    assert first.test_client().get("/second").status_code == 404
+    assert get_state(first) is not get_state(second)
+    assert not any(isinstance(value, Flask) for value in vars(extension).values())
+
+
+def test_constructor_app_argument_registers(tmp_path: object) -> None:
+    app = Flask("direct")
+    extension = Resilience(app)
+    try:
+        assert get_state(app).extension is extension
+    finally:
+        extension.shutdown()
+
+
+def test_unknown_constructor_option_is_rejected() -> None:
+    with pytest.raises(TypeError, match="redis_ulr"):
+        Resilience(redis_ulr="redis://localhost")
+
+
+def test_memory_mode_warns_once_that_state_is_per_process(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="flask_resilience"):
+        make_app()
+    warnings = [r for r in caplog.records if "RESILIENCE_REDIS_URL is not set" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_no_warning_with_redis(make_app: MakeApp, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="flask_resilience"):
+        make_app(RESILIENCE_REDIS_URL=redis_url)
+    assert not [r for r in caplog.records if "RESILIENCE_REDIS_URL" in r.getMessage()]
+
+
+def test_shutdown_stops_background_threads_and_is_repeatable(make_app: MakeApp, redis_url: str) -> None:
+    app, extension = make_app(RESILIENCE_REDIS_URL=redis_url)
+    store = get_state(app).redis
+    assert store is not None
+    store.subscribe(store.channel("test"), lambda _message: None)
+    subscriber = store.subscriber
+    assert subscriber.wait_until_listening()
+    thread = subscriber._thread
+    assert thread is not None and thread.is_alive()
+
+    stopped: list[str] = []
+
+    class Flusher:
+        def stop(self) -> None:
+            stopped.append("flushed")
+
+    get_state(app).add_background(Flusher())
+    extension.shutdown()
+    assert not thread.is_alive()
+    assert stopped == ["flushed"]
+    extension.shutdown()
+    assert stopped == ["flushed"]
+
+
+def test_health_blueprint_can_be_switched_off(make_app: MakeApp) -> None:
+    app, _ = make_app(RESILIENCE_HEALTH_ENABLED=False)
+    assert app.test_client().get("/api/health").status_code == 404
