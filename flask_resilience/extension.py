@@ -19,7 +19,6 @@ from .stores.redis import RedisStore, build_client
 from .stores.sql import Database
 
 logger = logging.getLogger("flask_resilience")
-logger.addHandler(logging.NullHandler())
 
 PrincipalLoader = Callable[[], "str | int | None"]
 AdminCheck = Callable[[], bool]

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from flask_resilience.stores.redis import RedisStore, StoreUnavailableError, build_client
-from tests.services import free_port, redis_answers, start_redis_server, wait_for
+from tests.services import free_port, start_redis_server
 
 
 def _store(url: str | None, prefix: str, cluster: bool | tuple[tuple[str, int], ...] = False) -> RedisStore:
@@ -196,27 +196,6 @@ def test_listener_works_in_a_forked_worker(redis_url: str, key_prefix: str) -> N
         child.join(15)
         store.close()
     assert child.exitcode == 0
-
-
-def test_fixture_starts_a_throwaway_redis_when_pointed_at_nothing() -> None:
-    from tests.services import find_or_start_redis
-
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    service = find_or_start_redis(None, default_url=dead)
-    try:
-        assert service.throwaway
-        assert service.url != dead
-        assert redis_answers(service.url)
-    finally:
-        service.stop()
-    wait_for(lambda: not redis_answers(service.url), "the throwaway Redis to stop")
-
-
-def test_explicit_test_url_that_does_not_answer_is_an_error() -> None:
-    from tests.services import ServiceUnavailable, find_or_start_redis
-
-    with pytest.raises(ServiceUnavailable, match="RESILIENCE_TEST_REDIS_URL"):
-        find_or_start_redis(f"redis://127.0.0.1:{free_port()}/0")
 
 
 def test_redis_errors_do_not_leak_redis_exceptions(key_prefix: str) -> None:
