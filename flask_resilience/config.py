@@ -174,6 +174,24 @@ def optional_callable(value: object) -> Callable[..., Any] | None:
     return value
 
 
+def breaker_defaults(value: object) -> dict[str, Any]:
+    from .breaker.registry import validate_defaults  # noqa: PLC0415 (breaker imports config's siblings)
+
+    try:
+        return validate_defaults(value)
+    except (TypeError, ValueError) as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def one_of(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise _Invalid(f"expected one of {', '.join(choices)}")
+        return value.lower()
+
+    return parse
+
+
 # -- the table -------------------------------------------------------------
 
 REDIS_URL = Setting(
@@ -256,6 +274,18 @@ BREAKER_ENABLED = Setting(
     "False puts every circuit breaker in DISABLED: calls pass, nothing trips.",
     env="CIRCUIT_BREAKER_ENABLED",
 )
+BREAKER_DEFAULTS = Setting[dict[str, Any]](
+    "RESILIENCE_BREAKER_DEFAULTS",
+    {},
+    breaker_defaults,
+    "Parameters applied to every circuit breaker unless it names its own.",
+)
+BREAKER_STORAGE = Setting(
+    "RESILIENCE_BREAKER_STORAGE",
+    "local",
+    one_of("local", "redis"),
+    "'redis' shares circuit state across processes and hosts (needs RESILIENCE_REDIS_URL).",
+)
 CACHE_ENABLED = Setting(
     "RESILIENCE_CACHE_ENABLED",
     True,
@@ -326,6 +356,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     REQUEST_ID_HEADER,
     PRINCIPAL_LOADER,
     BREAKER_ENABLED,
+    BREAKER_DEFAULTS,
+    BREAKER_STORAGE,
     CACHE_ENABLED,
     CACHE_DEFAULT_TTL,
     AUDIT_ENABLED,

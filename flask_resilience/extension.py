@@ -6,13 +6,16 @@ import atexit
 import logging
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import Flask
 
 from . import config as cfg
+from .breaker.breaker import CircuitBreaker
+from .breaker.registry import BreakerRegistry
+from .breaker.shared import SharedState
 from .context import begin_request, finish_request
-from .health.blueprint import health_blueprint
+from .health import health_blueprint
 from .problems import Problem, handle_problem
 from .state import EXTENSION_NAME, ResilienceState, get_state
 from .stores.redis import RedisStore, build_client
@@ -39,6 +42,7 @@ class Resilience:
         self._options = options
         self.loaded_principal_loader: PrincipalLoader | None = None
         self.loaded_admin_check: AdminCheck | None = None
+        self.breakers = BreakerRegistry()
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
         self._exit_hook_registered = False
         if app is not None:
@@ -63,8 +67,12 @@ class Resilience:
                 "RESILIENCE_REDIS_URL is not set: circuit, cache and idempotency state "
                 "is kept in this process only; set it when running more than one worker."
             )
+        shared_breakers = _shared_breaker_state(config, state.redis)
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
+        breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
+        self.breakers.configure(breaker_defaults, shared_breakers, disabled=not config[cfg.BREAKER_ENABLED])
+        state.stats_providers["circuit_breakers"] = lambda _private: self.breakers.stats()
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
@@ -78,6 +86,15 @@ class Resilience:
         if not self._exit_hook_registered:
             atexit.register(self.shutdown)
             self._exit_hook_registered = True
+
+    def circuit_breaker(self, name: str, **config: Any) -> CircuitBreaker:
+        """The breaker called ``name``, created with ``config`` on first use.
+
+        Callable at import time, before ``init_app``; the app's
+        ``RESILIENCE_BREAKER_DEFAULTS`` fill in what ``config`` leaves out.
+        Raises ValueError for invalid parameters.
+        """
+        return self.breakers.get_or_create(name, **config)
 
     def principal_loader(self, loader: L) -> L:
         """Decorator: ``loader()`` returns the current caller's user id, or None."""
@@ -111,6 +128,17 @@ def _redis_store(config: cfg.Config) -> RedisStore | None:
         connect_timeout=config[cfg.REDIS_CONNECT_TIMEOUT],
     )
     return RedisStore(client, config[cfg.KEY_PREFIX])
+
+
+def _shared_breaker_state(config: cfg.Config, redis_store: RedisStore | None) -> SharedState | None:
+    if config[cfg.BREAKER_STORAGE] != "redis":
+        return None
+    if redis_store is None:
+        raise ValueError(
+            "RESILIENCE_BREAKER_STORAGE='redis' needs RESILIENCE_REDIS_URL "
+            "(or RESILIENCE_REDIS_CLUSTER startup nodes)"
+        )
+    return SharedState(redis_store)
 
 
 def _register_health_checks(state: ResilienceState) -> None:

@@ -17,7 +17,7 @@ logger = logging.getLogger("flask_resilience")
 health_blueprint = Blueprint("resilience_health", __name__)
 
 
-def _no_store(response: Response) -> Response:
+def no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -53,7 +53,7 @@ def health() -> tuple[Response, int]:
     }
     if failing:
         body["failing"] = failing
-    return _no_store(jsonify(body)), 503 if failing else 200
+    return no_store(jsonify(body)), 503 if failing else 200
 
 
 @health_blueprint.get("/dashboard")
@@ -74,7 +74,7 @@ def dashboard() -> Response:
         "uptime_seconds": round(_uptime(state), 3),
         "features": features,
     }
-    return _no_store(jsonify(body))
+    return no_store(jsonify(body))
 
 
 def _uptime(state: ResilienceState) -> float:

@@ -1,0 +1,1 @@
+"""Circuit breakers: state machine, registry, shared Redis state, HTTP transports."""

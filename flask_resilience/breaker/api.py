@@ -1,0 +1,55 @@
+"""The seed's circuit breaker functions, as thin calls on the current app."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..state import get_state
+from .breaker import CircuitBreaker
+from .registry import BreakerRegistry
+
+
+def _registry() -> BreakerRegistry:
+    return get_state().extension.breakers
+
+
+def create_circuit_breaker(name: str, **config: Any) -> CircuitBreaker:
+    """The breaker called ``name`` (created with ``config`` on first use)."""
+    return _registry().get_or_create(name, **config)
+
+
+def with_circuit_breaker(name: str, fn: Callable[..., Any], *args: Any, **config: Any) -> Any:
+    """Call ``fn(*args)`` under the breaker ``name``; for an ``async def`` fn,
+    returns the awaitable."""
+    breaker = _registry().get_or_create(name, **config)
+    if inspect.iscoroutinefunction(fn):
+        return breaker.call_async(fn, *args)
+    return breaker.call(fn, *args)
+
+
+def get_circuit_breaker_stats() -> dict[str, dict[str, object]]:
+    """Statistics of every breaker, by name."""
+    return _registry().stats()
+
+
+def reset_circuit_breaker_stats(name: str | None = None) -> None:
+    """Reset one breaker (or all): CLOSED, empty window, zeroed statistics.
+
+    Raises KeyError for an unknown name.
+    """
+    registry = _registry()
+    if name is None:
+        for breaker in registry:
+            breaker.reset()
+        return
+    named = registry.get(name)
+    if named is None:
+        raise KeyError(name)
+    named.reset()
+
+
+def are_all_circuits_healthy() -> bool:
+    """False while any circuit rejects calls (OPEN, HALF_OPEN or FORCED_OPEN)."""
+    return _registry().all_healthy()

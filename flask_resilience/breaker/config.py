@@ -1,0 +1,121 @@
+"""A breaker's parameters, their defaults (the seed's) and their validation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ExceptionTypes = tuple[type[BaseException], ...]
+
+# Neither success nor failure: the call was stopped, not answered.
+CANCELLATION: ExceptionTypes = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit, SystemExit)
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """Times are in seconds, rates in percent.
+
+    The circuit opens when ``failure_threshold`` failures happen within the
+    last ``monitoring_period`` seconds (``None``: no window, failures count
+    until ``reset_timeout`` seconds pass without one), or, when set, when the
+    failure rate or the slow-call rate over at least ``minimum_calls`` calls
+    in the window reaches its threshold. After ``timeout`` seconds OPEN it
+    lets ``half_open_max_calls`` trial calls through at once; each trial holds
+    its permit for at most ``timeout`` seconds. ``success_threshold``
+    successful trials close it; a failed trial opens it again.
+    """
+
+    failure_threshold: int = 5
+    monitoring_period: float | None = 10.0
+    timeout: float = 60.0
+    success_threshold: int = 2
+    reset_timeout: float = 300.0
+    half_open_max_calls: int = 1
+    failure_rate_threshold: float | None = None
+    minimum_calls: int = 10
+    slow_call_duration: float | None = None
+    slow_call_rate_threshold: float = 100.0
+    expected_exceptions: ExceptionTypes = (Exception,)
+    ignored_exceptions: ExceptionTypes = ()
+    is_failure: Callable[[BaseException], bool] | None = None
+    result_is_failure: Callable[[Any], bool] | None = None
+    fallback: Callable[..., Any] | None = None
+    clock: Callable[[], float] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        _at_least_one("failure_threshold", self.failure_threshold)
+        _at_least_one("success_threshold", self.success_threshold)
+        _at_least_one("half_open_max_calls", self.half_open_max_calls)
+        _at_least_one("minimum_calls", self.minimum_calls)
+        _positive("timeout", self.timeout)
+        _positive("reset_timeout", self.reset_timeout)
+        if self.monitoring_period is not None:
+            _positive("monitoring_period", self.monitoring_period)
+        if self.slow_call_duration is not None:
+            _positive("slow_call_duration", self.slow_call_duration)
+        _percent("slow_call_rate_threshold", self.slow_call_rate_threshold)
+        if self.failure_rate_threshold is not None:
+            _percent("failure_rate_threshold", self.failure_rate_threshold)
+        uses_rates = self.failure_rate_threshold is not None or self.slow_call_duration is not None
+        if uses_rates and self.monitoring_period is None:
+            raise ValueError("failure_rate_threshold and slow_call_duration need a monitoring_period")
+        for name in ("expected_exceptions", "ignored_exceptions"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in value
+            ):
+                raise ValueError(f"{name} must be a tuple of exception classes, got {value!r}")
+
+    def classify(self, exc: BaseException) -> Outcome:
+        """How a raised exception counts: cancellation and ignored ones not at all."""
+        if isinstance(exc, CANCELLATION + self.ignored_exceptions):
+            return Outcome.IGNORED
+        if self.is_failure is not None:
+            return Outcome.FAILURE if self.is_failure(exc) else Outcome.SUCCESS
+        return Outcome.FAILURE if isinstance(exc, self.expected_exceptions) else Outcome.SUCCESS
+
+    def now(self) -> float:
+        return (self.clock or time.monotonic)()
+
+
+PARAMETERS = frozenset(f.name for f in dataclasses.fields(BreakerConfig))
+
+
+def build_config(defaults: Mapping[str, Any], explicit: Mapping[str, Any]) -> BreakerConfig:
+    """The effective config: ``explicit`` over ``defaults`` over the seed's defaults."""
+    unknown = sorted((set(defaults) | set(explicit)) - PARAMETERS)
+    if unknown:
+        raise TypeError(f"unknown circuit breaker parameter(s): {', '.join(unknown)}")
+    values = {**defaults, **explicit}
+    for name in ("expected_exceptions", "ignored_exceptions"):
+        if isinstance(values.get(name), type):
+            values[name] = (values[name],)
+        elif isinstance(values.get(name), list):
+            values[name] = tuple(values[name])
+    return BreakerConfig(**values)
+
+
+def _at_least_one(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number of seconds greater than 0, got {value!r}")
+
+
+def _percent(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+        raise ValueError(f"{name} must be a percentage in (0, 100], got {value!r}")

@@ -1,0 +1,60 @@
+"""Circuit breaker endpoints of the health blueprint."""
+
+from __future__ import annotations
+
+from flask import Response, jsonify
+
+from ..breaker.breaker import CircuitBreaker, State
+from ..problems import Problem
+from ..state import get_state
+from .auth import admin_required, stats_access
+from .blueprint import health_blueprint, no_store
+from .requests import json_object, string_field
+
+_OPERATOR_STATES = ("CLOSED", "FORCED_OPEN", "DISABLED", "METRICS_ONLY")
+
+
+def _breaker(name: str) -> CircuitBreaker:
+    breaker = get_state().extension.breakers.get(name)
+    if breaker is None:
+        raise Problem(
+            404, "unknown-circuit-breaker", "Unknown circuit breaker", f"No circuit breaker {name!r}."
+        )
+    return breaker
+
+
+@health_blueprint.get("/circuit-breakers")
+def circuit_breakers() -> Response:
+    """Every breaker's state and statistics (admin unless RESILIENCE_HEALTH_PUBLIC)."""
+    stats_access()
+    registry = get_state().extension.breakers
+    return no_store(jsonify(healthy=registry.all_healthy(), circuit_breakers=registry.stats()))
+
+
+@health_blueprint.post("/circuit-breakers/reset")
+@admin_required
+def reset_circuit_breakers() -> Response:
+    """Admin: ``{"name": ...}`` resets one breaker; no body resets all."""
+    name = string_field(json_object(required=False), "name", required=False)
+    registry = get_state().extension.breakers
+    targets = [_breaker(name)] if name is not None else list(registry)
+    for breaker in targets:
+        breaker.reset()
+    return no_store(jsonify(reset=[breaker.name for breaker in targets]))
+
+
+@health_blueprint.post("/circuit-breakers/<name>/state")
+@admin_required
+def set_circuit_breaker_state(name: str) -> Response:
+    """Admin: ``{"state": "CLOSED"|"FORCED_OPEN"|"DISABLED"|"METRICS_ONLY"}``."""
+    breaker = _breaker(name)
+    wanted = string_field(json_object(required=True), "state", required=True)
+    if wanted not in _OPERATOR_STATES:
+        raise Problem(
+            400,
+            "invalid-circuit-state",
+            "Invalid circuit state",
+            f"'state' must be one of {', '.join(_OPERATOR_STATES)}.",
+        )
+    breaker.set_state(State(wanted))
+    return no_store(jsonify(breaker.stats()))
