@@ -8,17 +8,7 @@ import threading
 import pytest
 
 from flask_resilience.stores.memory import MemoryStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.clock import FakeClock
 
 
 def test_round_trip_and_miss() -> None:

@@ -114,6 +114,10 @@ class CircuitBreaker:
     def config(self) -> BreakerConfig:
         return self._config
 
+    def now(self) -> float:
+        """This breaker's clock, for the ``started`` argument of :meth:`release`."""
+        return self._clock()
+
     @property
     def explicit(self) -> Mapping[str, Any]:
         """The parameters this breaker was created with (they win over app defaults)."""

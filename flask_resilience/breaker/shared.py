@@ -260,7 +260,7 @@ class SharedState:
 
     def fetch(self, breaker: CircuitBreaker) -> Verdict | None:
         key = self._keys(breaker.name)[0]
-        reply = self._run(breaker, lambda: self.store.client.hmget(key, ["s", "u", "v"]))
+        reply = self._run(breaker, lambda: self.store.hash_get(key, ["s", "u", "v"]))
         if reply is None:
             return None
         state, until_ms, version = reply

@@ -99,6 +99,10 @@ class RedisStore:
         px = None if ttl is None else max(1, int(ttl * 1000))
         return bool(self._run(lambda: self.client.set(key, value, px=px, nx=only_if_absent)))
 
+    def hash_get(self, key: str, fields: list[str]) -> list[bytes | None]:
+        """``HMGET``: the values of ``fields`` in the hash ``key`` (None when absent)."""
+        return list(self._run(lambda: self.client.hmget(key, fields)))
+
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0

@@ -1,0 +1,67 @@
+"""What the HTTP transports share: breaker naming and response classification."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from .breaker import CircuitBreaker
+from .config import Outcome
+from .registry import BreakerRegistry
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+# The remote side is unwell or asks us to slow down; other 4xx are the caller's mistakes.
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class Breakers:
+    """Finds the breaker for a URL: one per host, or one named service."""
+
+    def __init__(
+        self,
+        registry: BreakerRegistry | Any,
+        service: str | None,
+        breaker_config: Mapping[str, Any] | None,
+    ) -> None:
+        # Accept the extension object itself, which holds its registry.
+        self._registry: BreakerRegistry = getattr(registry, "breakers", registry)
+        self._service = service
+        self._config = dict(breaker_config or {})
+
+    def for_url(self, url: str) -> CircuitBreaker:
+        if self._service is not None:
+            name = self._service
+        else:
+            parts = urlsplit(url)
+            host = (parts.hostname or "unknown").lower()
+            name = "http:" + _UNSAFE.sub("_", f"{host}:{parts.port}" if parts.port else host)
+        return self._registry.get_or_create(name, **self._config)
+
+
+def classify_status(status: int, headers: Mapping[str, str]) -> tuple[Outcome, float | None]:
+    """5xx and 429 are failures; with 429/503 a ``Retry-After`` also holds the
+    circuit open for that many seconds."""
+    if status < 500 and status != 429:
+        return Outcome.SUCCESS, None
+    hold = parse_retry_after(headers.get("Retry-After")) if status in _RETRY_AFTER_STATUSES else None
+    return Outcome.FAILURE, hold
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` of delay-seconds or an HTTP-date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))

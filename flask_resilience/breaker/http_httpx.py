@@ -1,0 +1,97 @@
+"""``httpx`` transports (sync and async) that put each host behind a breaker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from .breaker import CircuitBreaker, CircuitOpenError, Trial
+from .config import Outcome
+from .http_common import Breakers, classify_status
+
+
+class HTTPXCircuitOpenError(CircuitOpenError, httpx.TransportError):
+    """A rejected request; also an ``httpx.TransportError``, so existing
+    error handling catches it."""
+
+
+def _admit(breaker: CircuitBreaker) -> Trial | None:
+    try:
+        return breaker.acquire()
+    except CircuitOpenError as exc:
+        raise HTTPXCircuitOpenError(exc.name, exc.state, exc.retry_after) from None
+
+
+def _outcome(exc: BaseException, breaker: CircuitBreaker) -> Outcome:
+    # Transport errors (connect, read, timeouts, protocol) say the remote side is unwell.
+    if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol):
+        return Outcome.FAILURE
+    return breaker.config.classify(exc)
+
+
+class BreakerTransport(httpx.BaseTransport):
+    """``httpx.Client(transport=BreakerTransport(resilience))``.
+
+    Wraps ``transport`` (default ``httpx.HTTPTransport()``); ``service`` and
+    ``breaker_config`` as for the requests adapter.
+    """
+
+    def __init__(
+        self,
+        breakers: Any,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        service: str | None = None,
+        breaker_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._transport = transport or httpx.HTTPTransport()
+        self._breakers = Breakers(breakers, service, breaker_config)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        breaker = self._breakers.for_url(str(request.url))
+        trial = _admit(breaker)
+        started = breaker.now()
+        try:
+            response = self._transport.handle_request(request)
+        except BaseException as exc:
+            breaker.release(trial, started, _outcome(exc, breaker))
+            raise
+        outcome, hold = classify_status(response.status_code, response.headers)
+        breaker.release(trial, started, outcome, hold_open=hold)
+        return response
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class AsyncBreakerTransport(httpx.AsyncBaseTransport):
+    """``httpx.AsyncClient(transport=AsyncBreakerTransport(resilience))``."""
+
+    def __init__(
+        self,
+        breakers: Any,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        service: str | None = None,
+        breaker_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._transport = transport or httpx.AsyncHTTPTransport()
+        self._breakers = Breakers(breakers, service, breaker_config)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        breaker = self._breakers.for_url(str(request.url))
+        trial = _admit(breaker)
+        started = breaker.now()
+        try:
+            response = await self._transport.handle_async_request(request)
+        except BaseException as exc:
+            breaker.release(trial, started, _outcome(exc, breaker))
+            raise
+        outcome, hold = classify_status(response.status_code, response.headers)
+        breaker.release(trial, started, outcome, hold_open=hold)
+        return response
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()

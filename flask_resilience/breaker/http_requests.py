@@ -1,0 +1,73 @@
+"""A ``requests`` transport adapter that puts each host behind a breaker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .breaker import CircuitOpenError
+from .config import Outcome
+from .http_common import Breakers, classify_status
+
+# Errors that say the remote side is down or slow; others (a malformed URL,
+# too many redirects) are the caller's and count for nothing.
+_REMOTE_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+class RequestsCircuitOpenError(CircuitOpenError, requests.ConnectionError):
+    """A rejected request; also a ``requests.ConnectionError``, so existing
+    error handling catches it."""
+
+
+class BreakerAdapter(HTTPAdapter):
+    """Mount on a ``requests.Session``::
+
+        session.mount("https://", BreakerAdapter(resilience))
+
+    ``service`` puts every host behind one breaker of that name; otherwise
+    each host gets ``http:<host>[:port]``. ``breaker_config`` is passed to the
+    breakers it creates. Other keyword arguments go to ``HTTPAdapter``.
+    """
+
+    def __init__(
+        self,
+        breakers: Any,
+        *,
+        service: str | None = None,
+        breaker_config: Mapping[str, Any] | None = None,
+        **adapter_options: Any,
+    ) -> None:
+        super().__init__(**adapter_options)
+        self._breakers = Breakers(breakers, service, breaker_config)
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        breaker = self._breakers.for_url(request.url or "")
+        try:
+            trial = breaker.acquire()
+        except CircuitOpenError as exc:
+            raise RequestsCircuitOpenError(exc.name, exc.state, exc.retry_after) from None
+        started = breaker.now()
+        try:
+            response = super().send(request, *args, **kwargs)
+        except _REMOTE_ERRORS:
+            breaker.release(trial, started, Outcome.FAILURE)
+            raise
+        except BaseException as exc:
+            outcome = (
+                Outcome.IGNORED
+                if isinstance(exc, requests.RequestException)
+                else breaker.config.classify(exc)
+            )
+            breaker.release(trial, started, outcome)
+            raise
+        outcome, hold = classify_status(response.status_code, response.headers)
+        breaker.release(trial, started, outcome, hold_open=hold)
+        return response

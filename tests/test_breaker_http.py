@@ -1,0 +1,173 @@
+"""The requests adapter and httpx transports against a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+import requests
+
+from flask_resilience import CircuitOpenError, CircuitState
+from flask_resilience.breaker.http import (
+    AsyncBreakerTransport,
+    BreakerAdapter,
+    BreakerTransport,
+    HTTPXCircuitOpenError,
+    RequestsCircuitOpenError,
+    parse_retry_after,
+)
+from flask_resilience.breaker.registry import BreakerRegistry
+from tests.clock import FakeClock
+
+RELEASE_HANGS = threading.Event()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        routes = {
+            "/ok": (200, {}),
+            "/fail": (500, {}),
+            "/missing": (404, {}),
+            "/busy": (429, {"Retry-After": "120"}),
+            "/unavailable": (503, {"Retry-After": "30"}),
+            "/gateway": (502, {"Retry-After": "999"}),
+        }
+        if self.path == "/hang":
+            RELEASE_HANGS.wait(30)
+        status, headers = routes.get(self.path, (200, {}))
+        body = self.path.encode()
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    RELEASE_HANGS.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000)
+
+
+def _session(registry: BreakerRegistry, clock: FakeClock, **options: object) -> requests.Session:
+    session = requests.Session()
+    adapter = BreakerAdapter(registry, breaker_config={"clock": clock, "failure_threshold": 3}, **options)  # type: ignore[arg-type]
+    session.mount("http://", adapter)
+    return session
+
+
+def test_requests_5xx_open_the_host_circuit_and_4xx_do_not(server: str, clock: FakeClock) -> None:
+    registry = BreakerRegistry()
+    with _session(registry, clock) as session:
+        for _ in range(5):
+            assert session.get(f"{server}/missing").status_code == 404
+        port = server.rsplit(":", 1)[1]
+        breaker = registry.get(f"http:127.0.0.1:{port}")
+        assert breaker is not None and breaker.state is CircuitState.CLOSED
+        for _ in range(3):
+            assert session.get(f"{server}/fail").status_code == 500
+        assert breaker.state is CircuitState.OPEN
+        with pytest.raises(RequestsCircuitOpenError) as rejected:
+            session.get(f"{server}/ok")
+        assert isinstance(rejected.value, requests.ConnectionError)
+        assert isinstance(rejected.value, CircuitOpenError)
+        assert rejected.value.retry_after == pytest.approx(60)
+
+
+def test_requests_429_retry_after_holds_the_circuit_open(server: str, clock: FakeClock) -> None:
+    registry = BreakerRegistry()
+    with _session(registry, clock, service="partner-api") as session:
+        assert session.get(f"{server}/busy").status_code == 429
+        breaker = registry.get("partner-api")
+        assert breaker is not None and breaker.state is CircuitState.OPEN
+        clock.advance(119)
+        with pytest.raises(RequestsCircuitOpenError):
+            session.get(f"{server}/ok")
+        clock.advance(1)
+        assert session.get(f"{server}/ok").status_code == 200
+
+
+def test_requests_retry_after_only_counts_on_429_and_503(server: str, clock: FakeClock) -> None:
+    registry = BreakerRegistry()
+    with _session(registry, clock, service="gw") as session:
+        session.get(f"{server}/gateway")
+        breaker = registry.get("gw")
+        assert breaker is not None and breaker.state is CircuitState.CLOSED
+        assert breaker.stats()["failures"] == 1
+
+
+def test_requests_timeouts_and_refused_connections_are_failures(server: str, clock: FakeClock) -> None:
+    registry = BreakerRegistry()
+    with _session(registry, clock, service="slow") as session:
+        for _ in range(2):
+            with pytest.raises(requests.Timeout):
+                session.get(f"{server}/hang", timeout=0.2)
+        with pytest.raises(requests.ConnectionError):
+            session.get("http://127.0.0.1:1/ok")
+        breaker = registry.get("slow")
+        assert breaker is not None and breaker.state is CircuitState.OPEN
+
+
+def test_httpx_transport(server: str, clock: FakeClock) -> None:
+    registry = BreakerRegistry()
+    transport = BreakerTransport(registry, breaker_config={"clock": clock, "failure_threshold": 2})
+    with httpx.Client(transport=transport, timeout=0.2) as client:
+        assert client.get(f"{server}/missing").status_code == 404
+        assert client.get(f"{server}/fail").status_code == 500
+        with pytest.raises(httpx.ReadTimeout):
+            client.get(f"{server}/hang")
+        with pytest.raises(HTTPXCircuitOpenError) as rejected:
+            client.get(f"{server}/ok")
+        assert isinstance(rejected.value, httpx.TransportError)
+        clock.advance(60)
+        assert client.get(f"{server}/ok").status_code == 200
+
+
+def test_httpx_async_transport_honours_retry_after(server: str, clock: FakeClock) -> None:
+    registry = BreakerRegistry()
+
+    async def scenario() -> None:
+        transport = AsyncBreakerTransport(registry, service="async-api", breaker_config={"clock": clock})
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.get(f"{server}/unavailable")).status_code == 503
+            with pytest.raises(HTTPXCircuitOpenError):
+                await client.get(f"{server}/ok")
+            clock.advance(30)
+            assert (await client.get(f"{server}/ok")).status_code == 200
+            with pytest.raises(httpx.ConnectError):
+                await client.get("http://127.0.0.1:1/")
+
+    asyncio.run(scenario())
+    breaker = registry.get("async-api")
+    assert breaker is not None
+    assert breaker.stats()["failures"] == 2
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(90)
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None

@@ -1,0 +1,254 @@
+"""Circuit state shared across real processes through real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from flask_resilience import CircuitOpenError, CircuitState, Resilience
+from flask_resilience.breaker.breaker import CircuitBreaker
+from flask_resilience.state import get_state
+from tests.clock import FakeClock
+from tests.conftest import MakeApp
+from tests.services import free_port, start_redis_server
+
+SERVICE = "shared-svc"
+PARAMETERS: dict[str, Any] = {
+    "failure_threshold": 5,
+    "timeout": 60,
+    "half_open_max_calls": 2,
+    "success_threshold": 2,
+}
+
+
+class Boom(Exception):
+    pass
+
+
+def fail() -> None:
+    raise Boom
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    pause = threading.Event()
+    for _ in range(int(timeout * 200)):
+        if predicate():
+            return True
+        pause.wait(0.005)
+    return predicate()
+
+
+def _shared_app(
+    make_app: MakeApp, redis_url: str, clock: Callable[[], float]
+) -> tuple[Flask, CircuitBreaker]:
+    extension = Resilience()
+    breaker = extension.circuit_breaker(SERVICE, clock=clock, **PARAMETERS)
+    app, _ = make_app(extension, RESILIENCE_REDIS_URL=redis_url, RESILIENCE_BREAKER_STORAGE="redis")
+    store = get_state(app).redis
+    assert store is not None
+    assert store.subscriber.wait_until_listening(10)
+    return app, breaker
+
+
+def _trip(breaker: CircuitBreaker, failures: int) -> None:
+    for _ in range(failures):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+
+
+def test_one_worker_opens_the_circuit_for_another(make_app: MakeApp, redis_url: str) -> None:
+    clock = FakeClock(1_700_000_000)
+    _, first = _shared_app(make_app, redis_url, clock)
+    _, second = _shared_app(make_app, redis_url, clock)
+    _trip(first, 3)
+    _trip(second, 2)  # 3 + 2 failures across workers reach the threshold of 5
+    assert second.state is CircuitState.OPEN
+    assert _wait_until(lambda: first.state is CircuitState.OPEN)
+    with pytest.raises(CircuitOpenError) as rejected:
+        first.call(lambda: "not called")
+    assert rejected.value.retry_after == pytest.approx(60)
+
+
+def test_closed_successes_cost_no_redis_round_trip(
+    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis
+) -> None:
+    _, breaker = _shared_app(make_app, redis_url, FakeClock(1_700_000_000))
+    breaker.call(lambda: None)  # the first call reads the shared state once
+
+    def commands() -> dict[str, int]:
+        stats: dict[str, dict[str, int]] = raw_redis.info("commandstats")
+        return {name: int(value["calls"]) for name, value in stats.items()}
+
+    before = commands()
+    for _ in range(200):
+        breaker.call(lambda: None)
+    after = commands()
+    grown = {name for name in after if after[name] != before.get(name, 0)}
+    # Only the INFO calls of this test itself may have grown.
+    assert grown <= {"cmdstat_info"}
+
+
+def test_redis_at_a_dead_port_falls_back_to_the_local_breaker(make_app: MakeApp) -> None:
+    extension = Resilience()
+    breaker = extension.circuit_breaker(SERVICE, clock=FakeClock(1_700_000_000), **PARAMETERS)
+    make_app(
+        extension,
+        RESILIENCE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        RESILIENCE_BREAKER_STORAGE="redis",
+    )
+    assert breaker.call(lambda: "fine") == "fine"
+    _trip(breaker, 5)
+    assert breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: "rejected locally")
+    stats = breaker.stats()
+    assert stats["storage_errors"] >= 5  # type: ignore[operator]
+    assert stats["storage"] == "redis"
+
+
+def test_redis_killed_midway_keeps_calls_protected(make_app: MakeApp) -> None:
+    directory = tempfile.mkdtemp(prefix="resilience-breaker-")
+    port = free_port()
+    server = start_redis_server(directory, port)
+    try:
+        clock = FakeClock(1_700_000_000)
+        _, breaker = _shared_app(make_app, f"redis://127.0.0.1:{port}/0", clock)
+        _trip(breaker, 2)
+        server.terminate()
+        server.wait(10)
+        _trip(breaker, 3)  # the window kept locally already holds the first two
+        assert breaker.state is CircuitState.OPEN
+        clock.advance(60)
+        assert breaker.call(lambda: "trial") == "trial"  # local HALF_OPEN trial
+        assert breaker.call(lambda: "trial") == "trial"
+        assert breaker.state is CircuitState.CLOSED
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- four real worker processes ---------------------------------------------------------
+
+
+def _worker(  # noqa: PLR0917  (multiprocessing passes positional arguments)
+    index: int,
+    redis_url: str,
+    prefix: str,
+    clock_value: Synchronized[float],
+    commands: multiprocessing.Queue[str],
+    results: multiprocessing.Queue[tuple[int, str, object]],
+    release: Any,
+) -> None:
+    app = Flask(f"worker{index}")
+    app.config.update(
+        RESILIENCE_REDIS_URL=redis_url, RESILIENCE_KEY_PREFIX=prefix, RESILIENCE_BREAKER_STORAGE="redis"
+    )
+    extension = Resilience()
+    breaker = extension.circuit_breaker(SERVICE, clock=lambda: clock_value.value, **PARAMETERS)
+    extension.init_app(app)
+    store = get_state(app).redis
+    assert store is not None
+    results.put((index, "ready", store.subscriber.wait_until_listening(10)))
+
+    def trial() -> str:
+        results.put((index, "trial-started", None))
+        release.wait(20)
+        return "recovered"
+
+    while True:
+        command = commands.get(timeout=60)
+        if command == "fail":
+            for _ in range(PARAMETERS["failure_threshold"]):
+                with contextlib.suppress(Boom):
+                    breaker.call(fail)
+            results.put((index, "state", breaker.state.value))
+        elif command == "expect-open":
+            seen = _wait_until(lambda: breaker.state is CircuitState.OPEN)
+            try:
+                breaker.call(lambda: "went through")
+                results.put((index, "rejected", False))
+            except CircuitOpenError:
+                results.put((index, "rejected", seen))
+        elif command == "trial":
+            try:
+                breaker.call(trial)
+                results.put((index, "trial", "done"))
+            except CircuitOpenError:
+                results.put((index, "trial", "rejected"))
+        elif command == "expect-closed":
+            results.put((index, "closed", _wait_until(lambda: breaker.state is CircuitState.CLOSED)))
+        else:
+            extension.shutdown()
+            return
+
+
+def _collect(
+    results: multiprocessing.Queue[tuple[int, str, object]], count: int
+) -> list[tuple[int, str, object]]:
+    try:
+        return [results.get(timeout=30) for _ in range(count)]
+    except queue.Empty:
+        pytest.fail("a worker process did not answer in time")
+
+
+def test_four_processes_share_one_circuit(redis_url: str, key_prefix: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    clock_value = context.Value("d", 1_700_000_000.0)
+    results: multiprocessing.Queue[tuple[int, str, object]] = context.Queue()
+    release = context.Event()
+    inboxes: list[multiprocessing.Queue[str]] = [context.Queue() for _ in range(4)]
+    workers = [
+        context.Process(
+            target=_worker, args=(i, redis_url, key_prefix, clock_value, inboxes[i], results, release)
+        )
+        for i in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        assert all(ready for _, _, ready in _collect(results, 4))
+
+        inboxes[0].put("fail")
+        assert _collect(results, 1) == [(0, "state", "OPEN")]
+
+        for inbox in inboxes[1:]:
+            inbox.put("expect-open")
+        assert sorted(_collect(results, 3)) == [
+            (1, "rejected", True),
+            (2, "rejected", True),
+            (3, "rejected", True),
+        ]
+
+        with clock_value.get_lock():
+            clock_value.value += PARAMETERS["timeout"]
+        for inbox in inboxes:
+            inbox.put("trial")
+        first = _collect(results, 4)  # two trials start, two callers are refused
+        assert sorted(kind for _, kind, _ in first) == ["trial", "trial", "trial-started", "trial-started"]
+        assert [value for _, kind, value in first if kind == "trial"] == ["rejected", "rejected"]
+
+        release.set()
+        assert [value for _, _, value in _collect(results, 2)] == ["done", "done"]
+        for inbox in inboxes:
+            inbox.put("expect-closed")
+        assert all(closed for _, _, closed in _collect(results, 4))
+    finally:
+        for inbox in inboxes:
+            inbox.put("stop")
+        for worker in workers:
+            worker.join(30)
+            if worker.is_alive():
+                worker.kill()
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
