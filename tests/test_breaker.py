@@ -573,3 +573,27 @@ def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
             return
         finished.wait(0.001)
     raise AssertionError("condition not reached")
+
+
+def test_counts_stay_exact_under_many_threads() -> None:
+    breaker = make(FakeClock(), failure_threshold=10_000)
+    barrier = threading.Barrier(8)
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        for call in range(2_000):
+            if call % 100 == index:
+                with pytest.raises(Boom):
+                    breaker.call(fail)
+            else:
+                breaker.call(ok)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = breaker.stats()
+    assert stats["failures"] == 8 * 20
+    assert stats["successes"] == 8 * 2_000 - 8 * 20
+    assert stats["calls"] == 8 * 2_000

@@ -25,6 +25,7 @@ import contextvars
 import enum
 import functools
 import inspect
+import itertools
 import logging
 import threading
 import time
@@ -64,12 +65,30 @@ class CircuitOpenError(Exception):
     """The breaker refused the call. ``retry_after`` is in seconds, or None
     when the circuit is held open by an operator."""
 
-    def __init__(self, name: str, state: State, retry_after: float | None) -> None:
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
-        when = "" if retry_after is None else f"; retry after {retry_after:.1f} s"
-        super().__init__(f"circuit {name!r} is {state.value}{when}")
+    # No __init__ of its own: BaseException's C constructor keeps the three
+    # values in ``args``, which makes a rejection several times cheaper.
+    args: tuple[str, State, float | None]
+
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, state: State, retry_after: float | None) -> None: ...
+
+    @property
+    def name(self) -> str:
+        return self.args[0]
+
+    @property
+    def state(self) -> State:
+        return self.args[1]
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.args[2]
+
+    def __str__(self) -> str:
+        # Built when read, not when raised: rejections must stay cheap.
+        when = "" if self.retry_after is None else f"; retry after {self.retry_after:.1f} s"
+        return f"circuit {self.name!r} is {self.state.value}{when}"
 
 
 class Trial:
@@ -101,6 +120,7 @@ class CircuitBreaker:
         self._shared: SharedState | None = None
         self._shared_version = -1
         self._needs_sync = False
+        self._fast = False
         self._unreported = [0, 0]  # calls and slow calls not yet sent to shared storage
         self._active: contextvars.ContextVar[tuple[tuple[Trial | None, float], ...]] = contextvars.ContextVar(
             f"flask_resilience_breaker_{name}", default=()
@@ -129,6 +149,7 @@ class CircuitBreaker:
             time.time if self._shared is not None else time.monotonic
         )
         self._window = SlidingWindow(config.monitoring_period)
+        self._refresh_fast()
 
     def reconfigure(self, defaults: Mapping[str, Any], shared: SharedState | None, *, disabled: bool) -> None:
         """Apply app-level defaults and storage (from ``init_app``); explicit
@@ -137,9 +158,9 @@ class CircuitBreaker:
         with self._lock:
             self._shared = shared
             self._needs_sync = shared is not None
-            self._apply_config(config)
             if disabled:
                 self._state = State.DISABLED
+            self._apply_config(config)
 
     # -- the protected call ----------------------------------------------------
 
@@ -149,10 +170,25 @@ class CircuitBreaker:
         Raises :class:`CircuitOpenError` when rejected, unless a ``fallback``
         is configured, whose result is returned instead.
         """
+        if self._fast:
+            # CLOSED with count-based rules only: a success changes nothing but
+            # a counter, so it takes no lock and reads no clock.
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._fast_failure(exc)
+                raise
+            self._count_fast_success()
+            return result
+        refused = self._refused()
+        fallback = self._config.fallback
+        if refused is not None:
+            if fallback is None:
+                raise CircuitOpenError(*refused)
+            return cast(R, fallback(*args, **kwargs))
         try:
             trial = self.acquire()
         except CircuitOpenError:
-            fallback = self._config.fallback
             if fallback is None:
                 raise
             return cast(R, fallback(*args, **kwargs))
@@ -196,6 +232,14 @@ class CircuitBreaker:
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._fast:  # call()'s lock-free path, inlined: decorators are the common use
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._fast_failure(exc)
+                    raise
+                self._count_fast_success()
+                return result
             return self.call(fn, *args, **kwargs)
 
         return wrapper
@@ -220,6 +264,21 @@ class CircuitBreaker:
     ) -> None:
         self.__exit__(exc_type, exc, tb)
 
+    def _fast_failure(self, exc: BaseException) -> None:
+        now = self._clock()
+        self.release(None, now, self._config.classify(exc))
+
+    def _refresh_fast(self) -> None:
+        """Whether :meth:`call` may take the lock-free success path."""
+        config = self._config
+        self._fast = (
+            (self._state is State.CLOSED or self._state is State.METRICS_ONLY)
+            and not self._needs_sync
+            and config.slow_call_duration is None
+            and config.failure_rate_threshold is None
+            and config.result_is_failure is None
+        )
+
     def _result_outcome(self, result: object) -> Outcome:
         predicate = self._config.result_is_failure
         return Outcome.FAILURE if predicate is not None and predicate(result) else Outcome.SUCCESS
@@ -234,18 +293,37 @@ class CircuitBreaker:
             self._sync()
         if self._state in _PASS_THROUGH:
             return None
-        return self._acquire_guarded()
+        refused = self._refused()
+        if refused is not None:
+            # Raised here, never held in a variable: a held exception would tie
+            # this frame and its traceback into a cycle for the collector.
+            raise CircuitOpenError(*refused)
+        return self._acquire_guarded(self._clock())
 
-    def _acquire_guarded(self) -> Trial | None:
-        now = self._clock()
+    def _refused(self) -> tuple[str, State, float | None] | None:
+        """Why a call is refused outright (OPEN before its deadline,
+        FORCED_OPEN), counted; None when admission needs a closer look.
+        No lock: the state and its deadline are each read once."""
+        state = self._state
+        if state is State.FORCED_OPEN:
+            self._count_rejection()
+            return self.name, state, None
+        if state is State.OPEN:
+            remaining = self._open_until - self._clock()
+            if remaining > 0:
+                self._count_rejection()
+                return self.name, state, remaining
+        return None
+
+    def _acquire_guarded(self, now: float) -> Trial | None:
         with self._lock:
             state = self._state
-            if state is State.FORCED_OPEN:
-                self._rejections += 1
-                raise CircuitOpenError(self.name, state, None)
             if state is State.OPEN and now < self._open_until:
-                self._rejections += 1
+                self._count_rejection()
                 raise CircuitOpenError(self.name, state, self._open_until - now)
+            if state is State.FORCED_OPEN:
+                self._count_rejection()
+                raise CircuitOpenError(self.name, state, None)
             if state in _PASS_THROUGH:
                 return None
         shared = self._shared
@@ -256,7 +334,7 @@ class CircuitBreaker:
         self.apply_verdict(verdict)
         if kind == 0:
             with self._lock:
-                self._rejections += 1
+                self._count_rejection()
             raise CircuitOpenError(self.name, verdict.state, verdict.retry_after(now))
         if kind == 1:
             return None
@@ -269,7 +347,7 @@ class CircuitBreaker:
         with self._lock:
             if self._state is State.OPEN:
                 if now < self._open_until:
-                    self._rejections += 1
+                    self._count_rejection()
                     raise CircuitOpenError(self.name, self._state, self._open_until - now)
                 changes.append(self._transition(State.HALF_OPEN, now))
             if self._state is not State.HALF_OPEN:
@@ -278,7 +356,7 @@ class CircuitBreaker:
                 if expires <= now:  # a hung trial gives its permit back
                     del self._trials[token]
             if len(self._trials) >= self._config.half_open_max_calls:
-                self._rejections += 1
+                self._count_rejection()
                 retry_after = max(0.0, min(self._trials.values()) - now)
                 error = CircuitOpenError(self.name, State.HALF_OPEN, retry_after)
             else:
@@ -431,12 +509,15 @@ class CircuitBreaker:
         verdict = shared.fetch(self) if shared is not None else None
         if verdict is not None:
             self.apply_verdict(verdict)
+        with self._lock:
+            self._refresh_fast()
 
     def mark_stale(self) -> None:
         """Shared state may have changed unseen (new process, lost pub/sub):
         read it again before the next call."""
         if self._shared is not None:
             self._needs_sync = True
+            self._fast = False
 
     def apply_verdict(self, verdict: Verdict) -> None:
         """Mirror a state decided in shared storage."""
@@ -460,6 +541,7 @@ class CircuitBreaker:
         """
         old = self._state
         self._state = new
+        self._refresh_fast()
         self._last_transition_wall = time.time()
         self._trial_successes = 0
         if new is State.OPEN and open_for is not None:
@@ -526,8 +608,13 @@ class CircuitBreaker:
     # -- statistics ------------------------------------------------------------------
 
     def _reset_counters(self) -> None:
+        # Successes on the lock-free path; next() on itertools.count is atomic.
+        self._fast_successes = itertools.count()
+        self._count_fast_success = self._fast_successes.__next__
         self._calls = self._successes = self._failures = self._ignored = 0
-        self._rejections = self._slow_calls = 0
+        self._slow_calls = 0
+        self._rejections = itertools.count()
+        self._count_rejection = self._rejections.__next__
         self._storage_errors = 0
 
     def count_storage_error(self) -> None:
@@ -550,17 +637,19 @@ class CircuitBreaker:
     def stats(self) -> dict[str, object]:
         now = self._clock()
         with self._lock:
+            fast = _current(self._fast_successes)
+            calls, successes = self._calls + fast, self._successes + fast
             totals = self._window.totals(now)
             until_trial = max(0.0, self._open_until - now) if self._state is State.OPEN else None
             return {
                 "name": self.name,
                 "state": self.state.value,
                 "storage": "redis" if self._shared is not None else "local",
-                "calls": self._calls,
-                "successes": self._successes,
+                "calls": calls,
+                "successes": successes,
                 "failures": self._failures,
                 "ignored": self._ignored,
-                "rejections": self._rejections,
+                "rejections": _current(self._rejections),
                 "slow_calls": self._slow_calls,
                 "window": {
                     "calls": totals.calls,
@@ -568,13 +657,18 @@ class CircuitBreaker:
                     "slow_calls": totals.slow,
                     "failure_rate": round(totals.failure_rate, 2),
                 },
-                "failure_rate": round(100.0 * self._failures / self._calls, 2) if self._calls else 0.0,
+                "failure_rate": round(100.0 * self._failures / calls, 2) if calls else 0.0,
                 "last_failure_at": _iso(self._last_failure_wall),
                 "last_transition_at": _iso(self._last_transition_wall),
                 "seconds_until_trial": None if until_trial is None else round(until_trial, 3),
                 "trials_in_flight": len(self._trials),
                 "storage_errors": self._storage_errors,
             }
+
+
+def _current(counter: itertools.count[int]) -> int:
+    # Its repr, "count(N)", is the one way to read a count without advancing it.
+    return int(repr(counter)[6:-1])
 
 
 def _iso(wall: float | None) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from .breaker import CircuitBreaker, CircuitOpenError, Trial
+from .breaker import CircuitBreaker, CircuitOpenError, State, Trial
 from .config import Outcome
 from .http_common import Breakers, classify_status
 
@@ -15,6 +15,10 @@ from .http_common import Breakers, classify_status
 class HTTPXCircuitOpenError(CircuitOpenError, httpx.TransportError):
     """A rejected request; also an ``httpx.TransportError``, so existing
     error handling catches it."""
+
+    def __init__(self, name: str, state: State, retry_after: float | None) -> None:
+        httpx.TransportError.__init__(self, f"circuit {name!r} is {state.value}")
+        self.args = (name, state, retry_after)
 
 
 def _admit(breaker: CircuitBreaker) -> Trial | None:

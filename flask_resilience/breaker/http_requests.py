@@ -8,7 +8,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from .breaker import CircuitOpenError
+from .breaker import CircuitOpenError, State
 from .config import Outcome
 from .http_common import Breakers, classify_status
 
@@ -25,6 +25,10 @@ _REMOTE_ERRORS = (
 class RequestsCircuitOpenError(CircuitOpenError, requests.ConnectionError):
     """A rejected request; also a ``requests.ConnectionError``, so existing
     error handling catches it."""
+
+    def __init__(self, name: str, state: State, retry_after: float | None) -> None:
+        super().__init__(name, state, retry_after)
+        self.args = (name, state, retry_after)
 
 
 class BreakerAdapter(HTTPAdapter):
