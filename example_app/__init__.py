@@ -14,15 +14,23 @@ from typing import Any
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
-from flask_resilience import Resilience, current_request_id
+from flask_resilience import CircuitOpenError, Resilience, current_request_id
 
 resilience = Resilience()
+
+# Created at import time; the app's RESILIENCE_BREAKER_DEFAULTS fill in the rest.
+flights_api = resilience.circuit_breaker("travelpayouts-api", failure_threshold=5, timeout=60)
 
 FLIGHTS = [
     {"id": "LH401", "from": "FRA", "to": "JFK", "departs": "2026-12-01T10:15:00Z", "price_eur": 412},
     {"id": "AF1234", "from": "CDG", "to": "LIS", "departs": "2026-12-01T07:40:00Z", "price_eur": 96},
     {"id": "KL1001", "from": "AMS", "to": "LHR", "departs": "2026-12-02T06:55:00Z", "price_eur": 88},
 ]
+
+
+def fetch_flights() -> list[dict[str, Any]]:
+    """Stands in for the partner API call the breaker protects."""
+    return FLIGHTS
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -34,6 +42,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/api/flights")
     def flights() -> ResponseReturnValue:
-        return jsonify(flights=FLIGHTS, request_id=current_request_id())
+        try:
+            found = flights_api.call(fetch_flights)
+        except CircuitOpenError as exc:
+            retry = str(int(exc.retry_after or 60))
+            return jsonify(error="flight search is unavailable"), 503, {"Retry-After": retry}
+        return jsonify(flights=found, request_id=current_request_id())
 
     return app

@@ -20,3 +20,11 @@ def test_readme_documents_the_key(setting: Setting[object]) -> None:
     assert default in row
     if setting.env:
         assert f"``{setting.env}``" in row
+
+
+@pytest.mark.parametrize("name", ["README.rst", "CHANGES.rst"])
+def test_restructuredtext_renders_without_warnings(name: str) -> None:
+    import docutils.core
+
+    text = (Path(__file__).parent.parent / name).read_text()
+    docutils.core.publish_doctree(text, settings_overrides={"halt_level": 2, "report_level": 2})

@@ -259,6 +259,9 @@ class SharedState:
         return None if reply is None else Verdict.from_reply(reply)
 
     def fetch(self, breaker: CircuitBreaker) -> Verdict | None:
+        """The stored state. Also makes sure this process listens for changes
+        (it runs first in a freshly forked worker, even outside a request)."""
+        self.store.subscriber.ensure_running()
         key = self._keys(breaker.name)[0]
         reply = self._run(breaker, lambda: self.store.hash_get(key, ["s", "u", "v"]))
         if reply is None:
