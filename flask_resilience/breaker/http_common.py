@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +40,29 @@ class Breakers:
             host = (parts.hostname or "unknown").lower()
             name = "http:" + _UNSAFE.sub("_", f"{host}:{parts.port}" if parts.port else host)
         return self._registry.get_or_create(name, **self._config)
+
+
+class OutboundCall:
+    """One admitted HTTP request: ``with`` it around the transport call, then
+    :meth:`settle` the response. An exception leaving the block is recorded
+    as ``error_outcome(exc)`` says."""
+
+    def __init__(self, breaker: CircuitBreaker, error_outcome: Callable[[BaseException], Outcome]) -> None:
+        self.breaker = breaker
+        self._error_outcome = error_outcome
+        self._trial = breaker.acquire()
+        self._started = breaker.now()
+
+    def __enter__(self) -> OutboundCall:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.breaker.release(self._trial, self._started, self._error_outcome(exc))
+
+    def settle(self, status: int, headers: Mapping[str, str]) -> None:
+        outcome, hold = classify_status(status, headers)
+        self.breaker.release(self._trial, self._started, outcome, hold_open=hold)
 
 
 def classify_status(status: int, headers: Mapping[str, str]) -> tuple[Outcome, float | None]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from .breaker import CircuitBreaker, CircuitOpenError, State, Trial
+from .breaker import CircuitBreaker, CircuitOpenError, State
 from .config import Outcome
-from .http_common import Breakers, classify_status
+from .http_common import Breakers, OutboundCall
 
 
 class HTTPXCircuitOpenError(CircuitOpenError, httpx.TransportError):
@@ -21,9 +22,10 @@ class HTTPXCircuitOpenError(CircuitOpenError, httpx.TransportError):
         self.args = (name, state, retry_after)
 
 
-def _admit(breaker: CircuitBreaker) -> Trial | None:
+def _open_call(breakers: Breakers, request: httpx.Request) -> OutboundCall:
+    breaker = breakers.for_url(str(request.url))
     try:
-        return breaker.acquire()
+        return OutboundCall(breaker, functools.partial(_outcome, breaker=breaker))
     except CircuitOpenError as exc:
         raise HTTPXCircuitOpenError(exc.name, exc.state, exc.retry_after) from None
 
@@ -54,16 +56,9 @@ class BreakerTransport(httpx.BaseTransport):
         self._breakers = Breakers(breakers, service, breaker_config)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        breaker = self._breakers.for_url(str(request.url))
-        trial = _admit(breaker)
-        started = breaker.now()
-        try:
+        with _open_call(self._breakers, request) as call:
             response = self._transport.handle_request(request)
-        except BaseException as exc:
-            breaker.release(trial, started, _outcome(exc, breaker))
-            raise
-        outcome, hold = classify_status(response.status_code, response.headers)
-        breaker.release(trial, started, outcome, hold_open=hold)
+        call.settle(response.status_code, response.headers)
         return response
 
     def close(self) -> None:
@@ -71,7 +66,7 @@ class BreakerTransport(httpx.BaseTransport):
 
 
 class AsyncBreakerTransport(httpx.AsyncBaseTransport):
-    """``httpx.AsyncClient(transport=AsyncBreakerTransport(resilience))``."""
+    """``httpx.AsyncClient(transport=AsyncBreakerTransport(resilience))``; as :class:`BreakerTransport`."""
 
     def __init__(
         self,
@@ -85,16 +80,9 @@ class AsyncBreakerTransport(httpx.AsyncBaseTransport):
         self._breakers = Breakers(breakers, service, breaker_config)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        breaker = self._breakers.for_url(str(request.url))
-        trial = _admit(breaker)
-        started = breaker.now()
-        try:
+        with _open_call(self._breakers, request) as call:
             response = await self._transport.handle_async_request(request)
-        except BaseException as exc:
-            breaker.release(trial, started, _outcome(exc, breaker))
-            raise
-        outcome, hold = classify_status(response.status_code, response.headers)
-        breaker.release(trial, started, outcome, hold_open=hold)
+        call.settle(response.status_code, response.headers)
         return response
 
     async def aclose(self) -> None:

@@ -10,7 +10,7 @@ from requests.adapters import HTTPAdapter
 
 from .breaker import CircuitOpenError, State
 from .config import Outcome
-from .http_common import Breakers, classify_status
+from .http_common import Breakers, OutboundCall
 
 # Errors that say the remote side is down or slow; others (a malformed URL,
 # too many redirects) are the caller's and count for nothing.
@@ -54,24 +54,19 @@ class BreakerAdapter(HTTPAdapter):
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         breaker = self._breakers.for_url(request.url or "")
+
+        def error_outcome(exc: BaseException) -> Outcome:
+            if isinstance(exc, _REMOTE_ERRORS):
+                return Outcome.FAILURE
+            if isinstance(exc, requests.RequestException):
+                return Outcome.IGNORED
+            return breaker.config.classify(exc)
+
         try:
-            trial = breaker.acquire()
+            call = OutboundCall(breaker, error_outcome)
         except CircuitOpenError as exc:
             raise RequestsCircuitOpenError(exc.name, exc.state, exc.retry_after) from None
-        started = breaker.now()
-        try:
+        with call:
             response = super().send(request, *args, **kwargs)
-        except _REMOTE_ERRORS:
-            breaker.release(trial, started, Outcome.FAILURE)
-            raise
-        except BaseException as exc:
-            outcome = (
-                Outcome.IGNORED
-                if isinstance(exc, requests.RequestException)
-                else breaker.config.classify(exc)
-            )
-            breaker.release(trial, started, outcome)
-            raise
-        outcome, hold = classify_status(response.status_code, response.headers)
-        breaker.release(trial, started, outcome, hold_open=hold)
+        call.settle(response.status_code, response.headers)
         return response
