@@ -11,6 +11,18 @@ from .breaker.api import (
 from .breaker.breaker import CircuitBreaker, CircuitOpenError
 from .breaker.breaker import State as CircuitState
 from .breaker.config import BreakerConfig
+from .cache.invalidation import (
+    clear_all_caches,
+    get_cache_stats,
+    invalidate_cache,
+    invalidate_cache_by_pattern,
+    invalidate_cache_by_tag,
+    reset_cache_stats,
+    warmup_cache,
+    warmup_view,
+)
+from .cache.strategies import CacheStrategy, InvalidationStrategy
+from .cache.views import cached, invalidates
 from .context import Principal, current_principal, current_request_id
 from .extension import Resilience
 from .health.auth import admin_required
@@ -21,9 +33,11 @@ from .version import __version__
 
 __all__ = [
     "BreakerConfig",
+    "CacheStrategy",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
+    "InvalidationStrategy",
     "Principal",
     "Problem",
     "Resilience",
@@ -31,11 +45,21 @@ __all__ = [
     "__version__",
     "admin_required",
     "are_all_circuits_healthy",
+    "cached",
     "circuit_state_changed",
+    "clear_all_caches",
     "create_circuit_breaker",
     "current_principal",
     "current_request_id",
+    "get_cache_stats",
     "get_circuit_breaker_stats",
+    "invalidate_cache",
+    "invalidate_cache_by_pattern",
+    "invalidate_cache_by_tag",
+    "invalidates",
+    "reset_cache_stats",
     "reset_circuit_breaker_stats",
+    "warmup_cache",
+    "warmup_view",
     "with_circuit_breaker",
 ]

@@ -110,8 +110,8 @@ def key_prefix(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise _Invalid("expected a non-empty string")
     # Braces would break the hash tags that keep related keys in one cluster slot.
-    if any(ch in value for ch in "{} \t\r\n"):
-        raise _Invalid("must not contain braces or whitespace")
+    if any(ch in value for ch in "{}*?[] \t\r\n"):
+        raise _Invalid("must not contain braces, glob characters or whitespace")
     return value
 
 
@@ -181,6 +181,32 @@ def breaker_defaults(value: object) -> dict[str, Any]:
         return validate_defaults(value)
     except (TypeError, ValueError) as exc:
         raise _Invalid(str(exc)) from None
+
+
+def header_names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid("expected a list of header names")
+    for name in value:
+        header_name(name)
+    return tuple(value)
+
+
+def flask_caching_cache(value: object) -> object | None:
+    if value is None:
+        return None
+    if not all(hasattr(value, name) for name in ("get", "set", "delete_many", "cache")):
+        raise _Invalid("expected a flask_caching.Cache instance")
+    return value
+
+
+def serializer(value: object) -> object | None:
+    if value is None:
+        return None
+    if not (callable(getattr(value, "dumps", None)) and callable(getattr(value, "loads", None))):
+        raise _Invalid("expected an object with dumps(value) -> bytes and loads(bytes) -> value")
+    return value
 
 
 def one_of(*choices: str) -> Callable[[object], str]:
@@ -300,6 +326,66 @@ CACHE_DEFAULT_TTL = Setting(
     "Seconds a cache entry lives when the decorator names no TTL.",
     env="CACHE_TTL",
 )
+CACHE_L1_MAX_ENTRIES = Setting(
+    "RESILIENCE_CACHE_L1_MAX_ENTRIES",
+    1000,
+    positive_int,
+    "Entries the in-process layer keeps (least recently used evicted first).",
+)
+CACHE_L1_MAX_BYTES = Setting(
+    "RESILIENCE_CACHE_L1_MAX_BYTES",
+    64 * 1024 * 1024,
+    positive_int,
+    "Bytes of bodies the in-process layer keeps.",
+)
+CACHE_L1_MAX_TTL = Setting(
+    "RESILIENCE_CACHE_L1_MAX_TTL",
+    60.0,
+    positive_number,
+    "Seconds an in-process entry lives at most: bounds staleness if an invalidation message is lost.",
+)
+CACHE_LOCK_TIMEOUT = Setting(
+    "RESILIENCE_CACHE_LOCK_TIMEOUT",
+    5.0,
+    positive_number,
+    "Seconds a miss holds the stampede lock; waiters compute themselves after it.",
+)
+CACHE_HONOR_NO_CACHE = Setting(
+    "RESILIENCE_CACHE_HONOR_NO_CACHE",
+    False,
+    boolean,
+    "Let a request's 'Cache-Control: no-cache' force recomputation (off: clients cannot bust the cache).",
+)
+CACHE_MAX_BODY_BYTES = Setting(
+    "RESILIENCE_CACHE_MAX_BODY_BYTES",
+    1024 * 1024,
+    positive_int,
+    "Larger responses are served but not stored.",
+)
+CACHE_STORED_HEADERS = Setting[tuple[str, ...]](
+    "RESILIENCE_CACHE_STORED_HEADERS",
+    (),
+    header_names,
+    "Response headers to store besides the built-in allow-list (Set-Cookie never is).",
+)
+CACHE_WRITE_BEHIND_QUEUE = Setting(
+    "RESILIENCE_CACHE_WRITE_BEHIND_QUEUE",
+    10_000,
+    positive_int,
+    "Pending write-behind writes; beyond it writes are dropped and counted.",
+)
+CACHE_BACKEND = Setting[object | None](
+    "RESILIENCE_CACHE_BACKEND",
+    None,
+    flask_caching_cache,
+    "A flask_caching.Cache to use as the second layer instead of RESILIENCE_REDIS_URL.",
+)
+CACHE_SERIALIZER = Setting[object | None](
+    "RESILIENCE_CACHE_SERIALIZER",
+    None,
+    serializer,
+    "Serializer of the data cache (dumps/loads); default JSON. Never pickle by default.",
+)
 AUDIT_ENABLED = Setting(
     "RESILIENCE_AUDIT_ENABLED",
     True,
@@ -360,6 +446,16 @@ SETTINGS: tuple[Setting[Any], ...] = (
     BREAKER_STORAGE,
     CACHE_ENABLED,
     CACHE_DEFAULT_TTL,
+    CACHE_L1_MAX_ENTRIES,
+    CACHE_L1_MAX_BYTES,
+    CACHE_L1_MAX_TTL,
+    CACHE_LOCK_TIMEOUT,
+    CACHE_HONOR_NO_CACHE,
+    CACHE_MAX_BODY_BYTES,
+    CACHE_STORED_HEADERS,
+    CACHE_WRITE_BEHIND_QUEUE,
+    CACHE_BACKEND,
+    CACHE_SERIALIZER,
     AUDIT_ENABLED,
     AUDIT_BUFFER_SIZE,
     AUDIT_FLUSH_INTERVAL,

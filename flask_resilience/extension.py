@@ -14,6 +14,8 @@ from . import config as cfg
 from .breaker.breaker import CircuitBreaker
 from .breaker.registry import BreakerRegistry
 from .breaker.shared import SharedState
+from .cache.data import DataCache
+from .cache.service import AppCache
 from .context import begin_request, finish_request
 from .health import health_blueprint
 from .problems import Problem, handle_problem
@@ -56,11 +58,14 @@ class Resilience:
                 f"Flask-Resilience is already registered on the app {app.name!r}; call init_app once per app."
             )
         config = cfg.resolve(app.config, self._options)
+        redis_store = _redis_store(config)
+        app_cache = _app_cache(config, redis_store)
         state = ResilienceState(
             extension=self,
             config=config,
-            redis=_redis_store(config),
+            redis=redis_store,
             database=Database(config[cfg.DATABASE_URI]),
+            cache=app_cache,
         )
         if state.redis is None:
             logger.warning(
@@ -73,6 +78,9 @@ class Resilience:
         breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
         self.breakers.configure(breaker_defaults, shared_breakers, disabled=not config[cfg.BREAKER_ENABLED])
         state.stats_providers["circuit_breakers"] = lambda _private: self.breakers.stats()
+        state.stats_providers["cache"] = lambda _private: app_cache.stats()
+        state.add_background(app_cache)
+        app_cache.layered.listen()
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
@@ -95,6 +103,12 @@ class Resilience:
         Raises ValueError for invalid parameters.
         """
         return self.breakers.get_or_create(name, **config)
+
+    @property
+    def cache(self) -> DataCache:
+        """The current app's data cache: ``get``, ``set``, ``delete``,
+        ``get_or_set``, ``write_through``, ``write_behind``."""
+        return get_state().cache.data
 
     def principal_loader(self, loader: L) -> L:
         """Decorator: ``loader()`` returns the current caller's user id, or None."""
@@ -128,6 +142,28 @@ def _redis_store(config: cfg.Config) -> RedisStore | None:
         connect_timeout=config[cfg.REDIS_CONNECT_TIMEOUT],
     )
     return RedisStore(client, config[cfg.KEY_PREFIX])
+
+
+def _app_cache(config: cfg.Config, redis_store: RedisStore | None) -> AppCache:
+    app_cache = AppCache(
+        enabled=config[cfg.CACHE_ENABLED],
+        redis=redis_store,
+        flask_caching=config[cfg.CACHE_BACKEND],
+        key_prefix=config[cfg.KEY_PREFIX],
+        default_ttl=config[cfg.CACHE_DEFAULT_TTL],
+        l1_max_entries=config[cfg.CACHE_L1_MAX_ENTRIES],
+        l1_max_bytes=config[cfg.CACHE_L1_MAX_BYTES],
+        l1_max_ttl=config[cfg.CACHE_L1_MAX_TTL],
+        lock_timeout=config[cfg.CACHE_LOCK_TIMEOUT],
+        honors_no_cache=config[cfg.CACHE_HONOR_NO_CACHE],
+        max_body_bytes=config[cfg.CACHE_MAX_BODY_BYTES],
+        extra_headers=config[cfg.CACHE_STORED_HEADERS],
+        write_behind_queue=config[cfg.CACHE_WRITE_BEHIND_QUEUE],
+    )
+    serializer = config[cfg.CACHE_SERIALIZER]
+    if serializer is not None:
+        app_cache.data.serializer = serializer  # type: ignore[assignment]
+    return app_cache
 
 
 def _shared_breaker_state(config: cfg.Config, redis_store: RedisStore | None) -> SharedState | None:

@@ -16,6 +16,7 @@ from .stores.redis import RedisStore
 from .stores.sql import Database
 
 if TYPE_CHECKING:
+    from .cache.service import AppCache
     from .extension import Resilience
 
 EXTENSION_NAME = "resilience"
@@ -42,6 +43,7 @@ class ResilienceState:
     config: Config
     redis: RedisStore | None
     database: Database
+    cache: AppCache
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)

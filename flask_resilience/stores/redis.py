@@ -99,6 +99,15 @@ class RedisStore:
         px = None if ttl is None else max(1, int(ttl * 1000))
         return bool(self._run(lambda: self.client.set(key, value, px=px, nx=only_if_absent)))
 
+    def incr(self, key: str) -> int:
+        return int(self._run(lambda: self.client.incr(key)))
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """``MGET``; on a cluster the keys must share a slot."""
+        if not keys:
+            return []
+        return list(self._run(lambda: self.client.mget(keys)))
+
     def hash_get(self, key: str, fields: list[str]) -> list[bytes | None]:
         """``HMGET``: the values of ``fields`` in the hash ``key`` (None when absent)."""
         return list(self._run(lambda: self.client.hmget(key, fields)))

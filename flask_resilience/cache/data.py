@@ -1,0 +1,128 @@
+"""The data cache: ``resilience.cache.get/set/delete/get_or_set``, write-through
+and write-behind, over the same two layers as the response cache."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .entry import CacheEntry
+
+if TYPE_CHECKING:
+    from .service import AppCache
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class Serializer(Protocol):
+    def dumps(self, value: Any) -> bytes: ...
+    def loads(self, data: bytes) -> Any: ...
+
+
+class JSONSerializer:
+    """The default: JSON, so nothing read back from Redis can run code."""
+
+    def dumps(self, value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class DataCache:
+    """Cache-aside access to values. ``ttl`` in seconds (default
+    ``RESILIENCE_CACHE_DEFAULT_TTL``); ``tags`` for tag invalidation."""
+
+    def __init__(self, cache: AppCache, serializer: Serializer | None = None) -> None:
+        self._cache = cache
+        self.serializer: Serializer = serializer or JSONSerializer()
+
+    def _lookup(self, key: str) -> Any:
+        layered = self._cache.layered
+        found = layered.get(key) if self._cache.enabled else None
+        if found is None or found[0].kind != "data":
+            layered.stats.count("misses", "data")
+            return _MISSING
+        entry, layer = found
+        try:
+            value = self.serializer.loads(entry.body)
+        except ValueError:
+            layered.stats.count_reason("errors", "unreadable_value")
+            return _MISSING
+        layered.stats.count(f"{layer}_hits", "data")
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._lookup(key)
+        return default if value is _MISSING else value
+
+    def set(self, key: str, value: Any, ttl: int | None = None, tags: Iterable[str] = ()) -> None:
+        """Store ``value``; raises TypeError/ValueError when the serializer cannot."""
+        from .views import validate_tags  # noqa: PLC0415 (views imports this module's package)
+
+        if not self._cache.enabled:
+            return
+        body = self.serializer.dumps(value)
+        layered = self._cache.layered
+        now = layered.clock()
+        lifetime = ttl if ttl is not None else self._cache.default_ttl
+        if lifetime <= 0:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        entry = CacheEntry("data", body, now, now + lifetime, layered.stamp(validate_tags(tags)))
+        layered.put(key, entry)
+
+    def delete(self, key: str) -> None:
+        self._cache.layered.delete(key)
+
+    def get_or_set(
+        self, key: str, loader: Callable[[], T], ttl: int | None = None, tags: Iterable[str] = ()
+    ) -> T:
+        """Cache-aside: the cached value, or ``loader()`` stored and returned.
+        Concurrent misses in this process call ``loader`` once."""
+        value = self._lookup(key)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        with self._cache.flight(f"data:{key}", self._cache.lock_timeout) as leader:
+            if not leader:
+                value = self._lookup(key)
+                if value is not _MISSING:
+                    return value  # type: ignore[no-any-return]
+            loaded = loader()
+            self.set(key, loaded, ttl, tags)
+            return loaded
+
+    def write_through(
+        self,
+        key: str,
+        value: T,
+        persist: Callable[[T], Any],
+        ttl: int | None = None,
+        tags: Iterable[str] = (),
+    ) -> Any:
+        """Persist first, then cache: if ``persist`` raises, the cache is not
+        touched (and the old entry is dropped, since the store may have changed)."""
+        try:
+            result = persist(value)
+        except BaseException:
+            self.delete(key)
+            raise
+        self.set(key, value, ttl, tags)
+        return result
+
+    def write_behind(
+        self,
+        key: str,
+        value: T,
+        persist: Callable[[T], Any],
+        ttl: int | None = None,
+        tags: Iterable[str] = (),
+    ) -> bool:
+        """Cache now, persist from a bounded background queue with retries.
+
+        Returns False when the queue is full (the write is dropped and
+        counted; the cached value stays until its TTL).
+        """
+        self.set(key, value, ttl, tags)
+        return self._cache.write_behind.submit(key, lambda: persist(value))

@@ -1,0 +1,63 @@
+"""The seed's cache functions, as thin calls on the current app's cache."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import current_app
+
+from ..state import get_state
+from .service import AppCache
+from .views import validate_tags
+
+
+def _cache() -> AppCache:
+    return get_state().cache
+
+
+def invalidate_cache(key: str) -> None:
+    """Drop one entry (a data key, or a view key such as ``"api:/api/flights"``) everywhere."""
+    _cache().layered.delete(key)
+
+
+def invalidate_cache_by_pattern(pattern: str | re.Pattern[str]) -> int:
+    """Drop entries whose key matches a glob (``"api:/api/flights*"``) or a
+    compiled regex, in L2 (SCAN over our keys) and in every process's L1.
+    Needs the Redis backend when an L2 is configured; returns how many L2
+    entries were removed."""
+    return _cache().layered.invalidate_pattern(pattern)
+
+
+def invalidate_cache_by_tag(tag: str) -> None:
+    """Make every entry carrying ``tag`` stale, in O(1) whatever their number."""
+    (checked,) = validate_tags([tag])
+    _cache().layered.invalidate_tag(checked)
+
+
+def clear_all_caches() -> None:
+    """Drop every entry in every layer of every process."""
+    _cache().layered.clear()
+
+
+def get_cache_stats() -> dict[str, Any]:
+    """Hits and misses per layer, hit rate, per endpoint, sets, deletes,
+    bypasses and their reasons, errors, L1 size, write-behind queue."""
+    return _cache().stats()
+
+
+def reset_cache_stats() -> None:
+    _cache().layered.stats.reset()
+
+
+def warmup_cache(key: str, data: Any, ttl: int | None = None, tags: list[str] | tuple[str, ...] = ()) -> None:
+    """Put ``data`` in the cache under ``key`` (the seed's warmupCache)."""
+    _cache().data.set(key, data, ttl, tags)
+
+
+def warmup_view(path: str, query: dict[str, str] | None = None) -> int:
+    """Render the view at ``path`` through the app so that ``@cached`` stores
+    it, as an anonymous GET; returns the status code."""
+    with current_app.test_client() as client:
+        response = client.get(path, query_string=query)
+        return response.status_code

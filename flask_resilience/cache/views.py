@@ -1,0 +1,322 @@
+"""``@cached`` and ``@invalidates``: the Flask glue of the cache."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from flask import Request, Response, make_response, request, session
+from flask.typing import ResponseReturnValue
+
+from ..context import current_principal
+from ..state import get_state
+from .entry import CacheEntry
+from .flight import across_processes, release
+from .rules import (
+    base_key,
+    etag_matches,
+    response_refusal,
+    stored_headers,
+    strong_etag,
+    varied_key,
+)
+from .service import AppCache
+from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
+
+F = TypeVar("F", bound=Callable[..., Any])
+CACHE_ID = "flask-resilience"
+
+
+@dataclass(frozen=True)
+class ViewPolicy:
+    ttl: int | None
+    tags: tuple[str, ...]
+    prefix: str
+    key_func: Callable[[Request], str] | None
+    condition: Callable[[Request], bool] | None
+    per_user: bool
+    query_args: tuple[str, ...] | None
+    statuses: frozenset[int]
+
+
+def cached(
+    ttl: int | None = None,
+    *,
+    tags: Iterable[str] = (),
+    prefix: str = "cache",
+    key_func: Callable[[Request], str] | None = None,
+    condition: Callable[[Request], bool] | None = None,
+    per_user: bool = False,
+    query_args: Sequence[str] | None = None,
+    statuses: Collection[int] = (200,),
+    strategy: CacheStrategy = CacheStrategy.CACHE_ASIDE,
+    invalidation: InvalidationStrategy = InvalidationStrategy.TTL,
+) -> Callable[[F], F]:
+    """Cache a GET/HEAD view's response in both layers (see README for the HTTP rules).
+
+    ``ttl`` in seconds (default ``RESILIENCE_CACHE_DEFAULT_TTL``); ``tags``
+    for :func:`invalidate_cache_by_tag`; ``per_user`` keys on the caller's
+    principal instead of bypassing requests that carry credentials;
+    ``query_args`` limits which query parameters are part of the key.
+    """
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    if CacheStrategy(strategy) not in VIEW_STRATEGIES:
+        raise ValueError(
+            f"{strategy} is not a view strategy; use resilience.cache.write_through/write_behind"
+        )
+    tag_tuple = tuple(validate_tags(tags))
+    if InvalidationStrategy(invalidation) is InvalidationStrategy.TAG_BASED and not tag_tuple:
+        raise ValueError("invalidation=TAG_BASED needs tags")
+    policy = ViewPolicy(
+        ttl=ttl,
+        tags=tag_tuple,
+        prefix=prefix,
+        key_func=key_func,
+        condition=condition,
+        per_user=per_user,
+        query_args=None if query_args is None else tuple(query_args),
+        statuses=frozenset(statuses),
+    )
+
+    def decorator(view: F) -> F:
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Response:
+                plan = _Plan.begin(policy)
+                if plan.ready is not None:
+                    return plan.ready
+                if plan.bypass_reason is not None:
+                    return plan.bypassed(make_response(await view(*args, **kwargs)))
+                with plan.flight() as found:
+                    if found is not None:
+                        return found
+                    return plan.store(make_response(await view(*args, **kwargs)))
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            plan = _Plan.begin(policy)
+            if plan.ready is not None:
+                return plan.ready
+            if plan.bypass_reason is not None:
+                return plan.bypassed(make_response(view(*args, **kwargs)))
+            with plan.flight() as found:
+                if found is not None:
+                    return found
+                return plan.store(make_response(view(*args, **kwargs)))
+
+        return cast(F, wrapper)
+
+    return decorator
+
+
+class _Plan:
+    """One request through a cached view: look up, or compute and store."""
+
+    def __init__(self, cache: AppCache, policy: ViewPolicy, key: str | None, bypass: str | None) -> None:
+        self.cache = cache
+        self.policy = policy
+        self.key = key
+        self.bypass_reason = bypass
+        self.endpoint = request.endpoint or request.path
+        self.ready: Response | None = None
+
+    @classmethod
+    def begin(cls, policy: ViewPolicy) -> _Plan:
+        cache = get_state().cache
+        bypass = cache.request_bypass_reason(policy)
+        if bypass is not None:
+            return cls(cache, policy, None, bypass)
+        if policy.key_func is not None:
+            key = f"{policy.prefix}:{policy.key_func(request)}"
+        else:
+            key = base_key(
+                request,
+                prefix=policy.prefix,
+                query_args=policy.query_args,
+                principal=current_principal() if policy.per_user else None,
+            )
+        plan = cls(cache, policy, key, None)
+        if not cache.honors_no_cache or not request.cache_control.no_cache:
+            plan.ready = plan.lookup()
+        return plan
+
+    def lookup(self) -> Response | None:
+        assert self.key is not None
+        layered = self.cache.layered
+        found = layered.get(self.key)
+        if found is not None and found[0].kind == "vary":
+            vary = found[0].body.decode().split(",")
+            found = layered.get(varied_key(self.key, request, vary))
+        if found is None:
+            return None
+        entry, layer = found
+        layered.stats.count(f"{layer}_hits", self.endpoint)
+        return self._respond(entry, layer)
+
+    def flight(self) -> _Flight:
+        return _Flight(self)
+
+    def bypassed(self, response: Response) -> Response:
+        assert self.bypass_reason is not None
+        self.cache.layered.stats.count_reason("bypasses", self.bypass_reason, self.endpoint)
+        response.headers["X-Cache"] = "MISS"
+        response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=bypass; detail={self.bypass_reason}"
+        return response
+
+    def store(self, response: Response) -> Response:
+        assert self.key is not None
+        layered = self.cache.layered
+        layered.stats.count("misses", self.endpoint)
+        refusal = response_refusal(response, self.policy.statuses, self.cache.max_body_bytes)
+        if refusal is None and session.modified:
+            refusal = "session-modified"
+        if refusal is not None:
+            layered.stats.count_reason("not_stored", refusal, self.endpoint)
+            response.headers["X-Cache"] = "MISS"
+            response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=uri-miss; detail=not-stored-{refusal}"
+            return response
+        body = response.get_data()
+        now = layered.clock()
+        ttl = self.policy.ttl or self.cache.default_ttl
+        entry = CacheEntry(
+            kind="response",
+            body=body,
+            created_at=now,
+            expires_at=now + ttl,
+            tags=layered.stamp(self.policy.tags),
+            status=response.status_code,
+            headers=stored_headers(response, self.cache.extra_headers),
+            etag=response.headers.get("ETag") or strong_etag(body),
+        )
+        key = self.key
+        vary = sorted(response.vary)
+        if vary:
+            marker = CacheEntry("vary", ",".join(vary).encode(), now, now + ttl, entry.tags)
+            layered.put(key, marker)
+            key = varied_key(key, request, vary)
+        layered.put(key, entry)
+        response.headers["ETag"] = entry.etag or ""
+        response.headers["X-Cache"] = "MISS"
+        response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=uri-miss; stored"
+        if entry.etag and etag_matches(request, entry.etag):
+            return _not_modified(entry, response.headers.items())
+        return response
+
+    def _respond(self, entry: CacheEntry, layer: str) -> Response:
+        now = self.cache.layered.clock()
+        extra = (
+            ("X-Cache", "HIT"),
+            ("Cache-Status", f"{CACHE_ID}; hit; ttl={max(0, int(entry.expires_at - now))}; detail={layer}"),
+            ("Age", str(max(0, int(now - entry.created_at)))),
+        )
+        headers = [*entry.headers, *extra]
+        if entry.etag and etag_matches(request, entry.etag):
+            return _not_modified(entry, headers)
+        response = Response(entry.body, status=entry.status, headers=headers)
+        if entry.etag and "ETag" not in response.headers:
+            response.headers["ETag"] = entry.etag
+        return response
+
+
+class _Flight:
+    """Single flight in this process, then the cross-process lock; yields a
+    response found meanwhile, or None when the caller must compute."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self._holding = False
+        self._flight: Any = None
+
+    def __enter__(self) -> Response | None:
+        plan = self.plan
+        assert plan.key is not None
+        cache = plan.cache
+        self._flight = cache.flight(plan.key, cache.lock_timeout)
+        leader = self._flight.__enter__()
+        if not leader:
+            found = plan.lookup()
+            if found is not None:
+                cache.layered.stats.count("collapsed", plan.endpoint)
+                return found
+        self._holding, found = across_processes(
+            cache.layered.l2, cache.layered.lock_key(plan.key), cache.lock_timeout, plan.lookup
+        )
+        if found is not None:
+            cache.layered.stats.count("collapsed", plan.endpoint)
+        return found
+
+    def __exit__(self, *exc_info: object) -> None:
+        plan = self.plan
+        if self._holding and plan.key is not None:
+            release(plan.cache.layered.l2, plan.cache.layered.lock_key(plan.key))
+        self._flight.__exit__(*exc_info)
+
+
+def _not_modified(entry: CacheEntry, headers: Iterable[tuple[str, str]]) -> Response:
+    """A 304 with the validators and caching headers a 200 would carry (RFC 9110 §15.4.5)."""
+    response = Response(status=304)
+    for name, value in headers:
+        if name.lower() not in ("content-length", "content-type"):
+            response.headers[name] = value
+    if entry.etag:
+        response.headers["ETag"] = entry.etag
+    return response
+
+
+def invalidates(
+    *,
+    tags: Iterable[str] = (),
+    keys: Iterable[str] = (),
+    patterns: Iterable[str | re.Pattern[str]] = (),
+) -> Callable[[F], F]:
+    """After a 2xx response of the decorated (write) view, invalidate ``tags``,
+    ``keys`` and ``patterns`` (the seed's ON_WRITE)."""
+    tag_list, key_list, pattern_list = list(validate_tags(tags)), list(keys), list(patterns)
+
+    def apply(response: Response) -> Response:
+        if 200 <= response.status_code < 300:
+            layered = get_state().cache.layered
+            for tag in tag_list:
+                layered.invalidate_tag(tag)
+            for key in key_list:
+                layered.delete(key)
+            for pattern in pattern_list:
+                layered.invalidate_pattern(pattern)
+        return response
+
+    def decorator(view: F) -> F:
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Response:
+                rv = await cast(Callable[..., Awaitable[ResponseReturnValue]], view)(*args, **kwargs)
+                return apply(make_response(rv))
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            return apply(make_response(view(*args, **kwargs)))
+
+        return cast(F, wrapper)
+
+    return decorator
+
+
+_TAG = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+
+def validate_tags(tags: Iterable[str]) -> list[str]:
+    checked = list(tags)
+    for tag in checked:
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+            raise ValueError(f"a cache tag must match [A-Za-z0-9._:/-]{{1,128}}, got {tag!r}")
+    return checked

@@ -1,0 +1,124 @@
+"""The write-behind queue: persists cached values from a background thread.
+
+Bounded (a full queue drops the write and counts it), retried with backoff,
+and flushed by ``stop()``, which ``resilience.shutdown()`` and interpreter
+exit call. The thread starts lazily in the process that first submits, so it
+exists in each gunicorn worker that uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+logger = logging.getLogger("flask_resilience")
+
+_STOP = ("", None)
+
+
+class WriteBehindQueue:
+    def __init__(
+        self,
+        *,
+        max_size: int = 10_000,
+        retry_delays: Sequence[float] = (0.1, 0.5, 2.0),
+        wait: Callable[[float], object] | None = None,
+    ) -> None:
+        self.max_size = max_size
+        self.retry_delays = tuple(retry_delays)
+        self._stopping = threading.Event()
+        self._wait = wait or self._stopping.wait
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+        self._reset_process()
+
+    def _reset_process(self) -> None:
+        self._pid = os.getpid()
+        self._queue: queue.Queue[tuple[str, Callable[[], Any] | None]] = queue.Queue(self.max_size)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            self._counts[name] += 1
+
+    def submit(self, key: str, persist: Callable[[], Any]) -> bool:
+        """Queue ``persist()``; False (and a counted drop) when the queue is full."""
+        if self._pid != os.getpid():
+            self._reset_process()
+        try:
+            self._queue.put_nowait((key, persist))
+        except queue.Full:
+            self._count("dropped")
+            logger.error("write-behind queue full (%d): dropped the write of %r", self.max_size, key)
+            return False
+        self._count("queued")
+        self._ensure_thread()
+        return True
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping.clear()
+                # A daemon, because stop() flushes it at shutdown and at exit.
+                self._thread = threading.Thread(
+                    target=self._run, name="flask-resilience-write-behind", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            key, persist = self._queue.get()
+            if persist is None:
+                return
+            self._persist(key, persist)
+
+    def _persist(self, key: str, persist: Callable[[], Any]) -> None:
+        for attempt in range(len(self.retry_delays) + 1):
+            try:
+                persist()
+            except Exception as exc:
+                if attempt == len(self.retry_delays):
+                    self._count("failed")
+                    logger.error("write-behind of %r failed after %d attempts: %s", key, attempt + 1, exc)
+                    return
+                self._count("retries")
+                self._wait(self.retry_delays[attempt])
+            else:
+                self._count("persisted")
+                return
+
+    def flush(self) -> None:
+        """Persist everything queued now, in the calling thread."""
+        while True:
+            try:
+                key, persist = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if persist is not None:
+                self._persist(key, persist)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the thread finish what is queued, then stop it; flush leftovers."""
+        self._stopping.set()  # cut retry back-off short: we are shutting down
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            self._queue.put(_STOP)
+            thread.join(timeout)
+        self._thread = None
+        self.flush()
+
+    def stats(self) -> dict[str, int]:
+        with self._counts_lock:
+            counts = dict(self._counts)
+        return {
+            "pending": self._queue.qsize(),
+            **{name: counts.get(name, 0) for name in ("queued", "persisted", "retries", "failed", "dropped")},
+        }
