@@ -114,6 +114,11 @@ class LayeredCache:
         self._origin = uuid.uuid4().hex
         self._channel = redis.channel("cache") if self._redis is not None and redis is not None else None
 
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Replace the time source (wall-clock seconds) of both layers; for tests."""
+        self.clock = clock
+        self.l1.set_clock(clock)
+
     # -- naming ----------------------------------------------------------------
 
     def entry_key(self, key: str) -> str:
@@ -326,6 +331,7 @@ class LayeredCache:
 
     def _on_message(self, raw: bytes) -> None:
         message = json.loads(raw)
+        self.stats.count("invalidations_received")
         operation = message.get("op")
         if operation == "key":
             self.l1.delete(str(message["key"]))

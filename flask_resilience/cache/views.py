@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from flask.typing import ResponseReturnValue
 
 from ..context import current_principal
 from ..state import get_state
+from ..stores.redis import StoreUnavailableError
 from .entry import CacheEntry
 from .flight import across_processes, release
 from .rules import (
@@ -28,6 +30,7 @@ from .service import AppCache
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
 
 F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("flask_resilience")
 CACHE_ID = "flask-resilience"
 
 
@@ -282,14 +285,22 @@ def invalidates(
     tag_list, key_list, pattern_list = list(validate_tags(tags)), list(keys), list(patterns)
 
     def apply(response: Response) -> Response:
-        if 200 <= response.status_code < 300:
-            layered = get_state().cache.layered
+        if not 200 <= response.status_code < 300:
+            return response
+        layered = get_state().cache.layered
+        try:
             for tag in tag_list:
                 layered.invalidate_tag(tag)
             for key in key_list:
                 layered.delete(key)
             for pattern in pattern_list:
                 layered.invalidate_pattern(pattern)
+        except StoreUnavailableError as exc:
+            # The write succeeded; failing its response would invite a retry of
+            # the write. Other processes keep old entries for at most the L1 TTL cap.
+            layered.l1.clear()
+            layered.stats.count_reason("errors", "invalidation_failed")
+            logger.error("could not invalidate the cache after %s: %s", request.path, exc)
         return response
 
     def decorator(view: F) -> F:

@@ -72,6 +72,11 @@ class MemoryStore(Generic[V]):
         self._lock = threading.Lock()
         self._stats = MemoryStats()
 
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Replace the time source; entries keep their absolute expiry times."""
+        with self._lock:
+            self._clock = clock
+
     def get(self, key: str) -> V | None:
         """The value, or None when absent or expired; a hit refreshes its recency."""
         with self._lock:
