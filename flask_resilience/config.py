@@ -196,7 +196,8 @@ def header_names(value: object) -> tuple[str, ...]:
 def flask_caching_cache(value: object) -> object | None:
     if value is None:
         return None
-    if not all(hasattr(value, name) for name in ("get", "set", "delete_many", "cache")):
+    # Looked up on the class: Cache.cache is a property that needs an app context.
+    if not all(hasattr(type(value), name) for name in ("get", "set", "delete_many", "cache")):
         raise _Invalid("expected a flask_caching.Cache instance")
     return value
 

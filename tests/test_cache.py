@@ -11,6 +11,7 @@ import pytest
 from flask import Flask, Response, jsonify, request, session
 from flask.testing import FlaskClient
 from flask.typing import ResponseReturnValue
+from werkzeug.test import TestResponse
 
 from flask_resilience import (
     cached,
@@ -156,7 +157,7 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def call_of(response: Response) -> int:
+def call_of(response: TestResponse) -> int:
     assert response.json is not None
     value: int = response.json["call"]
     return value

@@ -71,6 +71,7 @@ class CacheStats:
             hits = counts.get("l1_hits", 0) + counts.get("l2_hits", 0)
             lookups = hits + counts.get("misses", 0)
             return {
+                **counts,
                 **{name: counts.get(name, 0) for name in ("l1_hits", "l2_hits", "misses", "sets", "deletes")},
                 "hits": hits,
                 "hit_rate": round(hits / lookups, 4) if lookups else 0.0,

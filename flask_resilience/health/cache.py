@@ -7,6 +7,7 @@ import re
 from flask import Response, jsonify
 
 from ..cache.backends import PatternsNeedRedis
+from ..cache.views import validate_tags
 from ..problems import Problem
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
@@ -63,6 +64,10 @@ def invalidate() -> Response:
     layered = get_state().cache.layered
     try:
         if kind == "tag":
+            try:
+                (value,) = validate_tags([value])
+            except ValueError as exc:
+                raise Problem(400, "invalid-body", "Invalid tag", str(exc)) from None
             layered.invalidate_tag(value)
             removed = None
         elif kind == "key":

@@ -132,6 +132,11 @@ class Subscriber:
             channel = _text(message.get("channel"))
             if message.get("type") == "subscribe":
                 with self._confirmed_changed:
+                    # redis-py re-subscribes by itself after a dropped connection;
+                    # a second confirmation of a channel is how that shows.
+                    if channel in self._confirmed:
+                        self._confirmed.clear()
+                        self.disconnects += 1
                     reconnected = not self._confirmed and self.disconnects > 0
                     if not self._confirmed:
                         self.connects += 1

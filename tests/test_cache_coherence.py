@@ -1,0 +1,212 @@
+"""L1 coherence and stampede protection across real processes, through real Redis."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from flask_resilience import (
+    Resilience,
+    cached,
+    clear_all_caches,
+    invalidate_cache,
+    invalidate_cache_by_pattern,
+    invalidate_cache_by_tag,
+)
+from flask_resilience.state import get_state
+
+Inbox = "multiprocessing.Queue[tuple[str, Any]]"
+
+
+def worker_app(redis_url: str, prefix: str, counter_key: str, arrivals: int = 0) -> Flask:
+    """The app each worker process runs; the view counts its runs in Redis
+    and, with ``arrivals``, waits until that many requests have started."""
+    app = Flask("cache-worker")
+    app.config.update(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_KEY_PREFIX=prefix)
+    Resilience(app)
+    counter = redis.Redis.from_url(redis_url)
+
+    @app.get("/flights")
+    @cached(ttl=300, tags=["flights"], prefix="api")
+    def flights() -> ResponseReturnValue:
+        runs = counter.incr(counter_key)
+        _wait_until(lambda: int(counter.get(f"{counter_key}:arrived") or 0) >= arrivals)
+        return jsonify(runs=runs, to=request.args.get("to"))
+
+    return app
+
+
+def _worker(redis_url: str, prefix: str, counter_key: str, inbox: Any, outbox: Any) -> None:
+    app = worker_app(redis_url, prefix, counter_key)
+    store = get_state(app).redis
+    assert store is not None
+    outbox.put(("ready", store.subscriber.wait_until_listening(10)))
+    client = app.test_client()
+    layered = get_state(app).cache.layered
+    while True:
+        command, argument = inbox.get(timeout=60)
+        if command == "get":
+            response = client.get(argument)
+            outbox.put(
+                ("got", (response.headers["X-Cache"], response.headers["Cache-Status"], response.json))
+            )
+        elif command == "received":
+            seen = _wait_until(
+                lambda wanted=int(argument): (
+                    layered.stats.snapshot().get("invalidations_received", 0) >= wanted
+                )
+            )
+            outbox.put(("received", seen))
+        else:
+            Resilience.shutdown(app.extensions["resilience"].extension)
+            return
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    pause = threading.Event()
+    for _ in range(int(timeout * 200)):
+        if predicate():
+            return True
+        pause.wait(0.005)
+    return predicate()
+
+
+class Worker:
+    """A second process running the same app, driven through queues."""
+
+    def __init__(self, redis_url: str, prefix: str, counter_key: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.inbox: Any = context.Queue()
+        self.outbox: Any = context.Queue()
+        self.process = context.Process(
+            target=_worker, args=(redis_url, prefix, counter_key, self.inbox, self.outbox)
+        )
+        self.process.start()
+        assert self.answer("ready") is True
+
+    def answer(self, kind: str) -> Any:
+        try:
+            got, value = self.outbox.get(timeout=30)
+        except queue.Empty:
+            pytest.fail("the worker process did not answer")
+        assert got == kind
+        return value
+
+    def get(self, path: str) -> tuple[str, str, dict[str, Any]]:
+        self.inbox.put(("get", path))
+        result: tuple[str, str, dict[str, Any]] = self.answer("got")
+        return result
+
+    def received(self, count: int) -> bool:
+        self.inbox.put(("received", count))
+        return bool(self.answer("received"))
+
+    def stop(self) -> None:
+        self.inbox.put(("stop", None))
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+@pytest.fixture
+def setup(redis_url: str, key_prefix: str, raw_redis: redis.Redis) -> Iterator[tuple[Flask, Worker]]:
+    counter_key = f"{key_prefix}test-runs"
+    app = worker_app(redis_url, key_prefix, counter_key)
+    store = get_state(app).redis
+    assert store is not None
+    assert store.subscriber.wait_until_listening(10)
+    worker = Worker(redis_url, key_prefix, counter_key)
+    yield app, worker
+    worker.stop()
+    app.extensions["resilience"].extension.shutdown()
+    raw_redis.delete(counter_key)
+
+
+def _prime(app: Flask, worker: Worker, path: str) -> None:
+    assert app.test_client().get(path).headers["X-Cache"] == "MISS"
+    cache, status, _ = worker.get(path)
+    assert (cache, status.endswith("detail=l2")) == ("HIT", True)
+    assert worker.get(path)[1].endswith("detail=l1")  # now in the worker's own L1
+
+
+@pytest.mark.parametrize(
+    "invalidate",
+    [
+        lambda: invalidate_cache_by_tag("flights"),
+        lambda: invalidate_cache("api:/flights?to=LIS"),
+        lambda: invalidate_cache_by_pattern("api:/flights?to=L*"),
+        lambda: invalidate_cache_by_pattern(re.compile(r"to=LIS$")),
+        clear_all_caches,
+    ],
+    ids=["tag", "key", "glob", "regex", "clear"],
+)
+def test_invalidation_reaches_the_other_process_l1(
+    setup: tuple[Flask, Worker], invalidate: Callable[[], object]
+) -> None:
+    app, worker = setup
+    _prime(app, worker, "/flights?to=LIS")
+    with app.app_context():
+        invalidate()
+    assert worker.received(1)
+    cache, _, body = worker.get("/flights?to=LIS")
+    assert cache == "MISS"
+    assert body["runs"] == 2
+
+
+def test_lost_subscription_empties_l1(setup: tuple[Flask, Worker], raw_redis: redis.Redis) -> None:
+    app, _ = setup
+    client = app.test_client()
+    client.get("/flights")
+    layered = get_state(app).cache.layered
+    assert len(layered.l1) == 1
+    raw_redis.client_kill_filter(_type="pubsub")
+    assert _wait_until(lambda: len(layered.l1) == 0)
+    assert layered.stats.snapshot()["errors"]["subscription_lost"] >= 1
+    store = get_state(app).redis
+    assert store is not None
+    assert store.subscriber.wait_until_listening(10)  # and it resubscribes
+
+
+def _racer(redis_url: str, prefix: str, counter_key: str, start: Any, results: Any) -> None:
+    app = worker_app(redis_url, prefix, counter_key, arrivals=4)
+    client = app.test_client()
+    start.wait(30)
+    # Every racer has started its request before any view may finish, so
+    # without the cross-process lock all four would run the view.
+    redis.Redis.from_url(redis_url).incr(f"{counter_key}:arrived")
+    response = client.get("/flights?to=FAO")
+    results.put((response.status_code, response.json))
+    app.extensions["resilience"].extension.shutdown()
+
+
+def test_four_processes_missing_one_key_compute_once(
+    redis_url: str, key_prefix: str, raw_redis: redis.Redis
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    counter_key = f"{key_prefix}race-runs"
+    start = context.Event()
+    results: Any = context.Queue()
+    racers = [
+        context.Process(target=_racer, args=(redis_url, key_prefix, counter_key, start, results))
+        for _ in range(4)
+    ]
+    for racer in racers:
+        racer.start()
+    try:
+        start.set()
+        answers = [results.get(timeout=60) for _ in racers]
+    finally:
+        for racer in racers:
+            racer.join(30)
+        raw_redis.delete(counter_key, f"{counter_key}:arrived")
+    assert [status for status, _ in answers] == [200] * 4
+    assert {body["runs"] for _, body in answers} == {1}
