@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import queue
 import re
@@ -22,6 +23,7 @@ from flask_resilience import (
     invalidate_cache_by_pattern,
     invalidate_cache_by_tag,
 )
+from flask_resilience.cache.layered import LayeredCache
 from flask_resilience.state import get_state
 
 Inbox = "multiprocessing.Queue[tuple[str, Any]]"
@@ -60,15 +62,15 @@ def _worker(redis_url: str, prefix: str, counter_key: str, inbox: Any, outbox: A
                 ("got", (response.headers["X-Cache"], response.headers["Cache-Status"], response.json))
             )
         elif command == "received":
-            seen = _wait_until(
-                lambda wanted=int(argument): (
-                    layered.stats.snapshot().get("invalidations_received", 0) >= wanted
-                )
-            )
+            seen = _wait_until(functools.partial(_received_at_least, layered, int(argument)))
             outbox.put(("received", seen))
         else:
-            Resilience.shutdown(app.extensions["resilience"].extension)
+            get_state(app).extension.shutdown()
             return
+
+
+def _received_at_least(layered: LayeredCache, wanted: int) -> bool:
+    return int(layered.stats.snapshot().get("invalidations_received", 0)) >= wanted
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
