@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import uuid
+import secrets
 from dataclasses import dataclass
 
 from flask import Response, current_app, g, request
@@ -53,11 +53,14 @@ class _RequestInfo:
 
 
 def _request_info() -> _RequestInfo:
-    info: _RequestInfo | None = g.get(_G_ATTRIBUTE)
+    info: _RequestInfo | None = getattr(g, _G_ATTRIBUTE, None)
     if info is None:
         header = get_state().config[REQUEST_ID_HEADER]
-        incoming = request.headers.get(header, "")
-        request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        incoming = request.headers.get(header)
+        if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
+            request_id = incoming
+        else:
+            request_id = secrets.token_hex(16)
         info = _RequestInfo(request_id)
         setattr(g, _G_ATTRIBUTE, info)
     return info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import weakref
 from collections.abc import Callable
@@ -84,8 +85,7 @@ class Resilience:
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
-        app.before_request(begin_request)
-        app.before_request(lambda: _keep_listener_running(state))
+        app.before_request(functools.partial(_begin_request, state))
         app.after_request(finish_request)
         app.register_error_handler(Problem, handle_problem)
         if config[cfg.HEALTH_ENABLED]:
@@ -189,7 +189,8 @@ def _register_health_checks(state: ResilienceState) -> None:
     state.health_checks["database"] = state.database.ping
 
 
-def _keep_listener_running(state: ResilienceState) -> None:
+def _begin_request(state: ResilienceState) -> None:
+    begin_request()
     # A worker forked after subscriptions were made starts its listener here.
     if state.redis is not None:
         state.redis.subscriber.ensure_running()

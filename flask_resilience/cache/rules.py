@@ -42,10 +42,12 @@ def request_bypass(
     """Why this request must not use the shared cache, or None."""
     if request.method not in CACHEABLE_METHODS:
         return "method"
-    if request.cache_control.no_store:
+    headers = request.headers
+    # Raw header checks first: parsing Cache-Control and cookies costs more than a hit.
+    if "Cache-Control" in headers and request.cache_control.no_store:
         return "request-no-store"
-    private = "authorization" if "Authorization" in request.headers else None
-    if private is None and session_cookie in request.cookies:
+    private = "authorization" if "Authorization" in headers else None
+    if private is None and "Cookie" in headers and session_cookie in request.cookies:
         private = "session-cookie"
     if private is not None and (not per_user or principal is None):
         return private
@@ -89,13 +91,15 @@ def base_key(
     The query string is sorted (order does not fragment the cache) and, with
     ``query_args``, limited to those names (clients cannot inject key material).
     """
+    key = f"{prefix}:{request.path}"
+    if not request.query_string:
+        return key if principal is None else f"{key}#u={principal.key}"
     items = sorted(
         (name, value)
         for name, values in request.args.lists()
         if query_args is None or name in query_args
         for value in values
     )
-    key = f"{prefix}:{request.path}"
     if items:
         key += "?" + urlencode(items)
     if principal is not None:

@@ -189,6 +189,8 @@ class _Plan:
         body = response.get_data()
         now = layered.clock()
         ttl = self.policy.ttl or self.cache.default_ttl
+        if "ETag" not in response.headers:
+            response.headers["ETag"] = strong_etag(body)
         entry = CacheEntry(
             kind="response",
             body=body,
@@ -197,7 +199,7 @@ class _Plan:
             tags=layered.stamp(self.policy.tags),
             status=response.status_code,
             headers=stored_headers(response, self.cache.extra_headers),
-            etag=response.headers.get("ETag") or strong_etag(body),
+            etag=response.headers["ETag"],
         )
         key = self.key
         vary = sorted(response.vary)
@@ -206,7 +208,6 @@ class _Plan:
             layered.put(key, marker)
             key = varied_key(key, request, vary)
         layered.put(key, entry)
-        response.headers["ETag"] = entry.etag or ""
         response.headers["X-Cache"] = "MISS"
         response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=uri-miss; stored"
         if entry.etag and etag_matches(request, entry.etag):
@@ -223,10 +224,7 @@ class _Plan:
         headers = [*entry.headers, *extra]
         if entry.etag and etag_matches(request, entry.etag):
             return _not_modified(entry, headers)
-        response = Response(entry.body, status=entry.status, headers=headers)
-        if entry.etag and "ETag" not in response.headers:
-            response.headers["ETag"] = entry.etag
-        return response
+        return Response(entry.body, status=entry.status, headers=headers)
 
 
 class _Flight:
