@@ -22,12 +22,26 @@ class L2Backend(Protocol):
     shares_invalidations: bool
 
     def get(self, key: str) -> bytes | None: ...
+    def get_or_lock(
+        self, key: str, lock_key: str, token: bytes, lock_ttl: float
+    ) -> tuple[bytes | None, bool]: ...
     def set(self, key: str, value: bytes, ttl: float) -> None: ...
+    def set_and_unlock(self, key: str, value: bytes, ttl: float, lock_key: str) -> None: ...
     def add(self, key: str, value: bytes, ttl: float) -> bool: ...
     def delete(self, keys: list[str]) -> int: ...
     def incr(self, key: str) -> int: ...
     def get_counters(self, keys: list[str]) -> list[int]: ...
     def scan(self, glob: str) -> Iterator[str]: ...
+
+
+# A miss costs two round trips: this script (read, or take the stampede lock),
+# then one pipeline (store and unlock).
+_GET_OR_LOCK = """
+local value = redis.call('GET', KEYS[1])
+if value then return {value, 0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
+return {false, 0}
+"""
 
 
 class RedisBackend:
@@ -38,12 +52,30 @@ class RedisBackend:
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        self._get_or_lock = store.script(_GET_OR_LOCK)
 
     def get(self, key: str) -> bytes | None:
         return self.store.get(key)
 
+    def get_or_lock(
+        self, key: str, lock_key: str, token: bytes, lock_ttl: float
+    ) -> tuple[bytes | None, bool]:
+        """The value, or None and whether this caller now holds ``lock_key``."""
+        if self.store.is_cluster:  # the two keys live in different slots
+            value = self.store.get(key)
+            if value is not None:
+                return value, False
+            return None, self.store.set(lock_key, token, lock_ttl, only_if_absent=True)
+        value, locked = self.store.run_script(
+            self._get_or_lock, [key, lock_key], [token, int(lock_ttl * 1000)]
+        )
+        return value, bool(locked)
+
     def set(self, key: str, value: bytes, ttl: float) -> None:
         self.store.set(key, value, ttl)
+
+    def set_and_unlock(self, key: str, value: bytes, ttl: float, lock_key: str) -> None:
+        self.store.set_and_delete(key, value, ttl, lock_key)
 
     def add(self, key: str, value: bytes, ttl: float) -> bool:
         return self.store.set(key, value, ttl, only_if_absent=True)
@@ -89,6 +121,18 @@ class FlaskCachingBackend:
     def get(self, key: str) -> bytes | None:
         value = self._run(lambda: self._backend().get(key))
         return value if isinstance(value, bytes) else None
+
+    def get_or_lock(
+        self, key: str, lock_key: str, token: bytes, lock_ttl: float
+    ) -> tuple[bytes | None, bool]:
+        value = self.get(key)
+        if value is not None:
+            return value, False
+        return None, self.add(lock_key, token, lock_ttl)
+
+    def set_and_unlock(self, key: str, value: bytes, ttl: float, lock_key: str) -> None:
+        self.set(key, value, ttl)
+        self.delete([lock_key])
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         self._run(lambda: self._backend().set(key, value, timeout=max(1, int(ttl))))

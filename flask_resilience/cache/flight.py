@@ -6,14 +6,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..stores.redis import StoreUnavailableError
-from .backends import L2Backend
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from .entry import CacheEntry
+    from .layered import LayeredCache
 
 
 class SingleFlight:
@@ -44,43 +44,27 @@ class SingleFlight:
             done.set()
 
 
-def across_processes(
-    l2: L2Backend | None,
-    lock_key: str,
-    timeout: float,
-    reread: Callable[[], T | None],
-    poll: float = 0.02,
-) -> tuple[bool, T | None]:
-    """Take the cross-process lock for a key, or wait for its holder's result.
+def wait_for_holder(layered: LayeredCache, key: str, timeout: float, poll: float = 0.02) -> CacheEntry | None:
+    """Another process holds ``key``'s lock: poll for what it stores.
 
-    Returns ``(holding, found)``: ``holding`` means this process computes (and
-    must call :func:`release`); otherwise ``found`` is what the holder stored,
-    or None if it stored nothing within ``timeout`` (compute anyway).
+    None when it stored nothing before releasing the lock or within
+    ``timeout`` seconds; the caller then computes itself.
     """
+    l2 = layered.l2
     if l2 is None:
-        return False, None
-    token = uuid.uuid4().hex.encode()
-    try:
-        if l2.add(lock_key, token, timeout):
-            return True, None
-    except StoreUnavailableError:
-        return False, None
+        return None
+    lock_key = layered.lock_key(key)
     deadline = time.monotonic() + timeout
     pause = threading.Event()
     while time.monotonic() < deadline:
-        found = reread()
+        found = layered.get(key)
         if found is not None:
-            return False, found
+            return found[0]
         try:
             if l2.get(lock_key) is None:
-                return False, reread()
+                found = layered.get(key)
+                return None if found is None else found[0]
         except StoreUnavailableError:
-            return False, None
+            return None
         pause.wait(poll)
-    return False, None
-
-
-def release(l2: L2Backend | None, lock_key: str) -> None:
-    if l2 is not None:
-        with contextlib.suppress(StoreUnavailableError):
-            l2.delete([lock_key])
+    return None

@@ -189,12 +189,9 @@ class LayeredCache:
 
     def get(self, key: str) -> tuple[CacheEntry, str] | None:
         """The current entry for ``key`` and the layer it came from (``"l1"``/``"l2"``)."""
-        now = self.clock()
-        entry = self.l1.get(key)
+        entry = self.get_l1(key)
         if entry is not None:
-            if self._is_current(entry, now):
-                return entry, "l1"
-            self.l1.delete(key)
+            return entry, "l1"
         l2 = self._l2()
         if l2 is None:
             return None
@@ -204,6 +201,52 @@ class LayeredCache:
             self._l2_failed("get", exc)
             return None
         self._l2_ok()
+        entry = self._accept(key, data)
+        return None if entry is None else (entry, "l2")
+
+    def get_l1(self, key: str) -> CacheEntry | None:
+        entry = self.l1.get(key)
+        if entry is None:
+            return None
+        if self._is_current(entry, self.clock()):
+            return entry
+        self.l1.delete(key)
+        return None
+
+    def get_l2_or_lock(self, key: str, lock_ttl: float) -> tuple[CacheEntry | None, str]:
+        """Read L2, or take the stampede lock for ``key`` in the same round trip.
+
+        Returns the entry with ``"hit"``, or None with ``"locked"`` (this
+        process computes and must :meth:`put` with ``unlock=True`` or
+        :meth:`unlock`), ``"busy"`` (another process computes) or ``"none"``
+        (no L2, or it failed: compute without a lock).
+        """
+        l2 = self._l2()
+        if l2 is None:
+            return None, "none"
+        lock_key = self.lock_key(key)
+        token = self._origin.encode()
+        try:
+            data, locked = l2.get_or_lock(self.entry_key(key), lock_key, token, lock_ttl)
+            entry = self._accept(key, data)
+            if data is not None and entry is None:  # stale or unreadable: a miss after all
+                locked = l2.add(lock_key, token, lock_ttl)
+        except StoreUnavailableError as exc:
+            self._l2_failed("get", exc)
+            return None, "none"
+        self._l2_ok()
+        if entry is not None:
+            return entry, "hit"
+        return None, "locked" if locked else "busy"
+
+    def unlock(self, key: str) -> None:
+        l2 = self._l2()
+        if l2 is not None:
+            with contextlib.suppress(StoreUnavailableError):
+                l2.delete([self.lock_key(key)])
+
+    def _accept(self, key: str, data: bytes | None) -> CacheEntry | None:
+        """Decode an L2 value; a current one is copied into L1."""
         if data is None:
             return None
         try:
@@ -211,18 +254,20 @@ class LayeredCache:
         except UnreadableEntry:
             self.stats.count_reason("errors", "unreadable_entry")
             return None
+        now = self.clock()
         if not self._is_current(entry, now):
             return None
         self._fill_l1(key, entry, now)
-        return entry, "l2"
+        return entry
 
     def _fill_l1(self, key: str, entry: CacheEntry, now: float) -> None:
         ttl = min(entry.expires_at - now, self.l1_max_ttl)
         if ttl > 0:
             self.l1.set(key, entry, ttl)
 
-    def put(self, key: str, entry: CacheEntry) -> None:
-        """Store in both layers (L2 failures are counted, not raised)."""
+    def put(self, key: str, entry: CacheEntry, *, unlock: str | None = None) -> None:
+        """Store in both layers (L2 failures are counted, not raised); with
+        ``unlock``, release that key's stampede lock in the same round trip."""
         now = self.clock()
         self._fill_l1(key, entry, now)
         self.stats.count("sets")
@@ -230,7 +275,12 @@ class LayeredCache:
         if l2 is None:
             return
         try:
-            l2.set(self.entry_key(key), entry.encode(), entry.expires_at - now)
+            if unlock is None:
+                l2.set(self.entry_key(key), entry.encode(), entry.expires_at - now)
+            else:
+                l2.set_and_unlock(
+                    self.entry_key(key), entry.encode(), entry.expires_at - now, self.lock_key(unlock)
+                )
         except StoreUnavailableError as exc:
             self._l2_failed("set", exc)
         else:

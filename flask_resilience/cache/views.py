@@ -17,7 +17,7 @@ from ..context import current_principal
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from .entry import CacheEntry
-from .flight import across_processes, release
+from .flight import wait_for_holder
 from .rules import (
     base_key,
     etag_matches,
@@ -130,6 +130,8 @@ class _Plan:
         self.bypass_reason = bypass
         self.endpoint = request.endpoint or request.path
         self.ready: Response | None = None
+        self.lock: str | None = None  # the key whose cross-process lock this request holds
+        self.revalidate = False  # the client's no-cache, when the app honours it
 
     @classmethod
     def begin(cls, policy: ViewPolicy) -> _Plan:
@@ -147,22 +149,47 @@ class _Plan:
                 principal=current_principal() if policy.per_user else None,
             )
         plan = cls(cache, policy, key, None)
-        if not cache.honors_no_cache or not request.cache_control.no_cache:
-            plan.ready = plan.lookup()
+        plan.revalidate = (
+            cache.honors_no_cache
+            and "Cache-Control" in request.headers
+            and bool(request.cache_control.no_cache)
+        )
+        if not plan.revalidate:
+            plan.ready = plan.lookup_l1()
         return plan
 
-    def lookup(self) -> Response | None:
+    def lookup_l1(self) -> Response | None:
         assert self.key is not None
         layered = self.cache.layered
-        found = layered.get(self.key)
-        if found is not None and found[0].kind == "vary":
-            vary = found[0].body.decode().split(",")
-            found = layered.get(varied_key(self.key, request, vary))
-        if found is None:
+        entry = layered.get_l1(self.key)
+        if entry is not None and entry.kind == "vary":
+            entry = layered.get_l1(varied_key(self.key, request, _vary(entry)))
+        if entry is None:
             return None
-        entry, layer = found
-        layered.stats.count(f"{layer}_hits", self.endpoint)
-        return self._respond(entry, layer)
+        layered.stats.count("l1_hits", self.endpoint)
+        return self._respond(entry, "l1")
+
+    def lookup_l2(self) -> Response | None:
+        """Read L2 or take the cross-process lock in one round trip; when
+        another process holds the lock, wait for what it stores."""
+        assert self.key is not None
+        layered = self.cache.layered
+        timeout = self.cache.lock_timeout
+        key = self.key
+        entry, status = layered.get_l2_or_lock(key, timeout)
+        if entry is not None and entry.kind == "vary":
+            key = varied_key(key, request, _vary(entry))
+            entry, status = layered.get_l2_or_lock(key, timeout)
+        if entry is None and status == "busy":
+            entry = wait_for_holder(layered, key, timeout)
+            if entry is not None:
+                layered.stats.count("collapsed", self.endpoint)
+        if entry is not None:
+            layered.stats.count("l2_hits", self.endpoint)
+            return self._respond(entry, "l2")
+        if status == "locked":
+            self.lock = key
+        return None
 
     def flight(self) -> _Flight:
         return _Flight(self)
@@ -204,10 +231,10 @@ class _Plan:
         key = self.key
         vary = sorted(response.vary)
         if vary:
-            marker = CacheEntry("vary", ",".join(vary).encode(), now, now + ttl, entry.tags)
-            layered.put(key, marker)
+            layered.put(key, CacheEntry("vary", ",".join(vary).encode(), now, now + ttl, entry.tags))
             key = varied_key(key, request, vary)
-        layered.put(key, entry)
+        layered.put(key, entry, unlock=self.lock)
+        self.lock = None
         response.headers["X-Cache"] = "MISS"
         response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=uri-miss; stored"
         if entry.etag and etag_matches(request, entry.etag):
@@ -228,12 +255,12 @@ class _Plan:
 
 
 class _Flight:
-    """Single flight in this process, then the cross-process lock; yields a
-    response found meanwhile, or None when the caller must compute."""
+    """Single flight in this process; its leader then reads L2 or takes the
+    cross-process lock. Yields a response found on the way, or None when the
+    caller must run the view."""
 
     def __init__(self, plan: _Plan) -> None:
         self.plan = plan
-        self._holding = False
         self._flight: Any = None
 
     def __enter__(self) -> Response | None:
@@ -241,24 +268,23 @@ class _Flight:
         assert plan.key is not None
         cache = plan.cache
         self._flight = cache.flight(plan.key, cache.lock_timeout)
-        leader = self._flight.__enter__()
-        if not leader:
-            found = plan.lookup()
-            if found is not None:
-                cache.layered.stats.count("collapsed", plan.endpoint)
-                return found
-        self._holding, found = across_processes(
-            cache.layered.l2, cache.layered.lock_key(plan.key), cache.lock_timeout, plan.lookup
-        )
+        if self._flight.__enter__():
+            return None if plan.revalidate else plan.lookup_l2()
+        found = plan.lookup_l1()  # the leader has finished: it stored, or could not
         if found is not None:
             cache.layered.stats.count("collapsed", plan.endpoint)
         return found
 
     def __exit__(self, *exc_info: object) -> None:
         plan = self.plan
-        if self._holding and plan.key is not None:
-            release(plan.cache.layered.l2, plan.cache.layered.lock_key(plan.key))
+        if plan.lock is not None:  # nothing was stored (an error, or a refusal)
+            plan.cache.layered.unlock(plan.lock)
+            plan.lock = None
         self._flight.__exit__(*exc_info)
+
+
+def _vary(marker: CacheEntry) -> list[str]:
+    return marker.body.decode().split(",")
 
 
 def _not_modified(entry: CacheEntry, headers: Iterable[tuple[str, str]]) -> Response:

@@ -9,12 +9,13 @@ exists in each gunicorn worker that uses it.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from .. import forks
 
 logger = logging.getLogger("flask_resilience")
 
@@ -38,7 +39,7 @@ class WriteBehindQueue:
         self._reset_process()
 
     def _reset_process(self) -> None:
-        self._pid = os.getpid()
+        self._generation = forks.generation()
         self._queue: queue.Queue[tuple[str, Callable[[], Any] | None]] = queue.Queue(self.max_size)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -49,7 +50,7 @@ class WriteBehindQueue:
 
     def submit(self, key: str, persist: Callable[[], Any]) -> bool:
         """Queue ``persist()``; False (and a counted drop) when the queue is full."""
-        if self._pid != os.getpid():
+        if self._generation != forks.generation():
             self._reset_process()
         try:
             self._queue.put_nowait((key, persist))
@@ -109,7 +110,7 @@ class WriteBehindQueue:
         """Let the thread finish what is queued, then stop it; flush leftovers."""
         self._stopping.set()  # cut retry back-off short: we are shutting down
         thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        if thread is not None and thread.is_alive() and self._generation == forks.generation():
             self._queue.put(_STOP)
             thread.join(timeout)
         self._thread = None

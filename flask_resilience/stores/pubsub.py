@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
+
+from .. import forks
 
 logger = logging.getLogger("flask_resilience")
 
@@ -43,7 +44,7 @@ class Subscriber:
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
-        self._pid = os.getpid()
+        self._generation = forks.generation()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,7 +65,7 @@ class Subscriber:
         Cheap enough to call on every request: it is how a worker forked after
         the subscriptions were made starts its own listener.
         """
-        if self._pid != os.getpid():
+        if self._generation != forks.generation():
             # After fork the parent's thread does not exist here: start afresh.
             self._reset_process_state()
         thread = self._thread

@@ -99,6 +99,17 @@ class RedisStore:
         px = None if ttl is None else max(1, int(ttl * 1000))
         return bool(self._run(lambda: self.client.set(key, value, px=px, nx=only_if_absent)))
 
+    def set_and_delete(self, key: str, value: bytes, ttl: float, doomed: str) -> None:
+        """``SET key value PX ttl`` and ``DEL doomed`` in one round trip (not atomic)."""
+
+        def pipeline() -> None:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(key, value, px=max(1, int(ttl * 1000)))
+                pipe.delete(doomed)
+                pipe.execute()
+
+        self._run(pipeline)
+
     def incr(self, key: str) -> int:
         return int(self._run(lambda: self.client.incr(key)))
 
