@@ -60,16 +60,19 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
         return "status"
     if response.is_streamed:
         return "streamed"
-    if "Set-Cookie" in response.headers:
+    headers = response.headers
+    if "Set-Cookie" in headers:
         return "set-cookie"
-    control = response.cache_control
-    if control.private or control.no_store:
-        return "private" if control.private else "no-store"
-    if control.no_cache:
-        return "no-cache"
-    if "*" in response.vary:
+    # Parse Cache-Control and Vary only when present: most responses have neither.
+    if "Cache-Control" in headers:
+        control = response.cache_control
+        if control.private or control.no_store:
+            return "private" if control.private else "no-store"
+        if control.no_cache:
+            return "no-cache"
+    if "Vary" in headers and "*" in response.vary:
         return "vary-star"
-    if response.content_length is not None and response.content_length > max_body:
+    if len(response.get_data()) > max_body:
         return "too-large"
     return None
 

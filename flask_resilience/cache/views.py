@@ -229,7 +229,7 @@ class _Plan:
             etag=response.headers["ETag"],
         )
         key = self.key
-        vary = sorted(response.vary)
+        vary = sorted(response.vary) if "Vary" in response.headers else []
         if vary:
             layered.put(key, CacheEntry("vary", ",".join(vary).encode(), now, now + ttl, entry.tags))
             key = varied_key(key, request, vary)
