@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
-from flask_resilience import CircuitOpenError, Resilience, current_request_id
+from flask_resilience import CircuitOpenError, Resilience, cached, current_request_id, invalidates
 
 resilience = Resilience()
 
@@ -41,12 +41,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     resilience.init_app(app)
 
     @app.get("/api/flights")
+    @cached(ttl=300, tags=["flights"], prefix="api", query_args=["from", "to"])
     def flights() -> ResponseReturnValue:
         try:
             found = flights_api.call(fetch_flights)
         except CircuitOpenError as exc:
             retry = str(int(exc.retry_after or 60))
             return jsonify(error="flight search is unavailable"), 503, {"Retry-After": retry}
-        return jsonify(flights=found, request_id=current_request_id())
+        return jsonify(flights=found)
+
+    @app.post("/api/flights/refresh")
+    @invalidates(tags=["flights"])
+    def refresh_flights() -> ResponseReturnValue:
+        return jsonify(refreshed=True, request_id=current_request_id())
 
     return app

@@ -13,8 +13,11 @@ def test_example_app_serves_health_and_flights() -> None:
         assert health.status_code == 200
         flights = client.get("/api/flights", headers={"X-Request-ID": "demo-1"})
         assert flights.status_code == 200
+        assert flights.headers["X-Request-ID"] == "demo-1"
         assert flights.json is not None
-        assert flights.json["request_id"] == "demo-1"
         assert len(flights.json["flights"]) == 3
+        assert client.get("/api/flights").headers["X-Cache"] == "HIT"
+        assert client.post("/api/flights/refresh").status_code == 200
+        assert client.get("/api/flights").headers["X-Cache"] == "MISS"
     finally:
         resilience.shutdown()
