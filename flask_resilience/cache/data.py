@@ -39,11 +39,12 @@ class DataCache:
         self._cache = cache
         self.serializer: Serializer = serializer or JSONSerializer()
 
-    def _lookup(self, key: str) -> Any:
+    def _lookup(self, key: str, *, count_miss: bool = True) -> Any:
         layered = self._cache.layered
         found = layered.get(key) if self._cache.enabled else None
         if found is None or found[0].kind != "data":
-            layered.stats.count("misses", "data")
+            if count_miss:
+                layered.stats.count("misses", "data")
             return _MISSING
         entry, layer = found
         try:
@@ -84,11 +85,12 @@ class DataCache:
         value = self._lookup(key)
         if value is not _MISSING:
             return value  # type: ignore[no-any-return]
-        with self._cache.flight(f"data:{key}", self._cache.lock_timeout) as leader:
-            if not leader:
-                value = self._lookup(key)
-                if value is not _MISSING:
-                    return value  # type: ignore[no-any-return]
+        with self._cache.flight(f"data:{key}", self._cache.lock_timeout):
+            # Whether it waited for a leader or leads a flight that began just
+            # after another ended, the value may be there now.
+            value = self._lookup(key, count_miss=False)
+            if value is not _MISSING:
+                return value  # type: ignore[no-any-return]
             loaded = loader()
             self.set(key, loaded, ttl, tags)
             return loaded

@@ -269,7 +269,10 @@ class _Flight:
         cache = plan.cache
         self._flight = cache.flight(plan.key, cache.lock_timeout)
         if self._flight.__enter__():
-            return None if plan.revalidate else plan.lookup_l2()
+            if plan.revalidate:
+                return None
+            # A flight that ended just before this one began may have stored it.
+            return plan.lookup_l1() or plan.lookup_l2()
         found = plan.lookup_l1()  # the leader has finished: it stored, or could not
         if found is not None:
             cache.layered.stats.count("collapsed", plan.endpoint)
