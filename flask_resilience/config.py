@@ -210,6 +210,14 @@ def serializer(value: object) -> object | None:
     return value
 
 
+def string_list(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise _Invalid("expected a list of names")
+    return tuple(value)
+
+
 def one_of(*choices: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         if not isinstance(value, str) or value.lower() not in choices:
@@ -408,6 +416,43 @@ AUDIT_FLUSH_INTERVAL = Setting(
     "Milliseconds between audit flushes.",
     env="AUDIT_FLUSH_INTERVAL",
 )
+AUDIT_MAX_QUEUE = Setting(
+    "RESILIENCE_AUDIT_MAX_QUEUE",
+    10_000,
+    positive_int,
+    "Entries held in memory; beyond it they go to the spill file (or are dropped and counted).",
+)
+AUDIT_SPILL_PATH = Setting(
+    "RESILIENCE_AUDIT_SPILL_PATH",
+    None,
+    optional_str,
+    "Spill file for entries the database cannot take; default <instance>/resilience-audit-spill.jsonl; "
+    "'off' disables it.",
+)
+AUDIT_HMAC_KEY = Setting(
+    "RESILIENCE_AUDIT_HMAC_KEY",
+    None,
+    optional_str,
+    "Key for HMAC-SHA-256 entry hashes; unset: plain SHA-256.",
+)
+AUDIT_REDACT_KEYS = Setting[tuple[str, ...]](
+    "RESILIENCE_AUDIT_REDACT_KEYS",
+    (),
+    string_list,
+    "Extra field names masked at any depth, besides password, token, card_number, ...",
+)
+AUDIT_REDACTOR = Setting(
+    "RESILIENCE_AUDIT_REDACTOR",
+    None,
+    optional_callable,
+    "Callable (or 'module:function') taking and returning an entry's fields, after the built-in redaction.",
+)
+AUDIT_MAX_BODY_BYTES = Setting(
+    "RESILIENCE_AUDIT_MAX_BODY_BYTES",
+    4096,
+    positive_int,
+    "Captured request bodies larger than this are recorded by size and type only.",
+)
 IDEMPOTENCY_ENABLED = Setting(
     "RESILIENCE_IDEMPOTENCY_ENABLED",
     True,
@@ -460,6 +505,12 @@ SETTINGS: tuple[Setting[Any], ...] = (
     AUDIT_ENABLED,
     AUDIT_BUFFER_SIZE,
     AUDIT_FLUSH_INTERVAL,
+    AUDIT_MAX_QUEUE,
+    AUDIT_SPILL_PATH,
+    AUDIT_HMAC_KEY,
+    AUDIT_REDACT_KEYS,
+    AUDIT_REDACTOR,
+    AUDIT_MAX_BODY_BYTES,
     IDEMPOTENCY_ENABLED,
     IDEMPOTENCY_TTL,
     IDEMPOTENCY_AUTO_GENERATE,

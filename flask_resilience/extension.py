@@ -7,12 +7,18 @@ import functools
 import logging
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from flask import Flask
 
 from . import config as cfg
+from .audit.redact import Redactor
+from .audit.service import AppAudit
+from .audit.signals import install_sigterm_flush
+from .audit.writer import AuditWriter
 from .breaker.breaker import CircuitBreaker
+from .breaker.breaker import State as CircuitState
 from .breaker.registry import BreakerRegistry
 from .breaker.shared import SharedState
 from .cache.data import DataCache
@@ -20,6 +26,7 @@ from .cache.service import AppCache
 from .context import begin_request, finish_request
 from .health import health_blueprint
 from .problems import Problem, handle_problem
+from .signals import circuit_state_changed
 from .state import EXTENSION_NAME, ResilienceState, get_state
 from .stores.redis import RedisStore, build_client
 from .stores.sql import Database
@@ -61,12 +68,15 @@ class Resilience:
         config = cfg.resolve(app.config, self._options)
         redis_store = _redis_store(config)
         app_cache = _app_cache(config, redis_store)
+        database = Database(config[cfg.DATABASE_URI])
+        app_audit = _app_audit(config, database, Path(app.instance_path))
         state = ResilienceState(
             extension=self,
             config=config,
             redis=redis_store,
-            database=Database(config[cfg.DATABASE_URI]),
+            database=database,
             cache=app_cache,
+            audit=app_audit,
         )
         if state.redis is None:
             logger.warning(
@@ -82,6 +92,11 @@ class Resilience:
         state.stats_providers["cache"] = lambda _private: app_cache.stats()
         state.add_background(app_cache)
         app_cache.layered.listen()
+        state.stats_providers["audit"] = app_audit.snapshot
+        state.add_background(app_audit)
+        if app_audit.enabled:
+            state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))
+            install_sigterm_flush(self.shutdown)
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
@@ -164,6 +179,71 @@ def _app_cache(config: cfg.Config, redis_store: RedisStore | None) -> AppCache:
     if serializer is not None:
         app_cache.data.serializer = serializer  # type: ignore[assignment]
     return app_cache
+
+
+def _app_audit(config: cfg.Config, database: Database, instance: Path) -> AppAudit:
+    spill = config[cfg.AUDIT_SPILL_PATH]
+    if spill is None:
+        spill_path: Path | None = instance / "resilience-audit-spill.jsonl"
+    elif spill.lower() == "off":
+        spill_path = None
+    else:
+        spill_path = Path(spill)
+    key = config[cfg.AUDIT_HMAC_KEY]
+    redact_keys: tuple[str, ...] = config[cfg.AUDIT_REDACT_KEYS]
+    writer = AuditWriter(
+        buffer_size=config[cfg.AUDIT_BUFFER_SIZE],
+        flush_interval=config[cfg.AUDIT_FLUSH_INTERVAL] / 1000,
+        max_queue=config[cfg.AUDIT_MAX_QUEUE],
+        spill_path=spill_path,
+        hmac_key=key.encode() if key else None,
+    )
+    return AppAudit(
+        enabled=config[cfg.AUDIT_ENABLED],
+        database=database,
+        writer=writer,
+        redactor=Redactor(redact_keys, config[cfg.AUDIT_REDACTOR]),
+        max_body_bytes=config[cfg.AUDIT_MAX_BODY_BYTES],
+        fallback_sqlite=instance / "resilience-audit.db",
+    )
+
+
+class _CircuitAuditing:
+    """Records this extension's circuits opening and closing (as decided in
+    this process); ``stop()`` disconnects it."""
+
+    def __init__(self, receiver: Callable[..., None]) -> None:
+        self._receiver = receiver
+        circuit_state_changed.connect(receiver, weak=False)
+
+    def stop(self) -> None:
+        circuit_state_changed.disconnect(self._receiver)
+
+
+def _audit_circuit_changes(app: Flask, audit: AppAudit, breakers: BreakerRegistry) -> _CircuitAuditing:
+    app_ref = weakref.ref(app)
+
+    def record(breaker: object, **change: Any) -> None:
+        new = change["new"]
+        if change.get("source") != "local" or new not in (CircuitState.OPEN, CircuitState.CLOSED):
+            return
+        if breakers.get(str(change["name"])) is not breaker:
+            return
+        target = app_ref()
+        if target is None:
+            return
+        with target.app_context():
+            audit.record(
+                {
+                    "event_type": "CIRCUIT_OPENED" if new is CircuitState.OPEN else "CIRCUIT_CLOSED",
+                    "severity": "WARNING" if new is CircuitState.OPEN else "INFO",
+                    "resource": "circuit_breaker",
+                    "resource_id": change["name"],
+                    "details": {"from": str(change["old"]), "to": str(new)},
+                }
+            )
+
+    return _CircuitAuditing(record)
 
 
 def _shared_breaker_state(config: cfg.Config, redis_store: RedisStore | None) -> SharedState | None:

@@ -16,6 +16,7 @@ from .stores.redis import RedisStore
 from .stores.sql import Database
 
 if TYPE_CHECKING:
+    from .audit.service import AppAudit
     from .cache.service import AppCache
     from .extension import Resilience
 
@@ -44,6 +45,7 @@ class ResilienceState:
     redis: RedisStore | None
     database: Database
     cache: AppCache
+    audit: AppAudit
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)

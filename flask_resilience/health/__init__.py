@@ -1,6 +1,7 @@
 """Health, dashboard and admin endpoints, one module per feature."""
 
-from . import breakers as _breakers  # noqa: F401  (registers its routes)
+from . import audit as _audit  # noqa: F401  (registers its routes)
+from . import breakers as _breakers  # noqa: F401
 from . import cache as _cache  # noqa: F401
 from .blueprint import health_blueprint
 

@@ -1,0 +1,1 @@
+"""Audit log: buffered, redacted, hash-chained entries persisted through SQLAlchemy."""

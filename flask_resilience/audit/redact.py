@@ -1,0 +1,125 @@
+"""Redaction applied to every entry before it is buffered.
+
+Sensitive keys are masked at any depth of dicts and lists; card numbers that
+pass the Luhn check and bearer tokens / JWTs are masked inside any string;
+CR and LF are escaped so an entry cannot forge log lines; an app callable
+may redact further.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+MASK = "[REDACTED]"
+
+SENSITIVE_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "authorization",
+        "cookie",
+        "set_cookie",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "private_key",
+        "card_number",
+        "cardnumber",
+        "pan",
+        "cvv",
+        "cvc",
+        "ssn",
+        "session",
+    }
+)
+
+_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
+
+
+def normalise_key(key: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        number = int(char)
+        if index % 2 == 1:
+            number *= 2
+            if number > 9:
+                number -= 9
+        total += number
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    if 13 <= len(digits) <= 19 and luhn_valid(digits):
+        return f"[CARD ****{digits[-4:]}]"
+    return match.group(0)
+
+
+class Redactor:
+    def __init__(
+        self,
+        extra_keys: Iterable[str] = (),
+        hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        max_text: int = 10_000,
+    ) -> None:
+        self.keys = SENSITIVE_KEYS | {normalise_key(key) for key in extra_keys}
+        self.hook = hook
+        self.max_text = max_text
+
+    def text(self, value: str) -> str:
+        """Mask secrets inside a string and escape CR/LF."""
+        value = _JWT.sub(MASK, value)
+        value = _BEARER.sub(lambda match: f"{match.group(1)} {MASK}", value)
+        value = _CARD.sub(_mask_card, value)
+        value = value.replace("\r", "\\r").replace("\n", "\\n")
+        if len(value) > self.max_text:
+            value = value[: self.max_text] + f"...[truncated {len(value) - self.max_text} chars]"
+        return value
+
+    def value(self, value: Any, depth: int = 0) -> Any:
+        """Redact a JSON-like value (dicts, lists, strings, numbers)."""
+        if depth > 32:
+            return "[TOO DEEP]"
+        if isinstance(value, dict):
+            return {
+                str(key): MASK if normalise_key(str(key)) in self.keys else self.value(item, depth + 1)
+                for key, item in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [self.value(item, depth + 1) for item in value]
+        if isinstance(value, str):
+            return self.text(value)
+        if value is None or isinstance(value, (bool, int, float)):
+            if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) >= 13:
+                return self.text(str(value))  # a card number sent as a JSON number
+            return value
+        return self.text(repr(value))
+
+    def fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Redact an entry's fields: structured ones deeply, text ones as text."""
+        redacted = {}
+        for name, item in data.items():
+            if name in ("changes", "details") and item is not None:
+                redacted[name] = self.value(item)
+            elif isinstance(item, str) and name not in ("id", "event_type", "status", "severity"):
+                redacted[name] = self.text(item)
+            else:
+                redacted[name] = item
+        if self.hook is not None:
+            redacted = self.hook(redacted)
+        return redacted

@@ -1,0 +1,297 @@
+"""The audit writer: a bounded queue, a flush thread, a spill file.
+
+The request thread only appends to the queue. A background thread (started
+lazily in each process) flushes every ``flush_interval`` seconds, or as soon
+as ``buffer_size`` entries wait, in one batched statement. Entries get their
+place in the process's hash chain when flushed. When the database fails,
+the batch is appended to the spill file (fsynced) and retried with backoff;
+the spill is replayed, in order, before anything newer is written, and rows
+that were already written are skipped by their unique id, so nothing is lost
+or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Insert, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import forks
+from .chain import Chain
+from .events import AuditEntry, AuditEventType, AuditStatus, Severity
+from .table import audit_log
+
+logger = logging.getLogger("flask_resilience")
+
+_MAX_BACKOFF = 30.0
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _row(entry: AuditEntry, logged_at: datetime) -> dict[str, Any]:
+    row = entry.as_row()
+    row["occurred_at"] = _naive_utc(entry.occurred_at)
+    row["logged_at"] = logged_at
+    row["event_type"] = str(row["event_type"])
+    row["status"] = str(row["status"])
+    row["severity"] = str(row["severity"])
+    return row
+
+
+def _to_json(row: dict[str, Any]) -> str:
+    return json.dumps(
+        {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()},
+        separators=(",", ":"),
+    )
+
+
+def _from_json(line: str) -> dict[str, Any]:
+    row: dict[str, Any] = json.loads(line)
+    for key in ("occurred_at", "logged_at"):
+        if row.get(key):
+            row[key] = datetime.fromisoformat(row[key])
+    return row
+
+
+def insert_ignoring_duplicates(engine: Engine) -> Insert:
+    """An INSERT that skips rows whose id is already stored (safe replays)."""
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        return pg_insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
+    if dialect == "sqlite":
+        return insert(audit_log).prefix_with("OR IGNORE")
+    if dialect in ("mysql", "mariadb"):
+        return insert(audit_log).prefix_with("IGNORE")
+    return insert(audit_log)
+
+
+class AuditWriter:
+    """``engine`` is found lazily (``engine_provider``, called from a thread
+    that has an app context the first time an entry is submitted)."""
+
+    def __init__(
+        self,
+        *,
+        buffer_size: int,
+        flush_interval: float,
+        max_queue: int,
+        spill_path: Path | None,
+        hmac_key: bytes | None,
+    ) -> None:
+        self.buffer_size = buffer_size
+        self.flush_interval = flush_interval
+        self.max_queue = max_queue
+        self.spill_path = spill_path
+        self._hmac_key = hmac_key
+        # Run once on the engine before the first write (the SQLite fallback migrates itself).
+        self.prepare: Callable[[Engine], None] | None = None
+        self.engine: Engine | None = None
+        self._prepared = False
+        self._counts: Counter[str] = Counter()
+        self.last_flush: datetime | None = None
+        self._reset_process()
+
+    def _reset_process(self) -> None:
+        self._generation = forks.generation()
+        self._queue: deque[AuditEntry] = deque()
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._flush_lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.5
+        self.chain = Chain(self._hmac_key)  # one chain per writer process
+
+    # -- request side ------------------------------------------------------------
+
+    def submit(self, entry: AuditEntry) -> bool:
+        """Queue an entry (already redacted); False when it had to be dropped."""
+        if self._generation != forks.generation():
+            self._reset_process()
+        with self._lock:
+            if len(self._queue) >= self.max_queue:
+                if self.spill_path is None:
+                    self._dropped += 1
+                    self._counts["dropped"] += 1
+                    return False
+                spill_now = True
+            else:
+                self._queue.append(entry)
+                spill_now = False
+                if len(self._queue) >= self.buffer_size:
+                    self._wake.notify()
+        if spill_now:  # queue full: keep it, on disk, rather than lose it
+            self._spill([_row(entry, datetime.now(UTC).replace(tzinfo=None))])
+        self._ensure_thread()
+        return True
+
+    def write_now(self, entry: AuditEntry) -> None:
+        """Queue and flush at once: the entry is in the database (or the spill
+        file) when this returns."""
+        self.submit(entry)
+        self.flush()
+
+    # -- the flush thread ------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                # A daemon, because stop() flushes it at shutdown and at exit.
+                self._thread = threading.Thread(target=self._run, name="flask-resilience-audit", daemon=True)
+                self._thread.start()
+
+    def start(self) -> None:
+        self._ensure_thread()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._stopping and len(self._queue) < self.buffer_size:
+                    self._wake.wait(self.flush_interval)
+                stopping = self._stopping
+            if time.monotonic() >= self._retry_at:
+                self.flush()
+            if stopping:
+                return
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread and flush what is queued (to the database or the spill)."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+        self._retry_at = 0.0
+        self.flush()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write everything queued (and any spill first); returns rows written."""
+        with self._flush_lock:
+            with self._lock:
+                batch = list(self._queue)
+                self._queue.clear()
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                batch.insert(0, _gap_entry(dropped))
+            now = datetime.now(UTC).replace(tzinfo=None)
+            rows = [self.chain.link(_row(entry, now)) for entry in batch]
+            if not rows and not self._has_spill():
+                return 0
+            try:
+                written = self._write(rows)
+            except (SQLAlchemyError, OSError) as exc:
+                self._counts["flush_errors"] += 1
+                self._spill(rows)
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+                logger.error("audit flush failed (%s); %d entries kept in the spill file", exc, len(rows))
+                return 0
+            self._backoff = 0.5
+            self.last_flush = datetime.now(UTC)
+            return written
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise OSError("the audit writer has no database engine yet")
+        if not self._prepared:
+            if self.prepare is not None:
+                self.prepare(self.engine)
+            self._prepared = True
+        return self.engine
+
+    def _write(self, rows: list[dict[str, Any]]) -> int:
+        engine = self._engine()
+        replayed = self._replay(engine)
+        if rows:
+            with engine.begin() as connection:
+                connection.execute(insert_ignoring_duplicates(engine), rows)
+            self._counts["written"] += len(rows)
+        return replayed + len(rows)
+
+    # -- the spill file --------------------------------------------------------------------
+
+    def _has_spill(self) -> bool:
+        return self.spill_path is not None and self.spill_path.exists() and self.spill_path.stat().st_size > 0
+
+    def _spill(self, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        if self.spill_path is None:
+            self._counts["dropped"] += len(rows)
+            logger.error("audit: %d entries lost (no spill file configured)", len(rows))
+            return
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.spill_path.open("a", encoding="utf-8") as spill:
+            spill.writelines(_to_json(row) + "\n" for row in rows)
+            spill.flush()
+            os.fsync(spill.fileno())
+        self._counts["spilled"] += len(rows)
+
+    def _replay(self, engine: Engine) -> int:
+        if not self._has_spill():
+            return 0
+        assert self.spill_path is not None
+        rows = []
+        with self.spill_path.open(encoding="utf-8") as spill:
+            for line in spill:
+                if line.strip():
+                    row = _from_json(line)
+                    if row.get("entry_hash") is None:  # spilled straight from a full queue
+                        row = self.chain.link(row)
+                    rows.append(row)
+        for start in range(0, len(rows), 1000):
+            with engine.begin() as connection:
+                connection.execute(insert_ignoring_duplicates(engine), rows[start : start + 1000])
+        self.spill_path.unlink()
+        self._counts["replayed"] += len(rows)
+        logger.info("audit: replayed %d spilled entries", len(rows))
+        return len(rows)
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def queue_size(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            name: self._counts.get(name, 0)
+            for name in ("written", "spilled", "replayed", "dropped", "flush_errors")
+        }
+
+    def reset_counts(self) -> None:
+        self._counts.clear()
+
+
+def _gap_entry(dropped: int) -> AuditEntry:
+    return AuditEntry(
+        event_type=AuditEventType.AUDIT_GAP,
+        status=AuditStatus.FAILURE,
+        severity=Severity.CRITICAL,
+        message=f"{dropped} audit entries were dropped: the queue was full and no spill file is configured",
+        details={"dropped": dropped},
+    )
