@@ -1,6 +1,18 @@
 """Flask-Resilience: circuit breakers, a two-layer cache, idempotency keys,
 an audit log and health endpoints for production Flask APIs."""
 
+from .audit.api import (
+    create_audit_log,
+    get_audit_stats,
+    log_auth_event,
+    log_data_change,
+    log_security_alert,
+    reset_audit_stats,
+    start_audit_log_flushing,
+    stop_audit_log_flushing,
+)
+from .audit.events import AuditEntry, AuditEventType, AuditStatus, Severity
+from .audit.views import audit_blueprint, audited
 from .breaker.api import (
     are_all_circuits_healthy,
     create_circuit_breaker,
@@ -32,6 +44,9 @@ from .stores.redis import StoreUnavailableError
 from .version import __version__
 
 __all__ = [
+    "AuditEntry",
+    "AuditEventType",
+    "AuditStatus",
     "BreakerConfig",
     "CacheStrategy",
     "CircuitBreaker",
@@ -41,24 +56,35 @@ __all__ = [
     "Principal",
     "Problem",
     "Resilience",
+    "Severity",
     "StoreUnavailableError",
     "__version__",
     "admin_required",
     "are_all_circuits_healthy",
+    "audit_blueprint",
+    "audited",
     "cached",
     "circuit_state_changed",
     "clear_all_caches",
+    "create_audit_log",
     "create_circuit_breaker",
     "current_principal",
     "current_request_id",
+    "get_audit_stats",
     "get_cache_stats",
     "get_circuit_breaker_stats",
     "invalidate_cache",
     "invalidate_cache_by_pattern",
     "invalidate_cache_by_tag",
     "invalidates",
+    "log_auth_event",
+    "log_data_change",
+    "log_security_alert",
+    "reset_audit_stats",
     "reset_cache_stats",
     "reset_circuit_breaker_stats",
+    "start_audit_log_flushing",
+    "stop_audit_log_flushing",
     "warmup_cache",
     "warmup_view",
     "with_circuit_breaker",

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from flask import Flask
 
 from . import config as cfg
+from .audit.cli import resilience as resilience_cli
 from .audit.redact import Redactor
 from .audit.service import AppAudit
 from .audit.signals import install_sigterm_flush
@@ -103,6 +104,9 @@ class Resilience:
         app.before_request(functools.partial(_begin_request, state))
         app.after_request(finish_request)
         app.register_error_handler(Problem, handle_problem)
+        # Also reachable through the flask.commands entry point; registering it
+        # here makes it part of app.cli (and of app.test_cli_runner()).
+        app.cli.add_command(resilience_cli)
         if config[cfg.HEALTH_ENABLED]:
             app.register_blueprint(health_blueprint, url_prefix=config[cfg.HEALTH_PREFIX])
 

@@ -1,0 +1,365 @@
+"""Redaction, losslessness and tamper evidence of the audit log."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from flask import Flask
+from sqlalchemy import func, select, text, update
+
+from flask_resilience import AuditEventType, Resilience, log_auth_event, log_data_change
+from flask_resilience.audit.migrate import upgrade
+from flask_resilience.audit.redact import MASK, Redactor, luhn_valid
+from flask_resilience.audit.table import audit_log
+from flask_resilience.audit.writer import _row
+from flask_resilience.state import get_state
+from tests.conftest import MakeApp
+
+# -- redaction -----------------------------------------------------------------------------------
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"password": "hunter2"}, {"password": MASK}),
+        (
+            {"user": {"profile": {"API-Key": "k", "name": "Ana"}}},
+            {"user": {"profile": {"API-Key": MASK, "name": "Ana"}}},
+        ),
+        ([{"token": "t"}, {"cvv": "123"}, {"ok": 1}], [{"token": MASK}, {"cvv": MASK}, {"ok": 1}]),
+        ({"note": "card 4111 1111 1111 1111 ok"}, {"note": "card [CARD ****1111] ok"}),
+        ({"note": "order 4111 1111 1111 1112"}, {"note": "order 4111 1111 1111 1112"}),  # fails Luhn: kept
+        ({"pan_as_number": 4111111111111111}, {"pan_as_number": "[CARD ****1111]"}),
+        ({"header": "Bearer abc.def-ghi"}, {"header": f"Bearer {MASK}"}),
+        ({"text": f"sent {JWT} to api"}, {"text": f"sent {MASK} to api"}),
+        ({"line": "evil\r\nINFO forged entry"}, {"line": "evil\\r\\nINFO forged entry"}),
+        ({"Set-Cookie": "session=abc"}, {"Set-Cookie": MASK}),
+        ({"amount": 10, "ok": True, "none": None}, {"amount": 10, "ok": True, "none": None}),
+    ],
+)
+def test_redaction_matrix(value: Any, expected: Any) -> None:
+    assert Redactor().value(value) == expected
+
+
+def test_configured_keys_hook_and_text_fields() -> None:
+    redactor = Redactor(extra_keys=["passport_no"], hook=lambda fields: {**fields, "message": "hooked"})
+    fields = redactor.fields(
+        {"event_type": "LOGIN", "details": {"passport-no": "X1"}, "user_agent": "curl\nfake", "message": "x"}
+    )
+    assert fields["details"] == {"passport-no": MASK}
+    assert fields["user_agent"] == "curl\\nfake"
+    assert fields["message"] == "hooked"
+
+
+def test_luhn() -> None:
+    assert luhn_valid("4111111111111111")
+    assert not luhn_valid("4111111111111112")
+
+
+# -- losslessness -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def writer_role(postgres_url: str) -> Any:
+    """A PostgreSQL role that can be denied INSERT and granted it back: an
+    outage of the audit database, on demand."""
+    admin = sqlalchemy.create_engine(postgres_url)
+    upgrade(admin)
+    role = f"rt_writer_{uuid.uuid4().hex[:8]}"
+    options = sqlalchemy.engine.make_url(postgres_url).query.get("options")
+    schema = str(options).split("search_path=")[-1] if options else None
+    with admin.begin() as connection:
+        connection.execute(text("DELETE FROM resilience_audit_log"))
+        connection.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        if schema:
+            connection.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        connection.execute(text(f'GRANT SELECT, INSERT ON resilience_audit_log TO "{role}"'))
+    url = sqlalchemy.engine.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+
+    class Role:
+        def __init__(self) -> None:
+            self.url = url
+
+        def deny(self) -> None:
+            with admin.begin() as connection:
+                connection.execute(text(f'REVOKE INSERT ON resilience_audit_log FROM "{role}"'))
+
+        def allow(self) -> None:
+            with admin.begin() as connection:
+                connection.execute(text(f'GRANT INSERT ON resilience_audit_log TO "{role}"'))
+
+        def count(self) -> int:
+            with admin.connect() as connection:
+                return int(connection.execute(select(func.count()).select_from(audit_log)).scalar_one())
+
+    yield Role()
+    with admin.begin() as connection:
+        connection.execute(text("DELETE FROM resilience_audit_log"))
+        connection.execute(text(f'REVOKE ALL ON resilience_audit_log FROM "{role}"'))
+        if schema:
+            connection.execute(text(f'REVOKE ALL ON SCHEMA "{schema}" FROM "{role}"'))
+    with admin.connect() as connection:
+        connection.execute(text("COMMIT"))
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP ROLE "{role}"'))
+    admin.dispose()
+
+
+def test_database_outage_spills_then_replays_without_loss_or_duplicates(
+    make_app: MakeApp, writer_role: Any, tmp_path: Path
+) -> None:
+    spill = tmp_path / "spill.jsonl"
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=writer_role.url, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
+    writer = get_state(app).audit.writer
+    with app.app_context():
+        for user in range(10):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        writer.flush()
+        assert writer_role.count() == 10
+
+        writer_role.deny()
+        for user in range(10, 35):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        writer.flush()
+        log_data_change(AuditEventType.UPDATE, "seat", 1, {"row": 3})
+        writer.flush()
+        assert writer_role.count() == 10
+        assert writer.counts()["spilled"] == 26
+        assert len(spill.read_text().splitlines()) == 26
+
+        writer_role.allow()
+        for user in range(35, 40):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        writer.flush()
+    assert not spill.exists()
+    assert writer_role.count() == 41  # 10 before, 26 spilled and replayed, 5 after
+    assert writer.counts()["replayed"] == 26
+    result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert result.exit_code == 0, result.output
+
+
+def test_replaying_rows_already_written_adds_no_duplicates(make_app: MakeApp, tmp_path: Path) -> None:
+    spill = tmp_path / "spill.jsonl"
+    app, _ = make_app(RESILIENCE_AUDIT_SPILL_PATH=str(spill))
+    writer = get_state(app).audit.writer
+    with app.app_context():
+        for user in range(5):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        writer.flush()
+        engine = get_state(app).audit.engine()
+        with engine.connect() as connection:
+            stored = [dict(row._mapping) for row in connection.execute(select(audit_log))]
+        # As if the writer crashed after inserting but before removing its spill file.
+        writer._spill(stored)
+        log_auth_event(AuditEventType.LOGOUT, user_id=1)
+        writer.flush()
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == 6
+
+
+def test_full_queue_without_spill_drops_counts_and_records_a_gap(make_app: MakeApp) -> None:
+    app, _ = make_app(
+        RESILIENCE_AUDIT_SPILL_PATH="off",
+        RESILIENCE_AUDIT_MAX_QUEUE=3,
+        RESILIENCE_AUDIT_BUFFER_SIZE=100,
+        RESILIENCE_AUDIT_FLUSH_INTERVAL=600_000,
+    )
+    writer = get_state(app).audit.writer
+    with app.app_context():
+        for user in range(5):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        assert writer.counts()["dropped"] == 2
+        writer.flush()
+        engine = get_state(app).audit.engine()
+        with engine.connect() as connection:
+            kinds = connection.execute(
+                select(audit_log.c.event_type, audit_log.c.details).order_by(audit_log.c.seq)
+            )
+            recorded = [(kind, details) for kind, details in kinds]
+    assert recorded[0] == ("AUDIT_GAP", {"dropped": 2})
+    assert [kind for kind, _ in recorded[1:]] == ["LOGIN"] * 3
+
+
+def test_full_queue_with_spill_keeps_everything(make_app: MakeApp, tmp_path: Path) -> None:
+    app, _ = make_app(
+        RESILIENCE_AUDIT_SPILL_PATH=str(tmp_path / "spill.jsonl"),
+        RESILIENCE_AUDIT_MAX_QUEUE=3,
+        RESILIENCE_AUDIT_BUFFER_SIZE=100,
+        RESILIENCE_AUDIT_FLUSH_INTERVAL=600_000,
+    )
+    with app.app_context():
+        for user in range(8):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        get_state(app).audit.writer.flush()
+        with get_state(app).audit.engine().connect() as connection:
+            users = connection.execute(select(audit_log.c.user_id)).scalars().all()
+    assert sorted(users, key=int) == [str(user) for user in range(8)]
+    assert app.test_cli_runner().invoke(args=["resilience", "audit", "verify"]).exit_code == 0
+
+
+SIGTERM_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from flask import Flask
+    from flask_resilience import AuditEventType, Resilience, log_auth_event
+    app = Flask("sigterm-child", instance_path=sys.argv[2])
+    app.config.update(RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1], RESILIENCE_AUDIT_BUFFER_SIZE=1000,
+                      RESILIENCE_AUDIT_FLUSH_INTERVAL=600000)
+    Resilience(app)
+    with app.app_context():
+        for user in range(50):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+    print("buffered", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_sigterm_flushes_the_buffer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    engine = sqlalchemy.create_engine(url)
+    upgrade(engine)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_CHILD, url, str(tmp_path / "instance")],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"buffered"
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == 0
+        child.send_signal(signal.SIGTERM)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGTERM  # it still dies of the signal, after flushing
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == 50
+    engine.dispose()
+
+
+# -- tamper evidence -------------------------------------------------------------------------------
+
+
+def _writer_process(url: str, instance: str, count: int) -> None:
+    app = Flask(f"writer-{os.getpid()}", instance_path=instance)
+    app.config.update(RESILIENCE_AUDIT_DATABASE_URI=url, RESILIENCE_AUDIT_BUFFER_SIZE=25)
+    extension = Resilience(app)
+    with app.app_context():
+        for index in range(count):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+    extension.shutdown()
+
+
+def test_four_processes_write_at_once_and_every_chain_verifies(
+    make_app: MakeApp, postgres_url: str, tmp_path: Path
+) -> None:
+    admin = sqlalchemy.create_engine(postgres_url)
+    upgrade(admin)
+    with admin.begin() as connection:
+        connection.execute(text("DELETE FROM resilience_audit_log"))
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_writer_process, args=(postgres_url, str(tmp_path / f"w{i}"), 200))
+        for i in range(4)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [writer.exitcode for writer in writers] == [0, 0, 0, 0]
+    with admin.connect() as connection:
+        chains = connection.execute(
+            select(audit_log.c.chain_id, func.count(), func.max(audit_log.c.seq)).group_by(
+                audit_log.c.chain_id
+            )
+        ).all()
+    assert sorted((count, last) for _, count, last in chains) == [(200, 200)] * 4
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=postgres_url)
+    result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "4 chains checked, all intact" in result.output
+    with admin.begin() as connection:
+        connection.execute(text("DELETE FROM resilience_audit_log"))
+    admin.dispose()
+
+
+@pytest.fixture
+def chained_app(make_app: MakeApp, tmp_path: Path) -> Flask:
+    app, _ = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key")
+    with app.app_context():
+        for index in range(10):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+        get_state(app).audit.writer.flush()
+    return app
+
+
+def test_an_edited_row_breaks_the_chain(chained_app: Flask) -> None:
+    engine = get_state(chained_app).audit.engine()
+    with engine.begin() as connection:
+        connection.execute(update(audit_log).where(audit_log.c.seq == 4).values(changes={"price": 0}))
+    result = chained_app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert result.exit_code == 1
+    assert "BROKEN at seq 4" in result.output
+
+
+def test_a_deleted_row_leaves_a_gap(chained_app: Flask) -> None:
+    engine = get_state(chained_app).audit.engine()
+    with engine.begin() as connection:
+        connection.execute(audit_log.delete().where(audit_log.c.seq == 6))
+    result = chained_app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert result.exit_code == 1
+    assert "GAP, seq 6-6 missing" in result.output
+
+
+def test_a_forged_hash_without_the_key_is_detected(chained_app: Flask) -> None:
+    from flask_resilience.audit.chain import link_hash
+
+    engine = get_state(chained_app).audit.engine()
+    with engine.begin() as connection:
+        row = dict(connection.execute(select(audit_log).where(audit_log.c.seq == 10)).one()._mapping)
+        row["changes"] = {"price": 999}
+        forged = link_hash(row["prev_hash"], row, None)  # recomputed without the HMAC key
+        connection.execute(
+            update(audit_log).where(audit_log.c.seq == 10).values(changes=row["changes"], entry_hash=forged)
+        )
+    result = chained_app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert "BROKEN at seq 10" in result.output
+
+
+def test_purge_keeps_chains_verifiable(chained_app: Flask) -> None:
+    engine = get_state(chained_app).audit.engine()
+    with engine.begin() as connection:
+        old = sqlalchemy.func.datetime("2020-01-01") if engine.dialect.name == "sqlite" else None
+        assert old is not None
+        connection.execute(update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old))
+    runner = chained_app.test_cli_runner()
+    result = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 4 entries" in result.output
+    verified = runner.invoke(args=["resilience", "audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert runner.invoke(args=["resilience", "audit", "purge", "--older-than", "soon"]).exit_code == 2
+
+
+def test_row_helper_keeps_naive_utc() -> None:
+    from flask_resilience.audit.events import AuditEntry
+
+    row = _row(AuditEntry(event_type="LOGIN"), logged_at=__import__("datetime").datetime(2026, 1, 1))
+    assert row["occurred_at"].tzinfo is None
