@@ -14,7 +14,15 @@ from typing import Any
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
-from flask_resilience import CircuitOpenError, Resilience, cached, current_request_id, invalidates
+from flask_resilience import (
+    AuditEventType,
+    CircuitOpenError,
+    Resilience,
+    audited,
+    cached,
+    current_request_id,
+    invalidates,
+)
 
 resilience = Resilience()
 
@@ -33,8 +41,8 @@ def fetch_flights() -> list[dict[str, Any]]:
     return FLIGHTS
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
-    app = Flask(__name__)
+def create_app(config: dict[str, Any] | None = None, instance_path: str | None = None) -> Flask:
+    app = Flask(__name__, instance_path=instance_path)
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-secret")
     app.config.update({k: v for k, v in os.environ.items() if k.startswith("RESILIENCE_")})
     app.config.update(config or {})
@@ -49,6 +57,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             retry = str(int(exc.retry_after or 60))
             return jsonify(error="flight search is unavailable"), 503, {"Retry-After": retry}
         return jsonify(flights=found)
+
+    @app.post("/api/bookings")
+    @audited(AuditEventType.CREATE, resource="booking", include_body=True)
+    def book() -> ResponseReturnValue:
+        return jsonify(booked=True, request_id=current_request_id()), 201
 
     @app.post("/api/flights/refresh")
     @invalidates(tags=["flights"])

@@ -6,6 +6,8 @@ with the application's own migrations in the same database.
 
 from __future__ import annotations
 
+import os
+
 from alembic import context
 from sqlalchemy import create_engine
 
@@ -15,9 +17,16 @@ VERSION_TABLE = "resilience_alembic_version"
 config = context.config
 
 
+def _url() -> str:
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("RESILIENCE_AUDIT_DATABASE_URI")
+    if not url:
+        raise RuntimeError("set RESILIENCE_AUDIT_DATABASE_URI (or sqlalchemy.url) to the audit database")
+    return url
+
+
 def run_offline() -> None:
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"),
+        url=_url(),
         target_metadata=metadata,
         literal_binds=True,
         version_table=VERSION_TABLE,
@@ -33,7 +42,7 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    engine = create_engine(_url())
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE)
         with context.begin_transaction():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from example_app import create_app, resilience
+from flask_resilience import get_audit_stats
 
 
-def test_example_app_serves_health_and_flights() -> None:
-    app = create_app({"TESTING": True})
+def test_example_app_serves_health_and_flights(tmp_path: Path) -> None:
+    app = create_app({"TESTING": True}, instance_path=str(tmp_path))
     try:
         client = app.test_client()
         health = client.get("/api/health")
@@ -19,5 +22,10 @@ def test_example_app_serves_health_and_flights() -> None:
         assert client.get("/api/flights").headers["X-Cache"] == "HIT"
         assert client.post("/api/flights/refresh").status_code == 200
         assert client.get("/api/flights").headers["X-Cache"] == "MISS"
+        booking = client.post("/api/bookings", json={"flight": "LH401", "card_number": "4111111111111111"})
+        assert booking.status_code == 201
+        with app.app_context():
+            stats = get_audit_stats()
+        assert stats["by_event_type"] == {"CREATE": 1}
     finally:
         resilience.shutdown()

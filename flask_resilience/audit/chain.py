@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import operator
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,19 +24,24 @@ _HASHED = (
 )  # fmt: skip
 
 
-def _normal(value: Any) -> Any:
+_values = operator.itemgetter(*_HASHED)
+_OCCURRED, _LOGGED = _HASHED.index("occurred_at"), _HASHED.index("logged_at")
+
+
+def _stamp(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is not None:  # stored as naive UTC
             value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")
+        return value.isoformat()
     return value
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
-    """The bytes hashed for a row: sorted JSON of the hashed fields."""
-    return json.dumps(
-        {name: _normal(row.get(name)) for name in _HASHED}, sort_keys=True, separators=(",", ":"), default=str
-    ).encode()
+    """The bytes hashed for a row: a JSON array of the hashed fields, in a fixed order."""
+    values = list(_values(row))
+    values[_OCCURRED] = _stamp(values[_OCCURRED])
+    values[_LOGGED] = _stamp(values[_LOGGED])
+    return json.dumps(values, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
 def link_hash(prev_hash: str, row: Mapping[str, Any], key: bytes | None) -> str:

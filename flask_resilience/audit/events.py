@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import enum
-import uuid
-from dataclasses import asdict, dataclass, field
+import random
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+
+def new_id() -> str:
+    """A random (version 4) UUID string.
+
+    From the ``random`` module, which Python reseeds in every forked child:
+    ``uuid.uuid4()`` reads ``os.urandom``, which costs tens of microseconds
+    per call on some virtual machines, and entry ids need to be unique, not secret.
+    """
+    number = random.getrandbits(128)
+    number = (number & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
+    number = (number & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
+    digits = f"{number:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class AuditEventType(enum.StrEnum):
@@ -73,7 +87,7 @@ class AuditEntry:
     event_type: str
     status: str = AuditStatus.SUCCESS
     severity: str = Severity.INFO
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_id)
     occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     user_id: str | None = None
     user_email: str | None = None
@@ -96,7 +110,8 @@ class AuditEntry:
     entry_hash: str | None = None
 
     def as_row(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a new dict (structured values shared, not copied)."""
+        return dict(vars(self))
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> AuditEntry:

@@ -8,6 +8,7 @@ may redact further.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,6 +48,7 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_key(key: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
 
@@ -83,10 +85,16 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """Mask secrets inside a string and escape CR/LF."""
-        value = _JWT.sub(MASK, value)
-        value = _BEARER.sub(lambda match: f"{match.group(1)} {MASK}", value)
-        value = _CARD.sub(_mask_card, value)
-        value = value.replace("\r", "\\r").replace("\n", "\\n")
+        # Cheap substring tests first: most strings hold none of these.
+        if "eyJ" in value:
+            value = _JWT.sub(MASK, value)
+        lowered = value.lower()
+        if "bearer" in lowered or "basic" in lowered:
+            value = _BEARER.sub(lambda match: f"{match.group(1)} {MASK}", value)
+        if len(value) >= 13:
+            value = _CARD.sub(_mask_card, value)
+        if "\r" in value or "\n" in value:
+            value = value.replace("\r", "\\r").replace("\n", "\\n")
         if len(value) > self.max_text:
             value = value[: self.max_text] + f"...[truncated {len(value) - self.max_text} chars]"
         return value
