@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import threading
 import time
@@ -68,7 +69,8 @@ def _from_json(line: str) -> dict[str, Any]:
 
 _COLUMNS = [column.name for column in audit_log.columns]
 _COPY = f"COPY {audit_log.name} ({', '.join(_COLUMNS)}) FROM STDIN"
-_JSON_COLUMNS = frozenset({"changes", "details"})
+_column_values = operator.itemgetter(*_COLUMNS)
+_JSON_INDEXES = (_COLUMNS.index("changes"), _COLUMNS.index("details"))
 
 
 def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
@@ -78,12 +80,11 @@ def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
         for row in rows:
-            copy.write_row(
-                [
-                    json.dumps(row[name]) if name in _JSON_COLUMNS and row[name] is not None else row[name]
-                    for name in _COLUMNS
-                ]
-            )
+            values = list(_column_values(row))
+            for index in _JSON_INDEXES:
+                if values[index] is not None:
+                    values[index] = json.dumps(values[index])
+            copy.write_row(values)
 
 
 def insert_ignoring_duplicates(engine: Engine) -> Insert:
