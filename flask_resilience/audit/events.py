@@ -116,10 +116,10 @@ class AuditEntry:
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> AuditEntry:
         """Build from a dict (unknown keys raise TypeError naming them)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TypeError(f"unknown audit entry field(s): {', '.join(unknown)}")
-        if "event_type" not in data:
-            raise TypeError("an audit entry needs an event_type")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError:
+            unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise TypeError(f"unknown audit entry field(s): {', '.join(unknown)}") from None
+            raise TypeError("an audit entry needs an event_type") from None

@@ -12,6 +12,7 @@ from flask import has_request_context, request
 from sqlalchemy import Engine, create_engine, inspect
 
 from ..context import current_principal, current_request_id
+from ..state import get_state
 from ..stores.sql import Database
 from .events import AuditEntry, AuditStatus
 from .redact import Redactor
@@ -115,8 +116,11 @@ class AppAudit:
         """
         if not self.enabled:
             return None
-        entry = AuditEntry.from_mapping(self.redactor.fields({**self._from_request(), **fields}))
-        self.engine()
+        if has_request_context():
+            fields = {**self._from_request(), **fields}
+        entry = AuditEntry.from_mapping(self.redactor.fields(fields))
+        if self.writer.engine is None:
+            self.engine()
         self.stats.count(entry)
         if durable:
             self.writer.write_now(entry)
@@ -125,8 +129,6 @@ class AppAudit:
         return entry
 
     def _from_request(self) -> dict[str, Any]:
-        if not has_request_context():
-            return {}
         principal = current_principal()
         return {
             "method": request.method,
@@ -178,6 +180,4 @@ def _migrate_if_missing(engine: Engine) -> None:
 
 
 def current_audit() -> AppAudit:
-    from ..state import get_state  # noqa: PLC0415 (state imports this module's package)
-
     return get_state().audit
