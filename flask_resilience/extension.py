@@ -10,13 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flask import Flask
+from flask import Blueprint, Flask, Response, request
 
 from . import config as cfg
 from .audit.cli import resilience as resilience_cli
+from .audit.events import AuditEventType
 from .audit.redact import Redactor
 from .audit.service import AppAudit
 from .audit.signals import install_sigterm_flush
+from .audit.views import audit_blueprint, record_request
 from .audit.writer import AuditWriter
 from .breaker.breaker import CircuitBreaker
 from .breaker.breaker import State as CircuitState
@@ -54,6 +56,7 @@ class Resilience:
         self.loaded_principal_loader: PrincipalLoader | None = None
         self.loaded_admin_check: AdminCheck | None = None
         self.breakers = BreakerRegistry()
+        self._audited_prefixes: list[tuple[str, str, bool, bool]] = []
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
         self._exit_hook_registered = False
         if app is not None:
@@ -103,6 +106,7 @@ class Resilience:
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
         app.before_request(functools.partial(_begin_request, state))
         app.after_request(finish_request)
+        app.after_request(self._audit_prefixed_request)
         app.register_error_handler(Problem, handle_problem)
         # Also reachable through the flask.commands entry point; registering it
         # here makes it part of app.cli (and of app.test_cli_runner()).
@@ -128,6 +132,33 @@ class Resilience:
         """The current app's data cache: ``get``, ``set``, ``delete``,
         ``get_or_set``, ``write_through``, ``write_behind``."""
         return get_state().cache.data
+
+    def audit_blueprint(
+        self,
+        blueprint: Blueprint | str,
+        event_type: AuditEventType | str = AuditEventType.ADMIN,
+        *,
+        include_body: bool = True,
+        include_query: bool = True,
+    ) -> Blueprint | str:
+        """Audit every request to a blueprint's views, or to every URL under a
+        prefix such as ``"/api/admin"`` (the seed's ``auditMiddleware``)."""
+        if isinstance(blueprint, Blueprint):
+            return audit_blueprint(
+                blueprint, event_type, include_body=include_body, include_query=include_query
+            )
+        if not blueprint.startswith("/"):
+            raise ValueError(f"a URL prefix must start with '/', got {blueprint!r}")
+        self._audited_prefixes.append((blueprint.rstrip("/"), str(event_type), include_body, include_query))
+        return blueprint
+
+    def _audit_prefixed_request(self, response: Response) -> Response:
+        path = request.path
+        for prefix, event_type, include_body, include_query in self._audited_prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                record_request(event_type, response.status_code, include_body, include_query)
+                break
+        return response
 
     def principal_loader(self, loader: L) -> L:
         """Decorator: ``loader()`` returns the current caller's user id, or None."""

@@ -243,6 +243,27 @@ def test_audit_blueprint_records_every_view(audit_app: tuple[Flask, Resilience])
     assert listed["method"] == "GET"
 
 
+def test_audit_by_url_prefix(audit_app: tuple[Flask, Resilience]) -> None:
+    app, extension = audit_app
+    extension.audit_blueprint("/api/admin", AuditEventType.SETTINGS_CHANGED, include_body=False)
+
+    @app.put("/api/admin/settings")
+    def settings() -> ResponseReturnValue:
+        return "", 204
+
+    @app.get("/api/administrators")
+    def not_under_the_prefix() -> ResponseReturnValue:
+        return "", 204
+
+    client = app.test_client()
+    client.put("/api/admin/settings", json={"theme": "dark"})
+    client.get("/api/administrators")
+    (row,) = rows(app)
+    assert (row["event_type"], row["http_status"], row["details"]) == ("SETTINGS_CHANGED", 204, None)
+    with pytest.raises(ValueError, match="prefix"):
+        extension.audit_blueprint("api/admin")
+
+
 def test_audit_logging_can_be_switched_off(
     make_app: MakeApp, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
