@@ -38,6 +38,13 @@ from .cache.views import cached, invalidates
 from .context import Principal, current_principal, current_request_id
 from .extension import Resilience
 from .health.auth import admin_required
+from .idempotency.api import (
+    clear_all_idempotency_keys,
+    get_replay_protection_stats,
+    invalidate_idempotency_key,
+    reset_replay_protection_stats,
+)
+from .idempotency.views import idempotent
 from .problems import Problem
 from .signals import circuit_state_changed
 from .stores.redis import StoreUnavailableError
@@ -66,6 +73,7 @@ __all__ = [
     "cached",
     "circuit_state_changed",
     "clear_all_caches",
+    "clear_all_idempotency_keys",
     "create_audit_log",
     "create_circuit_breaker",
     "current_principal",
@@ -73,9 +81,12 @@ __all__ = [
     "get_audit_stats",
     "get_cache_stats",
     "get_circuit_breaker_stats",
+    "get_replay_protection_stats",
+    "idempotent",
     "invalidate_cache",
     "invalidate_cache_by_pattern",
     "invalidate_cache_by_tag",
+    "invalidate_idempotency_key",
     "invalidates",
     "log_auth_event",
     "log_data_change",
@@ -83,6 +94,7 @@ __all__ = [
     "reset_audit_stats",
     "reset_cache_stats",
     "reset_circuit_breaker_stats",
+    "reset_replay_protection_stats",
     "start_audit_log_flushing",
     "stop_audit_log_flushing",
     "warmup_cache",

@@ -474,6 +474,31 @@ IDEMPOTENCY_AUTO_GENERATE = Setting(
     env="IDEMPOTENCY_AUTO_GENERATE",
 )
 
+IDEMPOTENCY_LEASE = Setting(
+    "RESILIENCE_IDEMPOTENCY_LEASE",
+    60.0,
+    positive_number,
+    "Seconds a first request holds its key; a worker that dies frees it after this.",
+)
+IDEMPOTENCY_MAX_BODY_BYTES = Setting(
+    "RESILIENCE_IDEMPOTENCY_MAX_BODY_BYTES",
+    1024 * 1024,
+    positive_int,
+    "Larger responses are sent but not stored (the key is given back).",
+)
+IDEMPOTENCY_STORED_HEADERS = Setting[tuple[str, ...]](
+    "RESILIENCE_IDEMPOTENCY_STORED_HEADERS",
+    (),
+    header_names,
+    "Response headers replayed besides the built-in allow-list (Set-Cookie never is).",
+)
+IDEMPOTENCY_MEMORY_ENTRIES = Setting(
+    "RESILIENCE_IDEMPOTENCY_MEMORY_ENTRIES",
+    1000,
+    positive_int,
+    "Completed records each process keeps in memory for fast replays.",
+)
+
 SETTINGS: tuple[Setting[Any], ...] = (
     REDIS_URL,
     REDIS_CLUSTER,
@@ -514,6 +539,10 @@ SETTINGS: tuple[Setting[Any], ...] = (
     IDEMPOTENCY_ENABLED,
     IDEMPOTENCY_TTL,
     IDEMPOTENCY_AUTO_GENERATE,
+    IDEMPOTENCY_LEASE,
+    IDEMPOTENCY_MAX_BODY_BYTES,
+    IDEMPOTENCY_STORED_HEADERS,
+    IDEMPOTENCY_MEMORY_ENTRIES,
 )
 
 OPTIONS: Mapping[str, Setting[Any]] = {setting.option: setting for setting in SETTINGS}

@@ -28,6 +28,10 @@ from .cache.data import DataCache
 from .cache.service import AppCache
 from .context import begin_request, finish_request
 from .health import health_blueprint
+from .idempotency.service import AppIdempotency
+from .idempotency.views import Options as IdempotencyOptions
+from .idempotency.views import make_options as idempotency_options
+from .idempotency.views import protect_blueprint, protect_prefix_hooks
 from .problems import Problem, handle_problem
 from .signals import circuit_state_changed
 from .state import EXTENSION_NAME, ResilienceState, get_state
@@ -57,6 +61,7 @@ class Resilience:
         self.loaded_admin_check: AdminCheck | None = None
         self.breakers = BreakerRegistry()
         self._audited_prefixes: list[tuple[str, str, bool, bool]] = []
+        self._idempotent_prefixes: list[tuple[str, IdempotencyOptions]] = []
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
         self._exit_hook_registered = False
         if app is not None:
@@ -81,6 +86,7 @@ class Resilience:
             database=database,
             cache=app_cache,
             audit=app_audit,
+            idempotency=_app_idempotency(config, redis_store, app_audit),
         )
         if state.redis is None:
             logger.warning(
@@ -97,6 +103,11 @@ class Resilience:
         state.add_background(app_cache)
         app_cache.layered.listen()
         state.stats_providers["audit"] = app_audit.snapshot
+        state.stats_providers["replay_protection"] = state.idempotency.snapshot
+        state.idempotency.listen()
+        before, after = protect_prefix_hooks(self._idempotent_prefixes)
+        app.before_request(before)
+        app.after_request(after)
         state.add_background(app_audit)
         if app_audit.enabled:
             state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))
@@ -159,6 +170,17 @@ class Resilience:
                 record_request(event_type, response.status_code, include_body, include_query)
                 break
         return response
+
+    def idempotent_blueprint(self, blueprint: Blueprint | str, **settings: Any) -> Blueprint | str:
+        """Protect every view of a blueprint, or every URL under a prefix such
+        as ``"/api/payments"`` (the seed's ``replayProtectionMiddleware``);
+        ``settings`` as for ``@idempotent``."""
+        if isinstance(blueprint, Blueprint):
+            return protect_blueprint(blueprint, **settings)
+        if not blueprint.startswith("/"):
+            raise ValueError(f"a URL prefix must start with '/', got {blueprint!r}")
+        self._idempotent_prefixes.append((blueprint.rstrip("/"), idempotency_options(**settings)))
+        return blueprint
 
     def principal_loader(self, loader: L) -> L:
         """Decorator: ``loader()`` returns the current caller's user id, or None."""
@@ -279,6 +301,22 @@ def _audit_circuit_changes(app: Flask, audit: AppAudit, breakers: BreakerRegistr
             )
 
     return _CircuitAuditing(record)
+
+
+def _app_idempotency(config: cfg.Config, redis_store: RedisStore | None, audit: AppAudit) -> AppIdempotency:
+    extra: tuple[str, ...] = config[cfg.IDEMPOTENCY_STORED_HEADERS]
+    return AppIdempotency(
+        enabled=config[cfg.IDEMPOTENCY_ENABLED],
+        redis=redis_store,
+        key_prefix=config[cfg.KEY_PREFIX],
+        ttl=config[cfg.IDEMPOTENCY_TTL],
+        lease=config[cfg.IDEMPOTENCY_LEASE],
+        auto_generate=config[cfg.IDEMPOTENCY_AUTO_GENERATE],
+        max_body_bytes=config[cfg.IDEMPOTENCY_MAX_BODY_BYTES],
+        extra_headers=extra,
+        memory_entries=config[cfg.IDEMPOTENCY_MEMORY_ENTRIES],
+        audit=audit,
+    )
 
 
 def _shared_breaker_state(config: cfg.Config, redis_store: RedisStore | None) -> SharedState | None:

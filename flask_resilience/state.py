@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .audit.service import AppAudit
     from .cache.service import AppCache
     from .extension import Resilience
+    from .idempotency.service import AppIdempotency
 
 EXTENSION_NAME = "resilience"
 logger = logging.getLogger("flask_resilience")
@@ -46,6 +47,7 @@ class ResilienceState:
     database: Database
     cache: AppCache
     audit: AppAudit
+    idempotency: AppIdempotency
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Idempotency keys: exactly-once effects for retried POST/PUT/PATCH/DELETE."""

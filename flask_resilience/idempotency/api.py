@@ -1,0 +1,27 @@
+"""The seed's replay-protection functions, as thin calls on the current app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..state import get_state
+
+
+def invalidate_idempotency_key(key: str, user_id: str | int | None = None) -> int:
+    """Forget ``key`` (for one user, or for everyone), in the store and every
+    process's memory layer; returns how many records were removed."""
+    return get_state().idempotency.invalidate(key, None if user_id is None else str(user_id))
+
+
+def clear_all_idempotency_keys() -> int:
+    return get_state().idempotency.clear()
+
+
+def get_replay_protection_stats() -> dict[str, Any]:
+    """Requests, first executions, replays, replay rate, conflicts, mismatches,
+    store errors, per endpoint, memory entries."""
+    return get_state().idempotency.snapshot()
+
+
+def reset_replay_protection_stats() -> None:
+    get_state().idempotency.stats.reset()
