@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, Request, Response, g, make_response, request
+from flask import Blueprint, Request, Response, current_app, g, make_response, request
+from werkzeug.exceptions import HTTPException
 
 from ..context import current_principal
 from ..problems import Problem
@@ -82,6 +83,8 @@ def idempotent(
                     return plan
                 try:
                     response = make_response(await view(*args, **kwargs))
+                except HTTPException as exc:  # abort(400) is an answer, and is stored like one
+                    response = _error_response(exc)
                 except BaseException:
                     plan.fail()
                     raise
@@ -96,6 +99,8 @@ def idempotent(
                 return plan
             try:
                 response = make_response(view(*args, **kwargs))
+            except HTTPException as exc:  # abort(400) is an answer, and is stored like one
+                response = _error_response(exc)
             except BaseException:
                 plan.fail()
                 raise
@@ -166,6 +171,14 @@ def _teardown(error: BaseException | None) -> None:
         plan.fail()
 
 
+def _error_response(error: HTTPException) -> Response:
+    """What the app answers for ``error`` (its handler, or the default page)."""
+    handled = current_app.handle_http_exception(error)
+    if isinstance(handled, HTTPException):
+        return make_response(handled.get_response())
+    return make_response(handled)
+
+
 def parse_key(value: str) -> str:
     """The key from a header value: bare, or an RFC 8941 string; raises a 400 Problem."""
     value = value.strip()
@@ -198,6 +211,7 @@ class _Plan:
         self,
         service: AppIdempotency,
         options: Options,
+        *,
         key: str,
         record_key: str,
         fingerprint: str,
@@ -243,7 +257,9 @@ class _Plan:
         principal = current_principal()
         scope = principal.key if principal is not None else "anonymous"
         route = request.url_rule.rule if request.url_rule is not None else request.path
-        record_key = f"{_digest(scope)[:32]}:{_digest(key)[:32]}:{_digest(request.method, route)[:16]}"
+        # The method is not part of the record: the same key on another method
+        # is a different request with a reused key (422), as the draft says.
+        record_key = f"{_digest(scope)[:32]}:{_digest(key)[:32]}:{_digest(route)[:16]}"
         query = "&".join(sorted(request.query_string.decode("latin-1").split("&")))
         fingerprint = _digest(request.method, request.path, query, request.get_data(cache=True))
         service.stats.count("requests", endpoint)

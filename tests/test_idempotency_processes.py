@@ -1,0 +1,134 @@
+"""Idempotency across real processes through real Redis."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+
+from flask_resilience import Resilience, idempotent
+from flask_resilience.state import get_state
+
+
+def worker_app(redis_url: str, prefix: str, counter: str, lease: float = 60.0) -> Flask:
+    app = Flask("idempotency-worker")
+    app.config.update(
+        RESILIENCE_REDIS_URL=redis_url, RESILIENCE_KEY_PREFIX=prefix, RESILIENCE_IDEMPOTENCY_LEASE=lease
+    )
+    Resilience(app)
+    client = redis.Redis.from_url(redis_url)
+
+    @app.post("/charge")
+    @idempotent()
+    def charge() -> ResponseReturnValue:
+        runs = client.incr(counter)
+        client.set(f"{counter}:inside", 1)
+        # Hold the claim until every request has been sent (or the test gives up).
+        _wait_until(
+            lambda: int(client.get(f"{counter}:arrived") or 0) >= int(client.get(f"{counter}:expected") or 0)
+        )
+        return jsonify(runs=runs), 201
+
+    return app
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    pause = threading.Event()
+    for _ in range(int(timeout * 200)):
+        if predicate():
+            return True
+        pause.wait(0.005)
+    return predicate()
+
+
+def _sender(redis_url: str, prefix: str, counter: str, start: Any, results: Any) -> None:
+    app = worker_app(redis_url, prefix, counter)
+    client = redis.Redis.from_url(redis_url)
+    start.wait(30)
+    statuses: list[tuple[int, str | None]] = []
+    lock = threading.Lock()
+
+    def post() -> None:
+        client.incr(f"{counter}:arrived")
+        response = app.test_client().post("/charge", headers={"Idempotency-Key": "pay-once"})
+        with lock:
+            statuses.append((response.status_code, response.headers.get("X-Idempotency-Replayed")))
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    results.put(statuses)
+    get_state(app).extension.shutdown()
+
+
+def test_twenty_requests_from_four_processes_run_the_view_once(
+    redis_url: str, key_prefix: str, raw_redis: redis.Redis
+) -> None:
+    counter = f"{key_prefix}charge-runs"
+    raw_redis.set(f"{counter}:expected", 20)
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    results: Any = context.Queue()
+    senders = [
+        context.Process(target=_sender, args=(redis_url, key_prefix, counter, start, results))
+        for _ in range(4)
+    ]
+    for sender in senders:
+        sender.start()
+    try:
+        start.set()
+        statuses = [status for _ in senders for status in results.get(timeout=60)]
+    finally:
+        for sender in senders:
+            sender.join(30)
+    assert int(raw_redis.get(counter) or 0) == 1
+    assert len(statuses) == 20
+    assert statuses.count((201, "false")) == 1  # the one execution
+    assert all(status in ((409, None), (201, "true")) for status in statuses if status != (201, "false"))
+    raw_redis.delete(counter, f"{counter}:inside", f"{counter}:arrived", f"{counter}:expected")
+
+
+def _holder(redis_url: str, prefix: str, counter: str) -> None:
+    app = worker_app(redis_url, prefix, counter, lease=30.0)
+    app.test_client().post("/charge", headers={"Idempotency-Key": "crashy"})  # blocks inside the view
+
+
+def test_a_killed_worker_frees_the_key_when_its_lease_ends(
+    redis_url: str, key_prefix: str, raw_redis: redis.Redis
+) -> None:
+    counter = f"{key_prefix}crash-runs"
+    raw_redis.set(f"{counter}:expected", 10**6)  # the holder never finishes by itself
+    context = multiprocessing.get_context("spawn")
+    holder = context.Process(target=_holder, args=(redis_url, key_prefix, counter))
+    holder.start()
+    try:
+        assert _wait_until(lambda: raw_redis.get(f"{counter}:inside") is not None)
+        os.kill(holder.pid or 0, signal.SIGKILL)
+        holder.join(10)
+    finally:
+        if holder.is_alive():
+            holder.kill()
+
+    app = worker_app(redis_url, key_prefix, counter, lease=30.0)
+    client = app.test_client()
+    assert client.post("/charge", headers={"Idempotency-Key": "crashy"}).status_code == 409  # still leased
+    (record,) = list(raw_redis.scan_iter(match=f"{key_prefix}idem:*"))
+    lease_left = int(raw_redis.pttl(record))
+    assert 0 < lease_left <= 30_000
+    raw_redis.pexpire(record, 1)  # the lease running out, without waiting 30 s for it
+    assert _wait_until(lambda: raw_redis.exists(record) == 0)
+    raw_redis.set(f"{counter}:expected", 0)
+    response = client.post("/charge", headers={"Idempotency-Key": "crashy"})
+    assert response.status_code == 201
+    assert response.json == {"runs": 2}
+    get_state(app).extension.shutdown()
+    raw_redis.delete(counter, f"{counter}:inside", f"{counter}:arrived", f"{counter}:expected")
