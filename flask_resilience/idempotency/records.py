@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import random
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -128,7 +128,7 @@ class RecordStore:
 
     def claim(self, record_key: str, fingerprint: str, lease: float) -> Claim:
         """Raises StoreUnavailableError when Redis fails."""
-        owner = uuid.uuid4().hex
+        owner = f"{random.getrandbits(128):032x}"  # unique per claim; os.urandom is slow on some VMs
         value = in_flight_value(fingerprint, owner)
         key = self.full_key(record_key)
         if self._redis is not None:
