@@ -21,6 +21,7 @@ from flask_resilience import (
     audited,
     cached,
     current_request_id,
+    idempotent,
     invalidates,
 )
 
@@ -59,6 +60,7 @@ def create_app(config: dict[str, Any] | None = None, instance_path: str | None =
         return jsonify(flights=found)
 
     @app.post("/api/bookings")
+    @idempotent(ttl=86400)
     @audited(AuditEventType.CREATE, resource="booking", include_body=True)
     def book() -> ResponseReturnValue:
         return jsonify(booked=True, request_id=current_request_id()), 201

@@ -22,8 +22,11 @@ def test_example_app_serves_health_and_flights(tmp_path: Path) -> None:
         assert client.get("/api/flights").headers["X-Cache"] == "HIT"
         assert client.post("/api/flights/refresh").status_code == 200
         assert client.get("/api/flights").headers["X-Cache"] == "MISS"
-        booking = client.post("/api/bookings", json={"flight": "LH401", "card_number": "4111111111111111"})
+        order = {"flight": "LH401", "card_number": "4111111111111111"}
+        booking = client.post("/api/bookings", json=order, headers={"Idempotency-Key": "book-1"})
         assert booking.status_code == 201
+        retry = client.post("/api/bookings", json=order, headers={"Idempotency-Key": "book-1"})
+        assert (retry.status_code, retry.headers["X-Idempotency-Replayed"]) == (201, "true")
         with app.app_context():
             stats = get_audit_stats()
         assert stats["by_event_type"] == {"CREATE": 1}
