@@ -22,7 +22,7 @@ import logging
 import time
 import timeit
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -33,19 +33,9 @@ from flask_caching import Cache
 from flask_resilience import Resilience, cached, invalidate_cache_by_tag
 from flask_resilience.cache.entry import CacheEntry
 from flask_resilience.state import get_state
+from flask_resilience.stores.redis import batched
 
 FLIGHTS = [{"id": f"LH{i}", "from": "FRA", "to": "LIS", "price": 100 + i} for i in range(20)]
-
-
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def trivial() -> ResponseReturnValue:

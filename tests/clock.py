@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class FakeClock:
@@ -16,3 +17,17 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += seconds
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``predicate()`` becomes true within ``timeout`` seconds.
+
+    For conditions another thread or process brings about (a message
+    delivered, a row written); never used to let time pass.
+    """
+    pause = threading.Event()
+    for _ in range(int(timeout * 200)):
+        if predicate():
+            return True
+        pause.wait(0.005)
+    return predicate()

@@ -32,6 +32,7 @@ from flask_resilience.audit.migrate import downgrade, upgrade
 from flask_resilience.audit.service import table_exists
 from flask_resilience.audit.table import audit_log
 from flask_resilience.state import get_state
+from tests.clock import eventually
 from tests.conftest import MakeApp
 
 TOKEN = "audit-admin-token-0123456789"
@@ -308,7 +309,7 @@ def test_flush_when_the_buffer_is_full(make_app: MakeApp, database_url: str) -> 
             log_auth_event(AuditEventType.LOGIN, user_id=user)
         assert audit.writer.queue_size() == 4
         log_auth_event(AuditEventType.LOGIN, user_id=5)
-    assert _eventually(lambda: audit.writer.counts()["written"] == 5)
+    assert eventually(lambda: audit.writer.counts()["written"] == 5)
 
 
 def test_flush_on_the_interval(make_app: MakeApp, database_url: str) -> None:
@@ -321,19 +322,8 @@ def test_flush_on_the_interval(make_app: MakeApp, database_url: str) -> None:
     with app.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=1)
     # Far below the buffer size: only the interval can have flushed it.
-    assert _eventually(lambda: audit.writer.counts()["written"] == 1)
+    assert eventually(lambda: audit.writer.counts()["written"] == 1)
     assert audit.writer.queue_size() == 0
-
-
-def _eventually(predicate: Any, timeout: float = 10.0) -> bool:
-    import threading
-
-    pause = threading.Event()
-    for _ in range(int(timeout * 100)):
-        if predicate():
-            return True
-        pause.wait(0.01)
-    return bool(predicate())
 
 
 # -- endpoints -----------------------------------------------------------------------------------

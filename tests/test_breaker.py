@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from flask_resilience import (
 )
 from flask_resilience.breaker.breaker import CircuitBreaker
 from flask_resilience.breaker.registry import BreakerRegistry
-from tests.clock import FakeClock
+from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
 
 
@@ -295,7 +294,7 @@ def test_exactly_n_trials_across_16_threads_and_16_tasks() -> None:
     threads.append(threading.Thread(target=lambda: asyncio.run(all_tasks())))
     for thread in threads:
         thread.start()
-    _wait_until(lambda: len(admitted) + len(rejected) == 32)
+    assert eventually(lambda: len(admitted) + len(rejected) == 32)
     assert len(admitted) == 3
     assert len(rejected) == 29
     release.set()
@@ -564,15 +563,6 @@ def test_seed_functions_work_on_the_current_app(make_app: MakeApp) -> None:
 
 def _raise(exc: BaseException) -> None:
     raise exc
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    finished = threading.Event()
-    for _ in range(int(timeout * 1000)):
-        if predicate():
-            return
-        finished.wait(0.001)
-    raise AssertionError("condition not reached")
 
 
 def test_counts_stay_exact_under_many_threads() -> None:

@@ -7,7 +7,6 @@ import multiprocessing
 import queue
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
@@ -19,7 +18,7 @@ from flask import Flask
 from flask_resilience import CircuitOpenError, CircuitState, Resilience
 from flask_resilience.breaker.breaker import CircuitBreaker
 from flask_resilience.state import get_state
-from tests.clock import FakeClock
+from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
 from tests.services import free_port, start_redis_server
 
@@ -38,15 +37,6 @@ class Boom(Exception):
 
 def fail() -> None:
     raise Boom
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    pause = threading.Event()
-    for _ in range(int(timeout * 200)):
-        if predicate():
-            return True
-        pause.wait(0.005)
-    return predicate()
 
 
 def _shared_app(
@@ -74,7 +64,7 @@ def test_one_worker_opens_the_circuit_for_another(make_app: MakeApp, redis_url: 
     _trip(first, 3)
     _trip(second, 2)  # 3 + 2 failures across workers reach the threshold of 5
     assert second.state is CircuitState.OPEN
-    assert _wait_until(lambda: first.state is CircuitState.OPEN)
+    assert eventually(lambda: first.state is CircuitState.OPEN)
     with pytest.raises(CircuitOpenError) as rejected:
         first.call(lambda: "not called")
     assert rejected.value.retry_after == pytest.approx(60)
@@ -175,7 +165,7 @@ def _worker(  # noqa: PLR0917  (multiprocessing passes positional arguments)
                     breaker.call(fail)
             results.put((index, "state", breaker.state.value))
         elif command == "expect-open":
-            seen = _wait_until(lambda: breaker.state is CircuitState.OPEN)
+            seen = eventually(lambda: breaker.state is CircuitState.OPEN)
             try:
                 breaker.call(lambda: "went through")
                 results.put((index, "rejected", False))
@@ -188,7 +178,7 @@ def _worker(  # noqa: PLR0917  (multiprocessing passes positional arguments)
             except CircuitOpenError:
                 results.put((index, "trial", "rejected"))
         elif command == "expect-closed":
-            results.put((index, "closed", _wait_until(lambda: breaker.state is CircuitState.CLOSED)))
+            results.put((index, "closed", eventually(lambda: breaker.state is CircuitState.CLOSED)))
         else:
             extension.shutdown()
             return

@@ -6,7 +6,6 @@ import functools
 import multiprocessing
 import queue
 import re
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from flask_resilience import (
 )
 from flask_resilience.cache.layered import LayeredCache
 from flask_resilience.state import get_state
+from tests.clock import eventually
 
 Inbox = "multiprocessing.Queue[tuple[str, Any]]"
 
@@ -41,7 +41,7 @@ def worker_app(redis_url: str, prefix: str, counter_key: str, arrivals: int = 0)
     @cached(ttl=300, tags=["flights"], prefix="api")
     def flights() -> ResponseReturnValue:
         runs = counter.incr(counter_key)
-        _wait_until(lambda: int(counter.get(f"{counter_key}:arrived") or 0) >= arrivals)
+        eventually(lambda: int(counter.get(f"{counter_key}:arrived") or 0) >= arrivals)
         return jsonify(runs=runs, to=request.args.get("to"))
 
     return app
@@ -62,7 +62,7 @@ def _worker(redis_url: str, prefix: str, counter_key: str, inbox: Any, outbox: A
                 ("got", (response.headers["X-Cache"], response.headers["Cache-Status"], response.json))
             )
         elif command == "received":
-            seen = _wait_until(functools.partial(_received_at_least, layered, int(argument)))
+            seen = eventually(functools.partial(_received_at_least, layered, int(argument)))
             outbox.put(("received", seen))
         else:
             get_state(app).extension.shutdown()
@@ -71,15 +71,6 @@ def _worker(redis_url: str, prefix: str, counter_key: str, inbox: Any, outbox: A
 
 def _received_at_least(layered: LayeredCache, wanted: int) -> bool:
     return int(layered.stats.snapshot().get("invalidations_received", 0)) >= wanted
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    pause = threading.Event()
-    for _ in range(int(timeout * 200)):
-        if predicate():
-            return True
-        pause.wait(0.005)
-    return predicate()
 
 
 class Worker:
@@ -171,7 +162,7 @@ def test_lost_subscription_empties_l1(setup: tuple[Flask, Worker], raw_redis: re
     layered = get_state(app).cache.layered
     assert len(layered.l1) == 1
     raw_redis.client_kill_filter(_type="pubsub")
-    assert _wait_until(lambda: len(layered.l1) == 0)
+    assert eventually(lambda: len(layered.l1) == 0)
     assert layered.stats.snapshot()["errors"]["subscription_lost"] >= 1
     store = get_state(app).redis
     assert store is not None

@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -15,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from flask_resilience import Resilience, idempotent
 from flask_resilience.state import get_state
+from tests.clock import eventually
 
 
 def worker_app(redis_url: str, prefix: str, counter: str, lease: float = 60.0) -> Flask:
@@ -31,21 +31,12 @@ def worker_app(redis_url: str, prefix: str, counter: str, lease: float = 60.0) -
         runs = client.incr(counter)
         client.set(f"{counter}:inside", 1)
         # Hold the claim until every request has been sent (or the test gives up).
-        _wait_until(
+        eventually(
             lambda: int(client.get(f"{counter}:arrived") or 0) >= int(client.get(f"{counter}:expected") or 0)
         )
         return jsonify(runs=runs), 201
 
     return app
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    pause = threading.Event()
-    for _ in range(int(timeout * 200)):
-        if predicate():
-            return True
-        pause.wait(0.005)
-    return predicate()
 
 
 def _sender(redis_url: str, prefix: str, counter: str, start: Any, results: Any) -> None:
@@ -111,7 +102,7 @@ def test_a_killed_worker_frees_the_key_when_its_lease_ends(
     holder = context.Process(target=_holder, args=(redis_url, key_prefix, counter))
     holder.start()
     try:
-        assert _wait_until(lambda: raw_redis.get(f"{counter}:inside") is not None)
+        assert eventually(lambda: raw_redis.get(f"{counter}:inside") is not None)
         os.kill(holder.pid or 0, signal.SIGKILL)
         holder.join(10)
     finally:
@@ -125,7 +116,7 @@ def test_a_killed_worker_frees_the_key_when_its_lease_ends(
     lease_left = int(raw_redis.pttl(record))
     assert 0 < lease_left <= 30_000
     raw_redis.pexpire(record, 1)  # the lease running out, without waiting 30 s for it
-    assert _wait_until(lambda: raw_redis.exists(record) == 0)
+    assert eventually(lambda: raw_redis.exists(record) == 0)
     raw_redis.set(f"{counter}:expected", 0)
     response = client.post("/charge", headers={"Idempotency-Key": "crashy"})
     assert response.status_code == 201

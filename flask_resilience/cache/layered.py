@@ -23,12 +23,12 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..stats import Counters
 from ..stores.memory import MemoryStore
-from ..stores.redis import RedisStore, StoreUnavailableError
+from ..stores.redis import RedisStore, StoreUnavailableError, batched
 from .backends import L2Backend, PatternsNeedRedis, RedisBackend
 from .entry import CacheEntry, UnreadableEntry, decode
 
@@ -38,48 +38,17 @@ EVERYTHING = "*"  # the tag every entry carries; bumping it is clear()
 _L2_COOLDOWN = 1.0  # seconds L2 is skipped after an error, so a dead Redis costs one timeout a second
 
 
-class CacheStats:
+class CacheStats(Counters):
     """Counters of one app's cache; thread-safe."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
+        super().__init__("bypasses", "not_stored", "errors")
 
-    def reset(self) -> None:
-        with self._lock:
-            self.counts: Counter[str] = Counter()
-            self.bypasses: Counter[str] = Counter()
-            self.not_stored: Counter[str] = Counter()
-            self.errors: Counter[str] = Counter()
-            self.endpoints: dict[str, Counter[str]] = {}
-
-    def count(self, name: str, endpoint: str | None = None) -> None:
-        with self._lock:
-            self.counts[name] += 1
-            if endpoint is not None:
-                self.endpoints.setdefault(endpoint, Counter())[name] += 1
-
-    def count_reason(self, table: str, reason: str, endpoint: str | None = None) -> None:
-        with self._lock:
-            getattr(self, table)[reason] += 1
-            if endpoint is not None:
-                self.endpoints.setdefault(endpoint, Counter())[table] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            counts = dict(self.counts)
-            hits = counts.get("l1_hits", 0) + counts.get("l2_hits", 0)
-            lookups = hits + counts.get("misses", 0)
-            return {
-                **counts,
-                **{name: counts.get(name, 0) for name in ("l1_hits", "l2_hits", "misses", "sets", "deletes")},
-                "hits": hits,
-                "hit_rate": round(hits / lookups, 4) if lookups else 0.0,
-                "bypasses": dict(self.bypasses),
-                "not_stored": dict(self.not_stored),
-                "errors": dict(self.errors),
-                "endpoints": {name: dict(values) for name, values in self.endpoints.items()},
-            }
+    def snapshot(self, *always: str) -> dict[str, Any]:
+        data = super().snapshot("l1_hits", "l2_hits", "misses", "sets", "deletes", *always)
+        hits = data["l1_hits"] + data["l2_hits"]
+        lookups = hits + data["misses"]
+        return {**data, "hits": hits, "hit_rate": round(hits / lookups, 4) if lookups else 0.0}
 
 
 class LayeredCache:
@@ -352,7 +321,7 @@ class LayeredCache:
         self.l1.clear()
         if self._redis is not None:
             with contextlib.suppress(StoreUnavailableError):
-                for batch in _batches(self._redis.scan("cache:e:*"), 500):
+                for batch in batched(self._redis.scan("cache:e:*"), 500):
                     self._redis.delete(*batch)
         self._publish({"op": "clear"})
 
@@ -418,14 +387,3 @@ def _matcher(pattern: str | re.Pattern[str]) -> Callable[[str], bool]:
     if isinstance(pattern, str):
         return lambda key: fnmatch.fnmatchcase(key, pattern)
     return lambda key: pattern.search(key) is not None
-
-
-def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -6,13 +6,12 @@ import fnmatch
 import hashlib
 import json
 import logging
-import threading
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from flask import Response
 
 from ..cache.rules import STORED_HEADERS
+from ..stats import Counters
 from ..stores.memory import MemoryStore
 from ..stores.redis import RedisStore, StoreUnavailableError
 from .records import Completed, RecordStore
@@ -23,32 +22,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_resilience")
 
 
-class IdempotencyStats:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self._lock:
-            self.counts: Counter[str] = Counter()
-            self.endpoints: dict[str, Counter[str]] = {}
-
-    def count(self, name: str, endpoint: str) -> None:
-        with self._lock:
-            self.counts[name] += 1
-            self.endpoints.setdefault(endpoint, Counter())[name] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            counts = dict(self.counts)
-            requests = counts.get("requests", 0)
-            names = ("requests", "first_executions", "replays", "conflicts", "mismatches", "store_errors")
-            return {
-                **counts,
-                **{name: counts.get(name, 0) for name in names},
-                "replay_rate": round(counts.get("replays", 0) / requests, 4) if requests else 0.0,
-                "endpoints": {name: dict(values) for name, values in self.endpoints.items()},
-            }
+class IdempotencyStats(Counters):
+    def snapshot(self, *always: str) -> dict[str, Any]:
+        data = super().snapshot(
+            "requests", "first_executions", "replays", "conflicts", "mismatches", "store_errors", *always
+        )
+        requests = data["requests"]
+        return {**data, "replay_rate": round(data["replays"] / requests, 4) if requests else 0.0}
 
 
 class AppIdempotency:
