@@ -203,3 +203,34 @@ def test_dashboard_reports_the_store_backend(make_app: MakeApp, redis_url: str, 
     assert body is not None
     assert body["features"]["stores"]["backend"] == "redis"
     assert body["features"]["stores"]["key_prefix"] == key_prefix
+
+
+def test_metrics_in_prometheus_format(make_app: MakeApp, redis_url: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    extension = Resilience()
+    breaker = extension.circuit_breaker("partner", failure_threshold=1)
+    app, _ = make_app(extension, RESILIENCE_REDIS_URL=redis_url, RESILIENCE_ADMIN_TOKEN=TOKEN)
+
+    def fail() -> None:
+        raise OSError("down")
+
+    with pytest.raises(OSError, match="down"):
+        breaker.call(fail)
+    client = app.test_client()
+    assert client.get("/api/health/metrics").status_code == 401
+    response = client.get("/api/health/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for sample in family.samples
+    }
+    assert samples[("resilience_circuit_state", (("circuit", "partner"), ("state", "OPEN")))] == 1.0
+    assert (
+        samples[("resilience_circuit_calls_total", (("circuit", "partner"), ("outcome", "failures")))] == 1.0
+    )
+    assert ("resilience_cache_events_total", (("event", "misses"),)) in samples
+    assert ("resilience_audit_queue_size", ()) in samples
+    assert ("resilience_idempotency_requests_total", (("outcome", "replays"),)) in samples
