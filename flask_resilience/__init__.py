@@ -20,9 +20,10 @@ from .breaker.api import (
     reset_circuit_breaker_stats,
     with_circuit_breaker,
 )
-from .breaker.breaker import CircuitBreaker, CircuitOpenError
-from .breaker.breaker import State as CircuitState
+from .breaker.breaker import CircuitBreaker
 from .breaker.config import BreakerConfig
+from .breaker.states import CircuitOpenError
+from .breaker.states import State as CircuitState
 from .cache.invalidation import (
     clear_all_caches,
     get_cache_stats,

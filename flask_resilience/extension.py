@@ -21,9 +21,9 @@ from .audit.signals import install_sigterm_flush
 from .audit.views import audit_blueprint, record_request
 from .audit.writer import AuditWriter
 from .breaker.breaker import CircuitBreaker
-from .breaker.breaker import State as CircuitState
 from .breaker.registry import BreakerRegistry
 from .breaker.shared import SharedState
+from .breaker.states import State as CircuitState
 from .cache.data import DataCache
 from .cache.service import AppCache
 from .context import begin_request, finish_request

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_resilience import Resilience
+from flask_resilience import Resilience, validators
 from flask_resilience import config as cfg
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
@@ -88,7 +88,7 @@ def test_precedence_constructor_then_app_config_then_env_then_default(
     ],
 )
 def test_boolean_parsing(raw: object, expected: bool) -> None:
-    assert cfg.boolean(raw) is expected
+    assert validators.boolean(raw) is expected
 
 
 INVALID_VALUES: list[tuple[str, object]] = [
@@ -171,10 +171,10 @@ def test_invalid_environment_value_names_the_variable(monkeypatch: pytest.Monkey
 
 def test_cluster_nodes_accept_a_list_or_a_comma_string() -> None:
     expected = (("10.0.0.1", 7000), ("10.0.0.2", 7001))
-    assert cfg.cluster_nodes(["10.0.0.1:7000", "10.0.0.2:7001"]) == expected
-    assert cfg.cluster_nodes("10.0.0.1:7000,10.0.0.2:7001") == expected
-    assert cfg.cluster_nodes("true") is True
+    assert validators.cluster_nodes(["10.0.0.1:7000", "10.0.0.2:7001"]) == expected
+    assert validators.cluster_nodes("10.0.0.1:7000,10.0.0.2:7001") == expected
+    assert validators.cluster_nodes("true") is True
 
 
 def test_principal_loader_import_string_resolves() -> None:
-    assert cfg.optional_callable("os.path:basename") is __import__("os").path.basename
+    assert validators.optional_callable("os.path:basename") is __import__("os").path.basename

@@ -22,7 +22,6 @@ fails it decides on its own.
 from __future__ import annotations
 
 import contextvars
-import enum
 import functools
 import inspect
 import itertools
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ..signals import circuit_state_changed
 from .config import BreakerConfig, Outcome, build_config
+from .states import PASS_THROUGH, CircuitOpenError, State, Trial
 from .window import SlidingWindow
 
 if TYPE_CHECKING:
@@ -47,58 +47,6 @@ logger = logging.getLogger("flask_resilience")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class State(enum.StrEnum):
-    CLOSED = "CLOSED"
-    OPEN = "OPEN"
-    HALF_OPEN = "HALF_OPEN"
-    FORCED_OPEN = "FORCED_OPEN"
-    DISABLED = "DISABLED"
-    METRICS_ONLY = "METRICS_ONLY"
-
-
-_PASS_THROUGH = frozenset({State.CLOSED, State.DISABLED, State.METRICS_ONLY})
-
-
-class CircuitOpenError(Exception):
-    """The breaker refused the call. ``retry_after`` is in seconds, or None
-    when the circuit is held open by an operator."""
-
-    # No __init__ of its own: BaseException's C constructor keeps the three
-    # values in ``args``, which makes a rejection several times cheaper.
-    args: tuple[str, State, float | None]
-
-    if TYPE_CHECKING:
-
-        def __init__(self, name: str, state: State, retry_after: float | None) -> None: ...
-
-    @property
-    def name(self) -> str:
-        return self.args[0]
-
-    @property
-    def state(self) -> State:
-        return self.args[1]
-
-    @property
-    def retry_after(self) -> float | None:
-        return self.args[2]
-
-    def __str__(self) -> str:
-        # Built when read, not when raised: rejections must stay cheap.
-        when = "" if self.retry_after is None else f"; retry after {self.retry_after:.1f} s"
-        return f"circuit {self.name!r} is {self.state.value}{when}"
-
-
-class Trial:
-    """A HALF_OPEN trial permit."""
-
-    __slots__ = ("shared", "token")
-
-    def __init__(self, token: str, shared: bool) -> None:
-        self.token = token
-        self.shared = shared
 
 
 class CircuitBreaker:
@@ -291,7 +239,7 @@ class CircuitBreaker:
         admitted call must be followed by :meth:`release`."""
         if self._needs_sync:
             self._sync()
-        if self._state in _PASS_THROUGH:
+        if self._state in PASS_THROUGH:
             return None
         refused = self._refused()
         if refused is not None:
@@ -324,7 +272,7 @@ class CircuitBreaker:
             if state is State.FORCED_OPEN:
                 self._count_rejection()
                 raise CircuitOpenError(self.name, state, None)
-            if state in _PASS_THROUGH:
+            if state in PASS_THROUGH:
                 return None
         shared = self._shared
         admission = shared.acquire(self, now) if shared is not None else None
@@ -632,7 +580,7 @@ class CircuitBreaker:
     @property
     def is_healthy(self) -> bool:
         """False while the circuit rejects calls (OPEN, HALF_OPEN, FORCED_OPEN)."""
-        return self._state in _PASS_THROUGH
+        return self._state in PASS_THROUGH
 
     def stats(self) -> dict[str, object]:
         now = self._clock()

@@ -8,9 +8,10 @@ from typing import Any
 
 import httpx
 
-from .breaker import CircuitBreaker, CircuitOpenError, State
+from .breaker import CircuitBreaker
 from .config import Outcome
 from .http_common import Breakers, OutboundCall
+from .states import CircuitOpenError, State
 
 
 class HTTPXCircuitOpenError(CircuitOpenError, httpx.TransportError):

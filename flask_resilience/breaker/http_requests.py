@@ -8,9 +8,9 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from .breaker import CircuitOpenError, State
 from .config import Outcome
 from .http_common import Breakers, OutboundCall
+from .states import CircuitOpenError, State
 
 # Errors that say the remote side is down or slow; others (a malformed URL,
 # too many redirects) are the caller's and count for nothing.

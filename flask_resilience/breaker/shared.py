@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..stores.redis import RedisStore, StoreUnavailableError
-from .breaker import State
 from .config import Outcome
+from .states import State
 
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker

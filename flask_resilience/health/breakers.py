@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
-from ..breaker.breaker import CircuitBreaker, State
+from ..breaker.breaker import CircuitBreaker
+from ..breaker.states import State
 from ..problems import Problem
 from ..state import get_state
 from .auth import admin_required, stats_access

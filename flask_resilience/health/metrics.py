@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Response
 
-from ..breaker.breaker import State
+from ..breaker.states import State
 from ..problems import Problem
 from ..state import ResilienceState, get_state
 from .auth import stats_access
