@@ -105,9 +105,10 @@ class Resilience:
         state.stats_providers["audit"] = app_audit.snapshot
         state.stats_providers["replay_protection"] = state.idempotency.snapshot
         state.idempotency.listen()
-        before, after = protect_prefix_hooks(self._idempotent_prefixes)
+        before, after, teardown = protect_prefix_hooks(self._idempotent_prefixes)
         app.before_request(before)
         app.after_request(after)
+        app.teardown_request(teardown)
         state.add_background(app_audit)
         if app_audit.enabled:
             state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))

@@ -120,8 +120,10 @@ def protect_blueprint(blueprint: Blueprint, **settings: Any) -> Blueprint:
     return blueprint
 
 
-def protect_prefix_hooks(prefixes: list[tuple[str, Options]]) -> tuple[Callable[[], Any], Callable[..., Any]]:
-    """App-wide hooks protecting every URL under the given prefixes."""
+def protect_prefix_hooks(
+    prefixes: list[tuple[str, Options]],
+) -> tuple[Callable[[], Any], Callable[..., Any], Callable[..., Any]]:
+    """App-wide before/after/teardown hooks protecting every URL under the given prefixes."""
 
     def before() -> Response | None:
         for prefix, options in prefixes:
@@ -129,7 +131,7 @@ def protect_prefix_hooks(prefixes: list[tuple[str, Options]]) -> tuple[Callable[
                 return _before(options)
         return None
 
-    return before, _after
+    return before, _after, _teardown
 
 
 def make_options(
