@@ -465,3 +465,25 @@ def test_conflicts_are_audited(make_app: MakeApp, redis_url: str) -> None:
         from flask_resilience import get_audit_stats
 
         assert get_audit_stats()["by_event_type"] == {AuditEventType.IDEMPOTENCY_CONFLICT.value: 1}
+
+
+def test_prefix_protection_gives_the_key_back_when_an_exception_propagates(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    extension = Resilience()
+    extension.idempotent_blueprint("/api/orders")
+    app, _ = make_app(extension, RESILIENCE_REDIS_URL=redis_url)  # TESTING: exceptions propagate
+    runs: list[int] = []
+
+    @app.post("/api/orders")
+    def order() -> ResponseReturnValue:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("first attempt fails")
+        return jsonify(ok=True)
+
+    client = app.test_client()
+    with pytest.raises(RuntimeError, match="first attempt"):
+        client.post("/api/orders", headers=key())
+    assert client.post("/api/orders", headers=key()).status_code == 200
+    assert runs == [1, 1]
