@@ -234,3 +234,9 @@ def test_metrics_in_prometheus_format(make_app: MakeApp, redis_url: str) -> None
     assert ("resilience_cache_events_total", (("event", "misses"),)) in samples
     assert ("resilience_audit_queue_size", ()) in samples
     assert ("resilience_idempotency_requests_total", (("outcome", "replays"),)) in samples
+
+
+def test_sqlalchemy_database_uri_without_flask_sqlalchemy_is_used(make_app: MakeApp, sqlite_url: str) -> None:
+    app, _ = make_app(SQLALCHEMY_DATABASE_URI=sqlite_url)
+    response = app.test_client().get("/api/health")
+    assert response.json is not None and response.json["checks"]["database"]["status"] == "up"

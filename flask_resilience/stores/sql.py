@@ -2,7 +2,9 @@
 
 Found lazily, inside an app context, because Flask-SQLAlchemy may be
 registered after this extension: ``RESILIENCE_AUDIT_DATABASE_URI`` when set,
-else the app's Flask-SQLAlchemy engine, else none.
+else the app's Flask-SQLAlchemy engine, else an engine of our own for
+``SQLALCHEMY_DATABASE_URI`` (an app that configures it without
+Flask-SQLAlchemy), else none.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ class Database:
 
     def engine(self) -> Engine | None:
         """The engine to use, or None when the app configured no database."""
-        if self.uri is None:
+        uri = self.uri
+        if uri is None:
             sqlalchemy_ext = current_app.extensions.get("sqlalchemy")
-            engine: Engine | None = getattr(sqlalchemy_ext, "engine", None)
-            return engine
+            if sqlalchemy_ext is not None:
+                engine: Engine = sqlalchemy_ext.engine
+                return engine
+            uri = current_app.config.get("SQLALCHEMY_DATABASE_URI") or None
+            if uri is None:
+                return None
         with self._lock:
             if self._engine is None:
-                self._engine = create_engine(self.uri, pool_pre_ping=True)
+                self._engine = create_engine(uri, pool_pre_ping=True)
             elif self._pid != os.getpid():
                 # A forked worker must not share the parent's sockets.
                 self._engine.dispose(close=False)
