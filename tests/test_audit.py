@@ -413,6 +413,17 @@ def test_entries_round_trip_through_mariadb(make_app: MakeApp, mysql_url: str) -
         engine.dispose()
 
 
+def test_cli_on_a_database_without_the_table(make_app: MakeApp, tmp_path: Any) -> None:
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=f"sqlite:///{tmp_path / 'empty.db'}")
+    result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert result.exit_code == 1
+    assert "run 'flask resilience db upgrade'" in result.output
+    fresh, _ = make_app()  # the instance-folder fallback creates its table itself
+    result = fresh.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "0 chains checked" in result.output
+
+
 def test_export_formats(audit_app: tuple[Flask, Resilience]) -> None:
     app, _ = audit_app
     with app.app_context():

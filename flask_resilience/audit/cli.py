@@ -9,12 +9,13 @@ from typing import TextIO
 
 import click
 from flask.cli import AppGroup
+from sqlalchemy import Engine
 
 from ..config import AUDIT_HMAC_KEY
 from ..state import get_state
 from .events import AuditEventType
 from .migrate import downgrade, upgrade
-from .service import current_audit
+from .service import current_audit, table_exists
 from .verify import PURGE_KEY, as_csv, as_jsonl, count_rows, export_rows, purge, verify
 
 resilience = AppGroup("resilience", help="Flask-Resilience commands.")
@@ -49,6 +50,18 @@ def parse_since(value: str | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+def _audit_engine() -> Engine:
+    """The audit database, with its table (the SQLite fallback migrates itself);
+    a clear error instead of a traceback when the table was never created."""
+    app_audit = current_audit()
+    engine = app_audit.engine()
+    if not table_exists(engine):
+        if app_audit.writer.prepare is None:
+            raise click.ClickException("there is no audit table yet: run 'flask resilience db upgrade'")
+        app_audit.writer.prepare(engine)
+    return engine
+
+
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
@@ -69,9 +82,10 @@ def db_downgrade(revision: str) -> None:
 def audit_verify() -> None:
     """Check every chain; exit 1 on a broken link or a gap."""
     state = get_state()
+    engine = _audit_engine()
     state.audit.writer.flush()
     key = state.config[AUDIT_HMAC_KEY]
-    reports = verify(state.audit.engine(), key.encode() if key else None)
+    reports = verify(engine, key.encode() if key else None)
     failed = False
     for report in reports:
         if report.ok:
@@ -94,8 +108,9 @@ def audit_purge(older_than: str) -> None:
     """Delete entries older than the given age, keeping chains verifiable."""
     before = datetime.now(UTC).replace(tzinfo=None) - parse_age(older_than)
     app_audit = current_audit()
+    engine = _audit_engine()
     app_audit.writer.flush()
-    deleted, anchors = purge(app_audit.engine(), before)
+    deleted, anchors = purge(engine, before)
     if deleted:
         app_audit.record(
             {
@@ -115,8 +130,8 @@ def audit_purge(older_than: str) -> None:
 def audit_export(since: str | None, fmt: str, output: TextIO) -> None:
     """Stream entries as JSON lines or CSV."""
     app_audit = current_audit()
+    engine = _audit_engine()
     app_audit.writer.flush()
-    engine = app_audit.engine()
     start = parse_since(since)
     if fmt == "csv":
         output.write(as_csv(None))
