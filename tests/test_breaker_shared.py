@@ -143,7 +143,10 @@ def _worker(  # noqa: PLR0917  (multiprocessing passes positional arguments)
 ) -> None:
     app = Flask(f"worker{index}")
     app.config.update(
-        RESILIENCE_REDIS_URL=redis_url, RESILIENCE_KEY_PREFIX=prefix, RESILIENCE_BREAKER_STORAGE="redis"
+        RESILIENCE_REDIS_URL=redis_url,
+        RESILIENCE_KEY_PREFIX=prefix,
+        RESILIENCE_BREAKER_STORAGE="redis",
+        RESILIENCE_AUDIT_ENABLED=False,  # not under test here; it would write to ./instance
     )
     extension = Resilience()
     breaker = extension.circuit_breaker(SERVICE, clock=lambda: clock_value.value, **PARAMETERS)

@@ -33,7 +33,9 @@ def worker_app(redis_url: str, prefix: str, counter_key: str, arrivals: int = 0)
     """The app each worker process runs; the view counts its runs in Redis
     and, with ``arrivals``, waits until that many requests have started."""
     app = Flask("cache-worker")
-    app.config.update(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_KEY_PREFIX=prefix)
+    app.config.update(
+        RESILIENCE_REDIS_URL=redis_url, RESILIENCE_KEY_PREFIX=prefix, RESILIENCE_AUDIT_ENABLED=False
+    )
     Resilience(app)
     counter = redis.Redis.from_url(redis_url)
 

@@ -20,7 +20,10 @@ from tests.clock import eventually
 def worker_app(redis_url: str, prefix: str, counter: str, lease: float = 60.0) -> Flask:
     app = Flask("idempotency-worker")
     app.config.update(
-        RESILIENCE_REDIS_URL=redis_url, RESILIENCE_KEY_PREFIX=prefix, RESILIENCE_IDEMPOTENCY_LEASE=lease
+        RESILIENCE_REDIS_URL=redis_url,
+        RESILIENCE_KEY_PREFIX=prefix,
+        RESILIENCE_IDEMPOTENCY_LEASE=lease,
+        RESILIENCE_AUDIT_ENABLED=False,  # not under test here; it would write to ./instance
     )
     Resilience(app)
     client = redis.Redis.from_url(redis_url)
