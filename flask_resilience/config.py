@@ -22,6 +22,7 @@ from .validators import (
     boolean,
     breaker_defaults,
     cluster_nodes,
+    database_url,
     flask_caching_cache,
     header_name,
     header_names,
@@ -91,7 +92,7 @@ KEY_PREFIX = Setting(
 DATABASE_URI = Setting(
     "RESILIENCE_AUDIT_DATABASE_URI",
     None,
-    optional_str,
+    database_url,
     "SQLAlchemy URL for the audit table; unset: the app's Flask-SQLAlchemy engine.",
 )
 HEALTH_ENABLED = Setting(

@@ -69,6 +69,21 @@ def optional_str(value: object) -> str | None:
     return value
 
 
+def database_url(value: object) -> str | None:
+    url = optional_str(value)
+    if url is not None:
+        from sqlalchemy.engine import make_url  # noqa: PLC0415
+        from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+        try:
+            make_url(url)
+        except ArgumentError:
+            raise Invalid(
+                "expected an SQLAlchemy database URL such as postgresql+psycopg://user@host/db"
+            ) from None
+    return url
+
+
 def redis_url(value: object) -> str | None:
     url = optional_str(value)
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):

@@ -121,6 +121,7 @@ INVALID_VALUES: list[tuple[str, object]] = [
     ("RESILIENCE_PRINCIPAL_LOADER", "no_such_module_xyz:loader"),
     ("RESILIENCE_PRINCIPAL_LOADER", 42),
     ("RESILIENCE_AUDIT_DATABASE_URI", 5),
+    ("RESILIENCE_AUDIT_DATABASE_URI", "not a url"),
     ("RESILIENCE_BREAKER_DEFAULTS", "failure_threshold=3"),
     ("RESILIENCE_BREAKER_DEFAULTS", {"failure_threshold": 0}),
     ("RESILIENCE_BREAKER_DEFAULTS", {"timout": 5}),

@@ -406,7 +406,10 @@ def _wait_for_completion(service: AppIdempotency, record_key: str, wait_ms: int)
     deadline = service.store.clock() + wait_ms / 1000
     while service.store.clock() < deadline:
         pause.wait(0.01)
-        found = service.store.get(record_key)
+        try:
+            found = service.store.get(record_key)
+        except StoreUnavailableError:
+            return None  # answer 409: the client retries later
         if isinstance(found, Completed):
             return found
         if found is None:  # released: the first request failed
