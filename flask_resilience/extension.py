@@ -62,6 +62,7 @@ class Resilience:
         self.breakers = BreakerRegistry()
         self._audited_prefixes: list[tuple[str, str, bool, bool]] = []
         self._idempotent_prefixes: list[tuple[str, IdempotencyOptions]] = []
+        self._idempotency_hooks = protect_prefix_hooks(self._idempotent_prefixes)
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
         self._exit_hook_registered = False
         if app is not None:
@@ -105,10 +106,6 @@ class Resilience:
         state.stats_providers["audit"] = app_audit.snapshot
         state.stats_providers["replay_protection"] = state.idempotency.snapshot
         state.idempotency.listen()
-        before, after, teardown = protect_prefix_hooks(self._idempotent_prefixes)
-        app.before_request(before)
-        app.after_request(after)
-        app.teardown_request(teardown)
         state.add_background(app_audit)
         if app_audit.enabled:
             state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))
@@ -116,9 +113,10 @@ class Resilience:
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
-        app.before_request(functools.partial(_begin_request, state))
-        app.after_request(finish_request)
-        app.after_request(self._audit_prefixed_request)
+        # One hook of each kind for everything: Flask's dispatch per hook adds up.
+        app.before_request(functools.partial(self._before_request, state))
+        app.after_request(self._after_request)
+        app.teardown_request(self._teardown_request)
         app.register_error_handler(Problem, handle_problem)
         # Also reachable through the flask.commands entry point; registering it
         # here makes it part of app.cli (and of app.test_cli_runner()).
@@ -164,13 +162,29 @@ class Resilience:
         self._audited_prefixes.append((blueprint.rstrip("/"), str(event_type), include_body, include_query))
         return blueprint
 
-    def _audit_prefixed_request(self, response: Response) -> Response:
-        path = request.path
-        for prefix, event_type, include_body, include_query in self._audited_prefixes:
-            if path == prefix or path.startswith(prefix + "/"):
-                record_request(event_type, response.status_code, include_body, include_query)
-                break
-        return response
+    def _before_request(self, state: ResilienceState) -> Response | None:
+        begin_request()
+        # A worker forked after subscriptions were made starts its listener here.
+        if state.redis is not None:
+            state.redis.subscriber.ensure_running()
+        if self._idempotent_prefixes:
+            return self._idempotency_hooks[0]()
+        return None
+
+    def _after_request(self, response: Response) -> Response:
+        if self._idempotent_prefixes:
+            response = self._idempotency_hooks[1](response)
+        if self._audited_prefixes:
+            path = request.path
+            for prefix, event_type, include_body, include_query in self._audited_prefixes:
+                if path == prefix or path.startswith(prefix + "/"):
+                    record_request(event_type, response.status_code, include_body, include_query)
+                    break
+        return finish_request(response)
+
+    def _teardown_request(self, error: BaseException | None) -> None:
+        if self._idempotent_prefixes:
+            self._idempotency_hooks[2](error)
 
     def idempotent_blueprint(self, blueprint: Blueprint | str, **settings: Any) -> Blueprint | str:
         """Protect every view of a blueprint, or every URL under a prefix such
@@ -341,13 +355,6 @@ def _register_health_checks(state: ResilienceState) -> None:
 
         state.health_checks["redis"] = redis_check
     state.health_checks["database"] = state.database.ping
-
-
-def _begin_request(state: ResilienceState) -> None:
-    begin_request()
-    # A worker forked after subscriptions were made starts its listener here.
-    if state.redis is not None:
-        state.redis.subscriber.ensure_running()
 
 
 def _stores_stats(state: ResilienceState) -> dict[str, object]:

@@ -122,7 +122,9 @@ def protect_blueprint(blueprint: Blueprint, **settings: Any) -> Blueprint:
 
 def protect_prefix_hooks(
     prefixes: list[tuple[str, Options]],
-) -> tuple[Callable[[], Any], Callable[..., Any], Callable[..., Any]]:
+) -> tuple[
+    Callable[[], Response | None], Callable[[Response], Response], Callable[[BaseException | None], None]
+]:
     """App-wide before/after/teardown hooks protecting every URL under the given prefixes."""
 
     def before() -> Response | None:
