@@ -137,17 +137,22 @@ def test_database_outage_spills_then_replays_without_loss_or_duplicates(
         writer.flush()
         assert writer_role.count() == 10
         assert writer.counts()["spilled"] == 26
-        assert len(spill.read_text().splitlines()) == 26
+        assert _spilled_lines(spill) == 26
 
         writer_role.allow()
         for user in range(35, 40):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
         writer.flush()
-    assert not spill.exists()
+    assert _spilled_lines(spill) == 0
     assert writer_role.count() == 41  # 10 before, 26 spilled and replayed, 5 after
     assert writer.counts()["replayed"] == 26
     result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
     assert result.exit_code == 0, result.output
+
+
+def _spilled_lines(base: Path) -> int:
+    """Rows waiting in the spill files of every process (one file each)."""
+    return sum(len(path.read_text().splitlines()) for path in base.parent.glob(f"{base.stem}.*{base.suffix}"))
 
 
 def test_replaying_rows_already_written_adds_no_duplicates(make_app: MakeApp, tmp_path: Path) -> None:
@@ -363,3 +368,54 @@ def test_row_helper_keeps_naive_utc() -> None:
 
     row = _row(AuditEntry(event_type="LOGIN"), logged_at=__import__("datetime").datetime(2026, 1, 1))
     assert row["occurred_at"].tzinfo is None
+
+
+CRASHING_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from flask import Flask
+    from flask_resilience import AuditEventType, Resilience, log_auth_event
+    from flask_resilience.state import get_state
+    app = Flask("crashing-child", instance_path=sys.argv[2])
+    app.config.update(RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1], RESILIENCE_AUDIT_SPILL_PATH=sys.argv[3])
+    Resilience(app)
+    with app.app_context():
+        for user in range(7):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        get_state(app).audit.writer.flush()  # no table there: the rows go to this process's spill file
+    os._exit(0)  # die without any cleanup, as a killed worker would
+    """
+)
+
+
+def test_a_dead_workers_spill_file_is_adopted_and_a_live_ones_is_not(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    spill = tmp_path / "spill" / "audit.jsonl"
+    no_table = f"sqlite:///{tmp_path / 'no-table.db'}"
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_CHILD, no_table, str(tmp_path / "child"), str(spill)],
+        cwd=Path(__file__).parent.parent,
+        check=True,
+        timeout=60,
+    )
+    assert child.returncode == 0
+    assert _spilled_lines(spill) == 7
+
+    database = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(sqlalchemy.create_engine(database))
+    # A live worker whose database is down keeps its own spill file locked.
+    live, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=no_table, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
+    with live.app_context():
+        log_auth_event(AuditEventType.LOGOUT, user_id=99)
+        get_state(live).audit.writer.flush()
+    assert _spilled_lines(spill) == 8
+
+    healthy, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
+    with healthy.app_context():
+        log_auth_event(AuditEventType.LOGIN, user_id=100)
+        get_state(healthy).audit.writer.flush()
+        with get_state(healthy).audit.engine().connect() as connection:
+            users = sorted(connection.execute(select(audit_log.c.user_id)).scalars().all(), key=int)
+    assert users == [str(user) for user in range(7)] + ["100"]  # the dead child's rows, not the live worker's
+    assert _spilled_lines(spill) == 1  # the live worker's entry waits for its own database

@@ -98,3 +98,18 @@ def test_shutdown_stops_background_threads_and_is_repeatable(make_app: MakeApp, 
 def test_health_blueprint_can_be_switched_off(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_HEALTH_ENABLED=False)
     assert app.test_client().get("/api/health").status_code == 404
+
+
+def test_init_app_starts_no_thread_the_first_request_does(make_app: MakeApp, redis_url: str) -> None:
+    # A thread running in a pre-fork master (gunicorn --preload) can hold the
+    # import lock at fork time and deadlock the workers: none may start there.
+    import threading
+
+    def ours() -> set[str]:
+        return {thread.name for thread in threading.enumerate() if thread.name.startswith("flask-resilience")}
+
+    before = ours()
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_BREAKER_STORAGE="redis")
+    assert ours() == before
+    app.test_client().get("/api/health")
+    assert "flask-resilience-pubsub" in ours()

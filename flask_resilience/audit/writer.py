@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -31,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import forks
 from .chain import Chain
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
+from .spill import SpillFiles
 from .table import audit_log
 
 logger = logging.getLogger("flask_resilience")
@@ -49,21 +49,6 @@ def _row(entry: AuditEntry, logged_at: datetime) -> dict[str, Any]:
     row["event_type"] = str(row["event_type"])
     row["status"] = str(row["status"])
     row["severity"] = str(row["severity"])
-    return row
-
-
-def _to_json(row: dict[str, Any]) -> str:
-    return json.dumps(
-        {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()},
-        separators=(",", ":"),
-    )
-
-
-def _from_json(line: str) -> dict[str, Any]:
-    row: dict[str, Any] = json.loads(line)
-    for key in ("occurred_at", "logged_at"):
-        if row.get(key):
-            row[key] = datetime.fromisoformat(row[key])
     return row
 
 
@@ -116,6 +101,7 @@ class AuditWriter:
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.spill_path = spill_path
+        self._spill_files = SpillFiles(spill_path) if spill_path is not None else None
         self._hmac_key = hmac_key
         # Run once on the engine before the first write (the SQLite fallback migrates itself).
         self.prepare: Callable[[Engine], None] | None = None
@@ -205,6 +191,8 @@ class AuditWriter:
         self._thread = None
         self._retry_at = 0.0
         self.flush()
+        if self._spill_files is not None:
+            self._spill_files.close()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -219,8 +207,8 @@ class AuditWriter:
                 batch.insert(0, _gap_entry(dropped))
             now = datetime.now(UTC).replace(tzinfo=None)
             rows = [self.chain.link(_row(entry, now)) for entry in batch]
-            if not rows and not self._has_spill():
-                return 0
+            if not rows and (self.engine is None or not self._has_spill()):
+                return 0  # nothing to write (a process that never audited has no engine)
             try:
                 written = self._write(rows)
             except Exception as exc:  # any failure to write means: keep the rows on disk
@@ -257,45 +245,39 @@ class AuditWriter:
             self._counts["written"] += len(rows)
         return replayed + len(rows)
 
-    # -- the spill file --------------------------------------------------------------------
+    # -- the spill files ---------------------------------------------------------------
 
     def _has_spill(self) -> bool:
-        return self.spill_path is not None and self.spill_path.exists() and self.spill_path.stat().st_size > 0
+        return self._spill_files is not None and self._spill_files.pending()
 
     def _spill(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
         if not rows:
             return
-        if self.spill_path is None:
+        if self._spill_files is None:
             self._counts["dropped"] += len(rows)
             logger.error("audit: %d entries lost (no spill file configured)", len(rows))
             return
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spill_path.open("a", encoding="utf-8") as spill:
-            spill.writelines(_to_json(row) + "\n" for row in rows)
-            spill.flush()
-            os.fsync(spill.fileno())
+        self._spill_files.append(rows)
         self._counts["spilled"] += len(rows)
 
     def _replay(self, engine: Engine) -> int:
-        if not self._has_spill():
+        if self._spill_files is None:
             return 0
-        assert self.spill_path is not None
-        rows = []
-        with self.spill_path.open(encoding="utf-8") as spill:
-            for line in spill:
-                if line.strip():
-                    row = _from_json(line)
-                    if row.get("entry_hash") is None:  # spilled straight from a full queue
-                        row = self.chain.link(row)
-                    rows.append(row)
-        for start in range(0, len(rows), 1000):
-            with engine.begin() as connection:
-                connection.execute(insert_ignoring_duplicates(engine), rows[start : start + 1000])
-        self.spill_path.unlink()
-        self._counts["replayed"] += len(rows)
-        logger.info("audit: replayed %d spilled entries", len(rows))
-        return len(rows)
+
+        def store(rows: list[dict[str, Any]]) -> None:
+            linked = [
+                row if row.get("entry_hash") else self.chain.link(row) for row in rows
+            ]  # from a full queue
+            for start in range(0, len(linked), 1000):
+                with engine.begin() as connection:
+                    connection.execute(insert_ignoring_duplicates(engine), linked[start : start + 1000])
+
+        replayed = self._spill_files.replay(store)
+        if replayed:
+            self._counts["replayed"] += replayed
+            logger.info("audit: replayed %d spilled entries", replayed)
+        return replayed
 
     # -- statistics ------------------------------------------------------------------------
 

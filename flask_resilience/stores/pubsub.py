@@ -54,10 +54,15 @@ class Subscriber:
         self.disconnects = 0
 
     def subscribe(self, channel: str, handler: Handler) -> None:
-        """Call ``handler(message)`` for every message on ``channel``."""
+        """Call ``handler(message)`` for every message on ``channel``.
+
+        Does not start the thread: ``ensure_running()`` does, from the first
+        request of each process. A thread started in a pre-fork master (gunicorn
+        ``--preload``) could hold the import lock at fork time and deadlock the
+        workers' first import.
+        """
         with self._lock:
             self._handlers.setdefault(channel, []).append(handler)
-        self.ensure_running()
 
     def ensure_running(self) -> None:
         """Start the thread in this process if there is something to listen to.
@@ -86,7 +91,9 @@ class Subscriber:
         self._gap_callbacks.append(callback)
 
     def wait_until_listening(self, timeout: float = 5.0) -> bool:
-        """Block until Redis confirmed every subscribed channel (True) or timeout."""
+        """Start the thread if needed and block until Redis confirmed every
+        subscribed channel (True) or ``timeout`` seconds passed."""
+        self.ensure_running()
         with self._confirmed_changed:
             return self._confirmed_changed.wait_for(
                 lambda: self._confirmed >= set(self._handlers), timeout=timeout
