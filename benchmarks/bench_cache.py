@@ -124,7 +124,7 @@ def tag_invalidation_ms(redis_url: str, keys: int) -> float:
     app = ours_app(redis_url)
     layered = get_state(app).cache.layered
     with app.app_context():
-        stamp = layered.stamp(["flights"])
+        stamp = layered.versions(["flights"])
         body = b'{"flights": []}'
         now = time.time()
         store = get_state(app).redis

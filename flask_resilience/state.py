@@ -48,7 +48,6 @@ class ResilienceState:
     cache: AppCache
     audit: AppAudit
     idempotency: AppIdempotency
-    started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
     stats_providers: dict[str, StatsProvider] = field(default_factory=dict)

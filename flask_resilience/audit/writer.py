@@ -100,7 +100,6 @@ class AuditWriter:
         self.buffer_size = buffer_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
-        self.spill_path = spill_path
         self._spill_files = SpillFiles(spill_path) if spill_path is not None else None
         self._hmac_key = hmac_key
         # Run once on the engine before the first write (the SQLite fallback migrates itself).
@@ -132,7 +131,7 @@ class AuditWriter:
             self._reset_process()
         with self._lock:
             if len(self._queue) >= self.max_queue:
-                if self.spill_path is None:
+                if self._spill_files is None:
                     self._dropped += 1
                     self._counts["dropped"] += 1
                     return False

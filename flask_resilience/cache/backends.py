@@ -103,11 +103,11 @@ class FlaskCachingBackend:
     invalidation only when their entries reach ``RESILIENCE_CACHE_L1_MAX_TTL``.
     """
 
+    name = "flask-caching"
     shares_invalidations = False
 
     def __init__(self, cache: Any) -> None:
         self._cache = cache
-        self.name = f"flask-caching:{type(self._backend()).__name__}" if _has_app() else "flask-caching"
 
     def _backend(self) -> Any:
         return self._cache.cache
@@ -156,9 +156,3 @@ class FlaskCachingBackend:
             "pattern invalidation needs the Redis backend (RESILIENCE_REDIS_URL); "
             f"the configured L2 is {self.name}"
         )
-
-
-def _has_app() -> bool:
-    from flask import has_app_context  # noqa: PLC0415
-
-    return has_app_context()

@@ -71,7 +71,7 @@ class DataCache:
         lifetime = ttl if ttl is not None else self._cache.default_ttl
         if lifetime <= 0:
             raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        entry = CacheEntry("data", body, now, now + lifetime, layered.stamp(validate_tags(tags)))
+        entry = CacheEntry("data", body, now, now + lifetime, layered.versions(validate_tags(tags)))
         layered.put(key, entry)
 
     def delete(self, key: str) -> None:

@@ -255,10 +255,6 @@ class LayeredCache:
         else:
             self._l2_ok()
 
-    def stamp(self, tags: Iterable[str]) -> dict[str, int]:
-        """The tag versions a new entry is made under."""
-        return self.versions(tags)
-
     # -- invalidation ----------------------------------------------------------------------
 
     def delete(self, key: str) -> None:

@@ -223,7 +223,7 @@ class _Plan:
             body=body,
             created_at=now,
             expires_at=now + ttl,
-            tags=layered.stamp(self.policy.tags),
+            tags=layered.versions(self.policy.tags),
             status=response.status_code,
             headers=stored_headers(response, self.cache.extra_headers),
             etag=response.headers["ETag"],

@@ -20,7 +20,7 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..stores.redis import RedisStore
@@ -203,7 +203,3 @@ class RecordStore:
             del self._memory[key]
             return None
         return stored[0]
-
-    def memory_keys(self) -> Iterator[str]:
-        with self._lock:
-            return iter(list(self._memory))
