@@ -128,17 +128,16 @@ class CircuitBreaker:
                 raise
             self._count_fast_success()
             return result
-        refused = self._refused()
         fallback = self._config.fallback
-        if refused is not None:
-            if fallback is None:
-                raise CircuitOpenError(*refused)
-            return cast(R, fallback(*args, **kwargs))
         try:
-            trial = self.acquire()
-        except CircuitOpenError:
+            trial = self._admit()
+        except CircuitOpenError:  # refused after a closer look (HALF_OPEN full, shared state)
             if fallback is None:
                 raise
+            return cast(R, fallback(*args, **kwargs))
+        if isinstance(trial, tuple):
+            if fallback is None:
+                raise CircuitOpenError(*trial)
             return cast(R, fallback(*args, **kwargs))
         started = self._clock()
         try:
@@ -237,15 +236,23 @@ class CircuitBreaker:
         """Admit a call: None for an ordinary call, a :class:`Trial` in
         HALF_OPEN; raises :class:`CircuitOpenError` when refused. Every
         admitted call must be followed by :meth:`release`."""
+        admitted = self._admit()
+        if isinstance(admitted, tuple):
+            # Raised here, never held in a variable: a held exception would tie
+            # this frame and its traceback into a cycle for the collector.
+            raise CircuitOpenError(*admitted)
+        return admitted
+
+    def _admit(self) -> Trial | tuple[str, State, float | None] | None:
+        """Like :meth:`acquire`, but an outright refusal is returned (the
+        error's arguments), not raised: refusing is the common case in an outage."""
         if self._needs_sync:
             self._sync()
         if self._state in PASS_THROUGH:
             return None
         refused = self._refused()
         if refused is not None:
-            # Raised here, never held in a variable: a held exception would tie
-            # this frame and its traceback into a cycle for the collector.
-            raise CircuitOpenError(*refused)
+            return refused
         return self._acquire_guarded(self._clock())
 
     def _refused(self) -> tuple[str, State, float | None] | None:
