@@ -30,7 +30,6 @@ from .context import begin_request, finish_request
 from .health import health_blueprint
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
-from .idempotency.views import make_options as idempotency_options
 from .idempotency.views import protect_blueprint, protect_prefix_hooks
 from .problems import Problem, handle_problem
 from .signals import circuit_state_changed
@@ -194,7 +193,7 @@ class Resilience:
             return protect_blueprint(blueprint, **settings)
         if not blueprint.startswith("/"):
             raise ValueError(f"a URL prefix must start with '/', got {blueprint!r}")
-        self._idempotent_prefixes.append((blueprint.rstrip("/"), idempotency_options(**settings)))
+        self._idempotent_prefixes.append((blueprint.rstrip("/"), IdempotencyOptions(**settings)))
         return blueprint
 
     def principal_loader(self, loader: L) -> L:

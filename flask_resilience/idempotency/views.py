@@ -35,14 +35,25 @@ _STORED_STATUSES = frozenset(range(200, 300)) | (frozenset(range(400, 500)) - {4
 
 @dataclass(frozen=True)
 class Options:
-    ttl: int | None
-    methods: frozenset[str]
-    required: bool
-    auto_generate: bool | None
-    key_func: Callable[[Request], str | None] | None
-    header: str
-    fail_open: bool
-    wait: int
+    """The settings of ``@idempotent`` and of blueprint/prefix protection
+    (raises ValueError for an invalid ``ttl`` or ``wait``)."""
+
+    ttl: int | None = None
+    methods: Iterable[str] = ("POST", "PUT", "PATCH", "DELETE")
+    required: bool = False
+    auto_generate: bool | None = None
+    key_func: Callable[[Request], str | None] | None = None
+    header: str = "Idempotency-Key"
+    fail_open: bool = False
+    wait: int = 0
+
+    def __post_init__(self) -> None:
+        ttl, wait = self.ttl, self.wait
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
+            raise ValueError(f"wait must be a number of milliseconds >= 0, got {wait!r}")
+        object.__setattr__(self, "methods", frozenset(method.upper() for method in self.methods))
 
 
 def idempotent(
@@ -62,7 +73,7 @@ def idempotent(
     defaults to ``RESILIENCE_IDEMPOTENCY_AUTO_GENERATE``; ``wait`` is how many
     milliseconds a duplicate waits for the first request's response before a 409.
     """
-    options = make_options(
+    options = Options(
         ttl,
         methods=methods,
         required=required,
@@ -113,7 +124,7 @@ def idempotent(
 
 def protect_blueprint(blueprint: Blueprint, **settings: Any) -> Blueprint:
     """Protect every view of ``blueprint`` (the seed's ``replayProtectionMiddleware``)."""
-    options = make_options(**settings)
+    options = Options(**settings)
     blueprint.before_request(lambda: _before(options))
     blueprint.after_request(_after)
     blueprint.teardown_request(_teardown)
@@ -134,26 +145,6 @@ def protect_prefix_hooks(
         return None
 
     return before, _after, _teardown
-
-
-def make_options(
-    ttl: int | None = None,
-    *,
-    methods: Iterable[str] = ("POST", "PUT", "PATCH", "DELETE"),
-    required: bool = False,
-    auto_generate: bool | None = None,
-    key_func: Callable[[Request], str | None] | None = None,
-    header: str = "Idempotency-Key",
-    fail_open: bool = False,
-    wait: int = 0,
-) -> Options:
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
-        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
-        raise ValueError(f"wait must be a number of milliseconds >= 0, got {wait!r}")
-    return Options(
-        ttl, frozenset(m.upper() for m in methods), required, auto_generate, key_func, header, fail_open, wait
-    )
 
 
 def _before(options: Options) -> Response | None:
