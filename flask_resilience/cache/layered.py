@@ -122,9 +122,11 @@ class LayeredCache:
     # -- tag versions ----------------------------------------------------------------
 
     def versions(self, tags: Iterable[str]) -> dict[str, int]:
-        """Current version of each tag (and of EVERYTHING), from this
-        process's copy when fresh, else from L2."""
-        wanted = [EVERYTHING, *tags]
+        """The tag versions a new entry is made under: each of ``tags`` and
+        EVERYTHING, from this process's copy when fresh, else from L2."""
+        return self._current([EVERYTHING, *tags])
+
+    def _current(self, wanted: Iterable[str]) -> dict[str, int]:
         now = self.clock()
         with self._versions_lock:
             known = {tag: self._versions.get(tag) for tag in wanted}
@@ -146,7 +148,7 @@ class LayeredCache:
     def _is_current(self, entry: CacheEntry, now: float) -> bool:
         if entry.expires_at <= now:
             return False
-        return not entry.tags or self.versions([t for t in entry.tags if t != EVERYTHING]) == entry.tags
+        return not entry.tags or self._current(entry.tags) == entry.tags
 
     def _learn_version(self, tag: str, version: int) -> None:
         with self._versions_lock:
