@@ -16,7 +16,6 @@ import logging
 import statistics
 import threading
 import time
-import timeit
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import circuitbreaker
 import pybreaker
 from flask import Flask
+from harness import interleaved
 
 from flask_resilience import CircuitOpenError, Resilience
 from flask_resilience.breaker.breaker import CircuitBreaker
@@ -40,19 +40,6 @@ class Boom(Exception):
 
 def boom() -> None:
     raise Boom
-
-
-def per_call_ns(contenders: dict[str, Callable[[], Any]], number: int, rounds: int = 9) -> dict[str, float]:
-    """Nanoseconds per call of each contender: the best of ``rounds`` rounds.
-
-    The contenders take turns within each round, so a noisy neighbour slows
-    them all alike instead of whichever happened to run at that moment.
-    """
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(rounds):
-        for name, call in contenders.items():
-            best[name] = min(best[name], timeit.timeit(call, number=number) / number * 1e9)
-    return best
 
 
 def rejecting(call: Callable[[], Any], error: type[BaseException]) -> Callable[[], None]:
@@ -129,7 +116,7 @@ def main() -> None:
     local_noop = local(noop)
 
     # The plain call goes through the same lambda harness, so only the breaker differs.
-    timings = per_call_ns(
+    timings = interleaved(
         {
             "plain": lambda: noop(),
             "flask-resilience (local)": lambda: local.call(noop),
@@ -139,6 +126,8 @@ def main() -> None:
             "circuitbreaker (@)": lambda: cbk_noop(),
         },
         n,
+        rounds=9,
+        unit=1e9,
     )
     plain = timings.pop("plain")
     closed = {name: value - plain for name, value in timings.items()}
@@ -150,7 +139,7 @@ def main() -> None:
     open_pyb = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
     open_pyb.open()
     open_cbk = opened_circuitbreaker()
-    rejections = per_call_ns(
+    rejections = interleaved(
         {
             "flask-resilience (raise)": rejecting(lambda: open_local.call(noop), CircuitOpenError),
             "flask-resilience (fallback)": lambda: with_fallback.call(noop),
@@ -158,6 +147,8 @@ def main() -> None:
             "circuitbreaker (@)": rejecting(open_cbk, circuitbreaker.CircuitBreakerError),
         },
         n // 4,
+        rounds=9,
+        unit=1e9,
     )
 
     unwrapped = threads_wall(lambda fn: fn())

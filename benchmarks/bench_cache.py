@@ -20,7 +20,6 @@ import argparse
 import itertools
 import logging
 import time
-import timeit
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ import redis
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from flask_caching import Cache
+from harness import interleaved
 
 from flask_resilience import Resilience, cached, invalidate_cache_by_tag
 from flask_resilience.cache.entry import CacheEntry
@@ -74,16 +74,6 @@ def flask_caching_app(config: dict[str, Any]) -> Flask:
     app.get("/flights")(cache.cached(timeout=300, query_string=True)(trivial))
     app.get("/heavier")(cache.cached(timeout=300, query_string=True)(heavier))
     return app
-
-
-def per_request_us(
-    contenders: dict[str, Callable[[], Any]], number: int, rounds: int = 7
-) -> dict[str, float]:
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(rounds):
-        for name, call in contenders.items():
-            best[name] = min(best[name], timeit.timeit(call, number=number) / number * 1e6)
-    return best
 
 
 def requester(app: Flask, path: str = "/flights") -> Callable[[], None]:
@@ -166,7 +156,7 @@ def main() -> None:
     )
     bare = bare_app()
 
-    hits = per_request_us(
+    hits = interleaved(
         {
             "bare Flask (view runs)": requester(bare),
             "flask-resilience L1 hit": requester(ours_redis),
@@ -179,7 +169,7 @@ def main() -> None:
         },
         args.number,
     )
-    misses = per_request_us(
+    misses = interleaved(
         {
             "bare Flask (view runs)": missing(bare),
             "flask-resilience miss (Redis L2)": missing(ours_redis),

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import timeit
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 import redis
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
+from harness import interleaved
 
 from flask_resilience import Resilience, idempotent
 from flask_resilience.state import get_state
@@ -43,16 +41,6 @@ def ours_app(redis_url: str) -> Flask:
     Resilience(app)
     app.post("/charge")(idempotent()(charge))
     return app
-
-
-def per_request_us(
-    contenders: dict[str, Callable[[], Any]], number: int, rounds: int = 7
-) -> dict[str, float]:
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(rounds):
-        for name, call in contenders.items():
-            best[name] = min(best[name], timeit.timeit(call, number=number) / number * 1e6)
-    return best
 
 
 def main() -> None:
@@ -80,7 +68,7 @@ def main() -> None:
         memory.clear()
         client.post("/charge", headers={"Idempotency-Key": "replayed"})
 
-    timings = per_request_us(
+    timings = interleaved(
         {
             "bare Flask POST": lambda: bare.post("/charge"),
             "first protected POST": first,
