@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -191,8 +192,29 @@ class _Plan:
             self.lock = key
         return None
 
-    def flight(self) -> _Flight:
-        return _Flight(self)
+    @contextlib.contextmanager
+    def flight(self) -> Iterator[Response | None]:
+        """Single flight in this process; its leader then reads L2 or takes the
+        cross-process lock. Yields a response found on the way, or None when
+        the caller must run the view."""
+        assert self.key is not None
+        layered = self.cache.layered
+        with self.cache.flight(self.key, self.cache.lock_timeout) as leader:
+            try:
+                if not leader:
+                    found = self.lookup_l1()  # the leader has finished: it stored, or could not
+                    if found is not None:
+                        layered.stats.count("collapsed", self.endpoint)
+                    yield found
+                elif self.revalidate:
+                    yield None
+                else:
+                    # A flight that ended just before this one began may have stored it.
+                    yield self.lookup_l1() or self.lookup_l2()
+            finally:
+                if self.lock is not None:  # nothing was stored (an error, or a refusal)
+                    layered.unlock(self.lock)
+                    self.lock = None
 
     def bypassed(self, response: Response) -> Response:
         assert self.bypass_reason is not None
@@ -252,38 +274,6 @@ class _Plan:
         if entry.etag and etag_matches(request, entry.etag):
             return _not_modified(entry, headers)
         return Response(entry.body, status=entry.status, headers=headers)
-
-
-class _Flight:
-    """Single flight in this process; its leader then reads L2 or takes the
-    cross-process lock. Yields a response found on the way, or None when the
-    caller must run the view."""
-
-    def __init__(self, plan: _Plan) -> None:
-        self.plan = plan
-        self._flight: Any = None
-
-    def __enter__(self) -> Response | None:
-        plan = self.plan
-        assert plan.key is not None
-        cache = plan.cache
-        self._flight = cache.flight(plan.key, cache.lock_timeout)
-        if self._flight.__enter__():
-            if plan.revalidate:
-                return None
-            # A flight that ended just before this one began may have stored it.
-            return plan.lookup_l1() or plan.lookup_l2()
-        found = plan.lookup_l1()  # the leader has finished: it stored, or could not
-        if found is not None:
-            cache.layered.stats.count("collapsed", plan.endpoint)
-        return found
-
-    def __exit__(self, *exc_info: object) -> None:
-        plan = self.plan
-        if plan.lock is not None:  # nothing was stored (an error, or a refusal)
-            plan.cache.layered.unlock(plan.lock)
-            plan.lock = None
-        self._flight.__exit__(*exc_info)
 
 
 def _vary(marker: CacheEntry) -> list[str]:
