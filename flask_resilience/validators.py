@@ -54,6 +54,12 @@ def positive_int(value: object) -> int:
     return number
 
 
+def check_ttl(ttl: object) -> None:
+    """For decorator and method arguments: None, or whole seconds > 0 (ValueError)."""
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+
+
 def positive_number(value: object) -> float:
     number = float(_number(value, float))
     if not number > 0:

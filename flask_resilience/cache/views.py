@@ -17,6 +17,7 @@ from flask.typing import ResponseReturnValue
 from ..context import current_principal
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
+from ..validators import check_ttl
 from .entry import CacheEntry
 from .flight import wait_for_holder
 from .rules import (
@@ -67,8 +68,7 @@ def cached(
     principal instead of bypassing requests that carry credentials;
     ``query_args`` limits which query parameters are part of the key.
     """
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
-        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    check_ttl(ttl)
     if CacheStrategy(strategy) not in VIEW_STRATEGIES:
         raise ValueError(
             f"{strategy} is not a view strategy; use resilience.cache.write_through/write_behind"

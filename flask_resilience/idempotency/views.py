@@ -21,6 +21,7 @@ from ..context import current_principal
 from ..problems import Problem
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
+from ..validators import check_ttl
 from .records import Completed, InFlight
 from .service import AppIdempotency
 
@@ -48,9 +49,8 @@ class Options:
     wait: int = 0
 
     def __post_init__(self) -> None:
-        ttl, wait = self.ttl, self.wait
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
-            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        check_ttl(self.ttl)
+        wait = self.wait
         if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
             raise ValueError(f"wait must be a number of milliseconds >= 0, got {wait!r}")
         object.__setattr__(self, "methods", frozenset(method.upper() for method in self.methods))
