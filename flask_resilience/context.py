@@ -131,7 +131,7 @@ def begin_request() -> None:
     _request_info()
 
 
-def finish_request(response: Response) -> Response:
-    """``after_request`` hook: echo the request id on every response."""
-    response.headers[get_state().config[REQUEST_ID_HEADER]] = current_request_id()
+def finish_request(response: Response, header: str) -> Response:
+    """``after_request`` work: echo the request id on every response, in ``header``."""
+    response.headers[header] = current_request_id()
     return response

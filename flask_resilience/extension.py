@@ -114,7 +114,7 @@ class Resilience:
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
         # One hook of each kind for everything: Flask's dispatch per hook adds up.
         app.before_request(functools.partial(self._before_request, state))
-        app.after_request(self._after_request)
+        app.after_request(functools.partial(self._after_request, config[cfg.REQUEST_ID_HEADER]))
         app.teardown_request(self._teardown_request)
         app.register_error_handler(Problem, handle_problem)
         # Also reachable through the flask.commands entry point; registering it
@@ -170,7 +170,7 @@ class Resilience:
             return self._idempotency_hooks[0]()
         return None
 
-    def _after_request(self, response: Response) -> Response:
+    def _after_request(self, request_id_header: str, response: Response) -> Response:
         if self._idempotent_prefixes:
             response = self._idempotency_hooks[1](response)
         if self._audited_prefixes:
@@ -179,7 +179,7 @@ class Resilience:
                 if path == prefix or path.startswith(prefix + "/"):
                     record_request(event_type, response.status_code, include_body, include_query)
                     break
-        return finish_request(response)
+        return finish_request(response, request_id_header)
 
     def _teardown_request(self, error: BaseException | None) -> None:
         if self._idempotent_prefixes:
