@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .. import forks
 from .chain import Chain
@@ -63,13 +63,19 @@ def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
     duplicates, so replays of the spill file use INSERT ... ON CONFLICT."""
     driver = connection.connection.driver_connection
     assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
-        for row in rows:
-            values = list(_column_values(row))
-            for index in _JSON_INDEXES:
-                if values[index] is not None:
-                    values[index] = json.dumps(values[index])
-            copy.write_row(values)
+    driver_error = connection.dialect.loaded_dbapi.Error
+    try:
+        with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
+            for row in rows:
+                values = list(_column_values(row))
+                for index in _JSON_INDEXES:
+                    if values[index] is not None:
+                        values[index] = json.dumps(values[index])
+                copy.write_row(values)
+    except driver_error as exc:
+        # Raised by the driver itself (COPY bypasses SQLAlchemy): report it as
+        # SQLAlchemy would, so callers handle one family of database errors.
+        raise DBAPIError.instance(_COPY, None, exc, driver_error) from exc
 
 
 def insert_ignoring_duplicates(engine: Engine) -> Insert:
@@ -211,7 +217,7 @@ class AuditWriter:
             try:
                 written = self._write(rows)
             except Exception as exc:  # any failure to write means: keep the rows on disk
-                if not isinstance(exc, (SQLAlchemyError, OSError)) and not _is_driver_error(exc):
+                if not isinstance(exc, (SQLAlchemyError, OSError)):
                     logger.exception("unexpected error while writing audit entries")
                 self._counts["flush_errors"] += 1
                 self._spill(rows)
@@ -292,11 +298,6 @@ class AuditWriter:
 
     def reset_counts(self) -> None:
         self._counts.clear()
-
-
-def _is_driver_error(exc: Exception) -> bool:
-    """A DB-API error raised by a driver directly (the COPY path bypasses SQLAlchemy)."""
-    return any(cls.__name__ in ("Error", "DatabaseError", "OperationalError") for cls in type(exc).__mro__)
 
 
 def _gap_entry(dropped: int) -> AuditEntry:
