@@ -75,6 +75,35 @@ def test_scan_sees_only_our_prefix(store: RedisStore, key_prefix: str) -> None:
         store.client.delete(foreign)
 
 
+def test_delete_matching_removes_only_matching_keys_in_batches(store: RedisStore, key_prefix: str) -> None:
+    doomed = [store.key("dm", "a", str(i)) for i in range(23)]
+    kept = [store.key("dm", "b", str(i)) for i in range(3)]
+    for key in doomed + kept:
+        store.set(key, b"x")
+    foreign = f"other-{key_prefix}dm:a:1"
+    store.client.set(foreign, b"x")
+    try:
+        assert store.delete_matching("dm:a:*", batch=5) == 23
+        assert sorted(store.scan("dm:*")) == sorted(kept)
+        assert store.client.get(foreign) == b"x"
+    finally:
+        store.client.delete(foreign)
+
+
+def test_listening_since_tracks_confirmed_subscriptions(store: RedisStore) -> None:
+    subscriber = store.subscriber
+    store.subscribe(store.channel("since-a"), lambda _message: None)
+    assert subscriber.listening_since() is None  # nothing confirmed before the thread runs
+    assert subscriber.wait_until_listening()
+    first = subscriber.listening_since()
+    assert first is not None
+    store.subscribe(store.channel("since-b"), lambda _message: None)
+    assert subscriber.listening_since() is None  # a channel not confirmed yet
+    assert subscriber.wait_until_listening()
+    second = subscriber.listening_since()
+    assert second is not None and second >= first
+
+
 def test_keys_sharing_a_slot_run_in_one_script(store: RedisStore) -> None:
     # On a cluster, a script over keys in different slots fails with CROSSSLOT.
     keys = [store.key("state", slot="breaker:flights"), store.key("window", slot="breaker:flights")]

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import forks
+from ..lifecycle import fork_generation
 
 try:
     import fcntl
@@ -59,18 +59,18 @@ def _lock(fd: int, *, wait: bool) -> bool:
 class SpillFiles:
     def __init__(self, base: Path) -> None:
         self.base = base
-        self._generation = forks.generation()
+        self._generation = fork_generation()
         self._path: Path | None = None
         self._fd: int | None = None
 
     def _own(self) -> tuple[Path, int]:
-        if self._generation != forks.generation():
+        if self._generation != fork_generation():
             # A forked child shares the parent's locked file description:
             # drop its copy (the parent keeps the lock) and start a file of its own.
             if self._fd is not None:
                 os.close(self._fd)
             self._path, self._fd = None, None
-            self._generation = forks.generation()
+            self._generation = fork_generation()
         if self._path is None or self._fd is None:
             self.base.parent.mkdir(parents=True, exist_ok=True)
             path = self.base.with_name(
@@ -133,7 +133,7 @@ class SpillFiles:
         return replayed
 
     def close(self) -> None:
-        if self._fd is not None and self._generation == forks.generation():
+        if self._fd is not None and self._generation == fork_generation():
             with contextlib.suppress(OSError):
                 if self._path is not None and self._path.stat().st_size == 0:
                     self._path.unlink()

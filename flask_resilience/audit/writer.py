@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, Insert, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .. import forks
+from ..lifecycle import fork_generation
 from .chain import Chain
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .spill import SpillFiles
@@ -117,7 +117,7 @@ class AuditWriter:
         self._reset_process()
 
     def _reset_process(self) -> None:
-        self._generation = forks.generation()
+        self._generation = fork_generation()
         self._queue: deque[AuditEntry] = deque()
         self._dropped = 0
         self._lock = threading.Lock()
@@ -133,7 +133,7 @@ class AuditWriter:
 
     def submit(self, entry: AuditEntry) -> bool:
         """Queue an entry (already redacted); False when it had to be dropped."""
-        if self._generation != forks.generation():
+        if self._generation != fork_generation():
             self._reset_process()
         with self._lock:
             if len(self._queue) >= self.max_queue:

@@ -15,14 +15,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import forks
+from ..lifecycle import ProcessLocalWorker
 
 logger = logging.getLogger("flask_resilience")
 
 _STOP = ("", None)
 
 
-class WriteBehindQueue:
+class WriteBehindQueue(ProcessLocalWorker):
     def __init__(
         self,
         *,
@@ -30,19 +30,16 @@ class WriteBehindQueue:
         retry_delays: Sequence[float] = (0.1, 0.5, 2.0),
         wait: Callable[[float], object] | None = None,
     ) -> None:
+        super().__init__("flask-resilience-write-behind")
         self.max_size = max_size
         self.retry_delays = tuple(retry_delays)
-        self._stopping = threading.Event()
-        self._wait = wait or self._stopping.wait
+        self._wait = wait or self.wait  # stop() cuts a retry back-off short
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        self._reset_process()
+        self._queue: queue.Queue[tuple[str, Callable[[], Any] | None]] = queue.Queue(max_size)
 
-    def _reset_process(self) -> None:
-        self._generation = forks.generation()
-        self._queue: queue.Queue[tuple[str, Callable[[], Any] | None]] = queue.Queue(self.max_size)
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+    def reset_process(self) -> None:
+        self._queue = queue.Queue(self.max_size)
 
     def _count(self, name: str) -> None:
         with self._counts_lock:
@@ -50,8 +47,7 @@ class WriteBehindQueue:
 
     def submit(self, key: str, persist: Callable[[], Any]) -> bool:
         """Queue ``persist()``; False (and a counted drop) when the queue is full."""
-        if self._generation != forks.generation():
-            self._reset_process()
+        self.in_this_process()
         try:
             self._queue.put_nowait((key, persist))
         except queue.Full:
@@ -59,22 +55,10 @@ class WriteBehindQueue:
             logger.error("write-behind queue full (%d): dropped the write of %r", self.max_size, key)
             return False
         self._count("queued")
-        self._ensure_thread()
+        self.ensure_running()
         return True
 
-    def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping.clear()
-                # A daemon, because stop() flushes it at shutdown and at exit.
-                self._thread = threading.Thread(
-                    target=self._run, name="flask-resilience-write-behind", daemon=True
-                )
-                self._thread.start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         while True:
             key, persist = self._queue.get()
             if persist is None:
@@ -106,15 +90,11 @@ class WriteBehindQueue:
             if persist is not None:
                 self._persist(key, persist)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, flush: bool = True, timeout: float = 30.0) -> None:
         """Let the thread finish what is queued, then stop it; flush leftovers."""
-        self._stopping.set()  # cut retry back-off short: we are shutting down
-        thread = self._thread
-        if thread is not None and thread.is_alive() and self._generation == forks.generation():
+        if self.is_running():
             self._queue.put(_STOP)
-            thread.join(timeout)
-        self._thread = None
-        self.flush()
+        super().stop(flush, timeout)
 
     def stats(self) -> dict[str, int]:
         with self._counts_lock:

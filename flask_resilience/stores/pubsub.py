@@ -5,19 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from .. import forks
+from ..lifecycle import ProcessLocalWorker
 
 logger = logging.getLogger("flask_resilience")
 
 Handler = Callable[[bytes], None]
 
 
-class Subscriber:
+class Subscriber(ProcessLocalWorker):
     """Delivers messages on subscribed channels to their handlers.
 
     The thread starts on the first :meth:`subscribe` in each process, so an
@@ -41,15 +42,14 @@ class Subscriber:
         self._backoff_max = backoff_max
         self._handlers: dict[str, list[Handler]] = {}
         self._gap_callbacks: list[Callable[[], None]] = []
-        self._reset_process_state()
+        super().__init__("flask-resilience-pubsub")
+        self.reset_process()
 
-    def _reset_process_state(self) -> None:
-        self._generation = forks.generation()
+    def reset_process(self) -> None:
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._confirmed: set[str] = set()
         self._confirmed_changed = threading.Condition(self._lock)
+        self._listening_since: float | None = None
         self.connects = 0
         self.disconnects = 0
 
@@ -62,25 +62,12 @@ class Subscriber:
         workers' first import.
         """
         with self._lock:
+            if channel not in self._handlers:
+                self._listening_since = None  # not listening on this one yet
             self._handlers.setdefault(channel, []).append(handler)
 
-    def ensure_running(self) -> None:
-        """Start the thread in this process if there is something to listen to.
-
-        Cheap enough to call on every request: it is how a worker forked after
-        the subscriptions were made starts its own listener.
-        """
-        if self._generation != forks.generation():
-            # After fork the parent's thread does not exist here: start afresh.
-            self._reset_process_state()
-        thread = self._thread
-        if (thread is not None and thread.is_alive()) or not self._handlers:
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="flask-resilience-pubsub", daemon=True)
-                self._thread.start()
+    def wants_thread(self) -> bool:
+        return bool(self._handlers)
 
     def on_gap(self, callback: Callable[[], None]) -> None:
         """Run ``callback()`` when messages may have been missed.
@@ -89,6 +76,15 @@ class Subscriber:
         back after a loss (messages published meanwhile never reached it).
         """
         self._gap_callbacks.append(callback)
+
+    def listening_since(self) -> float | None:
+        """``time.monotonic()`` when every subscribed channel was last confirmed,
+        or None while any is not (not started yet, or reconnecting).
+
+        Anything a process cached before this time may have missed an
+        invalidation, and so must not be trusted.
+        """
+        return self._listening_since
 
     def wait_until_listening(self, timeout: float = 5.0) -> bool:
         """Start the thread if needed and block until Redis confirmed every
@@ -99,24 +95,16 @@ class Subscriber:
                 lambda: self._confirmed >= set(self._handlers), timeout=timeout
             )
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread; safe to call twice or when it never started."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout)
-        self._thread = None
-
-    def _run(self) -> None:
+    def run(self) -> None:
         backoff = self._backoff_initial
-        while not self._stop.is_set():
+        while not self.stopping:
             pubsub = None
             try:
                 pubsub = self._pubsub_factory()
                 self._listen(pubsub)
             except (redis.RedisError, OSError) as exc:
                 self._lost(exc)
-                if self._stop.wait(backoff):
+                if self.wait(backoff):
                     break
                 backoff = min(backoff * 2, self._backoff_max)
                 continue
@@ -128,7 +116,7 @@ class Subscriber:
 
     def _listen(self, pubsub: Any) -> None:
         subscribed: set[str] = set()
-        while not self._stop.is_set():
+        while not self.stopping:
             with self._lock:
                 wanted = set(self._handlers) - subscribed
             if wanted:
@@ -149,6 +137,10 @@ class Subscriber:
                     if not self._confirmed:
                         self.connects += 1
                     self._confirmed.add(channel)
+                    if self._confirmed >= set(self._handlers):
+                        self._listening_since = time.monotonic()
+                    else:
+                        self._listening_since = None
                     self._confirmed_changed.notify_all()
                 if reconnected:
                     logger.info("Redis pub/sub listener reconnected")
@@ -170,6 +162,7 @@ class Subscriber:
         with self._confirmed_changed:
             had_connection = bool(self._confirmed)
             self._confirmed.clear()
+            self._listening_since = None
         if had_connection:
             self.disconnects += 1
             logger.warning("lost the Redis pub/sub connection (%s); reconnecting", exc)

@@ -98,6 +98,7 @@ class RedisStore:
         return self.prefix + tag + ":".join(parts)
 
     def channel(self, name: str) -> str:
+        """The pub/sub channel ``name`` under our prefix."""
         return f"{self.prefix}channel:{name}"
 
     # -- commands ----------------------------------------------------------
@@ -150,6 +151,14 @@ class RedisStore:
                 yield key.decode() if isinstance(key, bytes) else str(key)
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"Redis SCAN failed: {exc}") from exc
+
+    def delete_matching(self, pattern: str, batch: int = 500) -> int:
+        """Delete our keys matching the glob ``pattern`` (relative to the
+        prefix, as for :meth:`scan`), ``batch`` keys per DEL; returns how many."""
+        removed = 0
+        for keys in batched(self.scan(pattern, count=batch), batch):
+            removed += self.delete(*keys)
+        return removed
 
     def script(self, source: str) -> Script:
         """A Lua script registered once and run by its SHA."""

@@ -9,18 +9,19 @@ Flask-SQLAlchemy), else none.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from flask import current_app
 from sqlalchemy import Engine, create_engine, text
+
+from ..lifecycle import fork_generation
 
 
 class Database:
     def __init__(self, uri: str | None) -> None:
         self.uri = uri
         self._engine: Engine | None = None
-        self._pid = os.getpid()
+        self._generation = fork_generation()
         self._lock = threading.Lock()
 
     def engine(self) -> Engine | None:
@@ -37,10 +38,10 @@ class Database:
         with self._lock:
             if self._engine is None:
                 self._engine = create_engine(uri, pool_pre_ping=True)
-            elif self._pid != os.getpid():
+            elif self._generation != fork_generation():
                 # A forked worker must not share the parent's sockets.
                 self._engine.dispose(close=False)
-            self._pid = os.getpid()
+            self._generation = fork_generation()
             return self._engine
 
     def ping(self) -> bool:

@@ -1,0 +1,92 @@
+"""Process-local background workers: lazy start, stop with flush, restart, fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from flask_resilience.lifecycle import ProcessLocalWorker, fork_generation
+
+
+class Collector(ProcessLocalWorker):
+    def __init__(self) -> None:
+        super().__init__("test-collector")
+        self.pending: list[int] = []
+        self.done: list[int] = []
+        self.lock = threading.Lock()
+        self.resets = 0
+
+    def reset_process(self) -> None:
+        self.resets += 1
+
+    def submit(self, item: int) -> None:
+        self.in_this_process()
+        with self.lock:
+            self.pending.append(item)
+        self.ensure_running()
+        self.wake()
+
+    def run(self) -> None:
+        while not self.wait(None):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            items, self.pending = self.pending, []
+        self.done.extend(items)
+
+
+@pytest.fixture
+def worker() -> Iterator[Collector]:
+    collector = Collector()
+    yield collector
+    collector.stop()
+
+
+def test_thread_starts_on_first_use_only(worker: Collector) -> None:
+    assert not worker.is_running()
+    worker.submit(1)
+    assert worker.is_running()
+
+
+def test_stop_flushes_and_is_idempotent_and_a_later_use_starts_again(worker: Collector) -> None:
+    worker.submit(1)
+    worker.stop()
+    assert not worker.is_running()
+    worker.stop()
+    with worker.lock:
+        worker.pending.append(2)  # arrived without waking anyone
+    worker.stop()
+    assert 2 in worker.done
+    worker.submit(3)
+    assert worker.is_running()
+    worker.stop()
+    assert sorted(worker.done) == [1, 2, 3]
+
+
+def _child(worker: Collector, queue: multiprocessing.queues.Queue[tuple[int, bool, int]]) -> None:
+    running_before = worker.is_running()
+    worker.submit(7)
+    worker.stop()
+    queue.put((worker.resets, running_before, len(worker.done)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_starts_its_own_thread(worker: Collector) -> None:
+    worker.submit(1)
+    generation = fork_generation()
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.queues.Queue[tuple[int, bool, int]] = context.Queue()
+    child = context.Process(target=_child, args=(worker, queue))
+    child.start()
+    resets, running_before, done = queue.get(timeout=10)
+    child.join(10)
+    assert child.exitcode == 0
+    assert resets == worker.resets + 1  # the child reset once
+    assert not running_before  # the parent's thread is not the child's
+    assert done >= 1
+    assert fork_generation() == generation
