@@ -28,10 +28,10 @@ from .cache.data import DataCache
 from .cache.service import AppCache
 from .context import begin_request, finish_request
 from .health import health_blueprint
+from .health.blueprint import raise_routing_problem
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_prefix_hooks
-from .problems import Problem, handle_problem
 from .signals import circuit_state_changed
 from .state import EXTENSION_NAME, ResilienceState, get_state
 from .stores.redis import RedisStore, build_client
@@ -116,7 +116,6 @@ class Resilience:
         app.before_request(functools.partial(self._before_request, state))
         app.after_request(functools.partial(self._after_request, config[cfg.REQUEST_ID_HEADER]))
         app.teardown_request(self._teardown_request)
-        app.register_error_handler(Problem, handle_problem)
         # Also reachable through the flask.commands entry point; registering it
         # here makes it part of app.cli (and of app.test_cli_runner()).
         app.cli.add_command(resilience_cli)
@@ -163,6 +162,8 @@ class Resilience:
 
     def _before_request(self, state: ResilienceState) -> Response | None:
         begin_request()
+        if request.routing_exception is not None and state.config[cfg.HEALTH_ENABLED]:
+            raise_routing_problem(state.config[cfg.HEALTH_PREFIX])
         # A worker forked after subscriptions were made starts its listener here.
         if state.redis is not None:
             state.redis.subscriber.ensure_running()

@@ -6,8 +6,10 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..problems import Problem
 from ..state import ResilienceState, get_state
 from ..version import __version__
 from .auth import is_admin, stats_access
@@ -20,6 +22,31 @@ health_blueprint = Blueprint("resilience_health", __name__)
 def no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def raise_routing_problem(prefix: str) -> None:
+    """``before_request``: a 404 or 405 under the health prefix answers problem+json.
+
+    Flask raises routing errors after the ``before_request`` hooks and never
+    shows them to a blueprint's error handlers, so this runs app-wide and only
+    for URLs under ``prefix``; the rest of the app keeps its own pages.
+    """
+    error = request.routing_exception
+    if not isinstance(error, (NotFound, MethodNotAllowed)):
+        return
+    path = request.path
+    if path != prefix and not path.startswith(prefix + "/"):
+        return
+    if isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        raise Problem(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            f"{request.method} is not allowed here; use {allowed}.",
+            headers={"Allow": allowed},
+        )
+    raise Problem(404, "not-found", "Not found", "No health endpoint at this URL.")
 
 
 @health_blueprint.get("", strict_slashes=False)
