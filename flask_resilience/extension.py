@@ -21,8 +21,9 @@ from .audit.signals import install_sigterm_flush
 from .audit.views import audit_blueprint, record_request
 from .audit.writer import AuditWriter
 from .breaker.breaker import CircuitBreaker
+from .breaker.link import LocalSharing, Sharing
 from .breaker.registry import BreakerRegistry
-from .breaker.shared import SharedState
+from .breaker.shared import RedisSharing
 from .breaker.states import State as CircuitState
 from .cache.data import DataCache
 from .cache.service import AppCache
@@ -93,11 +94,12 @@ class Resilience:
                 "RESILIENCE_REDIS_URL is not set: circuit, cache and idempotency state "
                 "is kept in this process only; set it when running more than one worker."
             )
-        shared_breakers = _shared_breaker_state(config, state.redis)
+        breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
+        self.breakers.configure(
+            breaker_defaults, _breaker_sharing(config, state.redis), disabled=not config[cfg.BREAKER_ENABLED]
+        )
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
-        breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
-        self.breakers.configure(breaker_defaults, shared_breakers, disabled=not config[cfg.BREAKER_ENABLED])
         state.stats_providers["circuit_breakers"] = lambda _private: self.breakers.stats()
         state.stats_providers["cache"] = lambda _private: app_cache.stats()
         state.add_background(app_cache)
@@ -334,15 +336,15 @@ def _app_idempotency(config: cfg.Config, redis_store: RedisStore | None, audit: 
     )
 
 
-def _shared_breaker_state(config: cfg.Config, redis_store: RedisStore | None) -> SharedState | None:
+def _breaker_sharing(config: cfg.Config, redis_store: RedisStore | None) -> Sharing:
     if config[cfg.BREAKER_STORAGE] != "redis":
-        return None
+        return LocalSharing()
     if redis_store is None:
         raise ValueError(
             "RESILIENCE_BREAKER_STORAGE='redis' needs RESILIENCE_REDIS_URL "
             "(or RESILIENCE_REDIS_CLUSTER startup nodes)"
         )
-    return SharedState(redis_store)
+    return RedisSharing(redis_store)
 
 
 def _register_health_checks(state: ResilienceState) -> None:

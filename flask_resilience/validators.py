@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .breaker.config import validate_defaults
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -166,8 +168,6 @@ def optional_callable(value: object) -> Callable[..., Any] | None:
 
 
 def breaker_defaults(value: object) -> dict[str, Any]:
-    from .breaker.registry import validate_defaults  # noqa: PLC0415 (breaker imports config's siblings)
-
     try:
         return validate_defaults(value)
     except (TypeError, ValueError) as exc:
