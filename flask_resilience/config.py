@@ -30,6 +30,7 @@ from .validators import (
     one_of,
     optional_callable,
     optional_str,
+    optional_string_list,
     positive_int,
     positive_number,
     redis_url,
@@ -112,6 +113,19 @@ HEALTH_PUBLIC = Setting(
     False,
     boolean,
     "Serve statistics to non-admins (never per-user figures).",
+)
+HEALTH_CRITICAL = Setting[tuple[str, ...] | None](
+    "RESILIENCE_HEALTH_CRITICAL",
+    None,
+    optional_string_list,
+    "Health checks whose failure makes /ready answer 503 (names, comma-separated); unset: the "
+    "database when the audit log has no spill file, Redis when fail-closed idempotency is used.",
+)
+HEALTH_SHOW_VERSION = Setting(
+    "RESILIENCE_HEALTH_SHOW_VERSION",
+    False,
+    boolean,
+    "Show the extension's version in the public health summary (admins always see it).",
 )
 ADMIN_TOKEN = Setting(
     "RESILIENCE_ADMIN_TOKEN",
@@ -339,6 +353,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     HEALTH_ENABLED,
     HEALTH_PREFIX,
     HEALTH_PUBLIC,
+    HEALTH_CRITICAL,
+    HEALTH_SHOW_VERSION,
     ADMIN_TOKEN,
     REQUEST_ID_HEADER,
     PRINCIPAL_LOADER,

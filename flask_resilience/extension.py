@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import re
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from .cache.service import AppCache
 from .context import begin_request, finish_request
 from .health import health_blueprint
 from .health.blueprint import raise_routing_problem
+from .health.checks import HealthCheck
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_prefix_hooks
@@ -44,6 +46,8 @@ PrincipalLoader = Callable[[], "str | int | None"]
 AdminCheck = Callable[[], bool]
 L = TypeVar("L", bound=PrincipalLoader)
 A = TypeVar("A", bound=AdminCheck)
+C = TypeVar("C", bound=Callable[[], object])
+_CHECK_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Resilience:
@@ -65,6 +69,7 @@ class Resilience:
         self._idempotency_hooks = protect_prefix_hooks(self._idempotent_prefixes)
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
         self._exit_hook_registered = False
+        self.custom_health_checks: dict[str, HealthCheck] = {}
         if app is not None:
             self.init_app(app)
 
@@ -136,6 +141,23 @@ class Resilience:
         Raises ValueError for invalid parameters.
         """
         return self.breakers.get_or_create(name, **config)
+
+    def health_check(self, name: str, *, critical: bool | None = None) -> Callable[[C], C]:
+        """Decorator: add the app's own dependency check to the health endpoints.
+
+        The check returns anything for up, ``"degraded"`` for partly working
+        or ``False`` for not configured, and raises when the dependency is
+        down. ``critical=True`` makes ``/ready`` answer 503 while it is down;
+        None leaves it to ``RESILIENCE_HEALTH_CRITICAL``.
+        """
+        if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name):
+            raise ValueError(f"a health check name must match [A-Za-z0-9._-]{{1,64}}, got {name!r}")
+
+        def register(check: C) -> C:
+            self.custom_health_checks[name] = HealthCheck(name, check, critical)
+            return check
+
+        return register
 
     @property
     def cache(self) -> DataCache:

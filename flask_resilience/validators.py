@@ -209,6 +209,10 @@ def string_list(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def optional_string_list(value: object) -> tuple[str, ...] | None:
+    return None if value is None else string_list(value)
+
+
 def one_of(*choices: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         if not isinstance(value, str) or value.lower() not in choices:
