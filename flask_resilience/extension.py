@@ -6,6 +6,7 @@ import atexit
 import functools
 import logging
 import re
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ L = TypeVar("L", bound=PrincipalLoader)
 A = TypeVar("A", bound=AdminCheck)
 C = TypeVar("C", bound=Callable[[], object])
 _CHECK_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_warned_no_redis = threading.Event()
 
 
 class Resilience:
@@ -94,7 +96,8 @@ class Resilience:
             audit=app_audit,
             idempotency=_app_idempotency(config, redis_store, app_audit),
         )
-        if state.redis is None:
+        if state.redis is None and not _warned_no_redis.is_set():
+            _warned_no_redis.set()  # once per process, not on every `flask` command
             logger.warning(
                 "RESILIENCE_REDIS_URL is not set: circuit, cache and idempotency state "
                 "is kept in this process only; set it when running more than one worker."

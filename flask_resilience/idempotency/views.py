@@ -26,7 +26,7 @@ from .records import Completed, InFlight
 from .service import AppIdempotency
 
 F = TypeVar("F", bound=Callable[..., Any])
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.idempotency")
 
 _G_PLAN = "_resilience_idempotency"
 _PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")

@@ -12,7 +12,7 @@ import redis
 
 from .. import forks
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.stores")
 
 Handler = Callable[[bytes], None]
 
