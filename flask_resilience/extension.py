@@ -102,6 +102,11 @@ class Resilience:
                 "RESILIENCE_REDIS_URL is not set: circuit, cache and idempotency state "
                 "is kept in this process only; set it when running more than one worker."
             )
+        if config[cfg.ADMIN_TOKEN] in cfg.EXAMPLE_ADMIN_TOKENS:
+            logger.warning(
+                "RESILIENCE_ADMIN_TOKEN is an example value from the documentation: anyone who read "
+                "it can use the admin endpoints; set a random one, e.g. secrets.token_urlsafe(32)."
+            )
         breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
         self.breakers.configure(
             breaker_defaults, _breaker_sharing(config, state.redis), disabled=not config[cfg.BREAKER_ENABLED]
