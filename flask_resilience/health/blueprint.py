@@ -109,12 +109,10 @@ def dashboard() -> Response:
         except Exception as exc:
             logger.exception("stats provider %s failed", name)
             features[name] = {"error": type(exc).__name__}
-    body = {
-        "generated_at": datetime.now(UTC).isoformat(),
-        "version": __version__,
-        "uptime_seconds": round(_uptime(state), 3),
-        "features": features,
-    }
+    body: dict[str, object] = {"generated_at": datetime.now(UTC).isoformat()}
+    if include_private or state.config[HEALTH_SHOW_VERSION]:  # public only when configured
+        body["version"] = __version__
+    body.update(uptime_seconds=round(_uptime(state), 3), features=features)
     return no_store(jsonify(body))
 
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from flask import request
 
 from ..problems import Problem
+from ..times import parse_moment
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 
 _STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
-_AGE = re.compile(r"(\d{1,6})([dhms])")
-_AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
 def _invalid_body(detail: str) -> Problem:
@@ -138,16 +137,3 @@ def query_time(name: str, now: datetime | None = None) -> datetime | None:
         raise _invalid_query(
             f"'{name}' must be an ISO 8601 time (with an offset or UTC) or an age such as 7d or 12h."
         ) from None
-
-
-def parse_moment(value: str, now: datetime) -> datetime:
-    """``value`` as a naive UTC datetime; raises ValueError or OverflowError."""
-    age = _AGE.fullmatch(value.strip())
-    if age is not None:
-        amount, unit = int(age.group(1)), age.group(2)
-        moment = now - timedelta(**{_AGE_UNITS[unit]: amount})
-    else:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None)
