@@ -163,3 +163,10 @@ def test_health_check_names_are_validated() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+def test_the_public_dashboard_hides_the_version(make_app: MakeApp) -> None:
+    app, _ = make_app(RESILIENCE_ADMIN_TOKEN=TOKEN, RESILIENCE_HEALTH_PUBLIC=True)
+    client = app.test_client()
+    assert "version" not in client.get("/api/health/dashboard").json  # type: ignore[operator]
+    assert client.get("/api/health/dashboard", headers=ADMIN).json["version"] == __version__  # type: ignore[index]
