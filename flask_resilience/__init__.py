@@ -46,6 +46,7 @@ from .idempotency.api import (
     reset_replay_protection_stats,
 )
 from .idempotency.views import idempotent
+from .logs import RequestIdFilter
 from .problems import Problem
 from .signals import circuit_state_changed
 from .stores.redis import StoreUnavailableError
@@ -63,6 +64,7 @@ __all__ = [
     "InvalidationStrategy",
     "Principal",
     "Problem",
+    "RequestIdFilter",
     "Resilience",
     "Severity",
     "StoreUnavailableError",

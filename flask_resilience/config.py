@@ -5,11 +5,16 @@ default, the seed's environment variable that may supply it, the parser that
 validates it, and one line of documentation (README.rst lists the same table).
 
 Precedence, highest first: a keyword argument to ``Resilience(...)``, a value
-already in ``app.config``, the seed's environment variable, the default.
+already in ``app.config``, the environment variable of the same name
+(``RESILIENCE_CACHE_DEFAULT_TTL``, read as JSON when it parses, like Flask's
+``from_prefixed_env``), the seed's un-prefixed environment variable
+(``CACHE_TTL``; unless ``RESILIENCE_READ_SEED_ENV`` is false), the default.
+After ``init_app``, ``app.config`` holds the parsed, typed value of every key.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ from .validators import (
     one_of,
     optional_callable,
     optional_str,
+    optional_string_list,
     positive_int,
     positive_number,
     redis_url,
@@ -59,6 +65,12 @@ class Setting(Generic[T]):
 
 # -- the table -------------------------------------------------------------
 
+READ_SEED_ENV = Setting(
+    "RESILIENCE_READ_SEED_ENV",
+    True,
+    boolean,
+    "Read the seed's un-prefixed environment variables (CACHE_TTL, AUDIT_BUFFER_SIZE, ...).",
+)
 REDIS_URL = Setting(
     "RESILIENCE_REDIS_URL",
     None,
@@ -112,6 +124,19 @@ HEALTH_PUBLIC = Setting(
     False,
     boolean,
     "Serve statistics to non-admins (never per-user figures).",
+)
+HEALTH_CRITICAL = Setting[tuple[str, ...] | None](
+    "RESILIENCE_HEALTH_CRITICAL",
+    None,
+    optional_string_list,
+    "Health checks whose failure makes /ready answer 503 (names, comma-separated); unset: the "
+    "database when the audit log has no spill file, Redis when fail-closed idempotency is used.",
+)
+HEALTH_SHOW_VERSION = Setting(
+    "RESILIENCE_HEALTH_SHOW_VERSION",
+    False,
+    boolean,
+    "Show the extension's version in the public health summary (admins always see it).",
 )
 ADMIN_TOKEN = Setting(
     "RESILIENCE_ADMIN_TOKEN",
@@ -330,6 +355,7 @@ IDEMPOTENCY_MEMORY_ENTRIES = Setting(
 )
 
 SETTINGS: tuple[Setting[Any], ...] = (
+    READ_SEED_ENV,
     REDIS_URL,
     REDIS_CLUSTER,
     REDIS_SOCKET_TIMEOUT,
@@ -339,6 +365,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     HEALTH_ENABLED,
     HEALTH_PREFIX,
     HEALTH_PUBLIC,
+    HEALTH_CRITICAL,
+    HEALTH_SHOW_VERSION,
     ADMIN_TOKEN,
     REQUEST_ID_HEADER,
     PRINCIPAL_LOADER,
@@ -377,6 +405,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
 
 OPTIONS: Mapping[str, Setting[Any]] = {setting.option: setting for setting in SETTINGS}
 
+EXAMPLE_ADMIN_TOKENS = frozenset({"change-me-to-a-long-random-token"})
+"""Admin tokens that were printed in documentation: ``init_app`` warns about them."""
+
 
 class Config:
     """The parsed, validated configuration of one app; read-only."""
@@ -404,29 +435,48 @@ def resolve(
     options: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Fill ``app_config`` with every key (``setdefault``) and validate it.
+    """Fill ``app_config`` with every key, validated and parsed (see the
+    module's precedence), and return the typed :class:`Config`.
 
-    Raises :class:`ValueError` naming the key and the offending value.
+    Raises :class:`ValueError` naming the key, the offending value and, when
+    it came from the environment, the variable.
     """
     environ = os.environ if environ is None else environ
     from_env: dict[str, str] = {}
-    for setting in SETTINGS:
-        if setting.option in options:
-            app_config[setting.key] = options[setting.option]
-        elif setting.key not in app_config and setting.env and setting.env in environ:
-            app_config[setting.key] = environ[setting.env]
-            from_env[setting.key] = setting.env
-        else:
-            app_config.setdefault(setting.key, setting.default)
-
     values: dict[str, object] = {}
-    for setting in SETTINGS:
-        raw = app_config[setting.key]
+    for setting in SETTINGS:  # READ_SEED_ENV comes first: it decides the others' sources
+        read_seed = bool(values.get(READ_SEED_ENV.key, True))
+        raw, variable = _raw_value(setting, app_config, options, environ, read_seed=read_seed)
         try:
             values[setting.key] = setting.parse(raw)
         except Invalid as exc:
-            source = (
-                f" (from environment variable {from_env[setting.key]})" if setting.key in from_env else ""
-            )
+            source = f" (from environment variable {variable})" if variable else ""
             raise ValueError(f"{setting.key}={raw!r}{source} is invalid: {exc}") from None
+        if variable:
+            from_env[setting.key] = variable
+    app_config.update(values)  # typed: "false" must not stay a truthy string for other readers
     return Config(values)
+
+
+def _raw_value(
+    setting: Setting[Any],
+    app_config: Mapping[str, Any],
+    options: Mapping[str, object],
+    environ: Mapping[str, str],
+    *,
+    read_seed: bool,
+) -> tuple[object, str | None]:
+    """The unparsed value of ``setting`` and the environment variable it came from, if any."""
+    if setting.option in options:
+        return options[setting.option], None
+    if setting.key in app_config:
+        return app_config[setting.key], None
+    if setting.key in environ:
+        text = environ[setting.key]
+        try:
+            return json.loads(text), setting.key
+        except ValueError:
+            return text, setting.key
+    if read_seed and setting.env and setting.env in environ:
+        return environ[setting.env], setting.env
+    return setting.default, None

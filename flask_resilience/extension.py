@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import re
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -21,17 +23,19 @@ from .audit.signals import install_sigterm_flush
 from .audit.views import audit_blueprint, record_request
 from .audit.writer import AuditWriter
 from .breaker.breaker import CircuitBreaker
+from .breaker.link import LocalSharing, Sharing
 from .breaker.registry import BreakerRegistry
-from .breaker.shared import SharedState
+from .breaker.shared import RedisSharing
 from .breaker.states import State as CircuitState
 from .cache.data import DataCache
 from .cache.service import AppCache
 from .context import begin_request, finish_request
 from .health import health_blueprint
+from .health.blueprint import raise_routing_problem
+from .health.checks import HealthCheck
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_prefix_hooks
-from .problems import Problem, handle_problem
 from .signals import circuit_state_changed
 from .state import EXTENSION_NAME, ResilienceState, get_state
 from .stores.redis import RedisStore, build_client
@@ -43,6 +47,9 @@ PrincipalLoader = Callable[[], "str | int | None"]
 AdminCheck = Callable[[], bool]
 L = TypeVar("L", bound=PrincipalLoader)
 A = TypeVar("A", bound=AdminCheck)
+C = TypeVar("C", bound=Callable[[], object])
+_CHECK_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_warned_no_redis = threading.Event()
 
 
 class Resilience:
@@ -64,6 +71,7 @@ class Resilience:
         self._idempotency_hooks = protect_prefix_hooks(self._idempotent_prefixes)
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
         self._exit_hook_registered = False
+        self.custom_health_checks: dict[str, HealthCheck] = {}
         if app is not None:
             self.init_app(app)
 
@@ -88,16 +96,23 @@ class Resilience:
             audit=app_audit,
             idempotency=_app_idempotency(config, redis_store, app_audit),
         )
-        if state.redis is None:
+        if state.redis is None and not _warned_no_redis.is_set():
+            _warned_no_redis.set()  # once per process, not on every `flask` command
             logger.warning(
                 "RESILIENCE_REDIS_URL is not set: circuit, cache and idempotency state "
                 "is kept in this process only; set it when running more than one worker."
             )
-        shared_breakers = _shared_breaker_state(config, state.redis)
+        if config[cfg.ADMIN_TOKEN] in cfg.EXAMPLE_ADMIN_TOKENS:
+            logger.warning(
+                "RESILIENCE_ADMIN_TOKEN is an example value from the documentation: anyone who read "
+                "it can use the admin endpoints; set a random one, e.g. secrets.token_urlsafe(32)."
+            )
+        breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
+        self.breakers.configure(
+            breaker_defaults, _breaker_sharing(config, state.redis), disabled=not config[cfg.BREAKER_ENABLED]
+        )
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
-        breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
-        self.breakers.configure(breaker_defaults, shared_breakers, disabled=not config[cfg.BREAKER_ENABLED])
         state.stats_providers["circuit_breakers"] = lambda _private: self.breakers.stats()
         state.stats_providers["cache"] = lambda _private: app_cache.stats()
         state.add_background(app_cache)
@@ -116,7 +131,6 @@ class Resilience:
         app.before_request(functools.partial(self._before_request, state))
         app.after_request(functools.partial(self._after_request, config[cfg.REQUEST_ID_HEADER]))
         app.teardown_request(self._teardown_request)
-        app.register_error_handler(Problem, handle_problem)
         # Also reachable through the flask.commands entry point; registering it
         # here makes it part of app.cli (and of app.test_cli_runner()).
         app.cli.add_command(resilience_cli)
@@ -135,6 +149,23 @@ class Resilience:
         Raises ValueError for invalid parameters.
         """
         return self.breakers.get_or_create(name, **config)
+
+    def health_check(self, name: str, *, critical: bool | None = None) -> Callable[[C], C]:
+        """Decorator: add the app's own dependency check to the health endpoints.
+
+        The check returns anything for up, ``"degraded"`` for partly working
+        or ``False`` for not configured, and raises when the dependency is
+        down. ``critical=True`` makes ``/ready`` answer 503 while it is down;
+        None leaves it to ``RESILIENCE_HEALTH_CRITICAL``.
+        """
+        if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name):
+            raise ValueError(f"a health check name must match [A-Za-z0-9._-]{{1,64}}, got {name!r}")
+
+        def register(check: C) -> C:
+            self.custom_health_checks[name] = HealthCheck(name, check, critical)
+            return check
+
+        return register
 
     @property
     def cache(self) -> DataCache:
@@ -163,6 +194,8 @@ class Resilience:
 
     def _before_request(self, state: ResilienceState) -> Response | None:
         begin_request()
+        if request.routing_exception is not None and state.config[cfg.HEALTH_ENABLED]:
+            raise_routing_problem(state.config[cfg.HEALTH_PREFIX])
         # A worker forked after subscriptions were made starts its listener here.
         if state.redis is not None:
             state.redis.subscriber.ensure_running()
@@ -333,15 +366,15 @@ def _app_idempotency(config: cfg.Config, redis_store: RedisStore | None, audit: 
     )
 
 
-def _shared_breaker_state(config: cfg.Config, redis_store: RedisStore | None) -> SharedState | None:
+def _breaker_sharing(config: cfg.Config, redis_store: RedisStore | None) -> Sharing:
     if config[cfg.BREAKER_STORAGE] != "redis":
-        return None
+        return LocalSharing()
     if redis_store is None:
         raise ValueError(
             "RESILIENCE_BREAKER_STORAGE='redis' needs RESILIENCE_REDIS_URL "
             "(or RESILIENCE_REDIS_CLUSTER startup nodes)"
         )
-    return SharedState(redis_store)
+    return RedisSharing(redis_store)
 
 
 def _register_health_checks(state: ResilienceState) -> None:

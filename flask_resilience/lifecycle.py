@@ -16,15 +16,27 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 logger = logging.getLogger("flask_resilience")
 
 _generation = 0
+_fork_callbacks: list[Callable[[], None]] = []
 
 
 def _forked() -> None:
     global _generation  # noqa: PLW0603 (one process-wide counter is the point)
     _generation += 1
+    for callback in list(_fork_callbacks):
+        try:
+            callback()
+        except Exception:
+            logger.exception("after-fork callback %r failed", callback)
+
+
+def on_fork(callback: Callable[[], None]) -> None:
+    """Run ``callback()`` in every forked child, right after the fork."""
+    _fork_callbacks.append(callback)
 
 
 os.register_at_fork(after_in_child=_forked)

@@ -2,15 +2,19 @@
 
 Every error the extension itself returns goes through :class:`Problem`, so a
 client sees one format with a stable ``type`` and the request id, whichever
-feature refused it.
+feature refused it. A Problem is a werkzeug ``HTTPException``: Flask renders it
+without a handler of ours, an app's own ``errorhandler(HTTPException)`` sees
+it, and the decorators treat it as an answer, like ``abort()``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from flask import Response, has_request_context
+from werkzeug.exceptions import HTTPException
 
 from .context import current_request_id
 
@@ -18,7 +22,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:flask-resilience:problem:"
 
 
-class Problem(Exception):
+class Problem(HTTPException):
     """An error response; raise it anywhere in a request to send it.
 
     ``slug`` names the stable ``type`` (``urn:flask-resilience:problem:<slug>``).
@@ -34,13 +38,20 @@ class Problem(Exception):
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, object] | None = None,
     ) -> None:
-        super().__init__(detail)
-        self.status = status
+        super().__init__(description=detail)
+        self.code = self._status = status
         self.type = TYPE_PREFIX + slug
         self.title = title
         self.detail = detail
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    def __str__(self) -> str:
+        return self.detail
 
     def to_dict(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -64,7 +75,6 @@ class Problem(Exception):
         response.headers["Cache-Control"] = "no-store"
         return response
 
-
-def handle_problem(problem: Problem) -> Response:
-    """Flask error handler for :class:`Problem`."""
-    return problem.to_response()
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
+        """What werkzeug and Flask send for this error: the problem+json response."""
+        return self.to_response()

@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .breaker.config import validate_defaults
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -166,8 +168,6 @@ def optional_callable(value: object) -> Callable[..., Any] | None:
 
 
 def breaker_defaults(value: object) -> dict[str, Any]:
-    from .breaker.registry import validate_defaults  # noqa: PLC0415 (breaker imports config's siblings)
-
     try:
         return validate_defaults(value)
     except (TypeError, ValueError) as exc:
@@ -207,6 +207,10 @@ def string_list(value: object) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
         raise Invalid("expected a list of names")
     return tuple(value)
+
+
+def optional_string_list(value: object) -> tuple[str, ...] | None:
+    return None if value is None else string_list(value)
 
 
 def one_of(*choices: str) -> Callable[[object], str]:

@@ -45,8 +45,9 @@ def _service(start: Callable[[], Service]) -> Service:
 
 @pytest.fixture(autouse=True)
 def _clean_seed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The seed's variables in the developer's shell must not change test results."""
+    """The seed's variables (and RESILIENCE_* ones) in the developer's shell must not change test results."""
     for setting in SETTINGS:
+        monkeypatch.delenv(setting.key, raising=False)
         if setting.env:
             monkeypatch.delenv(setting.env, raising=False)
 

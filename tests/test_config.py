@@ -40,7 +40,7 @@ def test_seed_environment_variable_is_read(
     monkeypatch.setenv(env_name, raw)
     app, _ = make_app()
     assert get_state(app).config[_setting(key)] == parsed
-    assert app.config[key] == raw
+    assert app.config[key] == parsed  # typed, not the raw string
 
 
 def test_defaults_apply_with_setdefault(make_app: MakeApp) -> None:
@@ -106,6 +106,9 @@ INVALID_VALUES: list[tuple[str, object]] = [
     ("RESILIENCE_IDEMPOTENCY_AUTO_GENERATE", "2"),
     ("RESILIENCE_HEALTH_ENABLED", "nope"),
     ("RESILIENCE_HEALTH_PUBLIC", "public"),
+    ("RESILIENCE_HEALTH_CRITICAL", 5),
+    ("RESILIENCE_HEALTH_SHOW_VERSION", "perhaps"),
+    ("RESILIENCE_READ_SEED_ENV", "sometimes"),
     ("RESILIENCE_REDIS_URL", "http://localhost:6379"),
     ("RESILIENCE_REDIS_URL", 6379),
     ("RESILIENCE_REDIS_CLUSTER", "node-without-port"),

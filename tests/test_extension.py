@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 
 import pytest
 from flask import Flask
@@ -56,13 +57,23 @@ def test_unknown_constructor_option_is_rejected() -> None:
         Resilience(redis_ulr="redis://localhost")
 
 
-def test_memory_mode_warns_once_that_state_is_per_process(
-    make_app: MakeApp, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="flask_resilience"):
-        make_app()
-    warnings = [r for r in caplog.records if "RESILIENCE_REDIS_URL is not set" in r.getMessage()]
-    assert len(warnings) == 1
+def _missing_redis_warnings_for_three_apps() -> int:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logging.getLogger("flask_resilience").addHandler(Keep())
+    for number in range(3):
+        Resilience(Flask(f"app{number}")).shutdown()
+    return sum("RESILIENCE_REDIS_URL is not set" in record.getMessage() for record in records)
+
+
+def test_memory_mode_warns_once_per_process_that_state_is_per_process() -> None:
+    # A fresh process: the warning is once per process, and this one may have had it.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_missing_redis_warnings_for_three_apps) == 1
 
 
 def test_no_warning_with_redis(make_app: MakeApp, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:

@@ -8,7 +8,7 @@ import pytest
 from flask import request
 from flask.testing import FlaskClient
 
-from flask_resilience import Resilience, __version__, admin_required
+from flask_resilience import Resilience, admin_required
 from flask_resilience.problems import PROBLEM_CONTENT_TYPE
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
@@ -24,7 +24,7 @@ def test_health_ok_with_redis_and_postgres_up(make_app: MakeApp, redis_url: str,
     body = response.json
     assert body is not None
     assert body["status"] == "ok"
-    assert body["version"] == __version__
+    assert "version" not in body  # public unless RESILIENCE_HEALTH_SHOW_VERSION
     assert body["uptime_seconds"] >= 0
     assert body["checks"]["redis"]["status"] == "up"
     assert body["checks"]["database"]["status"] == "up"
@@ -62,20 +62,31 @@ def test_health_uses_the_flask_sqlalchemy_engine(make_app: MakeApp, postgres_url
 
 def test_health_503_names_redis_when_its_port_is_dead(make_app: MakeApp, postgres_url: str) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    app, _ = make_app(RESILIENCE_REDIS_URL=dead, RESILIENCE_AUDIT_DATABASE_URI=postgres_url)
+    app, _ = make_app(
+        RESILIENCE_REDIS_URL=dead,
+        RESILIENCE_AUDIT_DATABASE_URI=postgres_url,
+        RESILIENCE_HEALTH_CRITICAL="redis",
+    )
     response = app.test_client().get("/api/health")
     assert response.status_code == 503
     body = response.json
     assert body is not None
     assert body["status"] == "unavailable"
     assert body["failing"] == ["redis"]
-    assert body["checks"]["redis"] == {"status": "down", "error": "StoreUnavailableError"}
+    assert body["checks"]["redis"] == {
+        "status": "down",
+        "critical": True,
+        "latency_ms": body["checks"]["redis"]["latency_ms"],
+        "error": "StoreUnavailableError",
+    }
     assert body["checks"]["database"]["status"] == "up"
 
 
 def test_health_503_names_the_database_when_it_is_down(make_app: MakeApp, redis_url: str) -> None:
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
-    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_AUDIT_DATABASE_URI=dead)
+    app, _ = make_app(
+        RESILIENCE_REDIS_URL=redis_url, RESILIENCE_AUDIT_DATABASE_URI=dead, RESILIENCE_AUDIT_SPILL_PATH="off"
+    )
     response = app.test_client().get("/api/health")
     assert response.status_code == 503
     assert response.json is not None and response.json["failing"] == ["database"]

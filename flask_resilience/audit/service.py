@@ -102,7 +102,7 @@ class AppAudit:
                     if engine is None:
                         # A bare machine: SQLite in the instance folder, migrated by us.
                         self.fallback_sqlite.parent.mkdir(parents=True, exist_ok=True)
-                        engine = create_engine(f"sqlite:///{self.fallback_sqlite}")
+                        engine = create_engine(f"sqlite:///{self.fallback_sqlite}", hide_parameters=True)
                         self.writer.prepare = _migrate_if_missing
                     self.writer.engine = engine
         return self.writer.engine

@@ -33,7 +33,7 @@ from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .spill import SpillFiles
 from .table import audit_log
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.audit")
 
 _MAX_BACKOFF = 30.0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..state import get_state
@@ -22,11 +22,32 @@ def create_circuit_breaker(name: str, **config: Any) -> CircuitBreaker:
 
 def with_circuit_breaker(name: str, fn: Callable[..., Any], *args: Any, **config: Any) -> Any:
     """Call ``fn(*args)`` under the breaker ``name``; for an ``async def`` fn,
-    returns the awaitable."""
+    returns the awaitable. Breaker parameters go in keyword arguments.
+
+    Arguments ``fn`` cannot take raise TypeError before anything is called or
+    counted: a caller's mistake must never trip a circuit.
+    """
+    _check_arguments(fn, args)
     breaker = _registry().get_or_create(name, **config)
     if inspect.iscoroutinefunction(fn):
         return breaker.call_async(fn, *args)
     return breaker.call(fn, *args)
+
+
+def _check_arguments(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature to check against
+        return
+    try:
+        signature.bind(*args)
+    except TypeError as exc:
+        if args and isinstance(args[0], Mapping):
+            raise TypeError(
+                f"with_circuit_breaker(name, fn, {{...}}): {exc}. Circuit breaker configuration "
+                "goes in keyword arguments: with_circuit_breaker(name, fn, failure_threshold=3)."
+            ) from None
+        raise TypeError(f"with_circuit_breaker: {exc}") from None
 
 
 def get_circuit_breaker_stats() -> dict[str, dict[str, object]]:

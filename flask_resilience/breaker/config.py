@@ -8,7 +8,10 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .window import SlidingWindow
 
 ExceptionTypes = tuple[type[BaseException], ...]
 
@@ -51,6 +54,7 @@ class BreakerConfig:
     is_failure: Callable[[BaseException], bool] | None = None
     result_is_failure: Callable[[Any], bool] | None = None
     fallback: Callable[..., Any] | None = None
+    max_retry_after: float | None = None
     clock: Callable[[], float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -58,10 +62,12 @@ class BreakerConfig:
         _at_least_one("success_threshold", self.success_threshold)
         _at_least_one("half_open_max_calls", self.half_open_max_calls)
         _at_least_one("minimum_calls", self.minimum_calls)
-        _positive("timeout", self.timeout)
-        _positive("reset_timeout", self.reset_timeout)
+        _seconds("timeout", self.timeout, _ONE_HOUR)
+        _seconds("reset_timeout", self.reset_timeout, _ONE_DAY)
         if self.monitoring_period is not None:
-            _positive("monitoring_period", self.monitoring_period)
+            _seconds("monitoring_period", self.monitoring_period, _ONE_HOUR)
+        if self.max_retry_after is not None:
+            _positive("max_retry_after", self.max_retry_after)
         if self.slow_call_duration is not None:
             _positive("slow_call_duration", self.slow_call_duration)
         _percent("slow_call_rate_threshold", self.slow_call_rate_threshold)
@@ -85,8 +91,26 @@ class BreakerConfig:
             return Outcome.FAILURE if self.is_failure(exc) else Outcome.SUCCESS
         return Outcome.FAILURE if isinstance(exc, self.expected_exceptions) else Outcome.SUCCESS
 
+    @property
+    def retry_after_cap(self) -> float:
+        """The longest a ``Retry-After`` may hold the circuit open."""
+        return self.max_retry_after if self.max_retry_after is not None else 10 * self.timeout
+
     def now(self) -> float:
         return (self.clock or time.monotonic)()
+
+    def trips(self, window: SlidingWindow, now: float) -> bool:
+        """Whether the calls in ``window`` open a CLOSED circuit."""
+        if window.failures(now) >= self.failure_threshold:
+            return True
+        if self.failure_rate_threshold is None and self.slow_call_duration is None:
+            return False
+        totals = window.totals(now)
+        if totals.calls < self.minimum_calls:
+            return False
+        if self.failure_rate_threshold is not None and totals.failure_rate >= self.failure_rate_threshold:
+            return True
+        return self.slow_call_duration is not None and totals.slow_rate >= self.slow_call_rate_threshold
 
 
 PARAMETERS = frozenset(f.name for f in dataclasses.fields(BreakerConfig))
@@ -106,6 +130,17 @@ def build_config(defaults: Mapping[str, Any], explicit: Mapping[str, Any]) -> Br
     return BreakerConfig(**values)
 
 
+def validate_defaults(defaults: object) -> dict[str, Any]:
+    """Check ``RESILIENCE_BREAKER_DEFAULTS`` (raises ValueError naming the problem)."""
+    if not isinstance(defaults, Mapping):
+        raise ValueError("expected a mapping of circuit breaker parameters")
+    unknown = sorted(set(defaults) - PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown circuit breaker parameter(s): {', '.join(unknown)}")
+    build_config(defaults, {})
+    return dict(defaults)
+
+
 def _at_least_one(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
@@ -114,6 +149,22 @@ def _at_least_one(name: str, value: object) -> None:
 def _positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a number of seconds greater than 0, got {value!r}")
+
+
+_ONE_HOUR = 3_600
+_ONE_DAY = 86_400
+
+
+def _seconds(name: str, value: object, limit: int) -> None:
+    """A duration in seconds. Beyond ``limit`` it is almost surely the seed's
+    milliseconds (timeout 60000, monitoringPeriod 10000, resetTimeout 300000)."""
+    _positive(name, value)
+    if isinstance(value, (int, float)) and value > limit:
+        unit = "one hour" if limit == _ONE_HOUR else "one day"
+        raise ValueError(
+            f"{name}={value!r} is over {unit}: durations are in seconds, not milliseconds "
+            f"(did you mean {name}={value / 1000:g}?)"
+        )
 
 
 def _percent(name: str, value: object) -> None:

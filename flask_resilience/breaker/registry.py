@@ -3,20 +3,26 @@
 Breakers are usually created at import time, before ``init_app``; the app's
 configuration (defaults, storage, the global switch) reaches them when
 ``init_app`` runs, without changing what each breaker was explicitly given.
+
+One extension object's breakers are process-wide (a breaker is called
+outside any app context too), so every app registered with the same
+extension must agree on the breaker settings: a second ``init_app`` with
+other ones raises RuntimeError naming the setting, instead of silently
+reconfiguring the first app's circuits.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..lifecycle import on_fork
 from .breaker import CircuitBreaker
-from .config import PARAMETERS, build_config
-from .shared import SharedState
+from .config import build_config
+from .link import LocalSharing, Sharing
 
 _VALID_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _registries: weakref.WeakSet[BreakerRegistry] = weakref.WeakSet()
@@ -27,8 +33,9 @@ class BreakerRegistry:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
         self._defaults: dict[str, Any] = {}
-        self._shared: SharedState | None = None
+        self._sharing: Sharing = LocalSharing()
         self._disabled = False
+        self._configured: dict[str, object] | None = None
         _registries.add(self)
 
     def get_or_create(self, name: str, **explicit: Any) -> CircuitBreaker:
@@ -43,8 +50,8 @@ class BreakerRegistry:
             breaker = self._breakers.get(name)
             if breaker is None:
                 breaker = CircuitBreaker(name, build_config(self._defaults, explicit), explicit=explicit)
-                if self._shared is not None or self._disabled:
-                    breaker.reconfigure(self._defaults, self._shared, disabled=self._disabled)
+                if self._configured is not None:
+                    breaker.reconfigure(self._defaults, self._sharing.link(breaker), disabled=self._disabled)
                 self._breakers[name] = breaker
                 return breaker
         if explicit and _comparable(explicit) != _comparable(breaker.explicit):
@@ -61,21 +68,32 @@ class BreakerRegistry:
         with self._lock:
             return iter(list(self._breakers.values()))
 
-    def configure(self, defaults: Mapping[str, Any], shared: SharedState | None, *, disabled: bool) -> None:
-        """Apply an app's breaker settings to every breaker, now and later."""
+    def configure(self, defaults: Mapping[str, Any], sharing: Sharing, *, disabled: bool) -> None:
+        """Apply an app's breaker settings to every breaker, now and later.
+
+        Raises RuntimeError when another app already configured these
+        breakers with other settings.
+        """
+        wanted = {
+            "RESILIENCE_BREAKER_DEFAULTS": _comparable(defaults),
+            "RESILIENCE_BREAKER_ENABLED": not disabled,
+            "RESILIENCE_BREAKER_STORAGE": sharing.location,
+        }
         with self._lock:
+            if self._configured is not None:
+                _check_same(self._configured, wanted)
+                return
+            self._configured = wanted
             self._defaults = dict(defaults)
-            self._shared = shared
+            self._sharing = sharing
             self._disabled = disabled
             breakers = list(self._breakers.values())
         for breaker in breakers:
-            breaker.reconfigure(self._defaults, shared, disabled=disabled)
-        if shared is not None:
-            shared.listen(self.get, self.mark_all_stale)
+            breaker.reconfigure(self._defaults, sharing.link(breaker), disabled=disabled)
+        sharing.listen()
 
     def mark_all_stale(self) -> None:
-        for breaker in self:
-            breaker.mark_stale()
+        self._sharing.mark_all_stale()
 
     def stats(self) -> dict[str, dict[str, object]]:
         return {breaker.name: breaker.stats() for breaker in self}
@@ -84,15 +102,14 @@ class BreakerRegistry:
         return all(breaker.is_healthy for breaker in self)
 
 
-def validate_defaults(defaults: object) -> dict[str, Any]:
-    """Check ``RESILIENCE_BREAKER_DEFAULTS`` (raises ValueError naming the problem)."""
-    if not isinstance(defaults, Mapping):
-        raise ValueError("expected a mapping of circuit breaker parameters")
-    unknown = sorted(set(defaults) - PARAMETERS)
-    if unknown:
-        raise ValueError(f"unknown circuit breaker parameter(s): {', '.join(unknown)}")
-    build_config(defaults, {})
-    return dict(defaults)
+def _check_same(configured: Mapping[str, object], wanted: Mapping[str, object]) -> None:
+    for key, value in wanted.items():
+        if configured[key] != value:
+            raise RuntimeError(
+                f"{key} differs from the app these circuit breakers were first registered with "
+                f"({configured[key]!r} vs {value!r}); a Resilience object's breakers are shared "
+                "by every app it is registered on: give this app its own Resilience() or the same setting."
+            )
 
 
 def _comparable(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,4 +123,4 @@ def _after_fork_in_child() -> None:
         registry.mark_all_stale()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+on_fork(_after_fork_in_child)

@@ -1,12 +1,12 @@
 """Circuit state shared by every worker process through Redis.
 
-Each decision that changes a circuit is one Lua script, so it is atomic
-across processes and hosts: recording a failure (and opening the circuit when
-a rule trips), taking a HALF_OPEN trial permit (a lease in a sorted set, so a
-crashed or hung worker's permit lapses), finishing a trial, and an operator
-change. A script that changes the state publishes it; every process mirrors
-the new state from that message, so a circuit opened by one worker is
-rejected by the others without a Redis round trip per call.
+Each decision that changes a circuit is one Lua script (``scripts.py``), so it
+is atomic across processes and hosts: recording a failure (and opening the
+circuit when a rule trips), taking a HALF_OPEN trial permit (a lease in a
+sorted set, so a crashed or hung worker's permit lapses), finishing a trial,
+and an operator change. A script that changes the state publishes it; every
+process mirrors the new state from that message, so a circuit opened by one
+worker is rejected by the others without a Redis round trip per call.
 
 What costs a round trip: a failed or slow call, a call that finds the circuit
 OPEN past its timeout or HALF_OPEN, and (only with rate rules) one report per
@@ -20,141 +20,34 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..stores.redis import RedisStore, StoreUnavailableError
+from . import scripts
 from .config import Outcome
+from .link import Admission, Decision, Link, Mirror
 from .states import State
 
-if TYPE_CHECKING:
-    from .breaker import CircuitBreaker
+logger = logging.getLogger("flask_resilience.breaker")
 
-logger = logging.getLogger("flask_resilience")
-
-_READ_STATE = """
-local st = redis.call('HMGET', KEYS[1], 's', 'u', 'v', 'lf')
-local state = st[1] or 'CLOSED'
-local version = tonumber(st[3] or '0')
-"""
-
-_CHANGE_STATE = """
-local function change(new_state, until_ms)
-  version = version + 1
-  redis.call('HSET', KEYS[1], 's', new_state, 'u', until_ms, 'v', version, 'n', 0)
-  redis.call('DEL', KEYS[3])
-  if new_state ~= 'OPEN' and new_state ~= 'HALF_OPEN' then
-    redis.call('DEL', KEYS[2])
-    redis.call('HDEL', KEYS[1], 'lf')
-  end
-  redis.call('PUBLISH', ARGV[1], cjson.encode({name = ARGV[2], s = new_state, u = until_ms, v = version}))
-  return {new_state, tostring(until_ms), version}
-end
-"""
-
-# KEYS: state, window, permits. ARGV: channel, name, now, calls, failures,
-# slow, failure_threshold, window_ms (0: none), slices, rate (-1: none),
-# minimum_calls, slow_rate (-1: none), timeout_ms, hold_ms (-1: none), reset_timeout_ms
-_REPORT = (
-    _READ_STATE
-    + _CHANGE_STATE
-    + """
-if state ~= 'CLOSED' and state ~= 'METRICS_ONLY' then return {state, st[2] or '0', version} end
-local now = tonumber(ARGV[3])
-local window_ms = tonumber(ARGV[8])
-local slices = tonumber(ARGV[9])
-local last_failure = tonumber(st[4] or '-1')
-if last_failure >= 0 and now - last_failure >= tonumber(ARGV[15]) then redis.call('DEL', KEYS[2]) end
-local slice = 0
-if window_ms > 0 then slice = math.floor(now / (window_ms / slices)) end
-local calls, failures, slow = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if calls > 0 then redis.call('HINCRBY', KEYS[2], 'c' .. slice, calls) end
-if failures > 0 then
-  redis.call('HINCRBY', KEYS[2], 'f' .. slice, failures)
-  redis.call('HSET', KEYS[1], 'lf', now)
-end
-if slow > 0 then redis.call('HINCRBY', KEYS[2], 's' .. slice, slow) end
-local totals = {c = 0, f = 0, s = 0}
-local fields = redis.call('HGETALL', KEYS[2])
-for i = 1, #fields, 2 do
-  local n = tonumber(string.sub(fields[i], 2))
-  if window_ms > 0 and n <= slice - slices then
-    redis.call('HDEL', KEYS[2], fields[i])
-  else
-    local kind = string.sub(fields[i], 1, 1)
-    totals[kind] = totals[kind] + tonumber(fields[i + 1])
-  end
-end
-redis.call('PEXPIRE', KEYS[2], window_ms > 0 and window_ms or tonumber(ARGV[15]))
-if state == 'METRICS_ONLY' then return {state, '0', version} end
-local trip = totals.f >= tonumber(ARGV[7])
-if not trip and totals.c >= tonumber(ARGV[11]) and totals.c > 0 then
-  local rate, slow_rate = tonumber(ARGV[10]), tonumber(ARGV[12])
-  trip = (rate >= 0 and 100 * totals.f / totals.c >= rate)
-    or (slow_rate >= 0 and 100 * totals.s / totals.c >= slow_rate)
-end
-local hold = tonumber(ARGV[14])
-if trip then return change('OPEN', now + math.max(tonumber(ARGV[13]), hold)) end
-if hold >= 0 then return change('OPEN', now + hold) end
-return {state, '0', version}
-"""
-)
-
-# KEYS: state, window, permits. ARGV: channel, name, now, max_calls, lease_ms, token.
-# Returns {admission (0 deny, 1 pass, 2 trial), state, until_ms, version}.
-_ACQUIRE = (
-    _READ_STATE
-    + _CHANGE_STATE
-    + """
-local now = tonumber(ARGV[3])
-if state == 'FORCED_OPEN' then return {0, state, '0', version} end
-if state == 'OPEN' then
-  local until_ms = tonumber(st[2] or '0')
-  if now < until_ms then return {0, state, st[2], version} end
-  change('HALF_OPEN', 0)
-  state = 'HALF_OPEN'
-end
-if state ~= 'HALF_OPEN' then return {1, state, '0', version} end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
-  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  return {0, state, first[2], version}
-end
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[6])
-redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[5]))
-return {2, state, '0', version}
-"""
-)
-
-# KEYS: state, window, permits. ARGV: channel, name, now, token, outcome,
-# success_threshold, timeout_ms, hold_ms (-1: none)
-_FINISH_TRIAL = (
-    _READ_STATE
-    + _CHANGE_STATE
-    + """
-local removed = redis.call('ZREM', KEYS[3], ARGV[4])
-if removed == 0 or state ~= 'HALF_OPEN' or ARGV[5] == 'ignored' then return {state, st[2] or '0', version} end
-local now = tonumber(ARGV[3])
-if ARGV[5] == 'failure' then return change('OPEN', now + math.max(tonumber(ARGV[7]), tonumber(ARGV[8]))) end
-if redis.call('HINCRBY', KEYS[1], 'n', 1) < tonumber(ARGV[6]) then return {state, '0', version} end
-return change('CLOSED', 0)
-"""
-)
-
-# KEYS: state, window, permits. ARGV: channel, name, state, until_ms
-_SET_STATE = _READ_STATE + _CHANGE_STATE + "return change(ARGV[3], tonumber(ARGV[4]))\n"
+_ADMISSIONS = (Admission.REFUSED, Admission.PASS, Admission.TRIAL)
+_BATCH = 100  # successful calls reported at once when rate rules need them
 
 
 @dataclass(frozen=True)
 class Verdict:
     """A circuit state as decided in Redis. ``until`` is when an OPEN circuit
-    allows a trial, or when a refused HALF_OPEN caller may find a free permit."""
+    allows a trial, or when a refused HALF_OPEN caller may find a free permit;
+    ``epoch`` names the life of the stored state the ``version`` counts in."""
 
     state: State
     until: float
     version: int
+    epoch: str
 
     def retry_after(self, now: float) -> float | None:
         if self.state is State.FORCED_OPEN:
@@ -163,27 +56,36 @@ class Verdict:
 
     @classmethod
     def from_reply(cls, reply: Sequence[Any]) -> Verdict:
-        state, until_ms, version = reply
-        return cls(State(_text(state)), float(_text(until_ms)) / 1000, int(version))
+        state, until_ms, version, epoch = reply
+        return cls(State(_text(state)), float(_text(until_ms)) / 1000, int(version), _text(epoch))
 
 
-class SharedState:
+class RedisSharing:
     """The Redis side of every shared breaker of one app."""
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        self.location = f"redis {store.prefix}"
         self.channel = store.channel("breakers")
-        self._report = store.script(_REPORT)
-        self._acquire = store.script(_ACQUIRE)
-        self._finish = store.script(_FINISH_TRIAL)
-        self._set_state = store.script(_SET_STATE)
+        self.report = store.script(scripts.REPORT)
+        self.acquire = store.script(scripts.ACQUIRE)
+        self.finish = store.script(scripts.FINISH_TRIAL)
+        self.set_state = store.script(scripts.SET_STATE)
+        self._links: dict[str, RedisLink] = {}
         self._healthy = True
 
-    def _keys(self, name: str) -> list[str]:
+    def link(self, breaker: Mirror) -> Link:
+        link = RedisLink(self, breaker)
+        self._links[breaker.name] = link
+        breaker.mark_stale()
+        return link
+
+    def keys(self, name: str) -> list[str]:
         slot = f"breaker:{name}"
         return [self.store.key(part, slot=slot) for part in ("state", "window", "permits")]
 
-    def _run(self, breaker: CircuitBreaker, call: Callable[[], Any]) -> Any | None:
+    def run(self, breaker: Mirror, call: Callable[[], Any]) -> Any | None:
+        """``call()``'s reply, or None (counted and logged once) when Redis fails."""
         try:
             reply = call()
         except StoreUnavailableError as exc:
@@ -199,90 +101,126 @@ class SharedState:
             self._healthy = True
         return reply
 
-    def report(
-        self, breaker: CircuitBreaker, now: float, *, calls: int, failures: int, slow: int, hold: float | None
-    ) -> Verdict | None:
-        config = breaker.config
+    def listen(self) -> None:
+        """Mirror published changes into this process's breakers."""
+
+        def handle(message: bytes) -> None:
+            data = json.loads(message)
+            link = self._links.get(str(data["name"]))
+            if link is not None:
+                state, until, version = State(data["s"]), float(data["u"]) / 1000, int(data["v"])
+                link.apply(Verdict(state, until, version, str(data.get("e", ""))))
+
+        self.store.subscriber.on_gap(self.mark_all_stale)
+        self.store.subscribe(self.channel, handle)
+
+    def mark_all_stale(self) -> None:
+        for link in list(self._links.values()):
+            link.breaker.mark_stale()
+
+
+class RedisLink:
+    """One breaker's mirror of its shared state: the newest version seen (in
+    its epoch) and the successful calls not yet reported."""
+
+    storage = "redis"
+    wall_clock = True
+
+    def __init__(self, sharing: RedisSharing, breaker: Mirror) -> None:
+        self.sharing = sharing
+        self.breaker = breaker
+        self._lock = threading.Lock()
+        self._version = -1
+        self._epoch: str | None = None
+        self._unreported = 0  # successful calls not yet sent (rate rules only)
+
+    def apply(self, verdict: Verdict) -> None:
+        """Mirror ``verdict`` unless a newer one of the same epoch was seen."""
+
+        def fresh() -> bool:
+            if verdict.epoch == self._epoch and verdict.version < self._version:
+                return False
+            self._epoch, self._version = verdict.epoch, verdict.version
+            return True
+
+        self.breaker.adopt(verdict.state, verdict.until, fresh)
+
+    def _run(self, script: Any, args: list[Any]) -> Verdict | None:
+        keys = self.sharing.keys(self.breaker.name)
+        reply = self.sharing.run(self.breaker, lambda: self.sharing.store.run_script(script, keys, args))
+        if reply is None:
+            return None
+        verdict = Verdict.from_reply(reply)
+        self.apply(verdict)
+        return verdict
+
+    def sync(self) -> None:
+        self.sharing.store.subscriber.ensure_running()  # first thing a freshly forked worker does
+        key = self.sharing.keys(self.breaker.name)[0]
+        reply = self.sharing.run(self.breaker, lambda: self.sharing.store.hash_get(key, ["s", "u", "v", "e"]))
+        if reply is not None:
+            state, until_ms, version, epoch = reply
+            self.apply(
+                Verdict(
+                    State(_text(state or b"CLOSED")),
+                    float(_text(until_ms or b"0")) / 1000,
+                    int(version or 0),
+                    _text(epoch or b""),
+                )
+            )
+
+    def admit(self, now: float) -> Decision | None:
+        token = uuid.uuid4().hex
+        config = self.breaker.config
+        args = [self.sharing.channel, self.breaker.name, _ms(now), config.half_open_max_calls,
+                _ms(config.timeout), token]  # fmt: skip
+        keys = self.sharing.keys(self.breaker.name)
+        reply = self.sharing.run(
+            self.breaker, lambda: self.sharing.store.run_script(self.sharing.acquire, keys, args)
+        )
+        if reply is None:
+            return None
+        admission, *rest = reply
+        verdict = Verdict.from_reply(rest)
+        self.apply(verdict)
+        return Decision(_ADMISSIONS[int(admission)], token, verdict.state, verdict.retry_after(now))
+
+    def record(self, now: float, outcome: Outcome, slow: bool, bad: bool, hold: float | None) -> bool:
+        config = self.breaker.config
+        uses_rates = config.failure_rate_threshold is not None or config.slow_call_duration is not None
+        with self._lock:
+            if not bad and not (uses_rates and self._unreported + 1 >= _BATCH):
+                self._unreported += 1
+                return True
+            calls, self._unreported = self._unreported + 1, 0
         args = [
-            self.channel, breaker.name, _ms(now), calls, failures, slow, config.failure_threshold,
-            _ms(config.monitoring_period or 0), 10,
+            self.sharing.channel, self.breaker.name, _ms(now), calls, int(outcome is Outcome.FAILURE),
+            int(slow), config.failure_threshold, _ms(config.monitoring_period or 0), 10,
             -1 if config.failure_rate_threshold is None else config.failure_rate_threshold,
             config.minimum_calls,
             -1 if config.slow_call_duration is None else config.slow_call_rate_threshold,
             _ms(config.timeout), -1 if hold is None else _ms(hold), _ms(config.reset_timeout),
         ]  # fmt: skip
-        reply = self._run(
-            breaker, lambda: self.store.run_script(self._report, self._keys(breaker.name), args)
-        )
-        return None if reply is None else Verdict.from_reply(reply)
+        return self._run(self.sharing.report, args) is not None
 
-    def acquire(self, breaker: CircuitBreaker, now: float) -> tuple[int, str, Verdict] | None:
-        """``(admission, token, verdict)``: admission 0 refuses, 1 admits an
-        ordinary call, 2 admits a trial holding ``token``."""
-        token = uuid.uuid4().hex
-        config = breaker.config
-        args = [self.channel, breaker.name, _ms(now), config.half_open_max_calls, _ms(config.timeout), token]
-        reply = self._run(
-            breaker, lambda: self.store.run_script(self._acquire, self._keys(breaker.name), args)
-        )
-        if reply is None:
-            return None
-        admission, *verdict = reply
-        return int(admission), token, Verdict.from_reply(verdict)
-
-    def finish_trial(
-        self,
-        breaker: CircuitBreaker,
-        now: float,
-        *,
-        token: str,
-        outcome: Outcome,
-        bad: bool,
-        hold: float | None,
-    ) -> Verdict | None:
+    def finish_trial(self, token: str, now: float, outcome: Outcome, bad: bool, hold: float | None) -> bool:
         result = "ignored" if outcome is Outcome.IGNORED else ("failure" if bad else "success")
-        config = breaker.config
+        config = self.breaker.config
         args = [
-            self.channel, breaker.name, _ms(now), token, result, config.success_threshold,
+            self.sharing.channel, self.breaker.name, _ms(now), token, result, config.success_threshold,
             _ms(config.timeout), -1 if hold is None else _ms(hold),
         ]  # fmt: skip
-        reply = self._run(
-            breaker, lambda: self.store.run_script(self._finish, self._keys(breaker.name), args)
-        )
-        return None if reply is None else Verdict.from_reply(reply)
+        return self._run(self.sharing.finish, args) is not None
 
-    def set_state(self, breaker: CircuitBreaker, state: State, until: float) -> Verdict | None:
-        args = [self.channel, breaker.name, state.value, _ms(until) if state is State.OPEN else 0]
-        reply = self._run(
-            breaker, lambda: self.store.run_script(self._set_state, self._keys(breaker.name), args)
-        )
-        return None if reply is None else Verdict.from_reply(reply)
-
-    def fetch(self, breaker: CircuitBreaker) -> Verdict | None:
-        """The stored state. Also makes sure this process listens for changes
-        (it runs first in a freshly forked worker, even outside a request)."""
-        self.store.subscriber.ensure_running()
-        key = self._keys(breaker.name)[0]
-        reply = self._run(breaker, lambda: self.store.hash_get(key, ["s", "u", "v"]))
-        if reply is None:
-            return None
-        state, until_ms, version = reply
-        return Verdict(
-            State(_text(state or b"CLOSED")), float(_text(until_ms or b"0")) / 1000, int(version or 0)
-        )
-
-    def listen(self, lookup: Callable[[str], CircuitBreaker | None], on_gap: Callable[[], None]) -> None:
-        """Mirror published changes into this process's breakers."""
-
-        def handle(message: bytes) -> None:
-            data = json.loads(message)
-            breaker = lookup(str(data["name"]))
-            if breaker is not None:
-                verdict = Verdict(State(data["s"]), float(data["u"]) / 1000, int(data["v"]))
-                breaker.apply_verdict(verdict)
-
-        self.store.subscriber.on_gap(on_gap)
-        self.store.subscribe(self.channel, handle)
+    def set_state(self, state: State, now: float) -> None:
+        until = now + self.breaker.config.timeout
+        args = [
+            self.sharing.channel,
+            self.breaker.name,
+            state.value,
+            _ms(until) if state is State.OPEN else 0,
+        ]
+        self._run(self.sharing.set_state, args)
 
 
 def _ms(seconds: float) -> int:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import enum
+import logging
 from typing import TYPE_CHECKING
+
+from ..signals import circuit_state_changed
+
+logger = logging.getLogger("flask_resilience.breaker")
 
 
 class State(enum.StrEnum):
@@ -49,6 +54,44 @@ class CircuitOpenError(Exception):
         return f"circuit {self.name!r} is {self.state.value}{when}"
 
 
+class OperatorControls:
+    """The transitions an operator makes by hand, mixed into the breaker."""
+
+    def _set_operator_state(self, new: State) -> None:
+        raise NotImplementedError
+
+    def force_open(self) -> None:
+        """Reject every call until ``reset()`` (FORCED_OPEN)."""
+        self._set_operator_state(State.FORCED_OPEN)
+
+    def disable(self) -> None:
+        """Let every call through and record nothing (DISABLED)."""
+        self._set_operator_state(State.DISABLED)
+
+    def metrics_only(self) -> None:
+        """Let every call through, record it, never trip (METRICS_ONLY)."""
+        self._set_operator_state(State.METRICS_ONLY)
+
+    def reset(self) -> None:
+        """Back to CLOSED with an empty window and zeroed statistics."""
+        self._set_operator_state(State.CLOSED)
+
+    def set_state(self, state: State | str) -> None:
+        """Operator transition by name: CLOSED, FORCED_OPEN, DISABLED or METRICS_ONLY."""
+        actions = {
+            State.CLOSED: self.reset,
+            State.FORCED_OPEN: self.force_open,
+            State.DISABLED: self.disable,
+            State.METRICS_ONLY: self.metrics_only,
+        }
+        try:
+            actions[State(state)]()
+        except (ValueError, KeyError):
+            raise ValueError(
+                f"cannot set a circuit to {state!r}; use one of {', '.join(s.value for s in actions)}"
+            ) from None
+
+
 class Trial:
     """A HALF_OPEN trial permit."""
 
@@ -57,3 +100,13 @@ class Trial:
     def __init__(self, token: str, shared: bool) -> None:
         self.token = token
         self.shared = shared
+
+
+def announce(circuit: object, name: str, changes: list[tuple[State, State]], source: str) -> None:
+    """Log and signal a circuit's state changes (made under its lock, announced after)."""
+    for old, new in changes:
+        if old is new:
+            continue
+        level = logging.WARNING if new in (State.OPEN, State.FORCED_OPEN) else logging.INFO
+        logger.log(level, "circuit %r: %s -> %s (%s)", name, old.value, new.value, source)
+        circuit_state_changed.send(circuit, name=name, old=old, new=new, source=source)

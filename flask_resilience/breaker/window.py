@@ -30,6 +30,14 @@ class WindowTotals:
     def slow_rate(self) -> float:
         return 100.0 * self.slow / self.calls if self.calls else 0.0
 
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "slow_calls": self.slow,
+            "failure_rate": round(self.failure_rate, 2),
+        }
+
 
 class SlidingWindow:
     __slots__ = ("_calls", "_failures", "_head", "_size", "_slices", "_slow", "_width")

@@ -32,7 +32,7 @@ from ..stores.redis import RedisStore, StoreUnavailableError, batched
 from .backends import L2Backend, PatternsNeedRedis, RedisBackend
 from .entry import CacheEntry, UnreadableEntry, decode
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.cache")
 
 EVERYTHING = "*"  # the tag every entry carries; bumping it is clear()
 _L2_COOLDOWN = 1.0  # seconds L2 is skipped after an error, so a dead Redis costs one timeout a second

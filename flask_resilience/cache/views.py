@@ -32,7 +32,7 @@ from .service import AppCache
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
 
 F = TypeVar("F", bound=Callable[..., Any])
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.cache")
 CACHE_ID = "flask-resilience"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..lifecycle import ProcessLocalWorker
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.cache")
 
 _STOP = ("", None)
 

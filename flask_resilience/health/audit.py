@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from sqlalchemy import select
 
 from ..audit.service import current_audit
@@ -12,6 +12,7 @@ from ..audit.table import audit_log
 from ..problems import Problem
 from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
+from .inputs import query_text, query_time
 
 
 @health_blueprint.get("/audit")
@@ -30,32 +31,24 @@ def reset_audit_stats() -> Response:
     return no_store(jsonify(reset=True))
 
 
-def _time(name: str) -> datetime | None:
-    value = request.args.get(name)
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
-    except ValueError:
-        raise Problem(400, "invalid-query", "Invalid query", f"'{name}' must be an ISO 8601 time.") from None
-
-
 @health_blueprint.get("/audit/entries")
 @admin_required
 def audit_entries() -> Response:
     """Admin: newest first; ``user_id``, ``event_type``, ``since``, ``until``
-    (ISO 8601, UTC), ``limit`` (1-1000, default 100); ``next_until`` pages on."""
+    (ISO 8601 with any offset, or an age such as ``7d``), ``limit`` (1-1000,
+    default 100); ``next_until`` pages on."""
     try:
-        limit = int(request.args.get("limit", "100"))
+        limit = int(query_text("limit") or "100")
     except ValueError:
         limit = 0
     if not 1 <= limit <= 1000:
         raise Problem(400, "invalid-query", "Invalid query", "'limit' must be an integer from 1 to 1000.")
     query = select(audit_log).order_by(audit_log.c.occurred_at.desc(), audit_log.c.id).limit(limit)
     for name in ("user_id", "event_type"):
-        if request.args.get(name):
-            query = query.where(audit_log.c[name] == request.args[name])
-    since, until = _time("since"), _time("until")
+        value = query_text(name)
+        if value:
+            query = query.where(audit_log.c[name] == value)
+    since, until = query_time("since"), query_time("until")
     if since is not None:
         query = query.where(audit_log.c.occurred_at >= since)
     if until is not None:

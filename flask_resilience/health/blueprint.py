@@ -1,4 +1,4 @@
-"""The health blueprint: liveness with dependency checks, and the dashboard."""
+"""The health blueprint: the summary, liveness and readiness probes, and the dashboard."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..config import HEALTH_SHOW_VERSION
+from ..problems import Problem
 from ..state import ResilienceState, get_state
 from ..version import __version__
 from .auth import is_admin, stats_access
+from .checks import run_checks
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.health")
 
 health_blueprint = Blueprint("resilience_health", __name__)
 
@@ -22,38 +26,75 @@ def no_store(response: Response) -> Response:
     return response
 
 
+def raise_routing_problem(prefix: str) -> None:
+    """``before_request``: a 404 or 405 under the health prefix answers problem+json.
+
+    Flask raises routing errors after the ``before_request`` hooks and never
+    shows them to a blueprint's error handlers, so this runs app-wide and only
+    for URLs under ``prefix``; the rest of the app keeps its own pages.
+    """
+    error = request.routing_exception
+    if not isinstance(error, (NotFound, MethodNotAllowed)):
+        return
+    path = request.path
+    if path != prefix and not path.startswith(prefix + "/"):
+        return
+    if isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        raise Problem(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            f"{request.method} is not allowed here; use {allowed}.",
+            headers={"Allow": allowed},
+        )
+    raise Problem(404, "not-found", "Not found", "No health endpoint at this URL.")
+
+
 @health_blueprint.get("", strict_slashes=False)
 def health() -> tuple[Response, int]:
-    """Public: 200 when every configured dependency answers, else 503 naming it."""
+    """Public summary: ``ok``; ``degraded`` (still 200) when a non-critical
+    dependency is down or degraded; ``unavailable`` (503) when a critical one is down."""
     state = get_state()
-    checks: dict[str, dict[str, object]] = {}
-    failing: list[str] = []
-    show_details = None
-    for name, check in state.health_checks.items():
-        started = time.perf_counter()
-        try:
-            configured = check()
-        except Exception as exc:
-            logger.warning("health check %s failed: %s", name, exc)
-            failing.append(name)
-            checks[name] = {"status": "down", "error": type(exc).__name__}
-            if show_details is None:
-                show_details = is_admin()
-            if show_details:
-                checks[name]["detail"] = str(exc)
-            continue
-        if configured:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            checks[name] = {"status": "up", "latency_ms": round(elapsed_ms, 3)}
-    body: dict[str, object] = {
-        "status": "unavailable" if failing else "ok",
-        "version": __version__,
-        "uptime_seconds": round(_uptime(state), 3),
-        "checks": checks,
-    }
+    reports = run_checks(state)
+    admin = is_admin() if any(report.error is not None for report in reports) else None
+    failing = [report.name for report in reports if report.status == "down"]
+    critical_down = [report.name for report in reports if report.status == "down" and report.critical]
+    if critical_down:
+        status = "unavailable"
+    elif failing or any(report.status == "degraded" for report in reports):
+        status = "degraded"
+    else:
+        status = "ok"
+    body: dict[str, object] = {"status": status, "uptime_seconds": round(_uptime(state), 3)}
+    if state.config[HEALTH_SHOW_VERSION] or (admin if admin is not None else is_admin()):
+        body["version"] = __version__
+    body["checks"] = {report.name: report.as_dict(details=bool(admin)) for report in reports}
     if failing:
         body["failing"] = failing
-    return no_store(jsonify(body)), 503 if failing else 200
+    return no_store(jsonify(body)), 503 if critical_down else 200
+
+
+@health_blueprint.get("/live")
+def live() -> Response:
+    """Liveness: 200 whenever the process can answer; checks no dependency."""
+    return no_store(jsonify(status="ok"))
+
+
+@health_blueprint.get("/ready")
+def ready() -> tuple[Response, int]:
+    """Readiness: 503 only when a critical dependency is down; each check
+    reports up, down or degraded with its latency (details for admins only)."""
+    reports = run_checks(get_state())
+    admin = any(report.error is not None for report in reports) and is_admin()
+    critical_down = [report.name for report in reports if report.status == "down" and report.critical]
+    body: dict[str, object] = {
+        "status": "unavailable" if critical_down else "ready",
+        "checks": {report.name: report.as_dict(details=admin) for report in reports},
+    }
+    if critical_down:
+        body["failing"] = critical_down
+    return no_store(jsonify(body)), 503 if critical_down else 200
 
 
 @health_blueprint.get("/dashboard")
@@ -68,12 +109,10 @@ def dashboard() -> Response:
         except Exception as exc:
             logger.exception("stats provider %s failed", name)
             features[name] = {"error": type(exc).__name__}
-    body = {
-        "generated_at": datetime.now(UTC).isoformat(),
-        "version": __version__,
-        "uptime_seconds": round(_uptime(state), 3),
-        "features": features,
-    }
+    body: dict[str, object] = {"generated_at": datetime.now(UTC).isoformat()}
+    if include_private or state.config[HEALTH_SHOW_VERSION]:  # public only when configured
+        body["version"] = __version__
+    body.update(uptime_seconds=round(_uptime(state), 3), features=features)
     return no_store(jsonify(body))
 
 

@@ -10,7 +10,7 @@ from ..problems import Problem
 from ..state import get_state
 from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
-from .requests import json_object, string_field
+from .inputs import json_object, string_field
 
 _OPERATOR_STATES = ("CLOSED", "FORCED_OPEN", "DISABLED", "METRICS_ONLY")
 

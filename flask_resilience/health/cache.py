@@ -13,7 +13,7 @@ from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
-from .requests import json_object, string_field
+from .inputs import json_object, string_field
 
 
 def _unavailable(exc: Exception) -> Problem:

@@ -9,7 +9,7 @@ from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
-from .requests import json_object, string_field
+from .inputs import json_object, string_field
 
 
 @health_blueprint.get("/replay-protection")

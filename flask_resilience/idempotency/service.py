@@ -19,7 +19,7 @@ from .records import Completed, RecordStore
 if TYPE_CHECKING:
     from ..audit.service import AppAudit
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.idempotency")
 
 
 class IdempotencyStats(Counters):

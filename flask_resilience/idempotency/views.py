@@ -26,12 +26,21 @@ from .records import Completed, InFlight
 from .service import AppIdempotency
 
 F = TypeVar("F", bound=Callable[..., Any])
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.idempotency")
 
 _G_PLAN = "_resilience_idempotency"
 _PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\\"])*)"')
 _STORED_STATUSES = frozenset(range(200, 300)) | (frozenset(range(400, 500)) - {409, 429})
+
+
+_fail_closed = threading.Event()
+
+
+def fail_closed_declared() -> bool:
+    """Whether this process protects anything fail-closed (then Redis is a
+    critical dependency for the health checks)."""
+    return _fail_closed.is_set()
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class Options:
 
     def __post_init__(self) -> None:
         check_ttl(self.ttl)
+        if not self.fail_open:
+            _fail_closed.set()
         wait = self.wait
         if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
             raise ValueError(f"wait must be a number of milliseconds >= 0, got {wait!r}")

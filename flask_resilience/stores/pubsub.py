@@ -13,7 +13,7 @@ import redis
 
 from ..lifecycle import ProcessLocalWorker
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.stores")
 
 Handler = Callable[[bytes], None]
 

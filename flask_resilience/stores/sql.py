@@ -37,7 +37,7 @@ class Database:
                 return None
         with self._lock:
             if self._engine is None:
-                self._engine = create_engine(uri, pool_pre_ping=True)
+                self._engine = create_engine(uri, pool_pre_ping=True, hide_parameters=True)
             elif self._generation != fork_generation():
                 # A forked worker must not share the parent's sockets.
                 self._engine.dispose(close=False)
