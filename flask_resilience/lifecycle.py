@@ -63,7 +63,7 @@ class ProcessLocalWorker:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._generation = -1
+        self._generation = _generation
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
