@@ -512,6 +512,7 @@ def test_no_memory_copy_is_served_before_the_listener_is_confirmed(make_app: Mak
     second_store = get_state(second_app).redis
     assert second_store is not None
     subscriber = second_store.subscriber
+    subscriber.in_this_process()  # its per-process lock is made now, not at the first request
     with subscriber._lock:  # the second process's listener cannot confirm its subscription yet
         client = second_app.test_client()
         client.post("/pay", headers=key())

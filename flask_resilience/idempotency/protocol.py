@@ -9,6 +9,7 @@ these decisions to responses; nothing here imports Flask.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -59,13 +60,18 @@ def digest(*parts: str | bytes) -> str:
     return hasher.hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
+def _route_digest(route: str) -> str:
+    return digest(route)[:16]
+
+
 def record_key(scope: str, key: str, route: str) -> str:
     """Where a key's record lives: the caller's scope, the key and the route.
 
     The method is not part of it: the same key on another method is the same
     key reused for a different request (422), as the draft says.
     """
-    return f"{digest(scope)[:32]}:{digest(key)[:32]}:{digest(route)[:16]}"
+    return f"{digest(scope)[:32]}:{digest(key)[:32]}:{_route_digest(route)}"
 
 
 def user_pattern(user_id: str | None, key: str) -> str:

@@ -9,6 +9,7 @@ view decorator or at dispatch for blueprints and URL prefixes.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 import uuid
@@ -90,9 +91,14 @@ def idempotent(ttl: int | None = None, **settings: Any) -> Callable[[F], F]:
     options = Options(ttl, **settings)
 
     def decorator(view: F) -> F:
+        # Flask's ensure_sync, decided once: a sync view is called as is.
+        is_async = inspect.iscoroutinefunction(view)
+
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return run_protected(options, lambda: current_app.ensure_sync(view)(*args, **kwargs))
+            if is_async:
+                return run_protected(options, lambda: current_app.ensure_sync(view)(*args, **kwargs))
+            return run_protected(options, lambda: view(*args, **kwargs))
 
         return cast(F, wrapper)
 
@@ -185,8 +191,9 @@ def _error_response(error: HTTPException) -> Response:
 def _begin(service: AppIdempotency, options: Options) -> Flight | Response | None:
     """Claim the key (a Flight), answer for the view (replay, 409, 422 raised
     as problems), or None to run it unprotected."""
-    endpoint = request.endpoint or request.path
-    raw = options.key_func(request) if options.key_func else request.headers.get(options.header)
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    endpoint = req.endpoint or req.path
+    raw = options.key_func(req) if options.key_func else req.headers.get(options.header)
     if raw is None:
         auto = service.auto_generate if options.auto_generate is None else options.auto_generate
         if options.required:
@@ -209,14 +216,14 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
             raise Problem(400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)) from None
     principal = current_principal()
     scope = principal.key if principal is not None else None
-    route = request.url_rule.rule if request.url_rule is not None else request.path
+    route = req.url_rule.rule if req.url_rule is not None else req.path
     where = record_key(scope or "anonymous", key, route)
     print_ = fingerprint(
-        request.method,
-        request.path,
-        request.query_string.decode("latin-1"),
-        request.headers.get("Content-Type"),
-        request.get_data(cache=True),
+        req.method,
+        req.path,
+        req.query_string.decode("latin-1"),
+        req.headers.get("Content-Type"),
+        req.get_data(cache=True),
         mode=options.fingerprint,
     )
     service.counters.count("requests", endpoint)
