@@ -79,26 +79,31 @@ def _sender(  # noqa: PLR0917 (a spawned process takes its arguments positionall
     get_state(app).extension.shutdown()
 
 
-def test_twenty_requests_from_four_processes_run_the_view_once(
-    redis_url: str, key_prefix: str, raw_redis: redis.Redis
-) -> None:
-    counter = f"{key_prefix}charge-runs"
-    raw_redis.set(f"{counter}:expected", 20)
+def _four_senders(redis_url: str, prefix: str, counter: str, path: str) -> list[tuple[int, str | None]]:
+    """Four spawned processes posting one key to ``path`` at once; every status."""
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     results: Any = context.Queue()
     senders = [
-        context.Process(target=_sender, args=(redis_url, key_prefix, counter, start, results))
+        context.Process(target=_sender, args=(redis_url, prefix, counter, start, results, path))
         for _ in range(4)
     ]
     for sender in senders:
         sender.start()
     try:
         start.set()
-        statuses = [status for _ in senders for status in results.get(timeout=60)]
+        return [status for _ in senders for status in results.get(timeout=60)]
     finally:
         for sender in senders:
             sender.join(30)
+
+
+def test_twenty_requests_from_four_processes_run_the_view_once(
+    redis_url: str, key_prefix: str, raw_redis: redis.Redis
+) -> None:
+    counter = f"{key_prefix}charge-runs"
+    raw_redis.set(f"{counter}:expected", 20)
+    statuses = _four_senders(redis_url, key_prefix, counter, "/charge")
     assert int(raw_redis.get(counter) or 0) == 1
     assert len(statuses) == 20
     assert statuses.count((201, "false")) == 1  # the one execution
@@ -148,23 +153,7 @@ def test_a_view_that_raises_after_its_side_effect_never_runs_again_across_proces
 ) -> None:
     counter = f"{key_prefix}crash-charge-runs"
     raw_redis.set(f"{counter}:expected", 20)
-    context = multiprocessing.get_context("spawn")
-    start = context.Event()
-    results: Any = context.Queue()
-    senders = [
-        context.Process(
-            target=_sender, args=(redis_url, key_prefix, counter, start, results, "/charge-then-crash")
-        )
-        for _ in range(4)
-    ]
-    for sender in senders:
-        sender.start()
-    try:
-        start.set()
-        statuses = [status for _ in senders for status in results.get(timeout=60)]
-    finally:
-        for sender in senders:
-            sender.join(30)
+    statuses = _four_senders(redis_url, key_prefix, counter, "/charge-then-crash")
     assert int(raw_redis.get(counter) or 0) == 1
     assert len(statuses) == 24
     assert statuses.count((500, None)) == 1  # the one execution: the app's own 500 page
