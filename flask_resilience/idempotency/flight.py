@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from flask import Response
 
@@ -15,6 +16,19 @@ from .records import completed_value
 from .service import AppIdempotency
 
 logger = logging.getLogger("flask_resilience")
+
+
+class FlightOptions(Protocol):
+    """What a flight reads of ``@idempotent``'s options."""
+
+    @property
+    def ttl(self) -> int | None: ...
+
+    @property
+    def on_error(self) -> str | None: ...
+
+    @property
+    def header(self) -> str: ...
 
 
 def crash_problem() -> Problem:
@@ -39,22 +53,28 @@ def not_kept_problem() -> Problem:
 class Flight:
     """The claim, kept alive by the lease keeper until the outcome is stored."""
 
-    def __init__(self, service: AppIdempotency, ttl: int, on_error: str, header: str) -> None:
-        self.service = service
-        self.ttl = ttl
-        self.on_error = on_error
-        self.header = header
-        self._lease: Lease | None = None
-        self.done = False
-
-    def describe(
-        self, *, key: str, record_key: str, fingerprint: str, endpoint: str, scope: str | None
+    def __init__(
+        self,
+        service: AppIdempotency,
+        options: FlightOptions,
+        *,
+        key: str,
+        record_key: str,
+        fingerprint: str,
+        endpoint: str,
+        scope: str | None,
     ) -> None:
+        self.service = service
+        self.ttl = options.ttl or service.ttl
+        self.on_error = options.on_error or service.on_error
+        self.header = options.header
         self.key = key
         self.record_key = record_key
         self.fingerprint = fingerprint
         self.endpoint = endpoint
-        self.scope = scope
+        self.scope = scope  # the principal's key, None when anonymous
+        self._lease: Lease | None = None
+        self.done = False
 
     def claimed(self, claimed: bytes) -> None:
         """This request holds the key: renew its lease while the view runs."""
@@ -117,7 +137,7 @@ class Flight:
             # from the background, keeping the lease alive meanwhile.
             service.counters.count("store_errors", self.endpoint)
             logger.warning("idempotency record for %s not stored yet, retrying: %s", self.endpoint, exc)
-            keeper.complete_later(lease, value, self.ttl, lambda: None)
+            keeper.complete_later(lease, value, self.ttl)
             return
         keeper.drop(lease)
         if kept:

@@ -43,8 +43,8 @@ class Lease:
     seconds: float
     count: Callable[[str], None]  # counts "lease_renewals", "lease_lost", ...
     due: float = field(default=0.0)
-    # A completion waiting to be stored: (value, ttl, attempts made, on_stored).
-    pending: tuple[bytes, float, int, Callable[[], None]] | None = None
+    # A completion waiting to be stored: (value, ttl, attempts made).
+    pending: tuple[bytes, float, int] | None = None
 
 
 class LeaseKeeper(ProcessLocalWorker):
@@ -68,10 +68,10 @@ class LeaseKeeper(ProcessLocalWorker):
         with self._lock:
             self._leases.discard(lease)
 
-    def complete_later(self, lease: Lease, value: bytes, ttl: float, on_stored: Callable[[], None]) -> None:
+    def complete_later(self, lease: Lease, value: bytes, ttl: float) -> None:
         """Store ``value`` for ``lease`` from the background thread, with retries."""
         with self._lock:
-            lease.pending = (value, ttl, 0, on_stored)
+            lease.pending = (value, ttl, 0)
             lease.due = time.monotonic() + FIRST_BACKOFF
             self._leases.add(lease)
         self.ensure_running()
@@ -122,7 +122,7 @@ class LeaseKeeper(ProcessLocalWorker):
 
     def _complete(self, lease: Lease, *, final: bool) -> None:
         assert lease.pending is not None
-        value, ttl, attempts, on_stored = lease.pending
+        value, ttl, attempts = lease.pending
         lease.count("completion_retries")
         try:
             stored = lease.records.complete(lease.record_key, lease.claimed, value, ttl)
@@ -134,13 +134,11 @@ class LeaseKeeper(ProcessLocalWorker):
                 self.drop(lease)
                 lease.pending = None
             else:
-                lease.pending = (value, ttl, attempts, on_stored)
+                lease.pending = (value, ttl, attempts)
             return
         lease.pending = None
         self.drop(lease)
-        if stored:
-            on_stored()
-        else:
+        if not stored:
             lease.count("lease_lost")
 
 

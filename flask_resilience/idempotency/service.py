@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from flask import current_app
 
@@ -217,12 +217,13 @@ class AppIdempotency:
         return removed
 
     def stats(self, include_private: bool = False) -> IdempotencyStats:
-        data: dict[str, Any] = self.counters.snapshot(*ALWAYS_COUNTED)
-        requests = data["requests"]
-        data["replay_rate"] = round(data["replays"] / requests, 4) if requests else 0.0
-        data["memory_entries"] = len(self.memory)
-        data["enabled"] = self.enabled
-        return data  # type: ignore[return-value]
+        counts: dict[str, Any] = self.counters.snapshot(*ALWAYS_COUNTED)
+        requests: int = counts["requests"]
+        counts["replay_rate"] = round(counts["replays"] / requests, 4) if requests else 0.0
+        counts["memory_entries"] = len(self.memory)
+        counts["enabled"] = self.enabled
+        # Counters.snapshot has every ALWAYS_COUNTED name and "endpoints".
+        return cast(IdempotencyStats, counts)
 
     def reset_stats(self) -> None:
         self.counters.reset()
@@ -238,9 +239,11 @@ def warn_unless_persistent(redis: RedisStore) -> None:
     try:
         appendonly = redis.client.config_get("appendonly").get("appendonly")
         save = redis.client.config_get("save").get("save")
-    except Exception:
+    except Exception:  # a managed Redis may refuse CONFIG: nothing to check then
         return
-    if str(appendonly).lower() != "yes" and not str(save or "").strip():
+    if appendonly is None or save is None:
+        return  # not a plain answer (a cluster client answers per node): cannot tell
+    if str(appendonly).lower() != "yes" and not str(save).strip():
         logger.warning(
             "Redis at %s persists nothing (appendonly no, no save points): idempotency keys "
             "will not survive a Redis restart, and a retry after one runs the request again",

@@ -188,36 +188,41 @@ def _error_response(error: HTTPException) -> Response:
     return make_response(handled)
 
 
+def _key(service: AppIdempotency, options: Options, req: Request, endpoint: str) -> str | None:
+    """The request's key (sent, or generated), or None to run unprotected;
+    raises the 400 problems."""
+    raw = options.key_func(req) if options.key_func else req.headers.get(options.header)
+    if raw is not None:
+        try:
+            return parse_key(raw)
+        except InvalidKey as exc:
+            service.counters.count("invalid_key", endpoint)
+            raise Problem(400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)) from None
+    if options.required:
+        service.counters.count("missing_key", endpoint)
+        raise Problem(
+            400,
+            "idempotency-key-missing",
+            "Idempotency-Key is missing",
+            f"This endpoint requires an '{options.header}' header.",
+        )
+    if service.auto_generate if options.auto_generate is None else options.auto_generate:
+        return str(uuid.uuid4())
+    service.counters.count("unprotected", endpoint)
+    return None
+
+
 def _begin(service: AppIdempotency, options: Options) -> Flight | Response | None:
     """Claim the key (a Flight), answer for the view (replay, 409, 422 raised
     as problems), or None to run it unprotected."""
     req: Request = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     endpoint = req.endpoint or req.path
-    raw = options.key_func(req) if options.key_func else req.headers.get(options.header)
-    if raw is None:
-        auto = service.auto_generate if options.auto_generate is None else options.auto_generate
-        if options.required:
-            service.counters.count("missing_key", endpoint)
-            raise Problem(
-                400,
-                "idempotency-key-missing",
-                "Idempotency-Key is missing",
-                f"This endpoint requires an '{options.header}' header.",
-            )
-        if not auto:
-            service.counters.count("unprotected", endpoint)
-            return None
-        key = str(uuid.uuid4())
-    else:
-        try:
-            key = parse_key(raw)
-        except InvalidKey as exc:
-            service.counters.count("invalid_key", endpoint)
-            raise Problem(400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)) from None
+    key = _key(service, options, req, endpoint)
+    if key is None:
+        return None
     principal = current_principal()
     scope = principal.key if principal is not None else None
     route = req.url_rule.rule if req.url_rule is not None else req.path
-    where = record_key(scope or "anonymous", key, route)
     print_ = fingerprint(
         req.method,
         req.path,
@@ -226,14 +231,21 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
         req.get_data(cache=True),
         mode=options.fingerprint,
     )
+    flight = Flight(
+        service,
+        options,
+        key=key,
+        record_key=record_key(scope or "anonymous", key, route),
+        fingerprint=print_,
+        endpoint=endpoint,
+        scope=scope,
+    )
     service.counters.count("requests", endpoint)
-    flight = Flight(service, options.ttl or service.ttl, options.on_error or service.on_error, options.header)
-    flight.describe(key=key, record_key=where, fingerprint=print_, endpoint=endpoint, scope=scope)
-    remembered = service.remembered(where)
+    remembered = service.remembered(flight.record_key)
     if remembered is not None:
         return _answer(flight, options, remembered, from_memory=True)
     try:
-        claim = service.records.claim(where, print_, service.lease)
+        claim = service.records.claim(flight.record_key, print_, service.lease)
     except StoreUnavailableError as exc:
         service.counters.count("store_errors", endpoint)
         if options.fail_open:
