@@ -290,6 +290,21 @@ def test_memory_layer_serves_replays(make_app: MakeApp, redis_url: str) -> None:
     assert get_state(app).idempotency.stats()["memory_entries"] == 1
 
 
+def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis_url: str) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    client = build(app).test_client()
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening()
+    client.post("/payments/p1", json={}, headers=key())
+    memory = get_state(app).idempotency.memory
+    (record_key,) = list(memory.keys())
+    copy = memory.get(record_key)
+    for _ in range(3):
+        assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
+    assert memory.get(record_key) is copy
+    assert client.post("/payments/p1", json={}, headers={"Idempotency-Key": "x" * 10_000}).status_code == 400
+
+
 def test_ttl_expiry_follows_the_injected_clock(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_IDEMPOTENCY_TTL=60)
     client = build(app).test_client()
@@ -421,11 +436,18 @@ def test_blueprint_and_prefix_protection(make_app: MakeApp, redis_url: str) -> N
         runs["prefix"] += 1
         return jsonify(run=runs["prefix"])
 
+    @app.post("/api/refunds/decorated")
+    @idempotent(ttl=60)
+    def decorated_refund() -> ResponseReturnValue:
+        runs["decorated"] += 1
+        return jsonify(run=runs["decorated"])
+
     client = app.test_client()
     for _ in range(2):
         client.post("/bp/charge", headers=key())
         client.post("/api/refunds/r1", headers=key())
-    assert runs == {"bp": 1, "prefix": 1}
+        assert client.post("/api/refunds/decorated", headers=key()).status_code == 200  # protected once
+    assert runs == {"bp": 1, "prefix": 1, "decorated": 1}
     assert client.post("/api/refunds/r1").status_code == 400  # required under the prefix
     with pytest.raises(ValueError, match="prefix"):
         extension.idempotent_blueprint("api")

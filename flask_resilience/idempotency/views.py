@@ -47,6 +47,7 @@ logger = logging.getLogger("flask_resilience")
 
 _G_OPTIONS = "_resilience_idempotency"
 _DISPATCH_MARK = "_resilience_idempotency_dispatch"
+_DECORATED_MARK = "_resilience_idempotent"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def idempotent(ttl: int | None = None, **settings: Any) -> Callable[[F], F]:
                 return run_protected(options, lambda: current_app.ensure_sync(view)(*args, **kwargs))
             return run_protected(options, lambda: view(*args, **kwargs))
 
+        setattr(wrapper, _DECORATED_MARK, True)
         return cast(F, wrapper)
 
     return decorator
@@ -135,12 +137,18 @@ def protect_dispatch(app: Flask, prefixes: list[tuple[str, Options]]) -> None:
                 if path == prefix or path.startswith(prefix + "/"):
                     options = candidate
                     break
-        if options is None:
-            return dispatch()
+        if options is None or _decorated(app, request):
+            return dispatch()  # unprotected, or the view's own @idempotent decides
         return run_protected(options, dispatch)
 
     setattr(dispatch_request, _DISPATCH_MARK, True)
     app.dispatch_request = dispatch_request  # type: ignore[method-assign]
+
+
+def _decorated(app: Flask, req: Request) -> bool:
+    rule = req.url_rule
+    view = app.view_functions.get(rule.endpoint) if rule is not None else None
+    return bool(getattr(view, _DECORATED_MARK, False))
 
 
 def run_protected(options: Options, view: Callable[[], Any]) -> Any:
