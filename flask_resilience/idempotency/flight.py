@@ -141,7 +141,7 @@ class Flight:
             return
         keeper.drop(lease)
         if kept:
-            service.remember(self.record_key, record)
+            service.memory.put(self.record_key, record)
         else:
             service.counters.count("lease_lost", self.endpoint)
 

@@ -77,10 +77,6 @@ class LeaseKeeper(ProcessLocalWorker):
         self.ensure_running()
         self.wake()
 
-    def held(self) -> int:
-        with self._lock:
-            return len(self._leases)
-
     def run(self) -> None:
         while not self.stopping:
             now = time.monotonic()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 from flask import current_app
@@ -16,10 +13,10 @@ from .. import config as cfg
 from ..responses import HeaderPolicy
 from ..signals import idempotency_conflict, idempotency_mismatch
 from ..stats import Counters
-from ..stores.memory import MemoryStore
-from ..stores.redis import RedisStore, StoreUnavailableError
+from ..stores.redis import RedisStore
+from .copies import Copies, NoCopies, ProcessCopies
 from .leases import keeper
-from .protocol import Completed, user_pattern
+from .protocol import user_pattern
 from .records import MemoryRecords, Records, RedisRecords
 
 logger = logging.getLogger("flask_resilience")
@@ -67,72 +64,56 @@ class IdempotencyStats(TypedDict):
     enabled: bool
 
 
-@dataclass(frozen=True)
-class _Copy:
-    record: Completed
-    stored_at: float  # time.monotonic(), compared with the listener's confirmation
-
-
 class AppIdempotency:
     def __init__(
         self,
         *,
         enabled: bool,
         records: Records,
-        redis: RedisStore | None,
         ttl: int,
         lease: float,
         auto_generate: bool,
         on_error: str,
         max_body_bytes: int,
         headers: HeaderPolicy,
-        memory_entries: int,
-        memory_bytes: int,
     ) -> None:
         self.enabled = enabled
         self.records = records
-        self._redis = redis
         self.ttl = ttl
         self.lease = lease
         self.auto_generate = auto_generate
         self.on_error = on_error
         self.max_body_bytes = max_body_bytes
         self.headers = headers
-        # Completed records only: an in-flight one must always be read from the store.
-        self.memory: MemoryStore[_Copy] = MemoryStore(
-            max_entries=memory_entries,
-            max_bytes=memory_bytes,
-            sizeof=lambda copy: len(copy.record.response.body),
-        )
         self.counters = Counters()
+        self.memory: Copies = NoCopies()
         self._clock: Callable[[], float] = time.time
-        self._channel = redis.channel("idempotency") if redis is not None else None
 
     @classmethod
     def from_config(cls, config: cfg.Config, redis: RedisStore | None) -> AppIdempotency:
         """The service for one app; with Redis, warns when Redis does not persist."""
         entries, max_bytes = config[cfg.IDEMPOTENCY_MEMORY_ENTRIES], config[cfg.IDEMPOTENCY_MEMORY_BYTES]
-        records: Records
-        if redis is not None:
-            records = RedisRecords(redis)
-            warn_unless_persistent(redis)
-        else:
-            records = MemoryRecords(max_entries=entries, max_bytes=max_bytes)
+        records: Records = (
+            MemoryRecords(max_entries=entries, max_bytes=max_bytes) if redis is None else RedisRecords(redis)
+        )
         # IDEMPOTENCY_STORED_HEADERS needs no reading: the policy stores every
         # end-to-end header but the deny-list (see its documentation).
-        return cls(
+        service = cls(
             enabled=config[cfg.IDEMPOTENCY_ENABLED],
             records=records,
-            redis=redis,
             ttl=config[cfg.IDEMPOTENCY_TTL],
             lease=config[cfg.IDEMPOTENCY_LEASE],
             auto_generate=config[cfg.IDEMPOTENCY_AUTO_GENERATE],
             on_error=config[cfg.IDEMPOTENCY_ON_ERROR],
             max_body_bytes=config[cfg.IDEMPOTENCY_MAX_BODY_BYTES],
             headers=HeaderPolicy.denying(config[cfg.REQUEST_ID_HEADER]),
-            memory_entries=entries,
-            memory_bytes=max_bytes,
         )
+        if redis is not None:
+            warn_unless_persistent(redis)
+            service.memory = ProcessCopies(
+                redis, max_entries=entries, max_bytes=max_bytes, count=service.counters.count
+            )
+        return service
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -143,47 +124,7 @@ class AppIdempotency:
     def clock(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.records.clock = clock
-
-    # -- the memory layer (with Redis only: without it the records are in memory) ---
-
-    def remembered(self, record_key: str) -> Completed | None:
-        """This process's copy, trusted only while listening for invalidations
-        and only when stored after the listener last confirmed (issue 18)."""
-        if self._redis is None:
-            return None
-        since = self._redis.subscriber.listening_since()
-        if since is None:
-            self.counters.count("memory_unsynced")
-            return None
-        copy = self.memory.get(record_key)
-        if copy is None:
-            return None
-        if copy.stored_at < since or copy.record.expires_at <= self._clock():
-            self.memory.delete(record_key)
-            return None
-        return copy.record
-
-    def remember(self, record_key: str, record: Completed) -> None:
-        if self._redis is None or self._redis.subscriber.listening_since() is None:
-            return
-        remaining = record.expires_at - self._clock()
-        if remaining > 0:
-            self.memory.set(record_key, _Copy(record, time.monotonic()), remaining)
-
-    def listen(self) -> None:
-        """Drop memory-layer copies when any process invalidates a key."""
-        if self._redis is None or self._channel is None:
-            return
-
-        def handle(raw: bytes) -> None:
-            pattern = str(json.loads(raw)["pattern"])
-            self.memory.delete_where(lambda key: fnmatch.fnmatchcase(key, pattern))
-
-        def forget_all() -> None:
-            self.memory.clear()
-
-        self._redis.subscriber.on_gap(forget_all)
-        self._redis.subscribe(self._channel, handle)
+        self.memory.clock = clock
 
     # -- signals ---------------------------------------------------------------------
 
@@ -208,13 +149,12 @@ class AppIdempotency:
 
     def _forget(self, pattern: str) -> int:
         removed = self.records.delete_matching(pattern)
-        self.memory.delete_where(lambda key: fnmatch.fnmatchcase(key, pattern))
-        if self._redis is not None and self._channel is not None:
-            try:
-                self._redis.publish(self._channel, json.dumps({"pattern": pattern}).encode())
-            except StoreUnavailableError:
-                logger.warning("could not tell other processes to forget idempotency keys %s", pattern)
+        self.memory.forget(pattern)
         return removed
+
+    def listen(self) -> None:
+        """Keep the memory layer coherent with other processes' invalidations."""
+        self.memory.listen()
 
     def stats(self, include_private: bool = False) -> IdempotencyStats:
         counts: dict[str, Any] = self.counters.snapshot(*ALWAYS_COUNTED)

@@ -249,7 +249,7 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
         scope=scope,
     )
     service.counters.count("requests", endpoint)
-    remembered = service.remembered(flight.record_key)
+    remembered = service.memory.get(flight.record_key)
     if remembered is not None:
         return _answer(flight, options, remembered, from_memory=True)
     try:
@@ -286,7 +286,7 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, from_m
         assert isinstance(existing, Completed)
         service.counters.count("replays", flight.endpoint)
         if not from_memory:
-            service.remember(flight.record_key, existing)
+            service.memory.put(flight.record_key, existing)
         return replay(existing, options.header, flight.key)
     if decision is Decision.MISMATCH:
         service.refused(422, flight.endpoint, flight.scope)
