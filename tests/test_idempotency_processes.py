@@ -111,9 +111,10 @@ def test_twenty_requests_from_four_processes_run_the_view_once(
     raw_redis.delete(counter, f"{counter}:inside", f"{counter}:arrived", f"{counter}:expected")
 
 
-def _holder(redis_url: str, prefix: str, counter: str) -> None:
-    app = worker_app(redis_url, prefix, counter, lease=30.0)
-    app.test_client().post("/charge", headers={"Idempotency-Key": "crashy"})  # blocks inside the view
+def _holder(redis_url: str, prefix: str, counter: str, lease: float = 30.0, key: str = "crashy") -> None:
+    app = worker_app(redis_url, prefix, counter, lease=lease)
+    app.test_client().post("/charge", headers={"Idempotency-Key": key})  # blocks inside the view
+    get_state(app).extension.shutdown()
 
 
 def test_a_killed_worker_frees_the_key_when_its_lease_ends(
@@ -161,3 +162,38 @@ def test_a_view_that_raises_after_its_side_effect_never_runs_again_across_proces
     assert all(status in ((409, None), (500, "true")) for status in others)
     assert others.count((500, "true")) >= 4  # every retry after the crash gets the crash back
     raw_redis.delete(counter, f"{counter}:arrived", f"{counter}:expected", f"{counter}:finished")
+
+
+def test_a_live_worker_keeps_its_key_for_longer_than_three_leases(
+    redis_url: str, key_prefix: str, raw_redis: redis.Redis
+) -> None:
+    counter = f"{key_prefix}long-runs"
+    raw_redis.set(f"{counter}:expected", 10**6)  # the holder's view runs until told to finish
+    context = multiprocessing.get_context("spawn")
+    holder = context.Process(target=_holder, args=(redis_url, key_prefix, counter, 0.3, "long"))
+    holder.start()
+    try:
+        assert eventually(lambda: raw_redis.get(f"{counter}:inside") is not None)
+        (record,) = list(raw_redis.scan_iter(match=f"{key_prefix}idem:*"))
+        last, renewals = [int(raw_redis.pttl(record))], [0]
+
+        def renewed_four_times() -> bool:
+            left = int(raw_redis.pttl(record))
+            renewals[0] += left > last[0]
+            last[0] = left
+            return renewals[0] >= 4  # more than three 0.3 s leases have passed
+
+        assert eventually(renewed_four_times, timeout=5)
+        app = worker_app(redis_url, key_prefix, counter, lease=0.3)
+        client = app.test_client()
+        assert client.post("/charge", headers={"Idempotency-Key": "long"}).status_code == 409
+        raw_redis.set(f"{counter}:expected", 0)
+        holder.join(10)
+        replay = client.post("/charge", headers={"Idempotency-Key": "long"})
+        assert (replay.status_code, replay.headers["X-Idempotency-Replayed"]) == (201, "true")
+        assert int(raw_redis.get(counter) or 0) == 1
+        get_state(app).extension.shutdown()
+    finally:
+        if holder.is_alive():
+            holder.kill()
+    raw_redis.delete(counter, f"{counter}:inside", f"{counter}:arrived", f"{counter}:expected")

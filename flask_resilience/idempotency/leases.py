@@ -59,6 +59,7 @@ class LeaseKeeper(ProcessLocalWorker):
         self._leases: set[Lease] = set()
 
     def hold(self, lease: Lease) -> None:
+        self.in_this_process()  # first: a new process resets the table we add to
         lease.due = time.monotonic() + lease.seconds / 3
         with self._lock:
             self._leases.add(lease)
@@ -70,6 +71,7 @@ class LeaseKeeper(ProcessLocalWorker):
 
     def complete_later(self, lease: Lease, value: bytes, ttl: float) -> None:
         """Store ``value`` for ``lease`` from the background thread, with retries."""
+        self.in_this_process()
         with self._lock:
             lease.pending = (value, ttl, 0)
             lease.due = time.monotonic() + FIRST_BACKOFF
