@@ -330,7 +330,11 @@ def replay(record: Completed, header: str, key: str) -> Response:
     response = record.response.to_response()
     response.headers[header] = key
     response.headers["X-Idempotency-Replayed"] = "true"
-    response.headers["X-Original-Timestamp"] = (
-        datetime.fromtimestamp(record.response.created_at, UTC).isoformat().replace("+00:00", "Z")
-    )
+    response.headers["X-Original-Timestamp"] = _timestamp(record.response.created_at)
     return response
+
+
+@functools.lru_cache(maxsize=256)
+def _timestamp(created_at: float) -> str:
+    """ISO 8601 in UTC; cached, as hot keys replay the same record many times."""
+    return datetime.fromtimestamp(created_at, UTC).isoformat().replace("+00:00", "Z")
