@@ -252,8 +252,14 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
     remembered = service.memory.get(flight.record_key)
     if remembered is not None:
         return _answer(flight, options, remembered, from_memory=True)
+    return _claim(flight, options)
+
+
+def _claim(flight: Flight, options: Options) -> Flight | Response | None:
+    """Claim the key in the store: the flight, an answer, or None (fail open)."""
+    service, endpoint = flight.service, flight.endpoint
     try:
-        claim = service.records.claim(flight.record_key, print_, service.lease)
+        claim = service.records.claim(flight.record_key, flight.fingerprint, service.lease)
     except StoreUnavailableError as exc:
         service.counters.count("store_errors", endpoint)
         if options.fail_open:
@@ -265,7 +271,7 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
             "idempotency-store-unavailable",
             "Idempotency store unavailable",
             "The request was not run, so that it cannot run twice. Retry later.",
-            headers={"Retry-After": "5", options.header: key},
+            headers={"Retry-After": "5", options.header: flight.key},
         ) from None
     if claim.owner is None:
         return _answer(flight, options, claim.existing, from_memory=False)
