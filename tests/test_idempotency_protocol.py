@@ -21,8 +21,9 @@ from flask_resilience.idempotency.protocol import (
     record_key,
     user_pattern,
 )
-from flask_resilience.idempotency.records import completed_value, decode, in_flight_value
+from flask_resilience.idempotency.records import MemoryRecords, completed_value, decode, in_flight_value
 from flask_resilience.responses import StoredResponse
+from tests.clock import FakeClock
 
 RESPONSE = StoredResponse(201, (("Location", "/p/1"),), b"{}", 1_700_000_000.0)
 
@@ -119,3 +120,24 @@ def test_records_round_trip_through_the_envelope() -> None:
     assert completed_value(done).startswith(b"FRI\x01")
     assert decode(b"FRC\x01garbage") is None
     assert decode(b'{"s":"p"}') is None  # the previous format reads as absent
+
+
+def test_memory_records_bound_completed_records_by_bytes_but_never_evict_claims() -> None:
+    clock = FakeClock(1_000.0)
+    records = MemoryRecords(max_entries=100, max_bytes=2_000, clock=clock)
+    held = records.claim("held", "fp", lease=60)
+    assert held.owner is not None
+    for number in range(10):
+        claim = records.claim(f"k{number}", "fp", lease=60)
+        body = StoredResponse(200, (), b"x" * 500, clock())
+        assert records.complete(
+            f"k{number}", claim.claimed, completed_value(Completed("fp", 2_000.0, body)), 60
+        )
+    assert isinstance(records.get("held"), InFlight)
+    assert records.get("k0") is None and isinstance(records.get("k9"), Completed)
+    assert len(records) <= 1 + 4
+    clock.advance(61)  # the claim's lease and every record have expired
+    assert records.get("held") is None
+    remaining = len(records)
+    assert records.delete_matching("*") == remaining
+    assert len(records) == 0
