@@ -130,6 +130,7 @@ class Flight:
         assert lease is not None
         record = Completed(self.fingerprint, stored.created_at + self.ttl, stored)
         value = completed_value(record)
+        keeper.drop(lease)  # before completing: a renewal racing the completion is not a lost lease
         try:
             kept = service.records.complete(self.record_key, lease.claimed, value, self.ttl)
         except StoreUnavailableError as exc:
@@ -139,7 +140,6 @@ class Flight:
             logger.warning("idempotency record for %s not stored yet, retrying: %s", self.endpoint, exc)
             keeper.complete_later(lease, value, self.ttl)
             return
-        keeper.drop(lease)
         if kept:
             service.memory.put(self.record_key, record)
         else:

@@ -108,8 +108,13 @@ class LeaseKeeper(ProcessLocalWorker):
         except StoreUnavailableError as exc:
             logger.warning("could not renew an idempotency lease: %s", exc)
             renewed = True  # try again at the next beat; the lease may still hold
-        else:
-            lease.count("lease_renewals" if renewed else "lease_lost")
+        with self._lock:
+            # The request may have finished meanwhile (its record is no longer
+            # the claim): that is not a lost lease.
+            held = lease in self._leases
+        if not held:
+            return
+        lease.count("lease_renewals" if renewed else "lease_lost")
         if not renewed:
             self.drop(lease)
             return
