@@ -339,19 +339,32 @@ IDEMPOTENCY_MAX_BODY_BYTES = Setting(
     "RESILIENCE_IDEMPOTENCY_MAX_BODY_BYTES",
     1024 * 1024,
     positive_int,
-    "Larger responses are sent but not stored (the key is given back).",
+    "Larger (or streamed) responses are sent, and retries get a 413 problem saying it was not kept.",
 )
 IDEMPOTENCY_STORED_HEADERS = Setting[tuple[str, ...]](
     "RESILIENCE_IDEMPOTENCY_STORED_HEADERS",
     (),
     header_names,
-    "Response headers replayed besides the built-in allow-list (Set-Cookie never is).",
+    "Kept for compatibility: every end-to-end response header is stored except Set-Cookie, Date, "
+    "Age, Content-Length and hop-by-hop ones, so the headers named here are stored anyway.",
 )
 IDEMPOTENCY_MEMORY_ENTRIES = Setting(
     "RESILIENCE_IDEMPOTENCY_MEMORY_ENTRIES",
     1000,
     positive_int,
-    "Completed records each process keeps in memory for fast replays.",
+    "Completed records each process keeps in memory for fast replays (and the bound of memory mode).",
+)
+IDEMPOTENCY_MEMORY_BYTES = Setting(
+    "RESILIENCE_IDEMPOTENCY_MEMORY_BYTES",
+    32 * 1024 * 1024,
+    positive_int,
+    "Bytes of response bodies each process keeps in memory (memory layer, or memory mode).",
+)
+IDEMPOTENCY_ON_ERROR = Setting(
+    "RESILIENCE_IDEMPOTENCY_ON_ERROR",
+    "store",
+    one_of("store", "release"),
+    "Once the view ran: 'store' keeps a 5xx or an exception as the key's outcome; 'release' frees the key.",
 )
 
 SETTINGS: tuple[Setting[Any], ...] = (
@@ -401,6 +414,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     IDEMPOTENCY_MAX_BODY_BYTES,
     IDEMPOTENCY_STORED_HEADERS,
     IDEMPOTENCY_MEMORY_ENTRIES,
+    IDEMPOTENCY_MEMORY_BYTES,
+    IDEMPOTENCY_ON_ERROR,
 )
 
 OPTIONS: Mapping[str, Setting[Any]] = {setting.option: setting for setting in SETTINGS}

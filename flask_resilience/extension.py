@@ -35,8 +35,8 @@ from .health.blueprint import raise_routing_problem
 from .health.checks import HealthCheck
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
-from .idempotency.views import protect_blueprint, protect_prefix_hooks
-from .signals import circuit_state_changed
+from .idempotency.views import protect_blueprint, protect_dispatch
+from .signals import circuit_state_changed, idempotency_conflict, idempotency_mismatch
 from .state import EXTENSION_NAME, ResilienceState, get_state
 from .stores.redis import RedisStore, build_client
 from .stores.sql import Database
@@ -68,7 +68,6 @@ class Resilience:
         self.breakers = BreakerRegistry()
         self._audited_prefixes: list[tuple[str, str, bool, bool]] = []
         self._idempotent_prefixes: list[tuple[str, IdempotencyOptions]] = []
-        self._idempotency_hooks = protect_prefix_hooks(self._idempotent_prefixes)
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
         self._exit_hook_registered = False
         self.custom_health_checks: dict[str, HealthCheck] = {}
@@ -94,7 +93,7 @@ class Resilience:
             database=database,
             cache=app_cache,
             audit=app_audit,
-            idempotency=_app_idempotency(config, redis_store, app_audit),
+            idempotency=AppIdempotency.from_config(config, redis_store),
         )
         if state.redis is None and not _warned_no_redis.is_set():
             _warned_no_redis.set()  # once per process, not on every `flask` command
@@ -118,11 +117,14 @@ class Resilience:
         state.add_background(app_cache)
         app_cache.layered.listen()
         state.stats_providers["audit"] = app_audit.snapshot
-        state.stats_providers["replay_protection"] = state.idempotency.snapshot
+        state.stats_providers["replay_protection"] = state.idempotency.stats
         state.idempotency.listen()
+        state.add_background(state.idempotency)
+        protect_dispatch(app, self._idempotent_prefixes)
         state.add_background(app_audit)
         if app_audit.enabled:
             state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))
+            state.add_background(_IdempotencyAuditing(app, app_audit))
             install_sigterm_flush(self.shutdown)
 
         _register_health_checks(state)
@@ -130,7 +132,6 @@ class Resilience:
         # One hook of each kind for everything: Flask's dispatch per hook adds up.
         app.before_request(functools.partial(self._before_request, state))
         app.after_request(functools.partial(self._after_request, config[cfg.REQUEST_ID_HEADER]))
-        app.teardown_request(self._teardown_request)
         # Also reachable through the flask.commands entry point; registering it
         # here makes it part of app.cli (and of app.test_cli_runner()).
         app.cli.add_command(resilience_cli)
@@ -199,13 +200,9 @@ class Resilience:
         # A worker forked after subscriptions were made starts its listener here.
         if state.redis is not None:
             state.redis.subscriber.ensure_running()
-        if self._idempotent_prefixes:
-            return self._idempotency_hooks[0]()
         return None
 
     def _after_request(self, request_id_header: str, response: Response) -> Response:
-        if self._idempotent_prefixes:
-            response = self._idempotency_hooks[1](response)
         if self._audited_prefixes:
             path = request.path
             for prefix, event_type, include_body, include_query in self._audited_prefixes:
@@ -213,10 +210,6 @@ class Resilience:
                     record_request(event_type, response.status_code, include_body, include_query)
                     break
         return finish_request(response, request_id_header)
-
-    def _teardown_request(self, error: BaseException | None) -> None:
-        if self._idempotent_prefixes:
-            self._idempotency_hooks[2](error)
 
     def idempotent_blueprint(self, blueprint: Blueprint | str, **settings: Any) -> Blueprint | str:
         """Protect every view of a blueprint, or every URL under a prefix such
@@ -350,20 +343,33 @@ def _audit_circuit_changes(app: Flask, audit: AppAudit, breakers: BreakerRegistr
     return _CircuitAuditing(record)
 
 
-def _app_idempotency(config: cfg.Config, redis_store: RedisStore | None, audit: AppAudit) -> AppIdempotency:
-    extra: tuple[str, ...] = config[cfg.IDEMPOTENCY_STORED_HEADERS]
-    return AppIdempotency(
-        enabled=config[cfg.IDEMPOTENCY_ENABLED],
-        redis=redis_store,
-        key_prefix=config[cfg.KEY_PREFIX],
-        ttl=config[cfg.IDEMPOTENCY_TTL],
-        lease=config[cfg.IDEMPOTENCY_LEASE],
-        auto_generate=config[cfg.IDEMPOTENCY_AUTO_GENERATE],
-        max_body_bytes=config[cfg.IDEMPOTENCY_MAX_BODY_BYTES],
-        extra_headers=extra,
-        memory_entries=config[cfg.IDEMPOTENCY_MEMORY_ENTRIES],
-        audit=audit,
-    )
+class _IdempotencyAuditing:
+    """Records this app's idempotency conflicts and mismatches (sent as
+    signals, so idempotency and audit do not import each other)."""
+
+    def __init__(self, app: Flask, audit: AppAudit) -> None:
+        self._audit = audit
+        self._app = weakref.ref(app)
+        idempotency_conflict.connect(self._record, app, weak=False)
+        idempotency_mismatch.connect(self._record, app, weak=False)
+
+    def _record(self, sender: object, **refusal: Any) -> None:
+        status = refusal["status"]
+        self._audit.record(
+            {
+                "event_type": "IDEMPOTENCY_CONFLICT",
+                "status": "FAILURE",
+                "severity": "WARNING",
+                "http_status": status,
+                "details": {"reason": "in progress" if status == 409 else "different request"},
+            }
+        )
+
+    def stop(self) -> None:
+        app = self._app()
+        if app is not None:
+            idempotency_conflict.disconnect(self._record, app)
+            idempotency_mismatch.disconnect(self._record, app)
 
 
 def _breaker_sharing(config: cfg.Config, redis_store: RedisStore | None) -> Sharing:

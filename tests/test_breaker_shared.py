@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,9 +71,20 @@ def test_one_worker_opens_the_circuit_for_another(make_app: MakeApp, redis_url: 
     assert rejected.value.retry_after == pytest.approx(60)
 
 
-def test_closed_successes_cost_no_redis_round_trip(
-    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis
-) -> None:
+def test_closed_successes_cost_no_redis_round_trip(make_app: MakeApp, tmp_path: Path) -> None:
+    # A server of its own: INFO commandstats counts every client's commands.
+    port = free_port()
+    server = start_redis_server(str(tmp_path), port)
+    raw_redis: redis.Redis = redis.Redis(port=port)
+    try:
+        _closed_successes_cost_nothing(make_app, f"redis://127.0.0.1:{port}/0", raw_redis)
+    finally:
+        raw_redis.close()
+        server.kill()
+        server.wait()
+
+
+def _closed_successes_cost_nothing(make_app: MakeApp, redis_url: str, raw_redis: redis.Redis) -> None:
     _, breaker = _shared_app(make_app, redis_url, FakeClock(1_700_000_000))
     breaker.call(lambda: None)  # the first call reads the shared state once
 

@@ -225,13 +225,12 @@ def test_users_never_see_each_others_responses(client: FlaskClient) -> None:
     assert RUNS["pay"] == 2
 
 
-@pytest.mark.parametrize("path", ["/server-error", "/boom", "/stream"])
-def test_failures_and_streams_give_the_key_back(client: FlaskClient, path: str) -> None:
-    first = client.post(path, headers=key())
+@pytest.mark.parametrize(("path", "replayed"), [("/server-error", 503), ("/boom", 500), ("/stream", 413)])
+def test_failures_and_streams_are_the_keys_outcome(client: FlaskClient, path: str, replayed: int) -> None:
+    client.post(path, headers=key())
     second = client.post(path, headers=key())
-    assert second.headers.get("X-Idempotency-Replayed") != "true"
-    assert first.status_code == second.status_code
-    assert RUNS[path.strip("/")] == 2
+    assert (second.status_code, second.headers["X-Idempotency-Replayed"]) == (replayed, "true")
+    assert RUNS[path.strip("/")] == 1
 
 
 def test_client_errors_are_stored(client: FlaskClient) -> None:
@@ -241,12 +240,12 @@ def test_client_errors_are_stored(client: FlaskClient) -> None:
     assert RUNS["client-error"] == 1
 
 
-def test_oversized_bodies_pass_through(make_app: MakeApp, redis_url: str) -> None:
+def test_oversized_bodies_are_sent_and_never_run_again(make_app: MakeApp, redis_url: str) -> None:
     app, _ = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_IDEMPOTENCY_MAX_BODY_BYTES=10)
     client = build(app).test_client()
-    client.post("/payments/p1", json={"amount": 1}, headers=key())
-    client.post("/payments/p1", json={"amount": 1}, headers=key())
-    assert RUNS["pay"] == 2
+    assert client.post("/payments/p1", json={"amount": 1}, headers=key()).status_code == 201
+    assert client.post("/payments/p1", json={"amount": 1}, headers=key()).status_code == 413
+    assert RUNS["pay"] == 1
 
 
 def test_invalidation_and_clear(app: Flask, client: FlaskClient) -> None:
@@ -282,20 +281,35 @@ def test_invalidation_for_one_user(make_app: MakeApp, redis_url: str) -> None:
 def test_memory_layer_serves_replays(make_app: MakeApp, redis_url: str) -> None:
     app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
     client = build(app).test_client()
-    client.post("/payments/p1", json={}, headers=key())
     store = get_state(app).redis
-    assert store is not None
+    assert store is not None and store.subscriber.wait_until_listening()
+    client.post("/payments/p1", json={}, headers=key())
     for full_key in list(store.scan("idem:*")):
         store.delete(full_key)  # the shared record is gone; this process still remembers
     assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
-    assert get_state(app).idempotency.snapshot()["memory_entries"] == 1
+    assert get_state(app).idempotency.stats()["memory_entries"] == 1
+
+
+def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis_url: str) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    client = build(app).test_client()
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening()
+    client.post("/payments/p1", json={}, headers=key())
+    memory = get_state(app).idempotency.memory
+    (record_key,) = list(memory.keys())
+    copy = memory.get(record_key)
+    for _ in range(3):
+        assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
+    assert memory.get(record_key) is copy
+    assert client.post("/payments/p1", json={}, headers={"Idempotency-Key": "x" * 10_000}).status_code == 400
 
 
 def test_ttl_expiry_follows_the_injected_clock(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_IDEMPOTENCY_TTL=60)
     client = build(app).test_client()
     clock = FakeClock(1_700_000_000)
-    get_state(app).idempotency.store.clock = clock
+    get_state(app).idempotency.clock = clock
     client.post("/payments/p1", json={}, headers=key())
     clock.advance(59)
     assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
@@ -314,7 +328,7 @@ def test_store_unavailable_fails_closed_or_open(make_app: MakeApp) -> None:
     assert RUNS["pay"] == 0
     assert client.post("/open", headers=key()).status_code == 200
     assert RUNS["open"] == 1
-    stats = get_state(app).idempotency.snapshot()
+    stats = get_state(app).idempotency.stats()
     assert (stats["store_errors"], stats["fail_open"]) == (2, 1)
 
 
@@ -422,11 +436,18 @@ def test_blueprint_and_prefix_protection(make_app: MakeApp, redis_url: str) -> N
         runs["prefix"] += 1
         return jsonify(run=runs["prefix"])
 
+    @app.post("/api/refunds/decorated")
+    @idempotent(ttl=60)
+    def decorated_refund() -> ResponseReturnValue:
+        runs["decorated"] += 1
+        return jsonify(run=runs["decorated"])
+
     client = app.test_client()
     for _ in range(2):
         client.post("/bp/charge", headers=key())
         client.post("/api/refunds/r1", headers=key())
-    assert runs == {"bp": 1, "prefix": 1}
+        assert client.post("/api/refunds/decorated", headers=key()).status_code == 200  # protected once
+    assert runs == {"bp": 1, "prefix": 1, "decorated": 1}
     assert client.post("/api/refunds/r1").status_code == 400  # required under the prefix
     with pytest.raises(ValueError, match="prefix"):
         extension.idempotent_blueprint("api")
@@ -467,23 +488,29 @@ def test_conflicts_are_audited(make_app: MakeApp, redis_url: str) -> None:
         assert get_audit_stats()["by_event_type"] == {AuditEventType.IDEMPOTENCY_CONFLICT.value: 1}
 
 
-def test_prefix_protection_gives_the_key_back_when_an_exception_propagates(
+def test_prefix_protection_keeps_a_propagated_exception_as_the_outcome(
     make_app: MakeApp, redis_url: str
 ) -> None:
     extension = Resilience()
     extension.idempotent_blueprint("/api/orders")
+    extension.idempotent_blueprint("/api/rerunnable", on_error="release")
     app, _ = make_app(extension, RESILIENCE_REDIS_URL=redis_url)  # TESTING: exceptions propagate
     runs: list[int] = []
 
     @app.post("/api/orders")
+    @app.post("/api/rerunnable", endpoint="rerunnable")
     def order() -> ResponseReturnValue:
         runs.append(1)
-        if len(runs) == 1:
+        if len(runs) in (1, 2):
             raise RuntimeError("first attempt fails")
         return jsonify(ok=True)
 
     client = app.test_client()
     with pytest.raises(RuntimeError, match="first attempt"):
         client.post("/api/orders", headers=key())
-    assert client.post("/api/orders", headers=key()).status_code == 200
-    assert runs == [1, 1]
+    replayed = client.post("/api/orders", headers=key())
+    assert (replayed.status_code, replayed.headers["X-Idempotency-Replayed"]) == (500, "true")
+    with pytest.raises(RuntimeError, match="first attempt"):
+        client.post("/api/rerunnable", headers=key())
+    assert client.post("/api/rerunnable", headers=key()).status_code == 200
+    assert runs == [1, 1, 1]

@@ -93,7 +93,7 @@ def _families(state: ResilienceState) -> Iterator[Any]:
     yield audit_writer
     yield GaugeMetricFamily("resilience_audit_queue_size", "Audit entries waiting", value=audit["queue_size"])
 
-    replay = state.idempotency.snapshot()
+    replay: dict[str, Any] = dict(state.idempotency.stats())
     idempotency = CounterMetricFamily(
         "resilience_idempotency_requests", "Idempotent requests by outcome", labels=["outcome"]
     )

@@ -15,13 +15,13 @@ from .inputs import json_object, string_field
 @health_blueprint.get("/replay-protection")
 def replay_protection_stats() -> Response:
     stats_access()
-    return no_store(jsonify(get_state().idempotency.snapshot()))
+    return no_store(jsonify(get_state().idempotency.stats()))
 
 
 @health_blueprint.post("/replay-protection/reset")
 @admin_required
 def reset_replay_protection() -> Response:
-    get_state().idempotency.stats.reset()
+    get_state().idempotency.reset_stats()
     return no_store(jsonify(reset=True))
 
 

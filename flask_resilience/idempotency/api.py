@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..state import get_state
+from .service import IdempotencyStats
 
 
 def invalidate_idempotency_key(key: str, user_id: str | int | None = None) -> int:
@@ -17,11 +16,11 @@ def clear_all_idempotency_keys() -> int:
     return get_state().idempotency.clear()
 
 
-def get_replay_protection_stats() -> dict[str, Any]:
+def get_replay_protection_stats() -> IdempotencyStats:
     """Requests, first executions, replays, replay rate, conflicts, mismatches,
     store errors, per endpoint, memory entries."""
-    return get_state().idempotency.snapshot()
+    return get_state().idempotency.stats()
 
 
 def reset_replay_protection_stats() -> None:
-    get_state().idempotency.stats.reset()
+    get_state().idempotency.reset_stats()

@@ -1,32 +1,37 @@
-"""Idempotency records: claim, complete, release and replay, atomically.
+"""Idempotency records: claim, renew, complete, release and read, atomically.
 
 A record moves through two states under one key:
 
-- *in flight*: ``{"s": "p", "fp": fingerprint, "o": owner token}``, stored
-  with ``SET NX`` and a lease, so a worker that dies frees the key by itself;
-- *completed*: the stored response (status, allow-listed headers, body) and
-  the fingerprint, for ``ttl`` seconds.
+- *in flight*: the fingerprint and an owner token, stored with ``SET NX`` and
+  a lease (renewed while the request runs), so a worker that dies frees the
+  key within one lease;
+- *completed*: the stored response and the fingerprint, until its absolute
+  expiry (``x``), which every copy honours.
 
-Claiming (``SET NX``, or read what is there), completing and releasing (only
-if this request still owns the claim) are single Lua scripts on Redis, and
-the same operations under one lock in memory when there is no Redis.
+Both are ``responses.pack(b"I", ...)`` envelopes. Claiming (``SET NX``, or
+read what is there), renewing, completing and releasing (only while this
+request still owns the claim) are single Lua scripts on Redis
+(:class:`RedisRecords`), and the same operations under one lock in
+:class:`MemoryRecords` when there is no Redis. The backend is chosen once,
+at ``init_app``.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import random
-import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from ..responses import StoredResponse, UnreadableRecord, pack, unpack
 from ..stores.redis import RedisStore
+from .protocol import Completed, InFlight, Record
 
-_MAGIC = b"FRI1"
-_LENGTH = struct.Struct(">I")
+KIND = b"I"
 
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
@@ -41,165 +46,229 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
-
-
-@dataclass(frozen=True)
-class Completed:
-    fingerprint: str
-    created_at: float  # wall-clock seconds of the first response
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    def encode(self) -> bytes:
-        header = json.dumps(
-            {
-                "fp": self.fingerprint,
-                "t": self.created_at,
-                "s": self.status,
-                "h": [list(h) for h in self.headers],
-            },
-            separators=(",", ":"),
-        ).encode()
-        return _MAGIC + _LENGTH.pack(len(header)) + header + self.body
-
-
-@dataclass(frozen=True)
-class InFlight:
-    fingerprint: str
-    owner: str
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
 
 
 def in_flight_value(fingerprint: str, owner: str) -> bytes:
-    return json.dumps({"s": "p", "fp": fingerprint, "o": owner}, separators=(",", ":")).encode()
+    """The in-flight record; compared byte for byte, so it is deterministic."""
+    return pack(KIND, {"p": 1, "fp": fingerprint, "o": owner}, b"")
 
 
-def decode(value: bytes) -> Completed | InFlight | None:
+def completed_value(record: Completed) -> bytes:
+    header = {**record.response.fields(), "fp": record.fingerprint, "x": record.expires_at}
+    return pack(KIND, header, record.response.body)
+
+
+def decode(value: bytes) -> Record | None:
     """A stored record; None for anything unreadable (treated as absent)."""
     try:
-        if value.startswith(_MAGIC):
-            (length,) = _LENGTH.unpack_from(value, len(_MAGIC))
-            start = len(_MAGIC) + _LENGTH.size
-            header = json.loads(value[start : start + length])
-            return Completed(
-                fingerprint=str(header["fp"]),
-                created_at=float(header["t"]),
-                status=int(header["s"]),
-                headers=tuple((str(name), str(item)) for name, item in header["h"]),
-                body=value[start + length :],
-            )
-        data = json.loads(value)
-        return InFlight(str(data["fp"]), str(data["o"]))
-    except (ValueError, KeyError, TypeError, struct.error):
+        header, body = unpack(KIND, value)
+        if header.get("p"):
+            return InFlight(str(header["fp"]), str(header["o"]))
+        return Completed(str(header["fp"]), float(header["x"]), StoredResponse.from_fields(header, body))
+    except (UnreadableRecord, KeyError, TypeError, ValueError):
         return None
+
+
+def new_owner() -> str:
+    # Unique per claim; os.urandom is slow on some VMs.
+    return f"{random.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of :meth:`RecordStore.claim`: ``owner`` is set when this
-    request now holds the key; otherwise ``existing`` is what holds it."""
+    """The outcome of ``claim``: ``owner`` is set when this request now holds
+    the key (``claimed`` is its in-flight value); otherwise ``existing`` is
+    what holds it."""
 
     owner: str | None
-    existing: Completed | InFlight | None
+    claimed: bytes
+    existing: Record | None
 
 
-class RecordStore:
-    """Records in Redis (shared by every process) or in this process's memory."""
+class Records(Protocol):
+    """Where records live. Methods raise ``StoreUnavailableError`` when the
+    store fails; ``claimed`` is the in-flight value a claim stored."""
 
-    def __init__(self, redis: RedisStore | None, prefix: str, clock: Callable[[], float] = time.time) -> None:
+    clock: Callable[[], float]
+
+    def claim(self, record_key: str, fingerprint: str, lease: float) -> Claim: ...
+
+    def renew(self, record_key: str, claimed: bytes, lease: float) -> bool: ...
+
+    def complete(self, record_key: str, claimed: bytes, value: bytes, ttl: float) -> bool: ...
+
+    def release(self, record_key: str, claimed: bytes) -> bool: ...
+
+    def get(self, record_key: str) -> Record | None: ...
+
+    def delete_matching(self, glob: str) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisRecords:
+    """Records in Redis, shared by every process."""
+
+    def __init__(self, redis: RedisStore, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
-        self._prefix = prefix
         self.clock = clock
-        self._memory: dict[str, tuple[bytes, float]] = {}
-        self._lock = threading.Lock()
-        if redis is not None:
-            self._claim = redis.script(_CLAIM)
-            self._complete = redis.script(_COMPLETE)
-            self._release = redis.script(_RELEASE)
+        self._claim = redis.script(_CLAIM)
+        self._complete = redis.script(_COMPLETE)
+        self._release = redis.script(_RELEASE)
+        self._renew = redis.script(_RENEW)
 
-    @property
-    def shared(self) -> bool:
-        return self._redis is not None
-
-    def full_key(self, record_key: str) -> str:
-        return f"{self._prefix}idem:{record_key}"
-
-    # -- the three transitions ------------------------------------------------------
+    def _key(self, record_key: str) -> str:
+        return self._redis.key("idem", record_key)
 
     def claim(self, record_key: str, fingerprint: str, lease: float) -> Claim:
-        """Raises StoreUnavailableError when Redis fails."""
-        owner = f"{random.getrandbits(128):032x}"  # unique per claim; os.urandom is slow on some VMs
+        owner = new_owner()
         value = in_flight_value(fingerprint, owner)
-        key = self.full_key(record_key)
-        if self._redis is not None:
-            existing = self._redis.run_script(self._claim, [key], [value, max(1, int(lease * 1000))])
-            if existing is None:
-                return Claim(owner, None)
-            return Claim(None, decode(existing))
-        with self._lock:
-            stored = self._live(key)
-            if stored is None:
-                self._memory[key] = (value, self.clock() + lease)
-                return Claim(owner, None)
-            return Claim(None, decode(stored))
+        existing = self._redis.run_script(self._claim, [self._key(record_key)], [value, _ms(lease)])
+        if existing is None:
+            return Claim(owner, value, None)
+        return Claim(None, value, decode(existing))
 
-    def complete(self, record_key: str, fingerprint: str, owner: str, record: Completed, ttl: float) -> bool:
-        """Store the response if this request still owns the claim."""
-        key = self.full_key(record_key)
-        claimed = in_flight_value(fingerprint, owner)
-        if self._redis is not None:
-            stored = self._redis.run_script(
-                self._complete, [key], [claimed, record.encode(), max(1, int(ttl * 1000))]
-            )
-            return bool(stored)
-        with self._lock:
-            if self._live(key) != claimed:
-                return False
-            self._memory[key] = (record.encode(), self.clock() + ttl)
-            return True
+    def renew(self, record_key: str, claimed: bytes, lease: float) -> bool:
+        return bool(self._redis.run_script(self._renew, [self._key(record_key)], [claimed, _ms(lease)]))
 
-    def release(self, record_key: str, fingerprint: str, owner: str) -> None:
-        """Give the key back (the request failed and may be retried)."""
-        key = self.full_key(record_key)
-        claimed = in_flight_value(fingerprint, owner)
-        if self._redis is not None:
-            self._redis.run_script(self._release, [key], [claimed])
-            return
-        with self._lock:
-            if self._live(key) == claimed:
-                del self._memory[key]
+    def complete(self, record_key: str, claimed: bytes, value: bytes, ttl: float) -> bool:
+        args = [claimed, value, _ms(ttl)]
+        return bool(self._redis.run_script(self._complete, [self._key(record_key)], args))
 
-    def get(self, record_key: str) -> Completed | InFlight | None:
-        key = self.full_key(record_key)
-        if self._redis is not None:
-            value = self._redis.get(key)
-        else:
-            with self._lock:
-                value = self._live(key)
+    def release(self, record_key: str, claimed: bytes) -> bool:
+        return bool(self._redis.run_script(self._release, [self._key(record_key)], [claimed]))
+
+    def get(self, record_key: str) -> Record | None:
+        value = self._redis.get(self._key(record_key))
         return None if value is None else decode(value)
 
-    # -- administration ------------------------------------------------------------------
+    def delete_matching(self, glob: str) -> int:
+        return self._redis.delete_matching(f"idem:{glob}")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._redis.scan("idem:*"))
+
+
+class MemoryRecords:
+    """Records in this process only (no Redis), bounded and swept.
+
+    In-flight records are never evicted (that would let a duplicate run);
+    completed ones are kept up to ``max_entries`` and ``max_bytes``, least
+    recently used evicted first, and expired ones are swept every
+    ``sweep_every`` writes and before anything live is evicted.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        clock: Callable[[], float] = time.time,
+        sweep_every: int = 256,
+    ) -> None:
+        self.clock = clock
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._sweep_every = sweep_every
+        self._writes = 0
+        self._lock = threading.Lock()
+        self._flights: dict[str, tuple[bytes, float]] = {}
+        self._done: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+
+    def claim(self, record_key: str, fingerprint: str, lease: float) -> Claim:
+        owner = new_owner()
+        value = in_flight_value(fingerprint, owner)
+        with self._lock:
+            stored = self._live(record_key)
+            if stored is None:
+                self._flights[record_key] = (value, self.clock() + lease)
+                return Claim(owner, value, None)
+            return Claim(None, value, decode(stored))
+
+    def renew(self, record_key: str, claimed: bytes, lease: float) -> bool:
+        with self._lock:
+            if self._live(record_key) != claimed:
+                return False
+            self._flights[record_key] = (claimed, self.clock() + lease)
+            return True
+
+    def complete(self, record_key: str, claimed: bytes, value: bytes, ttl: float) -> bool:
+        with self._lock:
+            if self._live(record_key) != claimed:
+                return False
+            del self._flights[record_key]
+            self._done[record_key] = (value, self.clock() + ttl)
+            self._bytes += len(value)
+            self._writes += 1
+            if self._writes % self._sweep_every == 0:
+                self._sweep()
+            self._evict_over_bounds()
+            return True
+
+    def release(self, record_key: str, claimed: bytes) -> bool:
+        with self._lock:
+            if self._live(record_key) != claimed:
+                return False
+            del self._flights[record_key]
+            return True
+
+    def get(self, record_key: str) -> Record | None:
+        with self._lock:
+            value = self._live(record_key)
+        return None if value is None else decode(value)
 
     def delete_matching(self, glob: str) -> int:
-        """Delete records whose key (after ``idem:``) matches ``glob``."""
-        pattern = self.full_key(glob)
-        if self._redis is not None:
-            doomed = list(self._redis.scan(pattern.removeprefix(self._prefix)))
-            removed = 0
-            for start in range(0, len(doomed), 500):
-                removed += self._redis.delete(*doomed[start : start + 500])
-            return removed
         with self._lock:
-            doomed = [key for key in self._memory if fnmatch.fnmatchcase(key, pattern)]
-            for key in doomed:
-                del self._memory[key]
-            return len(doomed)
+            removed = 0
+            for table in (self._flights, self._done):
+                doomed = [key for key in table if fnmatch.fnmatchcase(key, glob)]
+                for key in doomed:
+                    self._drop(table, key)
+                removed += len(doomed)
+            return removed
 
-    def _live(self, key: str) -> bytes | None:
-        stored = self._memory.get(key)
-        if stored is None:
-            return None
-        if stored[1] <= self.clock():
-            del self._memory[key]
-            return None
-        return stored[0]
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._flights) + len(self._done)
+
+    def _live(self, record_key: str) -> bytes | None:
+        now = self.clock()
+        for table in (self._flights, self._done):
+            stored = table.get(record_key)
+            if stored is None:
+                continue
+            if stored[1] <= now:
+                self._drop(table, record_key)
+                return None
+            if table is self._done:
+                self._done.move_to_end(record_key)
+            return stored[0]
+        return None
+
+    def _drop(self, table: dict[str, tuple[bytes, float]], record_key: str) -> None:
+        value, _expires = table.pop(record_key)
+        if table is self._done:
+            self._bytes -= len(value)
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        for table in (self._flights, self._done):
+            for key in [key for key, (_value, expires) in table.items() if expires <= now]:
+                self._drop(table, key)
+
+    def _evict_over_bounds(self) -> None:
+        if len(self._done) <= self._max_entries and self._bytes <= self._max_bytes:
+            return
+        self._sweep()
+        while self._done and (len(self._done) > self._max_entries or self._bytes > self._max_bytes):
+            key = next(iter(self._done))
+            self._drop(self._done, key)

@@ -1,34 +1,67 @@
-"""One app's idempotency protection: the record store, the memory layer, stats."""
+"""One app's idempotency protection: records, the memory layer, stats, signals."""
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import logging
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from typing import Any, TypedDict, cast
 
-from flask import Response
+from flask import current_app
 
-from ..cache.rules import STORED_HEADERS
+from .. import config as cfg
+from ..responses import HeaderPolicy
+from ..signals import idempotency_conflict, idempotency_mismatch
 from ..stats import Counters
-from ..stores.memory import MemoryStore
-from ..stores.redis import RedisStore, StoreUnavailableError
-from .records import Completed, RecordStore
-
-if TYPE_CHECKING:
-    from ..audit.service import AppAudit
+from ..stores.redis import RedisStore
+from .copies import Copies, NoCopies, ProcessCopies
+from .leases import keeper
+from .protocol import user_pattern
+from .records import MemoryRecords, Records, RedisRecords
 
 logger = logging.getLogger("flask_resilience.idempotency")
 
+ALWAYS_COUNTED = (
+    "requests",
+    "first_executions",
+    "replays",
+    "conflicts",
+    "mismatches",
+    "store_errors",
+    "lease_renewals",
+    "lease_lost",
+    "completion_retries",
+    "completions_lost",
+    "memory_unsynced",
+    "fail_open",
+    "missing_key",
+    "invalid_key",
+    "unprotected",
+)
 
-class IdempotencyStats(Counters):
-    def snapshot(self, *always: str) -> dict[str, Any]:
-        data = super().snapshot(
-            "requests", "first_executions", "replays", "conflicts", "mismatches", "store_errors", *always
-        )
-        requests = data["requests"]
-        return {**data, "replay_rate": round(data["replays"] / requests, 4) if requests else 0.0}
+
+class IdempotencyStats(TypedDict):
+    """``stats()``: counts since the last reset, and the memory layer's size."""
+
+    requests: int
+    first_executions: int
+    replays: int
+    replay_rate: float
+    conflicts: int
+    mismatches: int
+    store_errors: int
+    lease_renewals: int
+    lease_lost: int
+    completion_retries: int
+    completions_lost: int
+    memory_unsynced: int
+    fail_open: int
+    missing_key: int
+    invalid_key: int
+    unprotected: int
+    endpoints: dict[str, dict[str, int]]
+    memory_entries: int
+    enabled: bool
 
 
 class AppIdempotency:
@@ -36,97 +69,123 @@ class AppIdempotency:
         self,
         *,
         enabled: bool,
-        redis: RedisStore | None,
-        key_prefix: str,
+        records: Records,
         ttl: int,
         lease: float,
         auto_generate: bool,
+        on_error: str,
         max_body_bytes: int,
-        extra_headers: tuple[str, ...],
-        memory_entries: int,
-        audit: AppAudit | None,
+        headers: HeaderPolicy,
     ) -> None:
         self.enabled = enabled
-        self.store = RecordStore(redis, key_prefix)
-        self._redis = redis
+        self.records = records
         self.ttl = ttl
         self.lease = lease
         self.auto_generate = auto_generate
+        self.on_error = on_error
         self.max_body_bytes = max_body_bytes
-        self._headers = STORED_HEADERS | {name.lower() for name in extra_headers}
-        # Completed records only: an in-flight one must always be read from the store.
-        self.memory: MemoryStore[Completed] = MemoryStore(max_entries=memory_entries)
-        self.stats = IdempotencyStats()
-        self._audit = audit
-        self._channel = redis.channel("idempotency") if redis is not None else None
+        self.headers = headers
+        self.counters = Counters()
+        self.memory: Copies = NoCopies()
+        self._clock: Callable[[], float] = time.time
 
-    def stored_headers(self, response: Response) -> tuple[tuple[str, str], ...]:
-        return tuple(
-            (name, value) for name, value in response.headers.items() if name.lower() in self._headers
+    @classmethod
+    def from_config(cls, config: cfg.Config, redis: RedisStore | None) -> AppIdempotency:
+        """The service for one app; with Redis, warns when Redis does not persist."""
+        entries, max_bytes = config[cfg.IDEMPOTENCY_MEMORY_ENTRIES], config[cfg.IDEMPOTENCY_MEMORY_BYTES]
+        records: Records = (
+            MemoryRecords(max_entries=entries, max_bytes=max_bytes) if redis is None else RedisRecords(redis)
         )
+        # IDEMPOTENCY_STORED_HEADERS needs no reading: the policy stores every
+        # end-to-end header but the deny-list (see its documentation).
+        service = cls(
+            enabled=config[cfg.IDEMPOTENCY_ENABLED],
+            records=records,
+            ttl=config[cfg.IDEMPOTENCY_TTL],
+            lease=config[cfg.IDEMPOTENCY_LEASE],
+            auto_generate=config[cfg.IDEMPOTENCY_AUTO_GENERATE],
+            on_error=config[cfg.IDEMPOTENCY_ON_ERROR],
+            max_body_bytes=config[cfg.IDEMPOTENCY_MAX_BODY_BYTES],
+            headers=HeaderPolicy.denying(config[cfg.REQUEST_ID_HEADER]),
+        )
+        if redis is not None:
+            warn_unless_persistent(redis)
+            service.memory = ProcessCopies(
+                redis, max_entries=entries, max_bytes=max_bytes, count=service.counters.count
+            )
+        return service
 
-    # -- the memory layer ----------------------------------------------------------------
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Wall-clock seconds for record expiry (injectable in tests)."""
+        return self._clock
 
-    def remembered(self, record_key: str) -> Completed | None:
-        if self.store.shared:
-            return self.memory.get(record_key)
-        return None  # without Redis the store itself is in memory
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.records.clock = clock
+        self.memory.clock = clock
 
-    def remember(self, record_key: str, record: Completed, ttl: float) -> None:
-        if self.store.shared:
-            remaining = record.created_at + ttl - self.store.clock()
-            if remaining > 0:
-                self.memory.set(record_key, record, remaining)
+    # -- signals ---------------------------------------------------------------------
 
-    def listen(self) -> None:
-        """Drop memory-layer copies when any process invalidates a key."""
-        if self._redis is None or self._channel is None:
-            return
+    def refused(self, status: int, endpoint: str, principal: str | None) -> None:
+        """Count and announce a 409 (in progress) or a 422 (different request)."""
+        name, signal = (
+            ("conflicts", idempotency_conflict) if status == 409 else ("mismatches", idempotency_mismatch)
+        )
+        self.counters.count(name, endpoint)
+        if signal.receivers:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            signal.send(app, endpoint=endpoint, status=status, principal=principal)
 
-        def handle(raw: bytes) -> None:
-            pattern = str(json.loads(raw)["pattern"])
-            self.memory.delete_where(lambda key: fnmatch.fnmatchcase(key, pattern))
-
-        def forget_all() -> None:
-            self.memory.clear()
-
-        self._redis.subscriber.on_gap(forget_all)
-        self._redis.subscribe(self._channel, handle)
-
-    # -- administration ------------------------------------------------------------------------
+    # -- administration ----------------------------------------------------------------
 
     def invalidate(self, key: str, user_id: str | None = None) -> int:
         """Forget one key (of one user, or of everyone); returns records removed."""
-        scope = (
-            "*" if user_id is None else hashlib.sha256(f"user:{user_id}".encode() + b"\x00").hexdigest()[:32]
-        )
-        key_hash = hashlib.sha256(key.encode("utf-8", "surrogateescape") + b"\x00").hexdigest()[:32]
-        return self._forget(f"{scope}:{key_hash}:*")
+        return self._forget(user_pattern(user_id, key))
 
     def clear(self) -> int:
         return self._forget("*")
 
     def _forget(self, pattern: str) -> int:
-        removed = self.store.delete_matching(pattern)
-        self.memory.delete_where(lambda key: fnmatch.fnmatchcase(key, pattern))
-        if self._redis is not None and self._channel is not None:
-            try:
-                self._redis.publish(self._channel, json.dumps({"pattern": pattern}).encode())
-            except StoreUnavailableError:
-                logger.warning("could not tell other processes to forget idempotency keys %s", pattern)
+        removed = self.records.delete_matching(pattern)
+        self.memory.forget(pattern)
         return removed
 
-    def audit_conflict(self, key: str, status: int) -> None:
-        if self._audit is not None and self._audit.enabled:
-            self._audit.record(
-                {
-                    "event_type": "IDEMPOTENCY_CONFLICT",
-                    "status": "FAILURE",
-                    "severity": "WARNING",
-                    "http_status": status,
-                    "details": {"reason": "in progress" if status == 409 else "different request"},
-                }
-            )
+    def listen(self) -> None:
+        """Keep the memory layer coherent with other processes' invalidations."""
+        self.memory.listen()
 
-    def snapshot(self, include_private: bool = False) -> dict[str, Any]:
-        return {**self.stats.snapshot(), "memory_entries": len(self.memory), "enabled": self.enabled}
+    def stats(self, include_private: bool = False) -> IdempotencyStats:
+        counts: dict[str, Any] = self.counters.snapshot(*ALWAYS_COUNTED)
+        requests: int = counts["requests"]
+        counts["replay_rate"] = round(counts["replays"] / requests, 4) if requests else 0.0
+        counts["memory_entries"] = len(self.memory)
+        counts["enabled"] = self.enabled
+        # Counters.snapshot has every ALWAYS_COUNTED name and "endpoints".
+        return cast(IdempotencyStats, counts)
+
+    def reset_stats(self) -> None:
+        self.counters.reset()
+
+    def stop(self) -> None:
+        """Finish waiting completions (the lease keeper restarts on next use)."""
+        keeper.stop(flush=True, timeout=5.0)
+
+
+def warn_unless_persistent(redis: RedisStore) -> None:
+    """Log a warning when Redis keeps neither an AOF nor RDB snapshots: keys
+    would not survive a Redis restart. Skipped where ``CONFIG`` is refused."""
+    try:
+        appendonly = redis.client.config_get("appendonly").get("appendonly")
+        save = redis.client.config_get("save").get("save")
+    except Exception:  # a managed Redis may refuse CONFIG: nothing to check then
+        return
+    if appendonly is None or save is None:
+        return  # not a plain answer (a cluster client answers per node): cannot tell
+    if str(appendonly).lower() != "yes" and not str(save).strip():
+        logger.warning(
+            "Redis at %s persists nothing (appendonly no, no save points): idempotency keys "
+            "will not survive a Redis restart, and a retry after one runs the request again",
+            redis.prefix,
+        )

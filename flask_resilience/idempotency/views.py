@@ -1,12 +1,16 @@
-"""``@idempotent`` and blueprint-wide protection: the Flask glue of idempotency keys."""
+"""``@idempotent``, blueprint and prefix protection: the Flask glue of idempotency keys.
+
+Every form runs one policy, :func:`run_protected`, right around the view:
+after every app and blueprint ``before_request`` hook (so the app's own
+authentication answers first and the principal is the one it set), as the
+view decorator or at dispatch for blueprints and URL prefixes.
+"""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, Request, Response, current_app, g, make_response, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, make_response, request
 from werkzeug.exceptions import HTTPException
 
 from ..context import current_principal
@@ -22,16 +26,28 @@ from ..problems import Problem
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
-from .records import Completed, InFlight
+from .flight import Flight
+from .protocol import (
+    FINGERPRINT_CHOICES,
+    ON_ERROR_CHOICES,
+    Completed,
+    Decision,
+    InvalidKey,
+    Record,
+    check_choice,
+    decide,
+    fingerprint,
+    parse_key,
+    record_key,
+)
 from .service import AppIdempotency
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("flask_resilience.idempotency")
 
-_G_PLAN = "_resilience_idempotency"
-_PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
-_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\\"])*)"')
-_STORED_STATUSES = frozenset(range(200, 300)) | (frozenset(range(400, 500)) - {409, 429})
+_G_OPTIONS = "_resilience_idempotency"
+_DISPATCH_MARK = "_resilience_idempotency_dispatch"
+_DECORATED_MARK = "_resilience_idempotent"
 
 
 _fail_closed = threading.Event()
@@ -46,7 +62,8 @@ def fail_closed_declared() -> bool:
 @dataclass(frozen=True)
 class Options:
     """The settings of ``@idempotent`` and of blueprint/prefix protection
-    (raises ValueError for an invalid ``ttl`` or ``wait``)."""
+    (raises ValueError for an invalid ``ttl``, ``wait``, ``on_error`` or
+    ``fingerprint``)."""
 
     ttl: int | None = None
     methods: Iterable[str] = ("POST", "PUT", "PATCH", "DELETE")
@@ -56,6 +73,8 @@ class Options:
     header: str = "Idempotency-Key"
     fail_open: bool = False
     wait: int = 0
+    on_error: str | None = None
+    fingerprint: str = "raw"
 
     def __post_init__(self) -> None:
         check_ttl(self.ttl)
@@ -64,117 +83,120 @@ class Options:
         wait = self.wait
         if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
             raise ValueError(f"wait must be a number of milliseconds >= 0, got {wait!r}")
+        check_choice("on_error", self.on_error, ON_ERROR_CHOICES)
+        check_choice("fingerprint", self.fingerprint, FINGERPRINT_CHOICES)
         object.__setattr__(self, "methods", frozenset(method.upper() for method in self.methods))
 
 
-def idempotent(
-    ttl: int | None = None,
-    *,
-    methods: Iterable[str] = ("POST", "PUT", "PATCH", "DELETE"),
-    required: bool = False,
-    auto_generate: bool | None = None,
-    key_func: Callable[[Request], str | None] | None = None,
-    header: str = "Idempotency-Key",
-    fail_open: bool = False,
-    wait: int = 0,
-) -> Callable[[F], F]:
-    """Run the view at most once per idempotency key; replay its response to retries.
+def idempotent(ttl: int | None = None, **settings: Any) -> Callable[[F], F]:
+    """Run the view at most once per idempotency key; replay its outcome to retries.
 
-    ``ttl`` seconds (default ``RESILIENCE_IDEMPOTENCY_TTL``); ``auto_generate``
-    defaults to ``RESILIENCE_IDEMPOTENCY_AUTO_GENERATE``; ``wait`` is how many
-    milliseconds a duplicate waits for the first request's response before a 409.
+    Settings as :class:`Options`: ``ttl`` seconds (default
+    ``RESILIENCE_IDEMPOTENCY_TTL``); ``methods``; ``required``;
+    ``auto_generate`` (default ``RESILIENCE_IDEMPOTENCY_AUTO_GENERATE``);
+    ``key_func``; ``header``; ``fail_open``; ``wait`` (milliseconds a
+    duplicate waits for the first request's response before a 409);
+    ``on_error`` (``"store"`` or ``"release"``, default
+    ``RESILIENCE_IDEMPOTENCY_ON_ERROR``); ``fingerprint`` (``"raw"`` or
+    ``"json"``). Works on sync and ``async def`` views.
     """
-    options = Options(
-        ttl,
-        methods=methods,
-        required=required,
-        auto_generate=auto_generate,
-        key_func=key_func,
-        header=header,
-        fail_open=fail_open,
-        wait=wait,
-    )
+    options = Options(ttl, **settings)
 
     def decorator(view: F) -> F:
-        if inspect.iscoroutinefunction(view):
-
-            @functools.wraps(view)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Response:
-                plan = _Plan.begin(options)
-                if isinstance(plan, Response):
-                    return plan
-                try:
-                    response = make_response(await view(*args, **kwargs))
-                except HTTPException as exc:  # abort(400) is an answer, and is stored like one
-                    response = _error_response(exc)
-                except BaseException:
-                    plan.fail()
-                    raise
-                return plan.finish(response)
-
-            return cast(F, async_wrapper)
+        # Flask's ensure_sync, decided once: a sync view is called as is.
+        is_async = inspect.iscoroutinefunction(view)
 
         @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Response:
-            plan = _Plan.begin(options)
-            if isinstance(plan, Response):
-                return plan
-            try:
-                response = make_response(view(*args, **kwargs))
-            except HTTPException as exc:  # abort(400) is an answer, and is stored like one
-                response = _error_response(exc)
-            except BaseException:
-                plan.fail()
-                raise
-            return plan.finish(response)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if is_async:
+                return run_protected(options, lambda: current_app.ensure_sync(view)(*args, **kwargs))
+            return run_protected(options, lambda: view(*args, **kwargs))
 
+        setattr(wrapper, _DECORATED_MARK, True)
         return cast(F, wrapper)
 
     return decorator
 
 
 def protect_blueprint(blueprint: Blueprint, **settings: Any) -> Blueprint:
-    """Protect every view of ``blueprint`` (the seed's ``replayProtectionMiddleware``)."""
+    """Protect every view of ``blueprint`` (the seed's ``replayProtectionMiddleware``).
+
+    The blueprint's hook only marks the request; the protection itself runs
+    at dispatch, after every ``before_request`` hook of the app and blueprint.
+    """
     options = Options(**settings)
-    blueprint.before_request(lambda: _before(options))
-    blueprint.after_request(_after)
-    blueprint.teardown_request(_teardown)
+
+    def mark() -> None:
+        setattr(g, _G_OPTIONS, options)
+
+    blueprint.before_request(mark)
     return blueprint
 
 
-def protect_prefix_hooks(
-    prefixes: list[tuple[str, Options]],
-) -> tuple[
-    Callable[[], Response | None], Callable[[Response], Response], Callable[[BaseException | None], None]
-]:
-    """App-wide before/after/teardown hooks protecting every URL under the given prefixes."""
+def protect_dispatch(app: Flask, prefixes: list[tuple[str, Options]]) -> None:
+    """Run ``app``'s views under protection when their blueprint is protected
+    or their URL is under one of ``prefixes`` (read at each request)."""
+    dispatch = app.dispatch_request
+    if getattr(dispatch, _DISPATCH_MARK, False):
+        return
 
-    def before() -> Response | None:
-        for prefix, options in prefixes:
-            if request.path == prefix or request.path.startswith(prefix + "/"):
-                return _before(options)
-        return None
+    def dispatch_request() -> Any:
+        options: Options | None = g.__dict__.pop(_G_OPTIONS, None)
+        if options is None and prefixes:
+            path = request.path
+            for prefix, candidate in prefixes:
+                if path == prefix or path.startswith(prefix + "/"):
+                    options = candidate
+                    break
+        if options is None or _decorated(app, request):
+            return dispatch()  # unprotected, or the view's own @idempotent decides
+        return run_protected(options, dispatch)
 
-    return before, _after, _teardown
-
-
-def _before(options: Options) -> Response | None:
-    plan = _Plan.begin(options)
-    if isinstance(plan, Response):
-        return plan
-    setattr(g, _G_PLAN, plan)
-    return None
-
-
-def _after(response: Response) -> Response:
-    plan: _Plan | None = g.pop(_G_PLAN, None)
-    return response if plan is None else plan.finish(response)
+    setattr(dispatch_request, _DISPATCH_MARK, True)
+    app.dispatch_request = dispatch_request  # type: ignore[method-assign]
 
 
-def _teardown(error: BaseException | None) -> None:
-    plan: _Plan | None = g.pop(_G_PLAN, None)
-    if plan is not None:
-        plan.fail()
+def _decorated(app: Flask, req: Request) -> bool:
+    rule = req.url_rule
+    view = app.view_functions.get(rule.endpoint) if rule is not None else None
+    return bool(getattr(view, _DECORATED_MARK, False))
+
+
+def run_protected(options: Options, view: Callable[[], Any]) -> Any:
+    """The one policy: claim the key (or answer for the view), run the view,
+    keep its outcome as the key's outcome."""
+    service = get_state().idempotency
+    if not service.enabled or request.method not in options.methods:
+        return view()
+    flight = _begin(service, options)
+    if flight is None:
+        return view()
+    if isinstance(flight, Response):
+        return flight
+    try:
+        response = make_response(view())
+    except HTTPException as exc:  # abort(403) is an answer, and is kept like one
+        response = _error_response(exc)
+    except Exception as exc:
+        handled = _handled(exc)
+        if handled is None:
+            flight.crashed()
+            raise
+        response = handled
+    except BaseException:
+        flight.crashed()
+        raise
+    return flight.finish(response)
+
+
+def _handled(exc: Exception) -> Response | None:
+    """The app's own handler's answer for ``exc``, or None when it has none."""
+    try:
+        return make_response(current_app.handle_user_exception(exc))
+    except Exception as raised:
+        if raised is exc:
+            return None
+        raise
 
 
 def _error_response(error: HTTPException) -> Response:
@@ -185,217 +207,116 @@ def _error_response(error: HTTPException) -> Response:
     return make_response(handled)
 
 
-def parse_key(value: str) -> str:
-    """The key from a header value: bare, or an RFC 8941 string; raises a 400 Problem."""
-    value = value.strip()
-    if value.startswith('"'):
-        match = _SF_STRING.fullmatch(value)
-        if match is None:
-            raise _invalid_key("the quoted key is not a valid structured-field string")
-        value = match.group(1).replace('\\"', '"').replace("\\\\", "\\")
-    if not _PRINTABLE.fullmatch(value):
-        raise _invalid_key("a key is 1 to 255 printable ASCII characters")
-    return value
-
-
-def _invalid_key(detail: str) -> Problem:
-    return Problem(400, "idempotency-key-invalid", "Invalid Idempotency-Key", detail)
-
-
-def _digest(*parts: str | bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
-class _Plan:
-    """One protected request that holds the claim on its key."""
-
-    def __init__(
-        self,
-        service: AppIdempotency,
-        options: Options,
-        *,
-        key: str,
-        record_key: str,
-        fingerprint: str,
-        owner: str,
-    ) -> None:
-        self.service = service
-        self.options = options
-        self.key = key
-        self.record_key = record_key
-        self.fingerprint = fingerprint
-        self.owner = owner
-        self.endpoint = request.endpoint or request.path
-        self.done = False
-
-    @classmethod
-    def begin(cls, options: Options) -> _Plan | Response:
-        """Claim the key, or answer for the view (replay, 400, 409, 422, 503)."""
-        service = get_state().idempotency
-        if not service.enabled or request.method not in options.methods:
-            return _Unprotected()
-        endpoint = request.endpoint or request.path
-        raw = options.key_func(request) if options.key_func else request.headers.get(options.header)
-        if raw is None:
-            auto = service.auto_generate if options.auto_generate is None else options.auto_generate
-            if options.required:
-                service.stats.count("missing_key", endpoint)
-                raise Problem(
-                    400,
-                    "idempotency-key-missing",
-                    "Idempotency-Key is missing",
-                    f"This endpoint requires an '{options.header}' header.",
-                )
-            if not auto:
-                service.stats.count("unprotected", endpoint)
-                return _Unprotected()
-            key = str(uuid.uuid4())
-        else:
-            try:
-                key = parse_key(raw)
-            except Problem:
-                service.stats.count("invalid_key", endpoint)
-                raise
-        principal = current_principal()
-        scope = principal.key if principal is not None else "anonymous"
-        route = request.url_rule.rule if request.url_rule is not None else request.path
-        # The method is not part of the record: the same key on another method
-        # is a different request with a reused key (422), as the draft says.
-        record_key = f"{_digest(scope)[:32]}:{_digest(key)[:32]}:{_digest(route)[:16]}"
-        query = "&".join(sorted(request.query_string.decode("latin-1").split("&")))
-        fingerprint = _digest(request.method, request.path, query, request.get_data(cache=True))
-        service.stats.count("requests", endpoint)
-        remembered = service.remembered(record_key)
-        if remembered is not None:
-            return _answer_existing(
-                service, options, key=key, record_key=record_key, fingerprint=fingerprint, existing=remembered
-            )
+def _key(service: AppIdempotency, options: Options, req: Request, endpoint: str) -> str | None:
+    """The request's key (sent, or generated), or None to run unprotected;
+    raises the 400 problems."""
+    raw = options.key_func(req) if options.key_func else req.headers.get(options.header)
+    if raw is not None:
         try:
-            claim = service.store.claim(record_key, fingerprint, service.lease)
-        except StoreUnavailableError as exc:
-            service.stats.count("store_errors", endpoint)
-            if options.fail_open:
-                logger.warning("idempotency store unavailable, running %s unprotected: %s", endpoint, exc)
-                service.stats.count("fail_open", endpoint)
-                return _Unprotected()
-            raise Problem(
-                503,
-                "idempotency-store-unavailable",
-                "Idempotency store unavailable",
-                "The request was not run, so that it cannot run twice. Retry later.",
-                headers={"Retry-After": "5", options.header: key},
-            ) from None
-        if claim.owner is None:
-            return _answer_existing(
-                service,
-                options,
-                key=key,
-                record_key=record_key,
-                fingerprint=fingerprint,
-                existing=claim.existing,
-            )
-        service.stats.count("first_executions", endpoint)
-        return cls(
-            service, options, key=key, record_key=record_key, fingerprint=fingerprint, owner=claim.owner
+            return parse_key(raw)
+        except InvalidKey as exc:
+            service.counters.count("invalid_key", endpoint)
+            raise Problem(400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)) from None
+    if options.required:
+        service.counters.count("missing_key", endpoint)
+        raise Problem(
+            400,
+            "idempotency-key-missing",
+            "Idempotency-Key is missing",
+            f"This endpoint requires an '{options.header}' header.",
         )
-
-    def finish(self, response: Response) -> Response:
-        """Store the response for replays (or give the key back), and mark it."""
-        if self.done:
-            return response
-        self.done = True
-        storable = (
-            response.status_code in _STORED_STATUSES
-            and not response.is_streamed
-            and len(response.get_data()) <= self.service.max_body_bytes
-        )
-        try:
-            if storable:
-                record = Completed(
-                    fingerprint=self.fingerprint,
-                    created_at=self.service.store.clock(),
-                    status=response.status_code,
-                    headers=self.service.stored_headers(response),
-                    body=response.get_data(),
-                )
-                if self.service.store.complete(
-                    self.record_key,
-                    self.fingerprint,
-                    self.owner,
-                    record,
-                    self.options.ttl or self.service.ttl,
-                ):
-                    self.service.remember(self.record_key, record, self.options.ttl or self.service.ttl)
-                else:
-                    self.service.stats.count("lease_lost", self.endpoint)
-            else:
-                self.service.store.release(self.record_key, self.fingerprint, self.owner)
-        except StoreUnavailableError as exc:
-            # The view ran: its response must reach the client. A retry after the
-            # lease may run it again; say so loudly.
-            self.service.stats.count("store_errors", self.endpoint)
-            logger.error("idempotency record for %s could not be stored: %s", self.endpoint, exc)
-        response.headers[self.options.header] = self.key
-        response.headers["X-Idempotency-Replayed"] = "false"
-        return response
-
-    def fail(self) -> None:
-        """The view raised: give the key back so that the client may retry."""
-        if self.done:
-            return
-        self.done = True
-        try:
-            self.service.store.release(self.record_key, self.fingerprint, self.owner)
-        except StoreUnavailableError:
-            self.service.stats.count("store_errors", self.endpoint)
+    if service.auto_generate if options.auto_generate is None else options.auto_generate:
+        return str(uuid.uuid4())
+    service.counters.count("unprotected", endpoint)
+    return None
 
 
-class _Unprotected(_Plan):
-    """A request the decorator lets through untouched."""
-
-    def __init__(self) -> None:
-        self.done = True
-
-    def finish(self, response: Response) -> Response:
-        return response
-
-    def fail(self) -> None:
+def _begin(service: AppIdempotency, options: Options) -> Flight | Response | None:
+    """Claim the key (a Flight), answer for the view (replay, 409, 422 raised
+    as problems), or None to run it unprotected."""
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    endpoint = req.endpoint or req.path
+    key = _key(service, options, req, endpoint)
+    if key is None:
         return None
+    principal = current_principal()
+    scope = principal.key if principal is not None else None
+    route = req.url_rule.rule if req.url_rule is not None else req.path
+    print_ = fingerprint(
+        req.method,
+        req.path,
+        req.query_string.decode("latin-1"),
+        req.headers.get("Content-Type"),
+        req.get_data(cache=True),
+        mode=options.fingerprint,
+    )
+    flight = Flight(
+        service,
+        options,
+        key=key,
+        record_key=record_key(scope or "anonymous", key, route),
+        fingerprint=print_,
+        endpoint=endpoint,
+        scope=scope,
+    )
+    service.counters.count("requests", endpoint)
+    remembered = service.memory.get(flight.record_key)
+    if remembered is not None:
+        return _answer(flight, options, remembered, from_memory=True)
+    return _claim(flight, options)
 
 
-def _answer_existing(
-    service: AppIdempotency,
-    options: Options,
-    *,
-    key: str,
-    record_key: str,
-    fingerprint: str,
-    existing: Completed | InFlight | None,
-) -> Response:
-    endpoint = request.endpoint or request.path
-    headers = {options.header: key}
-    if isinstance(existing, InFlight) and existing.fingerprint == fingerprint and options.wait:
-        existing = _wait_for_completion(service, record_key, options.wait) or existing
-    if existing is not None and existing.fingerprint != fingerprint:
-        service.stats.count("mismatches", endpoint)
-        service.audit_conflict(key, 422)
+def _claim(flight: Flight, options: Options) -> Flight | Response | None:
+    """Claim the key in the store: the flight, an answer, or None (fail open)."""
+    service, endpoint = flight.service, flight.endpoint
+    try:
+        claim = service.records.claim(flight.record_key, flight.fingerprint, service.lease)
+    except StoreUnavailableError as exc:
+        service.counters.count("store_errors", endpoint)
+        if options.fail_open:
+            logger.warning("idempotency store unavailable, running %s unprotected: %s", endpoint, exc)
+            service.counters.count("fail_open", endpoint)
+            return None
+        raise Problem(
+            503,
+            "idempotency-store-unavailable",
+            "Idempotency store unavailable",
+            "The request was not run, so that it cannot run twice. Retry later.",
+            headers={"Retry-After": "5", options.header: flight.key},
+        ) from None
+    if claim.owner is None:
+        return _answer(flight, options, claim.existing, from_memory=False)
+    service.counters.count("first_executions", endpoint)
+    flight.claimed(claim.claimed)
+    return flight
+
+
+def _answer(flight: Flight, options: Options, existing: Record | None, *, from_memory: bool) -> Response:
+    """A replay, or raise the 409/422 problem, for a key another request holds."""
+    service = flight.service
+    decision = decide(existing, flight.fingerprint, service.clock())
+    if decision is Decision.IN_PROGRESS and options.wait:
+        existing = _wait_for_completion(service, flight.record_key, options.wait) or existing
+        decision = decide(existing, flight.fingerprint, service.clock())
+    headers = {options.header: flight.key}
+    if decision is Decision.REPLAY:
+        assert isinstance(existing, Completed)
+        service.counters.count("replays", flight.endpoint)
+        if not from_memory:
+            service.memory.put(flight.record_key, existing)
+        return replay(existing, options.header, flight.key)
+    if decision is Decision.MISMATCH:
+        service.refused(422, flight.endpoint, flight.scope)
         raise Problem(
             422,
             "idempotency-key-reused",
             "Idempotency-Key is already used",
-            "This key was used with a different request (method, path, query or body). Use a new key.",
+            "This key was used with a different request (method, path, query, content type or body). "
+            "Use a new key.",
             headers=headers,
         )
-    if isinstance(existing, Completed):
-        service.stats.count("replays", endpoint)
-        service.remember(record_key, existing, service.ttl)
-        return replay(existing, options.header, key)
-    service.stats.count("conflicts", endpoint)
-    service.audit_conflict(key, 409)
+    # IN_PROGRESS, or PROCEED for a record that expired between claim and read: retry.
+    service.refused(409, flight.endpoint, flight.scope)
     raise Problem(
         409,
         "idempotency-request-in-progress",
@@ -405,13 +326,13 @@ def _answer_existing(
     )
 
 
-def _wait_for_completion(service: AppIdempotency, record_key: str, wait_ms: int) -> Completed | None:
+def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> Completed | None:
     pause = threading.Event()
-    deadline = service.store.clock() + wait_ms / 1000
-    while service.store.clock() < deadline:
+    deadline = service.clock() + wait_ms / 1000
+    while service.clock() < deadline:
         pause.wait(0.01)
         try:
-            found = service.store.get(record_key)
+            found = service.records.get(where)
         except StoreUnavailableError:
             return None  # answer 409: the client retries later
         if isinstance(found, Completed):
@@ -423,10 +344,14 @@ def _wait_for_completion(service: AppIdempotency, record_key: str, wait_ms: int)
 
 def replay(record: Completed, header: str, key: str) -> Response:
     """The stored response, byte for byte, marked as a replay."""
-    response = Response(record.body, status=record.status, headers=list(record.headers))
+    response = record.response.to_response()
     response.headers[header] = key
     response.headers["X-Idempotency-Replayed"] = "true"
-    response.headers["X-Original-Timestamp"] = (
-        datetime.fromtimestamp(record.created_at, UTC).isoformat().replace("+00:00", "Z")
-    )
+    response.headers["X-Original-Timestamp"] = _timestamp(record.response.created_at)
     return response
+
+
+@functools.lru_cache(maxsize=256)
+def _timestamp(created_at: float) -> str:
+    """ISO 8601 in UTC; cached, as hot keys replay the same record many times."""
+    return datetime.fromtimestamp(created_at, UTC).isoformat().replace("+00:00", "Z")

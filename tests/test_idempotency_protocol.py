@@ -1,0 +1,143 @@
+"""The framework-free idempotency protocol: keys, record keys, fingerprints, decisions."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flask_resilience.idempotency.protocol import (
+    Completed,
+    Decision,
+    InFlight,
+    InvalidKey,
+    Keep,
+    canonical_json,
+    canonical_query,
+    decide,
+    fingerprint,
+    keep,
+    parse_key,
+    record_key,
+    user_pattern,
+)
+from flask_resilience.idempotency.records import MemoryRecords, completed_value, decode, in_flight_value
+from flask_resilience.responses import StoredResponse
+from tests.clock import FakeClock
+
+RESPONSE = StoredResponse(201, (("Location", "/p/1"),), b"{}", 1_700_000_000.0)
+
+
+@pytest.mark.parametrize(
+    ("sent", "key"),
+    [("abc", "abc"), ('"abc"', "abc"), ('"a\\"b"', 'a"b'), ("a b", "a b"), ("x" * 255, "x" * 255)],
+)
+def test_keys_are_taken_as_sent(sent: str, key: str) -> None:
+    assert parse_key(sent) == key
+
+
+@pytest.mark.parametrize("sent", ["", " a", "a ", "a\xa0", "\ta", "x" * 256, "ü", '"open', '"a\\x"', '" a"'])
+def test_padded_or_unprintable_keys_are_refused(sent: str) -> None:
+    with pytest.raises(InvalidKey):
+        parse_key(sent)
+
+
+@given(st.text(max_size=300))
+def test_parse_key_either_accepts_a_printable_key_or_raises(sent: str) -> None:
+    try:
+        key = parse_key(sent)
+    except InvalidKey:
+        return
+    assert 1 <= len(key) <= 255 and key == key.strip() and key.isascii()
+
+
+def test_record_keys_separate_callers_keys_and_routes() -> None:
+    base = record_key("user:1", "k", "/pay")
+    assert len({base, record_key("user:2", "k", "/pay"), record_key("user:1", "k2", "/pay")}) == 3
+    assert record_key("user:1", "k", "/refund") != base
+    assert base.startswith(user_pattern("1", "k").split(":")[0])
+
+
+def test_repeated_parameters_keep_their_order_names_do_not() -> None:
+    assert canonical_query("amount=1&amount=1000") != canonical_query("amount=1000&amount=1")
+    assert canonical_query("a=1&b=2") == canonical_query("b=2&a=1")
+    assert canonical_query("") == ""
+
+
+def test_fingerprint_covers_method_path_query_media_type_and_body() -> None:
+    base = fingerprint("POST", "/p", "", "application/json", b'{"a":1}')
+    others = [
+        fingerprint("PUT", "/p", "", "application/json", b'{"a":1}'),
+        fingerprint("POST", "/q", "", "application/json", b'{"a":1}'),
+        fingerprint("POST", "/p", "x=1", "application/json", b'{"a":1}'),
+        fingerprint("POST", "/p", "", "text/plain", b'{"a":1}'),
+        fingerprint("POST", "/p", "", None, b'{"a":1}'),
+        fingerprint("POST", "/p", "", "application/json", b'{"a":2}'),
+    ]
+    assert base not in others and len(set(others)) == len(others)
+
+
+def test_json_mode_compares_content_and_falls_back_to_bytes() -> None:
+    spaced = fingerprint("POST", "/p", "", "application/json", b'{"b": 1, "a": [1, 2]}', mode="json")
+    assert spaced == fingerprint("POST", "/p", "", "application/json", b'{"a":[1,2],"b":1}', mode="json")
+    assert canonical_json(b"not json") is None
+    assert canonical_json(b"[" * 100_000 + b"]" * 100_000) is None
+
+
+def test_decisions() -> None:
+    done = Completed("fp", 100.0, RESPONSE)
+    assert decide(None, "fp", 50.0) is Decision.PROCEED
+    assert decide(done, "fp", 50.0) is Decision.REPLAY
+    assert decide(done, "other", 50.0) is Decision.MISMATCH
+    assert decide(done, "fp", 100.0) is Decision.PROCEED  # expired
+    assert decide(InFlight("fp", "o"), "fp", 50.0) is Decision.IN_PROGRESS
+    assert decide(InFlight("fp", "o"), "other", 50.0) is Decision.MISMATCH
+
+
+@pytest.mark.parametrize(
+    ("status", "streamed", "size", "on_error", "expected"),
+    [
+        (201, False, 10, "store", Keep.STORE),
+        (303, False, 0, "store", Keep.STORE),
+        (400, False, 10, "store", Keep.STORE),
+        (500, False, 10, "store", Keep.STORE),
+        (500, False, 10, "release", Keep.RELEASE),
+        (201, False, 101, "store", Keep.NOT_KEPT),
+        (201, True, 0, "store", Keep.NOT_KEPT),
+        (201, True, 0, "release", Keep.RELEASE),
+        (409, False, 10, "store", Keep.RELEASE),
+        (429, False, 10, "store", Keep.RELEASE),
+    ],
+)
+def test_what_is_kept(status: int, streamed: bool, size: int, on_error: str, expected: Keep) -> None:
+    assert keep(status, streamed=streamed, size=size, max_bytes=100, on_error=on_error) is expected
+
+
+def test_records_round_trip_through_the_envelope() -> None:
+    done = Completed("fp", 123.5, RESPONSE)
+    assert decode(completed_value(done)) == done
+    assert decode(in_flight_value("fp", "owner")) == InFlight("fp", "owner")
+    assert completed_value(done).startswith(b"FRI\x01")
+    assert decode(b"FRC\x01garbage") is None
+    assert decode(b'{"s":"p"}') is None  # the previous format reads as absent
+
+
+def test_memory_records_bound_completed_records_by_bytes_but_never_evict_claims() -> None:
+    clock = FakeClock(1_000.0)
+    records = MemoryRecords(max_entries=100, max_bytes=2_000, clock=clock)
+    held = records.claim("held", "fp", lease=60)
+    assert held.owner is not None
+    for number in range(10):
+        claim = records.claim(f"k{number}", "fp", lease=60)
+        body = StoredResponse(200, (), b"x" * 500, clock())
+        assert records.complete(
+            f"k{number}", claim.claimed, completed_value(Completed("fp", 2_000.0, body)), 60
+        )
+    assert isinstance(records.get("held"), InFlight)
+    assert records.get("k0") is None and isinstance(records.get("k9"), Completed)
+    assert len(records) <= 1 + 4
+    clock.advance(61)  # the claim's lease and every record have expired
+    assert records.get("held") is None
+    remaining = len(records)
+    assert records.delete_matching("*") == remaining
+    assert len(records) == 0
