@@ -122,7 +122,8 @@ def login() -> ResponseReturnValue:
         raise Problem(401, "login-failed", "Login failed", "Unknown user name or wrong password.")
     token = _serializer().dumps({"sub": user.name, "jti": secrets.token_urlsafe(12)})
     log_auth_event(AuditEventType.LOGIN, user_id=user.name)
-    return jsonify(token=token, token_type="Bearer", expires_in=TOKEN_SECONDS, admin=user.admin)
+    answer = {"token": token, "token_type": "Bearer", "expires_in": TOKEN_SECONDS, "admin": user.admin}
+    return jsonify(answer)
 
 
 @auth_blueprint.post("/logout")
