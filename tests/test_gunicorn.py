@@ -56,6 +56,7 @@ def server(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Server]:
         "RESILIENCE_KEY_PREFIX": key_prefix,
         "RESILIENCE_AUDIT_DATABASE_URI": audit_url,
         "RESILIENCE_AUDIT_SPILL_PATH": str(tmp_path / "spill.jsonl"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}",
     }
     process = subprocess.Popen(
         [gunicorn, "--preload", "--workers", "3", "--bind", f"127.0.0.1:{port}", "example_app:create_app()"],
@@ -80,48 +81,57 @@ def server(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Server]:
         running.stop()
 
 
+def login(session: requests.Session, base: str) -> None:
+    answer = session.post(f"{base}/api/auth/login", json={"username": "alice", "password": "alice-password"})
+    session.headers["Authorization"] = f"Bearer {answer.json()['token']}"
+
+
 def test_workers_share_idempotency_and_cache_state(server: Server) -> None:
     base = server.url
     with requests.Session() as session:
         health = session.get(f"{base}/api/health").json()
         assert health["checks"]["redis"]["status"] == "up"
+        login(session, base)
 
-        order = {"flight": "LH401"}
-        first = session.post(f"{base}/api/bookings", json=order, headers={"Idempotency-Key": "gunicorn-1"})
+        booking = session.post(f"{base}/api/bookings", json={"flight": "LH401", "passenger": "A"}).json()
+        order = {"booking_id": booking["id"], "amount_cents": 100, "card_number": "4111111111111111"}
+        key = {"Idempotency-Key": "gunicorn-1"}
+        first = session.post(f"{base}/api/payments", json=order, headers=key)
         assert (first.status_code, first.headers["X-Idempotency-Replayed"]) == (201, "false")
         # Whichever worker answers, the key is known: the record lives in Redis.
         for _ in range(12):
-            again = session.post(
-                f"{base}/api/bookings", json=order, headers={"Idempotency-Key": "gunicorn-1"}
-            )
+            again = session.post(f"{base}/api/payments", json=order, headers=key)
             assert (again.status_code, again.headers["X-Idempotency-Replayed"]) == (201, "true")
             assert again.content == first.content
 
-        assert session.get(f"{base}/api/flights").headers["X-Cache"] in ("MISS", "HIT")
-        hits = [session.get(f"{base}/api/flights").headers["X-Cache"] for _ in range(12)]
-        assert set(hits) == {"HIT"}  # every worker finds it in Redis or in its own L1
+        with requests.Session() as anonymous:  # searches with credentials are not shared-cached
+            flights = f"{base}/api/flights?from=FRA"
+            assert anonymous.get(flights).headers["X-Cache"] in ("MISS", "HIT")
+            hits = [anonymous.get(flights).headers["X-Cache"] for _ in range(12)]
+            assert set(hits) == {"HIT"}  # every worker finds it in Redis or in its own L1
 
-        assert session.post(f"{base}/api/flights/refresh").status_code == 200
-        # The refresh bumped the tag: some worker recomputes and stores it again...
-        assert eventually(lambda: "stored" in session.get(f"{base}/api/flights").headers["Cache-Status"])
-        # ...and then every worker serves that copy.
-        after = [session.get(f"{base}/api/flights").headers["X-Cache"] for _ in range(12)]
-        assert set(after) == {"HIT"}
+            # A booking invalidates the flights tag: some worker recomputes and stores it again...
+            assert session.post(f"{base}/api/bookings", json={"flight": "LH403", "passenger": "B"}).ok
+            assert eventually(lambda: "stored" in anonymous.get(flights).headers["Cache-Status"])
+            # ...and then every worker serves that copy.
+            after = [anonymous.get(flights).headers["X-Cache"] for _ in range(12)]
+            assert set(after) == {"HIT"}
 
 
 def test_sigterm_leaves_every_audit_entry_stored(server: Server) -> None:
     with requests.Session() as session:
+        login(session, server.url)
         for number in range(6):
             response = session.post(
-                f"{server.url}/api/bookings",
-                json={"seat": number},
-                headers={"Idempotency-Key": f"seat-{number}"},
+                f"{server.url}/api/bookings", json={"flight": "LH401", "passenger": f"seat {number}"}
             )
             assert response.status_code == 201
     server.stop()  # the entries sit in the workers' buffers (5 s interval); exiting must flush them
     assert server.process.returncode == 0
     engine = sqlalchemy.create_engine(server.audit_url)
     with engine.connect() as connection:
-        count = connection.execute(sqlalchemy.text("SELECT count(*) FROM resilience_audit_log")).scalar_one()
+        count = connection.execute(
+            sqlalchemy.text("SELECT count(*) FROM resilience_audit_log WHERE event_type = 'CREATE'")
+        ).scalar_one()
     engine.dispose()
     assert count == 6
