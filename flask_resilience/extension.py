@@ -31,6 +31,7 @@ from .health import health_blueprint
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_prefix_hooks
+from .metrics import fleet as fleet_metrics
 from .problems import Problem, handle_problem
 from .signals import circuit_state_changed
 from .state import EXTENSION_NAME, ResilienceState, get_state
@@ -112,6 +113,7 @@ class Resilience:
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
+        fleet_metrics.install(app, state)  # only with PROMETHEUS_MULTIPROC_DIR set
         # One hook of each kind for everything: Flask's dispatch per hook adds up.
         app.before_request(functools.partial(self._before_request, state))
         app.after_request(functools.partial(self._after_request, config[cfg.REQUEST_ID_HEADER]))

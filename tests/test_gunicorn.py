@@ -6,11 +6,6 @@ master before forking, which is what makes fork-safety matter.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,65 +15,27 @@ import sqlalchemy
 
 from flask_resilience.audit.migrate import upgrade
 from tests.clock import eventually
-from tests.services import free_port
-
-ROOT = Path(__file__).parent.parent
-
-
-class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, audit_url: str) -> None:
-        self.process = process
-        self.url = url
-        self.audit_url = audit_url
-
-    def stop(self) -> None:
-        """SIGTERM, as an orchestrator stops gunicorn; waits for it to exit."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+from tests.gunicorn_server import Server, gunicorn
 
 
 @pytest.fixture
-def server(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Server]:
-    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
-    if gunicorn is None:
-        pytest.fail("gunicorn is not installed (it is in the test extra)", pytrace=False)
-    port = free_port()
-    audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    upgrade(sqlalchemy.create_engine(audit_url))
+def audit_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(sqlalchemy.create_engine(url))
+    return url
+
+
+@pytest.fixture
+def server(redis_url: str, key_prefix: str, tmp_path: Path, audit_url: str) -> Iterator[Server]:
     env = {
-        **os.environ,
         "RESILIENCE_REDIS_URL": redis_url,
         "RESILIENCE_KEY_PREFIX": key_prefix,
         "RESILIENCE_AUDIT_DATABASE_URI": audit_url,
         "RESILIENCE_AUDIT_SPILL_PATH": str(tmp_path / "spill.jsonl"),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}",
     }
-    process = subprocess.Popen(
-        [gunicorn, "--preload", "--workers", "3", "--bind", f"127.0.0.1:{port}", "example_app:create_app()"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return requests.get(f"{base}/api/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    running = Server(process, base, audit_url)
-    try:
-        assert eventually(answers, timeout=30), "gunicorn did not start"
+    with gunicorn(env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def login(session: requests.Session, base: str) -> None:
@@ -118,7 +75,7 @@ def test_workers_share_idempotency_and_cache_state(server: Server) -> None:
             assert set(after) == {"HIT"}
 
 
-def test_sigterm_leaves_every_audit_entry_stored(server: Server) -> None:
+def test_sigterm_leaves_every_audit_entry_stored(server: Server, audit_url: str) -> None:
     with requests.Session() as session:
         login(session, server.url)
         for number in range(6):
@@ -128,7 +85,7 @@ def test_sigterm_leaves_every_audit_entry_stored(server: Server) -> None:
             assert response.status_code == 201
     server.stop()  # the entries sit in the workers' buffers (5 s interval); exiting must flush them
     assert server.process.returncode == 0
-    engine = sqlalchemy.create_engine(server.audit_url)
+    engine = sqlalchemy.create_engine(audit_url)
     with engine.connect() as connection:
         count = connection.execute(
             sqlalchemy.text("SELECT count(*) FROM resilience_audit_log WHERE event_type = 'CREATE'")
