@@ -214,7 +214,7 @@ def render(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
-class _QuietHandler(WSGIRequestHandler):
+class QuietRequestHandler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """The table is the output; one log line per request would bury it."""
 
@@ -226,7 +226,7 @@ def in_process_app() -> Iterator[str]:
 
     with tempfile.TemporaryDirectory(prefix="example-app-") as instance:
         app = create_app({"EXAMPLE_BREAKER_OPEN_SECONDS": 1.0}, instance_path=instance)
-        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietRequestHandler)
         thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)
         thread.start()
         try:

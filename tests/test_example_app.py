@@ -3,39 +3,15 @@ in-process state) and on Redis + PostgreSQL, plus its demo command."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
-from flask import Flask
-from werkzeug.serving import make_server
 
 from example_app import create_app, shutdown
-from example_app.demo import _QuietHandler, run_demo
-
-
-@dataclass
-class Running:
-    app: Flask
-    url: str
-    http: requests.Session
-
-    def call(self, method: str, path: str, token: str = "", **kwargs: Any) -> requests.Response:
-        headers = dict(kwargs.pop("headers", {}))
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return self.http.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
-
-    def login(self, user: str) -> str:
-        answer = self.call("POST", "/api/auth/login", json={"username": user, "password": f"{user}-password"})
-        assert answer.status_code == 200, answer.text
-        token: str = answer.json()["token"]
-        return token
+from example_app.demo import run_demo
+from tests.example_server import Running, serve
 
 
 @pytest.fixture(params=["embedded", "redis+postgres"])
@@ -48,18 +24,6 @@ def services(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     else:
         monkeypatch.delenv("DATABASE_URL", raising=False)
     return str(request.param)
-
-
-def serve(app: Flask) -> Iterator[Running]:
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with requests.Session() as http:
-            yield Running(app, f"http://127.0.0.1:{server.server_port}", http)
-    finally:
-        server.shutdown()
-        shutdown(app)
 
 
 @pytest.fixture
