@@ -22,6 +22,7 @@ import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 ADMIN = ("admin", "admin-password")
+AUDIT_WAIT_SECONDS = 10.0
 USER = ("alice", "alice-password")
 
 
@@ -43,9 +44,12 @@ class Demo:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     user_token: str = ""
     admin_token: str = ""
+    requests_sent: int = 0
 
     def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}))
+        self.requests_sent += 1
+        headers.setdefault("X-Request-ID", f"{self.run_id}-{self.requests_sent}")
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return self.http.request(method, self.base + path, headers=headers, timeout=10, **kwargs)
@@ -56,6 +60,11 @@ class Demo:
 
     def admin(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return self.call(method, path, self.admin_token, **kwargs)
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        """This run's entries (its requests carry ids starting with the run id)."""
+        found = self.admin("GET", "/api/health/audit/entries?limit=1000").json()["entries"]
+        return [entry for entry in found if str(entry.get("request_id")).startswith(self.run_id)]
 
     def breaker(self) -> dict[str, Any]:
         found: dict[str, Any] = (
@@ -170,11 +179,17 @@ class Demo:
         return self.call("GET", f"/api/flights?from=CDG&to=LIS&date={uuid.uuid4().hex[:12]}")
 
     def audit(self) -> None:
-        entries = self.admin("GET", "/api/health/audit/entries?limit=1000").json()["entries"]
-        kinds = {entry["event_type"] for entry in entries}
         # CIRCUIT_OPENED is not required: with RESILIENCE_BREAKER_STORAGE=redis the
         # extension does not yet audit transitions decided in shared storage.
         wanted = {"LOGIN", "LOGIN_FAILED", "CREATE", "PAYMENT_PROCESSED", "REFUND_ISSUED", "ADMIN"}
+        # Other workers flush their buffers on their own schedule (5 s by default).
+        deadline = time.monotonic() + AUDIT_WAIT_SECONDS
+        while True:
+            entries = self.audit_entries()
+            kinds = {entry["event_type"] for entry in entries}
+            if wanted <= kinds or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         self.check(
             "audit",
             "entries written: " + ", ".join(sorted(wanted)),
