@@ -33,6 +33,7 @@ from .flights import ProviderClient, flights_blueprint
 from .models import db
 from .payments import payments_blueprint
 from .provider import FlightsProvider
+from .validation import BoundedJSONProvider
 
 __all__ = ["create_app"]
 
@@ -75,6 +76,7 @@ def _prepare_database(app: Flask) -> None:
 
 def create_app(config: dict[str, Any] | None = None, instance_path: str | None = None) -> Flask:
     app = Flask(__name__, instance_path=instance_path)
+    app.json = BoundedJSONProvider(app)
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config.update(_settings(app.instance_path, config or {}))
 

@@ -60,7 +60,7 @@ def bearer_claims() -> dict[str, str] | None:
         return claims
     claims = None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token:
+    if scheme.lower() == "bearer" and token and token.isascii():
         try:
             loaded = _serializer().loads(token.strip(), max_age=TOKEN_SECONDS)
         except BadSignature:
@@ -109,7 +109,7 @@ def install(resilience: Resilience) -> None:
 
 @auth_blueprint.post("/login")
 def login() -> ResponseReturnValue:
-    body = request.get_json(silent=True)
+    body = request.get_json(silent=True)  # None for anything but JSON (BoundedJSONProvider)
     name = body.get("username") if isinstance(body, dict) else None
     password = body.get("password") if isinstance(body, dict) else None
     user = USERS.get(name) if isinstance(name, str) else None

@@ -178,3 +178,28 @@ def test_demo_reports_a_step_that_misbehaves(tmp_path: Path) -> None:
     output = "\n".join(lines)
     assert "✗  idempotency  the card was charged once" in output
     assert "Some steps did not behave" in output
+
+
+@pytest.mark.parametrize("path", ["/api/auth/login", "/api/bookings", "/api/payments", "/api/admin/provider"])
+def test_hostile_bodies_get_a_problem_not_a_500(example: Running, path: str) -> None:
+    token = example.login("admin" if "admin" in path else "alice")
+    headers = {"Content-Type": "application/json", "Idempotency-Key": f"hostile-{uuid.uuid4().hex}"}
+    deep = "[" * 100_000 + "]" * 100_000
+    lone_surrogates = (
+        '{"flight": "\\ud800", "passenger": "\\udfff", "mode": "\\ud800", "username": "\\ud800"}'
+    )
+    for body in (deep, lone_surrogates, "not json", "\x00"):
+        answer = example.call("POST", path, token, data=body.encode(), headers=headers)
+        assert answer.status_code in (400, 401), (body[:20], answer.status_code)
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        headers["Idempotency-Key"] = f"hostile-{uuid.uuid4().hex}"
+
+
+def test_hostile_urls_and_headers(example: Running) -> None:
+    assert example.call("GET", "/api/bookings/1%00", example.login("alice")).status_code == 404
+    assert example.call("GET", "/api/bookings/1", "x" * 10_000).status_code == 401
+    repeated = example.call("GET", "/api/flights?from=FRA&from=CDG&to=%23&date=%3F%00")
+    assert repeated.status_code == 200
+    assert (
+        example.call("GET", "/api/flights?from=FRA&from=CDG&to=%23&date=%3F%00").headers["X-Cache"] == "HIT"
+    )
