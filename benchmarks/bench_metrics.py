@@ -67,6 +67,15 @@ def wsgi_get(app: Flask, path: str, headers: dict[str, str] | None = None) -> Ca
     return call
 
 
+def report(title: str, unit: str, figures: dict[str, float], base: float | None = None) -> None:
+    """One table: each contender's figure, and its ratio to ``base`` when given."""
+    ratio_header = f" {'x base':>8}" if base else ""
+    print(f"\n{title:40} {unit:>8}{ratio_header}")
+    for name, value in figures.items():
+        ratio = f" {value / base:8.3f}" if base else ""
+        print(f"{name:40} {value:8.2f}{ratio}")
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     plain, fleet, peer = make_app(False), make_app(True), make_app(False)
@@ -93,12 +102,8 @@ def main() -> None:
         unit=1e3,
     )
     base = per_request["no fleet metrics"]
-    print(f"{'per request (cached GET, raw WSGI)':40} {'us':>8} {'x none':>8}")
-    for name, value in per_request.items():
-        print(f"{name:40} {value:8.1f} {value / base:8.3f}")
-    print(f"\n{'per scrape':40} {'ms':>8}")
-    for name, value in per_scrape.items():
-        print(f"{name:40} {value:8.2f}")
+    report("per request (cached GET, raw WSGI)", "us", per_request, base)
+    report("per scrape", "ms", per_scrape)
     ours = per_request["flask-resilience fleet metrics"] - base
     theirs = per_request["peer: Counter.inc() per request"] - base
     print(f"\nadded per request: ours {ours:+.2f} us, peer {theirs:+.2f} us")

@@ -42,6 +42,14 @@ def _number(value: object) -> float:
     return float(value)
 
 
+def _single(name: str, kind: str, help_text: str, table: Mapping[str, Any], key: str) -> Iterator[Family]:
+    """A family of one unlabelled sample, ``table[key]``; nothing when the table lacks it."""
+    if key in table:
+        family = Family(name, kind, help_text)
+        family.add(table[key])
+        yield family
+
+
 def _from_table(family: Family, table: Mapping[str, Any], names: Mapping[str, str]) -> Family:
     """Samples ``names[key] -> table[key]`` for the keys the table has."""
     for key, label in names.items():
@@ -121,10 +129,7 @@ def _cache(cache: Mapping[str, Any]) -> Iterator[Family]:
         {"evictions": "evicted", "expirations": "expired"},
     )
     for key in ("entries", "bytes"):
-        if key in l1:
-            gauge = Family(f"resilience_cache_l1_{key}", "gauge", f"L1 {key}, summed over processes")
-            gauge.add(l1[key])
-            yield gauge
+        yield from _single(f"resilience_cache_l1_{key}", "gauge", f"L1 {key}, summed over processes", l1, key)
     yield from _write_behind(cache.get("write_behind", {}))
 
 
@@ -134,14 +139,12 @@ def _write_behind(queue: Mapping[str, Any]) -> Iterator[Family]:
         queue,
         {"persisted": "persisted", "failed": "failed", "dropped": "dropped"},
     )
-    if "retries" in queue:
-        retries = Family("resilience_cache_write_behind_retries", "counter", "Write-behind retries")
-        retries.add(queue["retries"])
-        yield retries
-    if "pending" in queue:
-        pending = Family("resilience_cache_write_behind_pending", "gauge", "Write-behind writes waiting")
-        pending.add(queue["pending"])
-        yield pending
+    yield from _single(
+        "resilience_cache_write_behind_retries", "counter", "Write-behind retries", queue, "retries"
+    )
+    yield from _single(
+        "resilience_cache_write_behind_pending", "gauge", "Write-behind writes waiting", queue, "pending"
+    )
 
 
 def _audit(audit: Mapping[str, Any]) -> Iterator[Family]:
@@ -158,18 +161,15 @@ def _audit(audit: Mapping[str, Any]) -> Iterator[Family]:
         audit,
         {"written": "written", "spilled": "spilled", "rejected": "rejected", "dropped": "dropped"},
     )
-    for key, help_text in (
-        ("replayed", "Spilled audit entries written later"),
-        ("flush_errors", "Audit flushes that failed"),
-    ):
-        if key in audit:
-            counter = Family(f"resilience_audit_{key}", "counter", help_text)
-            counter.add(audit[key])
-            yield counter
-    if "queue_size" in audit:
-        queue = Family("resilience_audit_queue_size", "gauge", "Audit entries waiting to be written")
-        queue.add(audit["queue_size"])
-        yield queue
+    yield from _single(
+        "resilience_audit_replayed", "counter", "Spilled audit entries written later", audit, "replayed"
+    )
+    yield from _single(
+        "resilience_audit_flush_errors", "counter", "Audit flushes that failed", audit, "flush_errors"
+    )
+    yield from _single(
+        "resilience_audit_queue_size", "gauge", "Audit entries waiting to be written", audit, "queue_size"
+    )
 
 
 def _idempotency(replay: Mapping[str, Any]) -> Iterator[Family]:
@@ -184,7 +184,10 @@ def _idempotency(replay: Mapping[str, Any]) -> Iterator[Family]:
             "store_errors": "store_error",
         },
     )
-    if "lease_renewals" in replay:
-        renewals = Family("resilience_idempotency_lease_renewals", "counter", "Idempotency lease renewals")
-        renewals.add(replay["lease_renewals"])
-        yield renewals
+    yield from _single(
+        "resilience_idempotency_lease_renewals",
+        "counter",
+        "Idempotency lease renewals",
+        replay,
+        "lease_renewals",
+    )
