@@ -72,6 +72,9 @@ def _prepare_database(app: Flask) -> None:
         db.create_all()
         if not inspect(db.engine).has_table(TABLE_NAME):
             upgrade(db.engine)
+        # gunicorn --preload forks after this: workers must not inherit (and
+        # share) these pooled connections.
+        db.engine.dispose()
 
 
 def create_app(config: dict[str, Any] | None = None, instance_path: str | None = None) -> Flask:

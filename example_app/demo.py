@@ -160,7 +160,9 @@ class Demo:
             f"{rejected.status_code}, Retry-After {retry_after}",
         )
         self.admin("POST", "/api/admin/provider", json={"mode": "ok"})
-        time.sleep(float(state.get("seconds_until_trial") or 0) + 0.2)  # the breaker's own timeout
+        # The breaker's own timeout, as the breaker or the rejection tells it.
+        wait = state.get("seconds_until_trial") or float(retry_after or 0)
+        time.sleep(float(wait) + 0.2)
         probe = self._fresh_search()
         probing = self.breaker().get("state")
         self.check(

@@ -27,12 +27,12 @@ class ProviderClient:
 
     @classmethod
     def create(cls, resilience: Resilience, url: str, open_seconds: float) -> ProviderClient:
+        config = {"failure_threshold": 3, "timeout": open_seconds, "success_threshold": 2}
+        # Created now, not on the first call, so that every worker lists it on
+        # the dashboard (its state is shared through Redis when configured).
+        resilience.circuit_breaker(PROVIDER_BREAKER, **config)
         session = requests.Session()
-        adapter = BreakerAdapter(
-            resilience,
-            service=PROVIDER_BREAKER,
-            breaker_config={"failure_threshold": 3, "timeout": open_seconds, "success_threshold": 2},
-        )
+        adapter = BreakerAdapter(resilience, service=PROVIDER_BREAKER, breaker_config=config)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return cls(url.rstrip("/"), session)
