@@ -10,8 +10,16 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
-from flask_resilience import AuditEventType, Problem, Resilience, invalidate_cache_by_tag, log_data_change
+from flask_resilience import (
+    AuditEventType,
+    Problem,
+    Resilience,
+    cached,
+    invalidate_cache_by_tag,
+    log_data_change,
+)
 
 from .auth import require_user
 from .models import Booking, db
@@ -41,6 +49,7 @@ def _record(event: AuditEventType, booking_id: int, changes: dict[str, Any], use
     # TODO(audit): switch to log_data_change(..., on_commit=True) inside the transaction.
     log_data_change(event, "booking", booking_id, changes, user_id=user)
     invalidate_cache_by_tag("flights")
+    invalidate_cache_by_tag("bookings")
     invalidate_cache_by_tag(_booking_tag(booking_id))
 
 
@@ -64,6 +73,15 @@ def create_booking() -> ResponseReturnValue:
         user.name,
     )
     return jsonify(created), 201, {"Location": f"/api/bookings/{booking.id}"}
+
+
+@bookings_blueprint.get("")
+@cached(ttl=300, tags=["bookings"], per_user=True)
+def list_bookings() -> ResponseReturnValue:
+    """The caller's bookings: one cached copy per user (keyed on the principal)."""
+    user = require_user()
+    found = db.session.execute(select(Booking).where(Booking.user_id == user.name).order_by(Booking.id))
+    return jsonify(bookings=[booking.as_dict() for booking in found.scalars()])
 
 
 @bookings_blueprint.get("/<int:booking_id>")

@@ -24,6 +24,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 ADMIN = ("admin", "admin-password")
 AUDIT_WAIT_SECONDS = 10.0
 USER = ("alice", "alice-password")
+OTHER = ("bob", "bob-password")
 
 
 @dataclass
@@ -107,6 +108,26 @@ class Demo:
         self.check("bookings", "a booking is stored", booking.status_code == 201, f"{booking.status_code}")
         after = self.call("GET", path).headers.get("X-Cache", "-")
         self.check("cache", "the booking invalidated 'flights': MISS", after == "MISS", after)
+        self.per_user_cache()
+
+    def per_user_cache(self) -> None:
+        mine = [self.call("GET", "/api/bookings", self.user_token) for _ in range(2)]
+        seen = [answer.headers.get("X-Cache", "-") for answer in mine]
+        self.check(
+            "cache",
+            f"{USER[0]}'s bookings, cached per user: MISS, HIT",
+            seen == ["MISS", "HIT"],
+            " → ".join(seen),
+        )
+        other = self.call("POST", "/api/auth/login", json={"username": OTHER[0], "password": OTHER[1]})
+        theirs = self.call("GET", "/api/bookings", other.json().get("token", ""))
+        ids = {booking["id"] for booking in theirs.json().get("bookings", [])}
+        self.check(
+            "cache",
+            f"{OTHER[0]} gets his own list, not {USER[0]}'s copy",
+            theirs.status_code == 200 and self.booking_id not in ids,
+            f"{theirs.status_code}, {len(ids)} booking(s)",
+        )
 
     def payments(self) -> None:
         before = self.admin("GET", "/api/admin/charges").json()["charges"]

@@ -203,3 +203,22 @@ def test_hostile_urls_and_headers(example: Running) -> None:
     assert (
         example.call("GET", "/api/flights?from=FRA&from=CDG&to=%23&date=%3F%00").headers["X-Cache"] == "HIT"
     )
+
+
+def test_booking_list_is_cached_per_user_and_invalidated_by_changes(example: Running) -> None:
+    alice, bob = example.login("alice"), example.login("bob")
+    booking_id = example.call(
+        "POST", "/api/bookings", alice, json={"flight": "LH401", "passenger": "A"}
+    ).json()["id"]
+    first, second = (example.call("GET", "/api/bookings", alice) for _ in range(2))
+    assert [first.headers["X-Cache"], second.headers["X-Cache"]] == ["MISS", "HIT"]
+    assert booking_id in {booking["id"] for booking in second.json()["bookings"]}
+    # Bob's request is keyed on his principal: never Alice's cached copy.
+    bobs = example.call("GET", "/api/bookings", bob)
+    assert bobs.headers["X-Cache"] == "MISS"
+    assert booking_id not in {booking["id"] for booking in bobs.json()["bookings"]}
+    assert example.call("PATCH", f"/api/bookings/{booking_id}", alice, json={"seats": 2}).ok
+    after = example.call("GET", "/api/bookings", alice)
+    assert after.headers["X-Cache"] == "MISS"
+    assert {booking["id"]: booking["seats"] for booking in after.json()["bookings"]}[booking_id] == 2
+    assert example.call("GET", "/api/bookings").status_code == 401
