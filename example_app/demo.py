@@ -46,6 +46,7 @@ class Demo:
     user_token: str = ""
     admin_token: str = ""
     requests_sent: int = 0
+    booking_id: int = 0
 
     def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}))
