@@ -36,6 +36,7 @@ from .health.checks import HealthCheck
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_dispatch
+from .metrics import fleet as fleet_metrics
 from .signals import circuit_state_changed, idempotency_conflict, idempotency_mismatch
 from .state import EXTENSION_NAME, ResilienceState, get_state
 from .stores.redis import RedisStore, build_client
@@ -129,6 +130,7 @@ class Resilience:
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
+        fleet_metrics.install(app, state)  # only with PROMETHEUS_MULTIPROC_DIR set
         # One hook of each kind for everything: Flask's dispatch per hook adds up.
         app.before_request(functools.partial(self._before_request, state))
         app.after_request(functools.partial(self._after_request, config[cfg.REQUEST_ID_HEADER]))

@@ -6,11 +6,6 @@ master before forking, which is what makes fork-safety matter.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,66 +13,35 @@ import pytest
 import requests
 import sqlalchemy
 
+from example_app.demo import run_demo
 from flask_resilience.audit.migrate import upgrade
 from tests.clock import eventually
-from tests.services import free_port
-
-ROOT = Path(__file__).parent.parent
-
-
-class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, audit_url: str) -> None:
-        self.process = process
-        self.url = url
-        self.audit_url = audit_url
-
-    def stop(self) -> None:
-        """SIGTERM, as an orchestrator stops gunicorn; waits for it to exit."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+from tests.gunicorn_server import Server, gunicorn
 
 
 @pytest.fixture
-def server(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Server]:
-    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
-    if gunicorn is None:
-        pytest.fail("gunicorn is not installed (it is in the test extra)", pytrace=False)
-    port = free_port()
-    audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    upgrade(sqlalchemy.create_engine(audit_url))
+def audit_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(sqlalchemy.create_engine(url))
+    return url
+
+
+@pytest.fixture
+def server(redis_url: str, key_prefix: str, tmp_path: Path, audit_url: str) -> Iterator[Server]:
     env = {
-        **os.environ,
         "RESILIENCE_REDIS_URL": redis_url,
         "RESILIENCE_KEY_PREFIX": key_prefix,
         "RESILIENCE_AUDIT_DATABASE_URI": audit_url,
         "RESILIENCE_AUDIT_SPILL_PATH": str(tmp_path / "spill.jsonl"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}",
     }
-    process = subprocess.Popen(
-        [gunicorn, "--preload", "--workers", "3", "--bind", f"127.0.0.1:{port}", "example_app:create_app()"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return requests.get(f"{base}/api/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    running = Server(process, base, audit_url)
-    try:
-        assert eventually(answers, timeout=30), "gunicorn did not start"
+    with gunicorn(env) as running:
         yield running
-    finally:
-        running.stop()
+
+
+def login(session: requests.Session, base: str) -> None:
+    answer = session.post(f"{base}/api/auth/login", json={"username": "alice", "password": "alice-password"})
+    session.headers["Authorization"] = f"Bearer {answer.json()['token']}"
 
 
 def test_workers_share_idempotency_and_cache_state(server: Server) -> None:
@@ -85,43 +49,64 @@ def test_workers_share_idempotency_and_cache_state(server: Server) -> None:
     with requests.Session() as session:
         health = session.get(f"{base}/api/health").json()
         assert health["checks"]["redis"]["status"] == "up"
+        login(session, base)
 
-        order = {"flight": "LH401"}
-        first = session.post(f"{base}/api/bookings", json=order, headers={"Idempotency-Key": "gunicorn-1"})
+        booking = session.post(f"{base}/api/bookings", json={"flight": "LH401", "passenger": "A"}).json()
+        order = {"booking_id": booking["id"], "amount_cents": 100, "card_number": "4111111111111111"}
+        key = {"Idempotency-Key": "gunicorn-1"}
+        first = session.post(f"{base}/api/payments", json=order, headers=key)
         assert (first.status_code, first.headers["X-Idempotency-Replayed"]) == (201, "false")
         # Whichever worker answers, the key is known: the record lives in Redis.
         for _ in range(12):
-            again = session.post(
-                f"{base}/api/bookings", json=order, headers={"Idempotency-Key": "gunicorn-1"}
-            )
+            again = session.post(f"{base}/api/payments", json=order, headers=key)
             assert (again.status_code, again.headers["X-Idempotency-Replayed"]) == (201, "true")
             assert again.content == first.content
 
-        assert session.get(f"{base}/api/flights").headers["X-Cache"] in ("MISS", "HIT")
-        hits = [session.get(f"{base}/api/flights").headers["X-Cache"] for _ in range(12)]
-        assert set(hits) == {"HIT"}  # every worker finds it in Redis or in its own L1
+        with requests.Session() as anonymous:  # searches with credentials are not shared-cached
+            flights = f"{base}/api/flights?from=FRA"
+            assert anonymous.get(flights).headers["X-Cache"] in ("MISS", "HIT")
+            hits = [anonymous.get(flights).headers["X-Cache"] for _ in range(12)]
+            assert set(hits) == {"HIT"}  # every worker finds it in Redis or in its own L1
 
-        assert session.post(f"{base}/api/flights/refresh").status_code == 200
-        # The refresh bumped the tag: some worker recomputes and stores it again...
-        assert eventually(lambda: "stored" in session.get(f"{base}/api/flights").headers["Cache-Status"])
-        # ...and then every worker serves that copy.
-        after = [session.get(f"{base}/api/flights").headers["X-Cache"] for _ in range(12)]
-        assert set(after) == {"HIT"}
+            # A booking invalidates the flights tag: some worker recomputes and stores it again...
+            assert session.post(f"{base}/api/bookings", json={"flight": "LH403", "passenger": "B"}).ok
+            assert eventually(lambda: "stored" in anonymous.get(flights).headers["Cache-Status"])
+            # ...and then every worker serves that copy.
+            after = [anonymous.get(flights).headers["X-Cache"] for _ in range(12)]
+            assert set(after) == {"HIT"}
 
 
-def test_sigterm_leaves_every_audit_entry_stored(server: Server) -> None:
+def test_sigterm_leaves_every_audit_entry_stored(server: Server, audit_url: str) -> None:
     with requests.Session() as session:
+        login(session, server.url)
         for number in range(6):
             response = session.post(
-                f"{server.url}/api/bookings",
-                json={"seat": number},
-                headers={"Idempotency-Key": f"seat-{number}"},
+                f"{server.url}/api/bookings", json={"flight": "LH401", "passenger": f"seat {number}"}
             )
             assert response.status_code == 201
     server.stop()  # the entries sit in the workers' buffers (5 s interval); exiting must flush them
     assert server.process.returncode == 0
-    engine = sqlalchemy.create_engine(server.audit_url)
+    engine = sqlalchemy.create_engine(audit_url)
     with engine.connect() as connection:
-        count = connection.execute(sqlalchemy.text("SELECT count(*) FROM resilience_audit_log")).scalar_one()
+        count = connection.execute(
+            sqlalchemy.text("SELECT count(*) FROM resilience_audit_log WHERE event_type = 'CREATE'")
+        ).scalar_one()
     engine.dispose()
     assert count == 6
+
+
+def test_demo_behaves_the_same_on_several_workers_with_redis_and_postgres(
+    redis_url: str, key_prefix: str, postgres_url: str, tmp_path: Path
+) -> None:
+    env = {
+        "RESILIENCE_REDIS_URL": redis_url,
+        "RESILIENCE_KEY_PREFIX": key_prefix,
+        "DATABASE_URL": postgres_url,
+        "RESILIENCE_AUDIT_SPILL_PATH": str(tmp_path / "spill.jsonl"),
+        "RESILIENCE_AUDIT_FLUSH_INTERVAL": "500",
+        "EXAMPLE_BREAKER_OPEN_SECONDS": "1",
+    }
+    lines: list[str] = []
+    with gunicorn(env) as running:
+        passed = run_demo(running.url, lines.append)
+    assert passed, "\n".join(lines)

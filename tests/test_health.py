@@ -240,11 +240,11 @@ def test_metrics_in_prometheus_format(make_app: MakeApp, redis_url: str) -> None
     }
     assert samples[("resilience_circuit_state", (("circuit", "partner"), ("state", "OPEN")))] == 1.0
     assert (
-        samples[("resilience_circuit_calls_total", (("circuit", "partner"), ("outcome", "failures")))] == 1.0
+        samples[("resilience_circuit_calls_total", (("circuit", "partner"), ("outcome", "failure")))] == 1.0
     )
-    assert ("resilience_cache_events_total", (("event", "misses"),)) in samples
+    assert ("resilience_cache_lookups_total", (("result", "miss"),)) in samples
     assert ("resilience_audit_queue_size", ()) in samples
-    assert ("resilience_idempotency_requests_total", (("outcome", "replays"),)) in samples
+    assert ("resilience_idempotency_requests_total", (("outcome", "replay"),)) in samples
 
 
 def test_sqlalchemy_database_uri_without_flask_sqlalchemy_is_used(make_app: MakeApp, sqlite_url: str) -> None:

@@ -100,6 +100,12 @@ def ready() -> tuple[Response, int]:
 @health_blueprint.get("/dashboard")
 def dashboard() -> Response:
     """The statistics of every feature (admin-only unless RESILIENCE_HEALTH_PUBLIC)."""
+    # -- HTML dashboard (health/dashboard_page.py): a browser gets the page --
+    from .dashboard_page import dashboard_page, prefers_html  # noqa: PLC0415 (it imports this module)
+
+    if prefers_html():
+        return dashboard_page()
+    # -- end HTML dashboard --
     include_private = stats_access()
     state = get_state()
     features: dict[str, object] = {}
