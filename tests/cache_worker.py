@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import queue
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import Resilience, cached
+from flask_resilience.cache.layered import LayeredCache
 from flask_resilience.state import get_state
 from tests.clock import eventually
 
@@ -52,7 +55,7 @@ def _serve(redis_url: str, prefix: str, delay_listening: bool, inbox: Any, outbo
     if delay_listening:
         raw = redis.Redis.from_url(redis_url)
         subscriber = store.subscriber
-        make_pubsub = store.client.pubsub
+        make_pubsub: Callable[[], Any] = store.client.pubsub
 
         def gated() -> Any:
             eventually(lambda: raw.get(f"{prefix}test-listen") is not None, 30)
@@ -69,18 +72,21 @@ def _serve(redis_url: str, prefix: str, delay_listening: bool, inbox: Any, outbo
         if command == "get":
             path, headers = argument
             response = client.get(path, headers=headers)
-            outbox.put(("got", (response.headers["X-Cache"], response.headers["Cache-Status"], response.json)))
+            outbox.put(
+                ("got", (response.headers["X-Cache"], response.headers["Cache-Status"], response.json))
+            )
         elif command == "listening":
             outbox.put(("listening", store.subscriber.wait_until_listening(10)))
         elif command == "received":
-            wanted = int(argument)
-            seen = eventually(
-                lambda: int(layered.stats.snapshot().get("invalidations_received", 0)) >= wanted
-            )
+            seen = eventually(functools.partial(_received_at_least, layered, int(argument)))
             outbox.put(("received", seen))
         else:
             get_state(app).extension.shutdown()
             return
+
+
+def _received_at_least(layered: LayeredCache, wanted: int) -> bool:
+    return int(layered.stats.snapshot().get("invalidations_received", 0)) >= wanted
 
 
 class Worker:

@@ -22,17 +22,21 @@ def build(app: Flask) -> Flask:
     @app.get("/headers")
     @cached()
     def headers() -> ResponseReturnValue:
-        return b"\x1f\x8b-gzipped", 200, {
-            "Content-Encoding": "gzip",
-            "Content-Security-Policy": "default-src 'none'",
-            "X-Frame-Options": "DENY",
-            "Access-Control-Allow-Origin": "https://app.example",
-            "Link": "</next>; rel=next",
-            "X-Internal": "secret",
-            "X-Hop": "per-connection",
-            "Connection": "X-Hop",
-            "X-Request-ID": "from-the-view",
-        }
+        return (
+            b"\x1f\x8b-gzipped",
+            200,
+            {
+                "Content-Encoding": "gzip",
+                "Content-Security-Policy": "default-src 'none'",
+                "X-Frame-Options": "DENY",
+                "Access-Control-Allow-Origin": "https://app.example",
+                "Link": "</next>; rel=next",
+                "X-Internal": "secret",
+                "X-Hop": "per-connection",
+                "Connection": "X-Hop",
+                "X-Request-ID": "from-the-view",
+            },
+        )
 
     @app.get("/head-aware")
     @cached()

@@ -59,13 +59,19 @@ def _set_version(raw_redis: redis.Redis, key_prefix: str, version: int) -> None:
 
 @pytest.mark.parametrize("invalidate", INVALIDATIONS, ids=KINDS)
 def test_slow_miss_racing_an_invalidation_in_threads(
-    redis_url: str, key_prefix: str, raw_redis: redis.Redis, cleanup: list[Flask], invalidate: Callable[[], object]
+    redis_url: str,
+    key_prefix: str,
+    raw_redis: redis.Redis,
+    cleanup: list[Flask],
+    invalidate: Callable[[], object],
 ) -> None:
     app = _listening(race_app(redis_url, key_prefix))
     cleanup.append(app)
     _set_version(raw_redis, key_prefix, 3)
     answers: list[Any] = []
-    slow = threading.Thread(target=lambda: answers.append(app.test_client().get("/item", headers={"X-Slow": "1"})))
+    slow = threading.Thread(
+        target=lambda: answers.append(app.test_client().get("/item", headers={"X-Slow": "1"}))
+    )
     slow.start()
     assert eventually(lambda: raw_redis.get(f"{key_prefix}test-arrived") is not None)
     _set_version(raw_redis, key_prefix, 4)  # the write ...
@@ -80,7 +86,11 @@ def test_slow_miss_racing_an_invalidation_in_threads(
 
 @pytest.mark.parametrize("invalidate", INVALIDATIONS, ids=KINDS)
 def test_slow_miss_in_another_process_racing_an_invalidation(
-    redis_url: str, key_prefix: str, raw_redis: redis.Redis, cleanup: list[Flask], invalidate: Callable[[], object]
+    redis_url: str,
+    key_prefix: str,
+    raw_redis: redis.Redis,
+    cleanup: list[Flask],
+    invalidate: Callable[[], object],
 ) -> None:
     app = _listening(race_app(redis_url, key_prefix))
     cleanup.append(app)
@@ -136,7 +146,9 @@ def test_invalidating_a_key_drops_every_vary_variant_in_every_process(
         assert worker.received(1)
         for language in ("pt", "en"):
             assert worker.get("/lang", **{"Accept-Language": language})[0] == "MISS"
-            assert app.test_client().get("/lang", headers={"Accept-Language": language}).headers["X-Cache"] in (
+            assert app.test_client().get("/lang", headers={"Accept-Language": language}).headers[
+                "X-Cache"
+            ] in (
                 "MISS",
                 "HIT",  # the worker stored it again just now
             )
@@ -152,7 +164,7 @@ def _gate_listener(app: Flask) -> threading.Event:
     store = get_state(app).redis
     assert store is not None
     gate = threading.Event()
-    make_pubsub = store.client.pubsub
+    make_pubsub: Callable[[], Any] = store.client.pubsub
 
     def gated() -> Any:
         gate.wait(30)
@@ -164,7 +176,11 @@ def _gate_listener(app: Flask) -> threading.Event:
 
 @pytest.mark.parametrize("invalidate", INVALIDATIONS[:2], ids=KINDS[:2])
 def test_second_instance_never_serves_what_it_stored_before_listening(
-    redis_url: str, key_prefix: str, raw_redis: redis.Redis, cleanup: list[Flask], invalidate: Callable[[], object]
+    redis_url: str,
+    key_prefix: str,
+    raw_redis: redis.Redis,
+    cleanup: list[Flask],
+    invalidate: Callable[[], object],
 ) -> None:
     first = _listening(race_app(redis_url, key_prefix))
     second = race_app(redis_url, key_prefix)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -73,12 +73,12 @@ def build(app: Flask) -> Flask:
 
 
 @pytest.fixture
-def app(make_app: MakeApp, redis_url: str) -> Iterator[Flask]:
+def app(make_app: MakeApp, redis_url: str) -> Flask:
     app, _ = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_PRINCIPAL_LOADER=_user)
     store = get_state(app).redis
     assert store is not None
     assert store.subscriber.wait_until_listening(10)
-    yield build(app)
+    return build(app)
 
 
 def _get(app: Flask, path: str, **headers: str) -> Any:
@@ -223,7 +223,7 @@ def test_allkeys_eviction_policy_is_warned_about(
     server = start_redis_server(str(tmp_path), port, "--maxmemory-policy", "allkeys-lru")
     try:
         with caplog.at_level(logging.WARNING, logger="flask_resilience"):
-            app, ext = make_app(RESILIENCE_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+            _, ext = make_app(RESILIENCE_REDIS_URL=f"redis://127.0.0.1:{port}/0")
         assert "maxmemory-policy is allkeys-lru" in caplog.text
         ext.shutdown()
     finally:
@@ -237,4 +237,6 @@ def test_key_invalidation_reaches_every_host_and_user_variant(app: Flask) -> Non
     with app.app_context():
         invalidate_cache("cache:/api/orders/7")
     for user in ("1", "2"):
-        assert _get(app, "/api/orders/7", **{"X-User": user, "Host": "a.example"}).headers["X-Cache"] == "MISS"
+        assert (
+            _get(app, "/api/orders/7", **{"X-User": user, "Host": "a.example"}).headers["X-Cache"] == "MISS"
+        )

@@ -142,7 +142,8 @@ class RedisBackend:
         # Where the resource sits in a generation key relative to the prefix: "{slot}:cache:g:".
         self._generation_head = len(store.key("cache", "g", "", slot=_slot(""))) - len(store.prefix)
 
-    def _names(self, key: str, resource: str) -> tuple[str, str, str]:
+    def names(self, key: str, resource: str) -> tuple[str, str, str]:
+        """The Redis keys of an entry, its lock and its resource's generation."""
         slot = _slot(resource)
         store = self.store
         return (
@@ -158,28 +159,28 @@ class RedisBackend:
         # A new generation lives at least as long as a computation may take.
         keep_ms = max(lock_ms, 1000) * 4
         value, generation, locked = self.store.run_script(
-            self._lookup, list(self._names(key, resource)), [token, lock_ms, fresh_token(), keep_ms]
+            self._lookup, list(self.names(key, resource)), [token, lock_ms, fresh_token(), keep_ms]
         )
         return value, _text(generation), bool(locked)
 
     def put(
         self, key: str, resource: str, value: bytes, ttl: float, *, generation: str | None, token: str | None
     ) -> bool:
-        entry, lock, generation_key = self._names(key, resource)
+        entry, lock, generation_key = self.names(key, resource)
         args = [value, max(1, int(ttl * 1000)), generation or "", token or "", fresh_token()]
         return bool(self.store.run_script(self._put, [entry, generation_key, lock], args))
 
     def lock(self, key: str, resource: str, token: str, lock_ttl: float) -> bool:
-        return self.store.set(self._names(key, resource)[1], token.encode(), lock_ttl, only_if_absent=True)
+        return self.store.set(self.names(key, resource)[1], token.encode(), lock_ttl, only_if_absent=True)
 
     def unlock(self, key: str, resource: str, token: str) -> None:
-        self.store.run_script(self._unlock, [self._names(key, resource)[1]], [token])
+        self.store.run_script(self._unlock, [self.names(key, resource)[1]], [token])
 
     def is_locked(self, key: str, resource: str) -> bool:
-        return self.store.get(self._names(key, resource)[1]) is not None
+        return self.store.get(self.names(key, resource)[1]) is not None
 
     def invalidate_resource(self, resource: str) -> None:
-        self.store.delete(self._names("", resource)[2])
+        self.store.delete(self.names("", resource)[2])
 
     def invalidate_matching(self, glob: str, matches: Callable[[str], bool]) -> int:
         """Drop the generation of every resource matching (SCAN, never KEYS);

@@ -115,10 +115,9 @@ class LayeredCache:
         """
         if self.redis is None or self._l2_down_until:
             return _ALWAYS
-        subscriber = self.redis.subscriber
-        since = subscriber.listening_since()
+        since = self.redis.subscriber.listening_since()
         if since is None:
-            subscriber.ensure_running()
+            self.redis.subscriber.ensure_running()
         return since
 
     # -- tag versions ----------------------------------------------------------------
