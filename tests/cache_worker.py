@@ -48,20 +48,19 @@ def race_app(redis_url: str, prefix: str) -> Flask:
     return app
 
 
-def _serve(redis_url: str, prefix: str, delay_listening: bool, inbox: Any, outbox: Any) -> None:
-    app = race_app(redis_url, prefix)
+def _serve(make_app: Callable[[], Flask], delay_listening: bool, inbox: Any, outbox: Any) -> None:
+    app = make_app()
     store = get_state(app).redis
     assert store is not None
     if delay_listening:
-        raw = redis.Redis.from_url(redis_url)
-        subscriber = store.subscriber
+        gate = app.config["RESILIENCE_KEY_PREFIX"] + "test-listen"
         make_pubsub: Callable[[], Any] = store.client.pubsub
 
         def gated() -> Any:
-            eventually(lambda: raw.get(f"{prefix}test-listen") is not None, 30)
+            eventually(lambda: store.client.get(gate) is not None, 30)
             return make_pubsub()
 
-        subscriber._pubsub_factory = gated  # a worker whose subscription is slow to confirm
+        store.subscriber._pubsub_factory = gated  # a worker whose subscription is slow to confirm
         outbox.put(("ready", True))
     else:
         outbox.put(("ready", store.subscriber.wait_until_listening(10)))
@@ -90,14 +89,19 @@ def _received_at_least(layered: LayeredCache, wanted: int) -> bool:
 
 
 class Worker:
-    """Another process running :func:`race_app` on the same Redis and prefix."""
+    """Another process running ``make_app()`` (a picklable callable, such as a
+    ``functools.partial`` of a module-level factory), driven through queues.
 
-    def __init__(self, redis_url: str, prefix: str, *, delay_listening: bool = False) -> None:
+    With ``delay_listening`` its pub/sub listener subscribes only once the
+    test sets ``{prefix}test-listen`` in Redis.
+    """
+
+    def __init__(self, make_app: Callable[[], Flask], *, delay_listening: bool = False) -> None:
         context = multiprocessing.get_context("spawn")
         self.inbox: Any = context.Queue()
         self.outbox: Any = context.Queue()
         self.process = context.Process(
-            target=_serve, args=(redis_url, prefix, delay_listening, self.inbox, self.outbox)
+            target=_serve, args=(make_app, delay_listening, self.inbox, self.outbox)
         )
         self.process.start()
         assert self.answer("ready") is True

@@ -312,6 +312,7 @@ def test_cache_reset_clear_and_invalidate_endpoints(admin_client: FlaskClient) -
 def test_dashboard_includes_the_cache(admin_client: FlaskClient) -> None:
     body = admin_client.get("/api/health/dashboard", headers=ADMIN).json
     assert body is not None and "hit_rate" in body["features"]["cache"]
+    assert body["features"]["cache"]["l1_unsynced"] == 0  # requests served while not listening
 
 
 def test_reset_cache_stats_function(app_and_ext: tuple[Flask, Resilience]) -> None:

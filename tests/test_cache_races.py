@@ -3,6 +3,7 @@ processes, and no L1 entry before a process listens for invalidations."""
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -50,11 +51,34 @@ def _listening(app: Flask) -> Flask:
     return app
 
 
-def _set_version(raw_redis: redis.Redis, key_prefix: str, version: int) -> None:
-    raw_redis.set(f"{key_prefix}test-version", version)
+@pytest.fixture
+def pair(redis_url: str, key_prefix: str, cleanup: list[Flask]) -> Iterator[tuple[Flask, Worker]]:
+    """This process's app and a spawned worker running the same app."""
+    app = _listening(race_app(redis_url, key_prefix))
+    cleanup.append(app)
+    worker = Worker(functools.partial(race_app, redis_url, key_prefix))
+    yield app, worker
+    worker.stop()
 
 
 # -- 2. a miss that began before an invalidation stores nothing current ----------------------
+
+
+def _race(
+    app: Flask, raw: redis.Redis, prefix: str, invalidate: Callable[[], object], miss: Callable[[], Any]
+) -> None:
+    """A slow miss (``miss()`` starts it, returns a way to its body) reads
+    version 3; a write and its invalidation land while it computes."""
+    raw.set(f"{prefix}test-version", 3)
+    body_of_miss = miss()
+    assert eventually(lambda: raw.get(f"{prefix}test-arrived") is not None, 30)
+    raw.set(f"{prefix}test-version", 4)  # the write ...
+    with app.app_context():
+        invalidate()  # ... and its invalidation, while the miss still computes version 3
+    raw.set(f"{prefix}test-release", 1)
+    assert body_of_miss() == {"version": 3}
+    after = app.test_client().get("/item")
+    assert (after.headers["X-Cache"], after.json) == ("MISS", {"version": 4})  # nothing stale stored
 
 
 @pytest.mark.parametrize("invalidate", INVALIDATIONS, ids=KINDS)
@@ -67,93 +91,60 @@ def test_slow_miss_racing_an_invalidation_in_threads(
 ) -> None:
     app = _listening(race_app(redis_url, key_prefix))
     cleanup.append(app)
-    _set_version(raw_redis, key_prefix, 3)
     answers: list[Any] = []
-    slow = threading.Thread(
-        target=lambda: answers.append(app.test_client().get("/item", headers={"X-Slow": "1"}))
-    )
-    slow.start()
-    assert eventually(lambda: raw_redis.get(f"{key_prefix}test-arrived") is not None)
-    _set_version(raw_redis, key_prefix, 4)  # the write ...
-    with app.app_context():
-        invalidate()  # ... and its invalidation, while the miss still computes version 3
-    raw_redis.set(f"{key_prefix}test-release", 1)
-    slow.join(30)
-    assert answers[0].json == {"version": 3}
-    after = app.test_client().get("/item")
-    assert (after.headers["X-Cache"], after.json) == ("MISS", {"version": 4})
+
+    def miss() -> Callable[[], Any]:
+        slow = threading.Thread(
+            target=lambda: answers.append(app.test_client().get("/item", headers={"X-Slow": "1"}))
+        )
+        slow.start()
+
+        def body() -> Any:
+            slow.join(30)
+            return answers[0].json
+
+        return body
+
+    _race(app, raw_redis, key_prefix, invalidate, miss)
 
 
 @pytest.mark.parametrize("invalidate", INVALIDATIONS, ids=KINDS)
 def test_slow_miss_in_another_process_racing_an_invalidation(
-    redis_url: str,
-    key_prefix: str,
-    raw_redis: redis.Redis,
-    cleanup: list[Flask],
-    invalidate: Callable[[], object],
+    key_prefix: str, raw_redis: redis.Redis, pair: tuple[Flask, Worker], invalidate: Callable[[], object]
 ) -> None:
-    app = _listening(race_app(redis_url, key_prefix))
-    cleanup.append(app)
-    worker = Worker(redis_url, key_prefix)
-    try:
-        _set_version(raw_redis, key_prefix, 3)
+    app, worker = pair
+
+    def miss() -> Callable[[], Any]:
         worker.send_get("/item", **{"X-Slow": "1"})
-        assert eventually(lambda: raw_redis.get(f"{key_prefix}test-arrived") is not None, 30)
-        _set_version(raw_redis, key_prefix, 4)
-        with app.app_context():
-            invalidate()
-        raw_redis.set(f"{key_prefix}test-release", 1)
-        assert worker.answer("got")[2] == {"version": 3}
-        after = app.test_client().get("/item")
-        assert (after.headers["X-Cache"], after.json) == ("MISS", {"version": 4})  # L2 holds nothing stale
-        assert worker.get("/item")[2] == {"version": 4}  # nor does the worker's L1
-    finally:
-        worker.stop()
+        return lambda: worker.answer("got")[2]
+
+    _race(app, raw_redis, key_prefix, invalidate, miss)
+    assert worker.get("/item")[2] == {"version": 4}  # nor does the worker's L1
 
 
 # -- 3. Vary: served from L2 in another process, invalidated in every process -----------------
 
 
-def test_vary_entry_is_a_hit_from_l2_in_another_process(
-    redis_url: str, key_prefix: str, cleanup: list[Flask]
-) -> None:
-    app = _listening(race_app(redis_url, key_prefix))
-    cleanup.append(app)
-    worker = Worker(redis_url, key_prefix)
-    try:
-        stored = app.test_client().get("/lang", headers={"Accept-Language": "pt"})
-        assert stored.headers["X-Cache"] == "MISS"
-        cache, status, body = worker.get("/lang", **{"Accept-Language": "pt"})
-        assert (cache, status.endswith("detail=l2"), body) == ("HIT", True, stored.json)
-        assert worker.get("/lang", **{"Accept-Language": "en"})[2]["language"] == "en"
-    finally:
-        worker.stop()
+def test_vary_entry_is_a_hit_from_l2_in_another_process(pair: tuple[Flask, Worker]) -> None:
+    app, worker = pair
+    stored = app.test_client().get("/lang", headers={"Accept-Language": "pt"})
+    assert stored.headers["X-Cache"] == "MISS"
+    cache, status, body = worker.get("/lang", **{"Accept-Language": "pt"})
+    assert (cache, status.endswith("detail=l2"), body) == ("HIT", True, stored.json)
+    assert worker.get("/lang", **{"Accept-Language": "en"})[2]["language"] == "en"
 
 
-def test_invalidating_a_key_drops_every_vary_variant_in_every_process(
-    redis_url: str, key_prefix: str, cleanup: list[Flask]
-) -> None:
-    app = _listening(race_app(redis_url, key_prefix))
-    cleanup.append(app)
-    worker = Worker(redis_url, key_prefix)
-    try:
-        for language in ("pt", "en"):
-            app.test_client().get("/lang", headers={"Accept-Language": language})
-            worker.get("/lang", **{"Accept-Language": language})
-            assert worker.get("/lang", **{"Accept-Language": language})[1].endswith("detail=l1")
-        with app.app_context():
-            invalidate_cache("api:/lang")
-        assert worker.received(1)
-        for language in ("pt", "en"):
-            assert worker.get("/lang", **{"Accept-Language": language})[0] == "MISS"
-            assert app.test_client().get("/lang", headers={"Accept-Language": language}).headers[
-                "X-Cache"
-            ] in (
-                "MISS",
-                "HIT",  # the worker stored it again just now
-            )
-    finally:
-        worker.stop()
+def test_invalidating_a_key_drops_every_vary_variant_in_every_process(pair: tuple[Flask, Worker]) -> None:
+    app, worker = pair
+    for language in ("pt", "en"):
+        app.test_client().get("/lang", headers={"Accept-Language": language})
+        worker.get("/lang", **{"Accept-Language": language})
+        assert worker.get("/lang", **{"Accept-Language": language})[1].endswith("detail=l1")
+    with app.app_context():
+        invalidate_cache("api:/lang")
+    assert worker.received(1)
+    for language in ("pt", "en"):
+        assert worker.get("/lang", **{"Accept-Language": language})[0] == "MISS"
 
 
 # -- issue 18: no L1 entry before the process listens ---------------------------------------------
@@ -186,11 +177,11 @@ def test_second_instance_never_serves_what_it_stored_before_listening(
     second = race_app(redis_url, key_prefix)
     cleanup.extend([first, second])
     gate = _gate_listener(second)
-    _set_version(raw_redis, key_prefix, 1)
+    raw_redis.set(f"{key_prefix}test-version", 1)
     first.test_client().get("/item")
     early = second.test_client().get("/item")
     assert (early.headers["X-Cache"], early.json) == ("HIT", {"version": 1})  # from L2
-    _set_version(raw_redis, key_prefix, 2)
+    raw_redis.set(f"{key_prefix}test-version", 2)
     with first.app_context():
         invalidate()  # published before `second` listens: lost for it
     gate.set()
@@ -205,12 +196,12 @@ def test_spawned_worker_never_serves_what_it_stored_before_listening(
 ) -> None:
     app = _listening(race_app(redis_url, key_prefix))
     cleanup.append(app)
-    worker = Worker(redis_url, key_prefix, delay_listening=True)
+    worker = Worker(functools.partial(race_app, redis_url, key_prefix), delay_listening=True)
     try:
-        _set_version(raw_redis, key_prefix, 1)
+        raw_redis.set(f"{key_prefix}test-version", 1)
         app.test_client().get("/item")
         assert worker.get("/item")[2] == {"version": 1}
-        _set_version(raw_redis, key_prefix, 2)
+        raw_redis.set(f"{key_prefix}test-version", 2)
         with app.app_context():
             invalidate_cache_by_tag("items")
         raw_redis.set(f"{key_prefix}test-listen", 1)
