@@ -215,6 +215,8 @@ class LayeredCache:
             ttl = min(ttl, self.l1_max_ttl)
         if ttl > 0:
             self.l1.set(key, (entry, began), ttl)
+            if changes != self.l1_changes:  # one raced the set: it counts before it deletes
+                self.l1.delete(key)
 
     def put(
         self,
