@@ -142,7 +142,11 @@ class LayeredCache:
     def is_current(self, entry: CacheEntry, now: float, trusted_since: float | None) -> bool:
         if entry.expires_at <= now:
             return False
-        return self.stamp(entry.stamp.tags, trusted_since) == Stamp(entry.stamp.epoch, entry.stamp.tags)
+        stamp = entry.stamp
+        known = self.tags.matches(stamp.epoch, stamp.tags, trusted_since)
+        if known is not None:
+            return known  # the in-process copy could tell: no round trip
+        return self.stamp(stamp.tags, trusted_since) == Stamp(stamp.epoch, stamp.tags)
 
     # -- read ---------------------------------------------------------------------------
 

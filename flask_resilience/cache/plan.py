@@ -35,9 +35,10 @@ class ViewPolicy:
 
 def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> Response:
     """The response for this request: a hit, or ``run()`` (the view) stored."""
+    current = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
     principal = current_principal() if policy.per_user else None
     bypass = cache.bypass_reason(
-        request,
+        current,
         per_user=policy.per_user,
         has_principal=principal is not None,
         condition=policy.condition,
@@ -45,7 +46,7 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
     )
     if bypass is not None:
         return _bypassed(cache, bypass, run())
-    plan = Plan(cache, policy, None if principal is None else principal.key)
+    plan = Plan(cache, policy, current, None if principal is None else principal.key)
     if not plan.revalidate and plan.since is not None:
         found = plan.lookup_l1()
         if found is not None:
@@ -66,22 +67,23 @@ def _bypassed(cache: AppCache, reason: str, response: Response) -> Response:
 class Plan:
     """Keys, the listening state and what a miss stores under."""
 
-    def __init__(self, cache: AppCache, policy: ViewPolicy, principal: str | None) -> None:
+    def __init__(self, cache: AppCache, policy: ViewPolicy, current: Request, principal: str | None) -> None:
         self.cache = cache
         self.policy = policy
-        self.endpoint = request.endpoint or request.path
+        self.request = current
+        self.endpoint = current.endpoint or current.path
         if policy.key_func is not None:
-            self.resource = custom_resource_key(policy.prefix, policy.key_func(request))
+            self.resource = custom_resource_key(policy.prefix, policy.key_func(current))
         else:
-            self.resource = request_resource(request, policy.prefix, policy.query_args)
-        self.scheme = request.scheme if policy.vary_host else None
-        self.host = request.host if policy.vary_host else None
+            self.resource = request_resource(current, policy.prefix, policy.query_args)
+        self.scheme = current.scheme if policy.vary_host else None
+        self.host = current.host if policy.vary_host else None
         self.principal = principal
         self.key = full_key(self._variant(), self.resource)
         self.revalidate = (
             cache.honors_no_cache
-            and "Cache-Control" in request.headers
-            and bool(request.cache_control.no_cache)
+            and "HTTP_CACHE_CONTROL" in current.environ
+            and bool(current.cache_control.no_cache)
         )
         self.since = cache.layered.trusted_since()
         if self.since is None:
@@ -94,7 +96,7 @@ class Plan:
         return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary)
 
     def _varied_key(self, names: Collection[str]) -> str:
-        return full_key(self._variant(vary_values(request, list(names))), self.resource)
+        return full_key(self._variant(vary_values(self.request, list(names))), self.resource)
 
     def lookup_l1(self) -> Response | None:
         layered = self.cache.layered
@@ -208,7 +210,7 @@ class Plan:
             ("Age", str(max(0, int(now - entry.created_at)))),
         )
         headers = [*entry.response.headers, *extra]
-        if entry.etag and etag_matches(request, entry.etag):
+        if entry.etag and etag_matches(self.request, entry.etag):
             return _not_modified(entry, headers)
         return Response(entry.body, status=entry.response.status, headers=headers)
 

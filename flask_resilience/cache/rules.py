@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Request, Response
 from werkzeug.http import parse_date, unquote_etag
@@ -44,6 +44,13 @@ class Credentials:
 
     headers: tuple[str, ...]
     cookies: tuple[str, ...]
+    # (WSGI environ key, lower-case name) of each header: one dict lookup each
+    # on the hit path instead of a scan of the header list.
+    environ_keys: tuple[tuple[str, str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        keys = tuple(("HTTP_" + name.upper().replace("-", "_"), name.lower()) for name in self.headers)
+        object.__setattr__(self, "environ_keys", keys)
 
 
 def request_bypass(
@@ -56,12 +63,12 @@ def request_bypass(
     """
     if request.method not in CACHEABLE_METHODS:
         return "method"
-    headers = request.headers
-    # Raw header checks first: parsing Cache-Control and cookies costs more than a hit.
-    if "Cache-Control" in headers and request.cache_control.no_store:
+    environ = request.environ
+    # Raw environ checks first: parsing Cache-Control and cookies costs more than a hit.
+    if "HTTP_CACHE_CONTROL" in environ and request.cache_control.no_store:
         return "request-no-store"
-    private = next((name.lower() for name in credentials.headers if name in headers), None)
-    if private is None and "Cookie" in headers:
+    private = next((name for key, name in credentials.environ_keys if key in environ), None)
+    if private is None and "HTTP_COOKIE" in environ:
         cookies = request.cookies
         if session_cookie in cookies:
             private = "session-cookie"
@@ -120,7 +127,7 @@ def strong_etag(body: bytes) -> str:
 def etag_matches(request: Request, etag: str) -> bool:
     """Weak comparison (RFC 9110 §13.1.2) of ``If-None-Match`` with ``etag``,
     through werkzeug's parser (an entity tag may contain a comma)."""
-    if "If-None-Match" not in request.headers:
+    if "HTTP_IF_NONE_MATCH" not in request.environ:
         return False
     opaque, _weak = unquote_etag(etag)
     return opaque is not None and request.if_none_match.contains_weak(opaque)

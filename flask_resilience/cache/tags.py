@@ -97,6 +97,29 @@ class TagVersions:
                 seen[tag] = (version, now)
         return new_epoch, {tag: known[0] for tag, known in seen.items() if known is not None}
 
+    def matches(self, epoch: str, versions: dict[str, int], trusted_since: float | None) -> bool | None:
+        """Whether an entry's stamp is current, when the copy can tell (None:
+        ask :meth:`current`). The hit path: no lock, no new containers."""
+        if self._fetch is None:
+            return epoch == LOCAL_EPOCH and all(
+                (self._seen.get(tag) or (0, 0.0))[0] == version for tag, version in versions.items()
+            )
+        known_epoch = self._epoch
+        if trusted_since is None or known_epoch is None:
+            return None
+        oldest = self._clock() - self._max_age
+        if known_epoch[1] < trusted_since or known_epoch[1] < oldest:
+            return None
+        if known_epoch[0] != epoch:
+            return False
+        for tag, version in versions.items():
+            known = self._seen.get(tag)
+            if known is None or known[1] < trusted_since or known[1] < oldest:
+                return None
+            if known[0] != version:
+                return False
+        return True
+
     def learn(self, tag: str, version: int) -> None:
         """A newer version (from an invalidation here or a message)."""
         with self._lock:
