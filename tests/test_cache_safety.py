@@ -240,3 +240,20 @@ def test_key_invalidation_reaches_every_host_and_user_variant(app: Flask) -> Non
         assert (
             _get(app, "/api/orders/7", **{"X-User": user, "Host": "a.example"}).headers["X-Cache"] == "MISS"
         )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/search/%00%23u=x",
+        "/search/%ff%fe",
+        "/search/%ED%A0%80",  # a lone surrogate, UTF-8 encoded
+        "/search/a?page=%ED%A0%80&page=%00",
+        "/search/" + "x" * 5000,
+        "/search/%2E%2E%3F?%23=%3F",
+    ],
+)
+def test_hostile_paths_are_keyed_never_a_500(app: Flask, path: str) -> None:
+    first = _get(app, path, Host="h\u00e9st.example", **{"X-Long": "v" * 10_000})
+    assert first.status_code == 200
+    assert _get(app, path, Host="h\u00e9st.example").headers["X-Cache"] == "HIT"
