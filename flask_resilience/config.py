@@ -39,6 +39,7 @@ from .validators import (
     positive_int,
     positive_number,
     redis_url,
+    removed_allow_list,
     serializer,
     string_list,
     url_prefix,
@@ -229,8 +230,26 @@ CACHE_MAX_BODY_BYTES = Setting(
 CACHE_STORED_HEADERS = Setting[tuple[str, ...]](
     "RESILIENCE_CACHE_STORED_HEADERS",
     (),
+    removed_allow_list,
+    "Removed (must stay empty): every end-to-end header is stored now; see RESILIENCE_CACHE_DENIED_HEADERS.",
+)
+CACHE_DENIED_HEADERS = Setting[tuple[str, ...]](
+    "RESILIENCE_CACHE_DENIED_HEADERS",
+    (),
     header_names,
-    "Response headers to store besides the built-in allow-list (Set-Cookie never is).",
+    "Response headers never stored, besides Set-Cookie, hop-by-hop, Date, Age and the request-id header.",
+)
+CACHE_PRIVATE_HEADERS = Setting[tuple[str, ...]](
+    "RESILIENCE_CACHE_PRIVATE_HEADERS",
+    ("Authorization", "Proxy-Authorization", "X-Api-Key"),
+    header_names,
+    "Request headers that carry credentials: such a request bypasses views not cached per_user.",
+)
+CACHE_PRIVATE_COOKIES = Setting[tuple[str, ...]](
+    "RESILIENCE_CACHE_PRIVATE_COOKIES",
+    ("remember_token",),
+    string_list,
+    "Cookies that carry credentials, besides the session cookie (SESSION_COOKIE_NAME), which always does.",
 )
 CACHE_WRITE_BEHIND_QUEUE = Setting(
     "RESILIENCE_CACHE_WRITE_BEHIND_QUEUE",
@@ -395,6 +414,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
     CACHE_HONOR_NO_CACHE,
     CACHE_MAX_BODY_BYTES,
     CACHE_STORED_HEADERS,
+    CACHE_DENIED_HEADERS,
+    CACHE_PRIVATE_HEADERS,
+    CACHE_PRIVATE_COOKIES,
     CACHE_WRITE_BEHIND_QUEUE,
     CACHE_BACKEND,
     CACHE_SERIALIZER,

@@ -84,7 +84,7 @@ class Resilience:
             )
         config = cfg.resolve(app.config, self._options)
         redis_store = _redis_store(config)
-        app_cache = _app_cache(config, redis_store)
+        app_cache = AppCache.from_config(config, redis_store)
         database = Database(config[cfg.DATABASE_URI])
         app_audit = _app_audit(config, database, Path(app.instance_path))
         state = ResilienceState(
@@ -116,7 +116,7 @@ class Resilience:
         state.stats_providers["circuit_breakers"] = lambda _private: self.breakers.stats()
         state.stats_providers["cache"] = lambda _private: app_cache.stats()
         state.add_background(app_cache)
-        app_cache.layered.listen()
+        app_cache.start()
         state.stats_providers["audit"] = app_audit.snapshot
         state.stats_providers["replay_protection"] = state.idempotency.stats
         state.idempotency.listen()
@@ -256,28 +256,6 @@ def _redis_store(config: cfg.Config) -> RedisStore | None:
         connect_timeout=config[cfg.REDIS_CONNECT_TIMEOUT],
     )
     return RedisStore(client, config[cfg.KEY_PREFIX])
-
-
-def _app_cache(config: cfg.Config, redis_store: RedisStore | None) -> AppCache:
-    app_cache = AppCache(
-        enabled=config[cfg.CACHE_ENABLED],
-        redis=redis_store,
-        flask_caching=config[cfg.CACHE_BACKEND],
-        key_prefix=config[cfg.KEY_PREFIX],
-        default_ttl=config[cfg.CACHE_DEFAULT_TTL],
-        l1_max_entries=config[cfg.CACHE_L1_MAX_ENTRIES],
-        l1_max_bytes=config[cfg.CACHE_L1_MAX_BYTES],
-        l1_max_ttl=config[cfg.CACHE_L1_MAX_TTL],
-        lock_timeout=config[cfg.CACHE_LOCK_TIMEOUT],
-        honors_no_cache=config[cfg.CACHE_HONOR_NO_CACHE],
-        max_body_bytes=config[cfg.CACHE_MAX_BODY_BYTES],
-        extra_headers=config[cfg.CACHE_STORED_HEADERS],
-        write_behind_queue=config[cfg.CACHE_WRITE_BEHIND_QUEUE],
-    )
-    serializer = config[cfg.CACHE_SERIALIZER]
-    if serializer is not None:
-        app_cache.data.serializer = serializer  # type: ignore[assignment]
-    return app_cache
 
 
 def _app_audit(config: cfg.Config, database: Database, instance: Path) -> AppAudit:

@@ -184,6 +184,18 @@ def header_names(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def removed_allow_list(value: object) -> tuple[str, ...]:
+    """RESILIENCE_CACHE_STORED_HEADERS named headers to store besides an
+    allow-list; every end-to-end header is stored now, so a value means a
+    configuration written for the old behaviour."""
+    if header_names(value):
+        raise Invalid(
+            "removed: every end-to-end header is stored now; list headers never to store "
+            "in RESILIENCE_CACHE_DENIED_HEADERS"
+        )
+    return ()
+
+
 def flask_caching_cache(value: object) -> object | None:
     if value is None:
         return None
