@@ -37,6 +37,8 @@ class Handler(BaseHTTPRequestHandler):
             "/busy": (429, {"Retry-After": "120"}),
             "/unavailable": (503, {"Retry-After": "30"}),
             "/gateway": (502, {"Retry-After": "999"}),
+            # Latin-1 superscript two: str.isdigit() says yes, float() says no.
+            "/odd-retry-after": (503, {"Retry-After": "\u00b2"}),
         }
         if self.path == "/hang":
             RELEASE_HANGS.wait(30)
@@ -117,6 +119,23 @@ def test_requests_retry_after_only_counts_on_429_and_503(server: str, clock: Fak
         assert breaker.stats()["failures"] == 1
 
 
+def test_requests_unreadable_retry_after_is_a_plain_failure(server: str, clock: FakeClock) -> None:
+    # A hostile or broken server's header must not turn the answer into a
+    # ValueError for the caller, nor leave a HALF_OPEN trial held forever.
+    registry = BreakerRegistry()
+    with _session(registry, clock, service="odd") as session:
+        assert session.get(f"{server}/odd-retry-after").status_code == 503
+        breaker = registry.get("odd")
+        assert breaker is not None and breaker.stats()["failures"] == 1
+        for _ in range(2):
+            session.get(f"{server}/fail")
+        assert breaker.state is CircuitState.OPEN
+        clock.advance(60)
+        assert session.get(f"{server}/odd-retry-after").status_code == 503  # the trial
+        assert breaker.stats()["trials_in_flight"] == 0
+        assert breaker.state is CircuitState.OPEN
+
+
 def test_requests_timeouts_and_refused_connections_are_failures(server: str, clock: FakeClock) -> None:
     registry = BreakerRegistry()
     with _session(registry, clock, service="slow") as session:
@@ -170,4 +189,6 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("120") == 120
     assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(90)
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("\u00b2") is None  # isdigit() but not a number
+    assert parse_retry_after("\u0663") is None  # only ASCII digits are delay-seconds
     assert parse_retry_after(None) is None

@@ -79,7 +79,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone also says yes to "²"
         return float(value)
     try:
         moment = parsedate_to_datetime(value)
