@@ -6,8 +6,8 @@ validates it, and one line of documentation (README.rst lists the same table).
 
 Precedence, highest first: a keyword argument to ``Resilience(...)``, a value
 already in ``app.config``, the environment variable of the same name
-(``RESILIENCE_CACHE_DEFAULT_TTL``, read as JSON when it parses, like Flask's
-``from_prefixed_env``), the seed's un-prefixed environment variable
+(``RESILIENCE_CACHE_DEFAULT_TTL``, read as JSON when it parses and fits the
+key, like Flask's ``from_prefixed_env``), the seed's un-prefixed environment variable
 (``CACHE_TTL``; unless ``RESILIENCE_READ_SEED_ENV`` is false), the default.
 After ``init_app``, ``app.config`` holds the parsed, typed value of every key.
 """
@@ -448,7 +448,7 @@ def resolve(
         read_seed = bool(values.get(READ_SEED_ENV.key, True))
         raw, variable = _raw_value(setting, app_config, options, environ, read_seed=read_seed)
         try:
-            values[setting.key] = setting.parse(raw)
+            values[setting.key] = _parse(setting, raw, environ.get(variable) if variable else None)
         except Invalid as exc:
             source = f" (from environment variable {variable})" if variable else ""
             raise ValueError(f"{setting.key}={raw!r}{source} is invalid: {exc}") from None
@@ -456,6 +456,21 @@ def resolve(
             from_env[setting.key] = variable
     app_config.update(values)  # typed: "false" must not stay a truthy string for other readers
     return Config(values)
+
+
+def _parse(setting: Setting[T], raw: object, text: str | None) -> T:
+    """``raw`` parsed; an environment value that read as JSON but does not fit
+    (a numeric token for a string key) is tried again as the text it was."""
+    try:
+        return setting.parse(raw)
+    except Invalid:
+        if text is None or raw == text:
+            raise
+        try:
+            return setting.parse(text)
+        except Invalid:
+            pass
+        raise
 
 
 def _raw_value(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +45,8 @@ def _number(value: object, kind: type[int] | type[float]) -> float:
             raise Invalid(f"expected a {kind.__name__}") from None
     else:
         raise Invalid(f"expected a {kind.__name__}")
+    if not math.isfinite(number):  # JSON in the environment reads "Infinity" and "NaN"
+        raise Invalid(f"expected a finite {kind.__name__}")
     if kind is int and number != int(number):
         raise Invalid("expected an integer")
     return number
