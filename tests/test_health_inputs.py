@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import urllib.parse
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -97,6 +99,41 @@ def test_deeply_nested_json_is_400_on_every_admin_post(app: Flask, client: Flask
             _assert_problem(response, 400, "nests deeper")
         else:  # a body it never reads
             assert response.status_code == 200, path
+
+
+_ESCAPED_QUOTES_SCRIPT = """
+from flask import Flask
+from flask_resilience import Resilience
+app = Flask("quotes")
+app.config.update(RESILIENCE_ADMIN_TOKEN="quotes-admin-token-0123456789", RESILIENCE_AUDIT_ENABLED=False)
+Resilience(app)
+body = '"' + '\\\\"' * 500_000  # one string that never ends, one escaped quote after another
+response = app.test_client().post(
+    "/api/health/cache/invalidate",
+    data=body,
+    headers={"Authorization": "Bearer quotes-admin-token-0123456789", "Content-Type": "application/json"},
+)
+print(response.status_code, response.content_type)
+"""
+
+
+def test_a_body_of_escaped_quotes_is_refused_in_linear_time() -> None:
+    # Skipping string literals by backtracking took time quadratic in the
+    # number of quotes: one 1 MB body held a worker for hours. The bound is a
+    # fault bound (the fix answers in well under a second), run in a child
+    # process so a regression is killed instead of hanging the suite.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _ESCAPED_QUOTES_SCRIPT],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a 1 MB body of escaped quotes kept the worker busy for over a minute")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["400", PROBLEM_CONTENT_TYPE]
 
 
 def test_an_oversized_body_is_413(client: FlaskClient) -> None:

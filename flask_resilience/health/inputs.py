@@ -20,7 +20,9 @@ from ..times import parse_moment
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 
-_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# Possessive and with an optional closing quote, so a string that never ends
+# is consumed once instead of retried from every quote in it (quadratic).
+_STRING_LITERAL = re.compile(r'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
