@@ -184,6 +184,23 @@ def test_audit_since_and_until_convert_offsets_and_accept_ages(make_app: MakeApp
     assert _entries(client, user_id=marker, until="12h") == []
 
 
+@pytest.mark.parametrize(
+    "database",
+    ["unmigrated", "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2"],
+)
+def test_audit_entries_answer_503_when_the_audit_table_cannot_be_read(
+    make_app: MakeApp, sqlite_url: str, database: str
+) -> None:
+    # A fresh app whose table is not created yet, or a database that is down:
+    # the operator gets a problem saying so, not a 500 that pages someone.
+    uri = sqlite_url if database == "unmigrated" else database
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=uri, RESILIENCE_ADMIN_TOKEN=TOKEN)
+    response = app.test_client().get("/api/health/audit/entries?since=7d", headers=ADMIN)
+    assert (response.status_code, response.content_type) == (503, PROBLEM_CONTENT_TYPE), response.data
+    assert response.json is not None and response.json["type"].endswith("audit-database-unavailable")
+    assert "Retry-After" in response.headers
+
+
 def timezone_offset(hours: int) -> timezone:
     return timezone(timedelta(hours=hours))
 
