@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -262,3 +263,42 @@ def test_a_redis_restarted_empty_is_resynced(make_app: MakeApp) -> None:
         server.terminate()
         server.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- HALF_OPEN under many threads ---------------------------------------------------------------
+
+
+def test_half_open_admits_one_trial_among_sixteen_threads_with_a_whole_second_clock() -> None:
+    # A clock of whole seconds (int(time.time()), or a test's integer clock)
+    # made the "no permit left" answer an int, which was taken for a permit
+    # token: every caller became a trial.
+    clock = FakeClock(1_700_000_000)
+    breaker = make(clock, failure_threshold=1, timeout=30, success_threshold=1)
+    with pytest.raises(Boom):
+        breaker.call(_raise_boom)
+    clock.advance(30)
+    admitted: list[int] = []
+    refused: list[float | None] = []
+    start, finish = threading.Barrier(16), threading.Event()
+
+    def caller() -> None:
+        start.wait()
+        try:
+            breaker.call(lambda: (admitted.append(1), finish.wait(10)))
+        except CircuitOpenError as exc:
+            refused.append(exc.retry_after)
+            if len(refused) == 15:  # the trial ends once every other caller was refused
+                finish.set()
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(admitted) == 1
+    assert len(refused) == 15 and all(isinstance(value, float) for value in refused)
+    assert breaker.state is CircuitState.CLOSED
+
+
+def _raise_boom() -> None:
+    raise Boom
