@@ -281,10 +281,14 @@ def test_half_open_admits_one_trial_among_sixteen_threads_with_a_whole_second_cl
     refused: list[float | None] = []
     start, finish = threading.Barrier(16), threading.Event()
 
+    def trial() -> None:
+        admitted.append(1)
+        finish.wait(10)
+
     def caller() -> None:
         start.wait()
         try:
-            breaker.call(lambda: (admitted.append(1), finish.wait(10)))
+            breaker.call(trial)
         except CircuitOpenError as exc:
             refused.append(exc.retry_after)
             if len(refused) == 15:  # the trial ends once every other caller was refused
