@@ -185,6 +185,40 @@ def test_a_call_with_wrong_arguments_never_trips(make_app: MakeApp) -> None:
         assert with_circuit_breaker("wrong-args", two, 1, 2) == 3
 
 
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+async def _add_async(a: int, b: int) -> int:
+    return a + b
+
+
+def test_wrong_arguments_to_a_decorated_function_never_trip() -> None:
+    # The decorator and call()/call_async() are the same call shape as
+    # with_circuit_breaker: the caller's mistake is not the remote side's.
+    breaker = make(FakeClock(), failure_threshold=2)
+    add, add_async = breaker(_add), breaker(_add_async)
+
+    def bad_inside() -> None:
+        raise TypeError("a bug inside the protected code still counts")
+
+    for _ in range(3):
+        with pytest.raises(TypeError):
+            add(1)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            breaker.call(_add, 1, 2, 3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            asyncio.run(add_async(1))  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            asyncio.run(breaker.call_async(_add_async, 1, 2, 3))  # type: ignore[call-arg]
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.stats()["failures"] == 0
+    assert add(1, 2) == 3
+    with pytest.raises(TypeError):
+        breaker.call(bad_inside)
+    assert breaker.stats()["failures"] == 1
+
+
 # -- per-app settings ---------------------------------------------------------------------------
 
 
