@@ -299,6 +299,20 @@ def test_a_redis_restarted_empty_is_resynced(make_app: MakeApp) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.parametrize("name", ["fallback", "is_failure", "result_is_failure", "clock"])
+def test_a_hook_that_is_not_callable_is_refused_when_configured(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # JSON in RESILIENCE_BREAKER_DEFAULTS can only hold strings: a fallback
+    # given as "module:function" was accepted, then raised TypeError in the
+    # middle of the outage it was meant for.
+    monkeypatch.setenv("RESILIENCE_BREAKER_DEFAULTS", f'{{"{name}": "payments:fallback"}}')
+    with pytest.raises(ValueError, match=f"{name} must be callable"):
+        make_app()
+    with pytest.raises(ValueError, match=f"{name} must be callable"):
+        BreakerRegistry().get_or_create("hooks", **{name: 42})
+
+
 # -- HALF_OPEN under many threads ---------------------------------------------------------------
 
 
