@@ -146,6 +146,33 @@ def test_the_apps_own_check_and_its_criticality(make_app: MakeApp) -> None:
     assert admin is not None and "refused" in admin["checks"]["payments-db"]["detail"]
 
 
+def test_an_admin_check_that_raises_for_anonymous_callers_does_not_break_the_probes(
+    make_app: MakeApp,
+) -> None:
+    # A common admin check (current_user.is_admin on Flask-Login's anonymous
+    # user) raises for the load balancer's probe. The probes only ask it when
+    # a dependency is down, so a Redis blip turned /ready into a 500 for the
+    # whole fleet.
+    extension = Resilience()
+
+    @extension.admin_check
+    def anonymous_has_no_role() -> bool:
+        raise AttributeError("'AnonymousUserMixin' object has no attribute 'is_admin'")
+
+    @extension.health_check("search")
+    def search() -> bool:
+        raise ConnectionError("search cluster unreachable")
+
+    app, _ = make_app(extension)
+    client = app.test_client()
+    ready = client.get("/api/health/ready")
+    assert ready.status_code == 200, ready.data
+    assert ready.json is not None and "detail" not in ready.json["checks"]["search"]
+    summary = client.get("/api/health")
+    assert summary.status_code == 200 and summary.json is not None
+    assert summary.json["status"] == "degraded" and "version" not in summary.json
+
+
 def test_the_version_is_public_only_when_configured(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_ADMIN_TOKEN=TOKEN)
     client = app.test_client()

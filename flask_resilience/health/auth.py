@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable
 from typing import TypeVar, cast
 
@@ -20,6 +21,7 @@ from ..problems import Problem
 from ..state import get_state
 
 F = TypeVar("F", bound=Callable[..., object])
+logger = logging.getLogger("flask_resilience.health")
 
 
 def _digest(value: str) -> bytes:
@@ -57,10 +59,18 @@ def check_admin() -> None:
 
 
 def is_admin() -> bool:
-    """True when :func:`check_admin` would let the request through."""
+    """True when :func:`check_admin` would let the request through.
+
+    An app's admin check that raises (``current_user.is_admin`` on an
+    anonymous user) means "not an admin" here: the public probes ask this
+    question, and a load balancer must get their answer, not a 500.
+    """
     try:
         check_admin()
     except Problem:
+        return False
+    except Exception:
+        logger.exception("the admin check raised; treating the caller as not an admin")
         return False
     return True
 
