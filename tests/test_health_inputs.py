@@ -211,6 +211,17 @@ def test_invalid_times_are_400_naming_the_parameter(client: FlaskClient, value: 
     _assert_problem(response, 400, "since")
 
 
+def test_an_offset_typed_unencoded_in_the_url_is_read(client: FlaskClient) -> None:
+    # curl '...?since=2026-01-01T00:00:00+05:00' (the form everybody types):
+    # query decoding turns the '+' into a space.
+    response = client.get("/api/health/audit/entries?since=2026-01-01T00:00:00+05:00", headers=ADMIN)
+    assert response.status_code == 200, response.data
+    now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+    assert parse_moment("2026-01-01T00:00:00 05:00", now) == datetime(2025, 12, 31, 19, 0)
+    assert parse_moment("2026-01-01 00:00:00.5 0530", now) == datetime(2025, 12, 31, 18, 30, 0, 500000)
+    assert parse_moment("2026-01-01 05:00", now) == datetime(2026, 1, 1, 5, 0)  # a time, not an offset
+
+
 def test_parse_moment_converts_offsets_to_naive_utc() -> None:
     now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
     assert parse_moment("2026-01-01T00:00:00+05:00", now) == datetime(2025, 12, 31, 19, 0)
