@@ -22,6 +22,7 @@ from flask_resilience.breaker.http import (
     RequestsCircuitOpenError,
     parse_retry_after,
 )
+from flask_resilience.breaker.http_common import Breakers
 from flask_resilience.breaker.registry import BreakerRegistry
 from tests.clock import FakeClock
 
@@ -181,6 +182,18 @@ def test_httpx_async_transport_honours_retry_after(server: str, clock: FakeClock
     breaker = registry.get("async-api")
     assert breaker is not None
     assert breaker.stats()["failures"] == 2
+
+
+def test_a_long_valid_hostname_gets_a_breaker_of_its_own() -> None:
+    # DNS names reach 253 characters; "http:<host>" over the 128-character
+    # name limit raised ValueError instead of making the request.
+    breakers = Breakers(BreakerRegistry(), None, None)
+    first, second = (".".join([label * 60] * 4) for label in ("a", "b"))
+    one, other = breakers.for_url(f"https://{first}/hook"), breakers.for_url(f"https://{second}:8443/")
+    assert one.name.startswith("http:aaaa") and len(one.name) <= 128
+    assert other.name != one.name
+    assert breakers.for_url(f"https://{first}/other") is one
+    assert breakers.for_url("http://api.example.com/x").name == "http:api.example.com"
 
 
 def test_parse_retry_after() -> None:

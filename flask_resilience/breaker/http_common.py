@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from .config import Outcome
 from .registry import BreakerRegistry
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+_MAX_NAME = 128  # the registry's limit on breaker names
 # The remote side is unwell or asks us to slow down; other 4xx are the caller's mistakes.
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 
@@ -39,6 +41,9 @@ class Breakers:
             parts = urlsplit(url)
             host = (parts.hostname or "unknown").lower()
             name = "http:" + _UNSAFE.sub("_", f"{host}:{parts.port}" if parts.port else host)
+            if len(name) > _MAX_NAME:  # a long DNS name: keep its start, tell hosts apart by a digest
+                digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+                name = f"{name[: _MAX_NAME - 17]}:{digest}"
         return self._registry.get_or_create(name, **self._config)
 
 
