@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -140,6 +141,43 @@ def test_an_oversized_body_is_413(client: FlaskClient) -> None:
     body = json.dumps({"key": "k" * (2 * 1024 * 1024)})
     response = client.post("/api/health/cache/invalidate", data=body, headers=ADMIN)
     assert (response.status_code, response.content_type) == (413, PROBLEM_CONTENT_TYPE)
+
+
+def test_a_body_over_the_apps_max_content_length_is_413_problem(make_app: MakeApp) -> None:
+    # Flask's own limit raised werkzeug's HTML 413 from under the health prefix.
+    app, _ = make_app(RESILIENCE_ADMIN_TOKEN=TOKEN, MAX_CONTENT_LENGTH=1000)
+    body = json.dumps({"key": "k" * 5000})
+    response = app.test_client().post("/api/health/cache/invalidate", data=body, headers=ADMIN)
+    assert (response.status_code, response.content_type) == (413, PROBLEM_CONTENT_TYPE)
+    assert response.headers.get("X-Request-ID")
+
+
+def test_a_chunked_body_is_read_no_further_than_the_limit(app: Flask) -> None:
+    # Without a Content-Length (chunked, as gunicorn passes it on) the whole
+    # stream used to be read into memory before its size was checked.
+    stream = CountingStream(b'{"key": "' + b"k" * (8 * 1024 * 1024) + b'"}')
+    response = app.test_client().post(
+        "/api/health/cache/invalidate",
+        input_stream=stream,
+        headers={**ADMIN, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_base={"wsgi.input_terminated": True},
+    )
+    assert (response.status_code, response.content_type) == (413, PROBLEM_CONTENT_TYPE)
+    assert stream.consumed <= 2 * 1024 * 1024
+
+
+class CountingStream(io.BytesIO):
+    consumed = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.consumed += len(chunk)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.consumed += count
+        return count
 
 
 @pytest.mark.parametrize("name", ["user_id", "event_type", "since", "until", "limit"])
