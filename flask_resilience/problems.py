@@ -85,4 +85,3 @@ class Problem(HTTPException):
     def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         """What werkzeug and Flask send for this error: the problem+json response."""
         return self.to_response()
-
