@@ -43,6 +43,13 @@ class Handler(BaseHTTPRequestHandler):
         }
         if self.path == "/hang":
             RELEASE_HANGS.wait(30)
+        if self.path == "/truncated":  # headers, then the connection drops mid-body
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"only part of it")
+            self.close_connection = True
+            return
         status, headers = routes.get(self.path, (200, {}))
         body = self.path.encode()
         self.send_response(status)
@@ -134,6 +141,19 @@ def test_requests_unreadable_retry_after_is_a_plain_failure(server: str, clock: 
         clock.advance(60)
         assert session.get(f"{server}/odd-retry-after").status_code == 503  # the trial
         assert breaker.stats()["trials_in_flight"] == 0
+        assert breaker.state is CircuitState.OPEN
+
+
+def test_requests_a_body_cut_off_mid_way_is_a_failure(server: str, clock: FakeClock) -> None:
+    # requests reads the body after the adapter returned: a remote side that
+    # sends its headers and then drops (or stalls) was never counted.
+    registry = BreakerRegistry()
+    with _session(registry, clock, service="cut") as session:
+        for _ in range(3):
+            with pytest.raises(requests.RequestException):
+                session.get(f"{server}/truncated")
+        breaker = registry.get("cut")
+        assert breaker is not None and breaker.stats()["failures"] == 3
         assert breaker.state is CircuitState.OPEN
 
 
