@@ -38,6 +38,7 @@ class Handler(BaseHTTPRequestHandler):
             "/busy": (429, {"Retry-After": "120"}),
             "/unavailable": (503, {"Retry-After": "30"}),
             "/gateway": (502, {"Retry-After": "999"}),
+            "/retry-now": (503, {"Retry-After": "0"}),
             # Latin-1 superscript two: str.isdigit() says yes, float() says no.
             "/odd-retry-after": (503, {"Retry-After": "\u00b2"}),
         }
@@ -142,6 +143,17 @@ def test_requests_unreadable_retry_after_is_a_plain_failure(server: str, clock: 
         assert session.get(f"{server}/odd-retry-after").status_code == 503  # the trial
         assert breaker.stats()["trials_in_flight"] == 0
         assert breaker.state is CircuitState.OPEN
+
+
+def test_requests_retry_after_zero_is_a_failure_not_a_pause(server: str, clock: FakeClock) -> None:
+    # "Retry-After: 0" (or a date already past) asks for no pause: it opened
+    # the circuit at once, throttling every caller to one HALF_OPEN trial.
+    registry = BreakerRegistry()
+    with _session(registry, clock, service="now") as session:
+        assert session.get(f"{server}/retry-now").status_code == 503
+        breaker = registry.get("now")
+        assert breaker is not None and breaker.state is CircuitState.CLOSED
+        assert breaker.stats()["failures"] == 1
 
 
 def test_requests_a_body_cut_off_mid_way_is_a_failure(server: str, clock: FakeClock) -> None:

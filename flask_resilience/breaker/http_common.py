@@ -76,7 +76,8 @@ def classify_status(status: int, headers: Mapping[str, str]) -> tuple[Outcome, f
     if status < 500 and status != 429:
         return Outcome.SUCCESS, None
     hold = parse_retry_after(headers.get("Retry-After")) if status in _RETRY_AFTER_STATUSES else None
-    return Outcome.FAILURE, hold
+    # No pause asked for ("0", a date already past): an ordinary failure.
+    return Outcome.FAILURE, hold if hold else None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
