@@ -138,6 +138,13 @@ HEALTH_SHOW_VERSION = Setting(
     boolean,
     "Show the extension's version in the public health summary (admins always see it).",
 )
+HEALTH_CHECK_TIMEOUT = Setting(
+    "RESILIENCE_HEALTH_CHECK_TIMEOUT",
+    2.0,
+    positive_number,
+    "Seconds a health check may take before it is reported down (a hanging dependency must "
+    "not hold the probe).",
+)
 ADMIN_TOKEN = Setting(
     "RESILIENCE_ADMIN_TOKEN",
     None,
@@ -367,6 +374,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     HEALTH_PUBLIC,
     HEALTH_CRITICAL,
     HEALTH_SHOW_VERSION,
+    HEALTH_CHECK_TIMEOUT,
     ADMIN_TOKEN,
     REQUEST_ID_HEADER,
     PRINCIPAL_LOADER,

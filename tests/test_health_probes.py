@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from typing import Any
 
 from flask import Flask
@@ -10,6 +11,7 @@ from flask import Flask
 from flask_resilience import Resilience, __version__, idempotent
 from flask_resilience.health.checks import default_critical
 from flask_resilience.state import get_state
+from tests.clock import eventually
 from tests.conftest import MakeApp
 from tests.services import free_port
 
@@ -171,6 +173,36 @@ def test_an_admin_check_that_raises_for_anonymous_callers_does_not_break_the_pro
     summary = client.get("/api/health")
     assert summary.status_code == 200 and summary.json is not None
     assert summary.json["status"] == "degraded" and "version" not in summary.json
+
+
+def test_a_hanging_dependency_is_reported_down_after_the_check_timeout(make_app: MakeApp) -> None:
+    # A database behind a black hole holds a connect for minutes: every probe
+    # held a worker that long, and the probes piled up until the app stopped
+    # answering. A check that takes longer than the timeout is down.
+    extension = Resilience()
+    released = threading.Event()
+
+    @extension.health_check("payments-db", critical=True)
+    def payments_db() -> bool:
+        released.wait(30)
+        return True
+
+    @extension.health_check("search")
+    def search() -> bool:
+        return True
+
+    app, _ = make_app(extension, RESILIENCE_HEALTH_CHECK_TIMEOUT=0.2)
+    client = app.test_client()
+    try:
+        for _ in range(3):  # the hung check of an earlier probe must not hold later ones
+            ready = client.get("/api/health/ready")
+            assert ready.status_code == 503 and ready.json is not None
+            assert ready.json["checks"]["payments-db"]["status"] == "down"
+            assert ready.json["checks"]["payments-db"]["error"] == "TimeoutError"
+            assert ready.json["checks"]["search"]["status"] == "up"
+    finally:
+        released.set()
+    assert eventually(lambda: client.get("/api/health/ready").status_code == 200)
 
 
 def test_the_version_is_public_only_when_configured(make_app: MakeApp) -> None:
