@@ -119,6 +119,9 @@ def url_prefix(value: object) -> str:
 
 def admin_token(value: object) -> str | None:
     token = optional_str(value)
+    if token is not None:
+        # A bearer token holds no whitespace; a secret read from a file often ends in a newline.
+        token = token.strip() or None
     if token is not None and len(token) < 16:
         raise Invalid("an admin token must be at least 16 characters long")
     return token

@@ -155,6 +155,18 @@ def test_a_non_ascii_admin_token_works_as_a_server_delivers_it(make_app: MakeApp
         assert response.status_code == status, sent
 
 
+def test_an_admin_token_read_with_a_trailing_newline_still_matches(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A secret mounted from a file usually ends in a newline; a bearer token
+    # never holds whitespace, and the one sent is stripped: so it never matched.
+    monkeypatch.setenv("RESILIENCE_ADMIN_TOKEN", f"{TOKEN}\n")
+    app, _ = make_app()
+    assert app.config["RESILIENCE_ADMIN_TOKEN"] == TOKEN
+    response = app.test_client().get("/api/health/dashboard", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+
+
 def test_custom_admin_check(make_app: MakeApp) -> None:
     extension = Resilience()
 
