@@ -205,6 +205,24 @@ def test_a_hanging_dependency_is_reported_down_after_the_check_timeout(make_app:
     assert eventually(lambda: client.get("/api/health/ready").status_code == 200)
 
 
+def test_the_apps_check_of_a_built_in_name_replaces_the_built_in(make_app: MakeApp, sqlite_url: str) -> None:
+    # Both ran under one name: the report showed one of them while the other
+    # decided the status, and "failing" could name the check twice.
+    extension = Resilience()
+
+    @extension.health_check("database", critical=True)
+    def reporting_replica() -> bool:
+        raise ConnectionError("replica lag over 10 minutes")
+
+    app, _ = make_app(extension, RESILIENCE_AUDIT_DATABASE_URI=sqlite_url)
+    ready = app.test_client().get("/api/health/ready")
+    assert ready.status_code == 503 and ready.json is not None
+    assert ready.json["failing"] == ["database"]
+    assert ready.json["checks"]["database"]["status"] == "down"
+    summary = app.test_client().get("/api/health").json
+    assert summary is not None and summary["failing"] == ["database"]
+
+
 def test_the_version_is_public_only_when_configured(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_ADMIN_TOKEN=TOKEN)
     client = app.test_client()

@@ -70,10 +70,13 @@ def default_critical(state: ResilienceState) -> frozenset[str]:
 
 
 def registered_checks(state: ResilienceState) -> Iterator[HealthCheck]:
-    """The built-in checks of this app, then the app's own (``@resilience.health_check``)."""
+    """The built-in checks of this app, then the app's own
+    (``@resilience.health_check``); an own check of a built-in's name replaces it."""
+    custom = state.extension.custom_health_checks
     for name, run in state.health_checks.items():
-        yield HealthCheck(name, run)
-    yield from state.extension.custom_health_checks.values()
+        if name not in custom:
+            yield HealthCheck(name, run)
+    yield from custom.values()
 
 
 def run_checks(state: ResilienceState) -> list[CheckReport]:
