@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from flask_resilience import Resilience, __version__, idempotent
@@ -221,6 +223,19 @@ def test_the_apps_check_of_a_built_in_name_replaces_the_built_in(make_app: MakeA
     assert ready.json["checks"]["database"]["status"] == "down"
     summary = app.test_client().get("/api/health").json
     assert summary is not None and summary["failing"] == ["database"]
+
+
+def test_a_critical_name_that_matches_no_check_is_logged(
+    make_app: MakeApp, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A typo ("databse") silently left every dependency non-critical.
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_url, RESILIENCE_HEALTH_CRITICAL="databse")
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="flask_resilience.health"):
+        for _ in range(3):
+            assert client.get("/api/health/ready").status_code == 200
+    warnings = [record.getMessage() for record in caplog.records if "databse" in record.getMessage()]
+    assert len(warnings) == 1 and "database" in warnings[0]
 
 
 def test_the_version_is_public_only_when_configured(make_app: MakeApp) -> None:

@@ -86,10 +86,12 @@ def run_checks(state: ResilienceState) -> list[CheckReport]:
     critical_names = default_critical(state) if configured is None else frozenset(configured)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     deadline = time.monotonic() + state.config[HEALTH_CHECK_TIMEOUT]
+    checks = list(registered_checks(state))
+    _warn_unknown_critical(critical_names, checks)
     runs = [
         (check, check.critical if check.critical is not None else check.name in critical_names,
          _start(state, check, app))
-        for check in registered_checks(state)
+        for check in checks
     ]  # fmt: skip
     reports = []
     for check, critical, run in runs:
@@ -97,6 +99,22 @@ def run_checks(state: ResilienceState) -> list[CheckReport]:
         if report is not None:
             reports.append(report)
     return reports
+
+
+def _warn_unknown_critical(critical_names: frozenset[str], checks: list[HealthCheck]) -> None:
+    """Log once per name a critical name that no check has (a typo would
+    silently leave the dependency non-critical)."""
+    unknown = critical_names - {check.name for check in checks} - _warned_unknown
+    for name in sorted(unknown):
+        _warned_unknown.add(name)
+        logger.warning(
+            "RESILIENCE_HEALTH_CRITICAL names %r, but no health check has that name (checks: %s)",
+            name,
+            ", ".join(sorted(check.name for check in checks)) or "none",
+        )
+
+
+_warned_unknown: set[str] = set()
 
 
 class _Run:
