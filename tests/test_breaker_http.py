@@ -175,10 +175,14 @@ def test_requests_timeouts_cut_off_bodies_and_refused_connections_are_failures(
 
 def test_httpx_transport(server: str, clock: FakeClock) -> None:
     registry = BreakerRegistry()
-    transport = BreakerTransport(registry, breaker_config={"clock": clock, "failure_threshold": 2})
+    transport = BreakerTransport(registry, breaker_config={"clock": clock, "failure_threshold": 3})
     with httpx.Client(transport=transport, timeout=0.2) as client:
         assert client.get(f"{server}/missing").status_code == 404
         assert client.get(f"{server}/fail").status_code == 500
+        # The client reads the body after the transport returned: a body cut
+        # off mid-way was never counted.
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get(f"{server}/truncated")
         with pytest.raises(httpx.ReadTimeout):
             client.get(f"{server}/hang")
         with pytest.raises(HTTPXCircuitOpenError) as rejected:
@@ -194,6 +198,8 @@ def test_httpx_async_transport_honours_retry_after(server: str, clock: FakeClock
     async def scenario() -> None:
         transport = AsyncBreakerTransport(registry, service="async-api", breaker_config={"clock": clock})
         async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.RemoteProtocolError):  # read after the transport returned
+                await client.get(f"{server}/truncated")
             assert (await client.get(f"{server}/unavailable")).status_code == 503
             with pytest.raises(HTTPXCircuitOpenError):
                 await client.get(f"{server}/ok")
@@ -205,7 +211,7 @@ def test_httpx_async_transport_honours_retry_after(server: str, clock: FakeClock
     asyncio.run(scenario())
     breaker = registry.get("async-api")
     assert breaker is not None
-    assert breaker.stats()["failures"] == 2
+    assert breaker.stats()["failures"] == 3
 
 
 def test_a_long_valid_hostname_gets_a_breaker_of_its_own() -> None:

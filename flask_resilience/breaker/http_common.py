@@ -63,7 +63,11 @@ class OutboundCall:
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is not None:
-            self.breaker.release(self._trial, self._started, self._error_outcome(exc))
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the call as ended by ``exc`` (instead of :meth:`settle`)."""
+        self.breaker.release(self._trial, self._started, self._error_outcome(exc))
 
     def settle(self, status: int, headers: Mapping[str, str]) -> None:
         outcome, hold = classify_status(status, headers)
