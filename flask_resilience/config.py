@@ -6,8 +6,8 @@ validates it, and one line of documentation (README.rst lists the same table).
 
 Precedence, highest first: a keyword argument to ``Resilience(...)``, a value
 already in ``app.config``, the environment variable of the same name
-(``RESILIENCE_CACHE_DEFAULT_TTL``, read as JSON when it parses, like Flask's
-``from_prefixed_env``), the seed's un-prefixed environment variable
+(``RESILIENCE_CACHE_DEFAULT_TTL``, read as JSON when it parses and fits the
+key, like Flask's ``from_prefixed_env``), the seed's un-prefixed environment variable
 (``CACHE_TTL``; unless ``RESILIENCE_READ_SEED_ENV`` is false), the default.
 After ``init_app``, ``app.config`` holds the parsed, typed value of every key.
 """
@@ -138,6 +138,13 @@ HEALTH_SHOW_VERSION = Setting(
     False,
     boolean,
     "Show the extension's version in the public health summary (admins always see it).",
+)
+HEALTH_CHECK_TIMEOUT = Setting(
+    "RESILIENCE_HEALTH_CHECK_TIMEOUT",
+    2.0,
+    positive_number,
+    "Seconds a health check may take before it is reported down (a hanging dependency must "
+    "not hold the probe).",
 )
 ADMIN_TOKEN = Setting(
     "RESILIENCE_ADMIN_TOKEN",
@@ -399,6 +406,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     HEALTH_PUBLIC,
     HEALTH_CRITICAL,
     HEALTH_SHOW_VERSION,
+    HEALTH_CHECK_TIMEOUT,
     ADMIN_TOKEN,
     REQUEST_ID_HEADER,
     PRINCIPAL_LOADER,
@@ -485,7 +493,7 @@ def resolve(
         read_seed = bool(values.get(READ_SEED_ENV.key, True))
         raw, variable = _raw_value(setting, app_config, options, environ, read_seed=read_seed)
         try:
-            values[setting.key] = setting.parse(raw)
+            values[setting.key] = _parse(setting, raw, environ.get(variable) if variable else None)
         except Invalid as exc:
             source = f" (from environment variable {variable})" if variable else ""
             raise ValueError(f"{setting.key}={raw!r}{source} is invalid: {exc}") from None
@@ -493,6 +501,21 @@ def resolve(
             from_env[setting.key] = variable
     app_config.update(values)  # typed: "false" must not stay a truthy string for other readers
     return Config(values)
+
+
+def _parse(setting: Setting[T], raw: object, text: str | None) -> T:
+    """``raw`` parsed; an environment value that read as JSON but does not fit
+    (a numeric token for a string key) is tried again as the text it was."""
+    try:
+        return setting.parse(raw)
+    except Invalid:
+        if text is None or raw == text:
+            raise
+        try:
+            return setting.parse(text)
+        except Invalid:
+            pass
+        raise
 
 
 def _raw_value(

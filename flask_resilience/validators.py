@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +45,8 @@ def _number(value: object, kind: type[int] | type[float]) -> float:
             raise Invalid(f"expected a {kind.__name__}") from None
     else:
         raise Invalid(f"expected a {kind.__name__}")
+    if not math.isfinite(number):  # JSON in the environment reads "Infinity" and "NaN"
+        raise Invalid(f"expected a finite {kind.__name__}")
     if kind is int and number != int(number):
         raise Invalid("expected an integer")
     return number
@@ -116,6 +119,9 @@ def url_prefix(value: object) -> str:
 
 def admin_token(value: object) -> str | None:
     token = optional_str(value)
+    if token is not None:
+        # A bearer token holds no whitespace; a secret read from a file often ends in a newline.
+        token = token.strip() or None
     if token is not None and len(token) < 16:
         raise Invalid("an admin token must be at least 16 characters long")
     return token

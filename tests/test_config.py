@@ -108,6 +108,7 @@ INVALID_VALUES: list[tuple[str, object]] = [
     ("RESILIENCE_HEALTH_PUBLIC", "public"),
     ("RESILIENCE_HEALTH_CRITICAL", 5),
     ("RESILIENCE_HEALTH_SHOW_VERSION", "perhaps"),
+    ("RESILIENCE_HEALTH_CHECK_TIMEOUT", 0),
     ("RESILIENCE_READ_SEED_ENV", "sometimes"),
     ("RESILIENCE_REDIS_URL", "http://localhost:6379"),
     ("RESILIENCE_REDIS_URL", 6379),
