@@ -15,11 +15,8 @@ from flask import Blueprint, Flask, Response, request
 from . import config as cfg
 from .audit.cli import resilience as resilience_cli
 from .audit.events import AuditEventType
-from .audit.redact import Redactor
 from .audit.service import AppAudit
-from .audit.signals import install_sigterm_flush
 from .audit.views import audit_blueprint, record_request
-from .audit.writer import AuditWriter
 from .breaker.breaker import CircuitBreaker
 from .breaker.registry import BreakerRegistry
 from .breaker.shared import SharedState
@@ -31,6 +28,7 @@ from .health import health_blueprint
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_prefix_hooks
+from .lifecycle import install_signal_hook
 from .problems import Problem, handle_problem
 from .signals import circuit_state_changed
 from .state import EXTENSION_NAME, ResilienceState, get_state
@@ -78,7 +76,7 @@ class Resilience:
         redis_store = _redis_store(config)
         app_cache = _app_cache(config, redis_store)
         database = Database(config[cfg.DATABASE_URI])
-        app_audit = _app_audit(config, database, Path(app.instance_path))
+        app_audit = AppAudit.from_config(config, database, Path(app.instance_path))
         state = ResilienceState(
             extension=self,
             config=config,
@@ -102,13 +100,13 @@ class Resilience:
         state.stats_providers["cache"] = lambda _private: app_cache.stats()
         state.add_background(app_cache)
         app_cache.layered.listen()
-        state.stats_providers["audit"] = app_audit.snapshot
+        state.stats_providers["audit"] = app_audit.stats
         state.stats_providers["replay_protection"] = state.idempotency.snapshot
         state.idempotency.listen()
         state.add_background(app_audit)
         if app_audit.enabled:
             state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))
-            install_sigterm_flush(self.shutdown)
+        install_signal_hook()
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
@@ -250,33 +248,6 @@ def _app_cache(config: cfg.Config, redis_store: RedisStore | None) -> AppCache:
     if serializer is not None:
         app_cache.data.serializer = serializer  # type: ignore[assignment]
     return app_cache
-
-
-def _app_audit(config: cfg.Config, database: Database, instance: Path) -> AppAudit:
-    spill = config[cfg.AUDIT_SPILL_PATH]
-    if spill is None:
-        spill_path: Path | None = instance / "resilience-audit-spill.jsonl"
-    elif spill.lower() == "off":
-        spill_path = None
-    else:
-        spill_path = Path(spill)
-    key = config[cfg.AUDIT_HMAC_KEY]
-    redact_keys: tuple[str, ...] = config[cfg.AUDIT_REDACT_KEYS]
-    writer = AuditWriter(
-        buffer_size=config[cfg.AUDIT_BUFFER_SIZE],
-        flush_interval=config[cfg.AUDIT_FLUSH_INTERVAL] / 1000,
-        max_queue=config[cfg.AUDIT_MAX_QUEUE],
-        spill_path=spill_path,
-        hmac_key=key.encode() if key else None,
-    )
-    return AppAudit(
-        enabled=config[cfg.AUDIT_ENABLED],
-        database=database,
-        writer=writer,
-        redactor=Redactor(redact_keys, config[cfg.AUDIT_REDACTOR]),
-        max_body_bytes=config[cfg.AUDIT_MAX_BODY_BYTES],
-        fallback_sqlite=instance / "resilience-audit.db",
-    )
 
 
 class _CircuitAuditing:

@@ -86,10 +86,18 @@ def _families(state: ResilienceState) -> Iterator[Any]:
         "resilience_cache_l1_bytes", "Bytes in this process's L1", value=cache["l1"]["bytes"]
     )
 
-    audit = state.audit.snapshot(include_users=False)
+    audit = state.audit.stats(include_users=False)
     audit_writer = CounterMetricFamily("resilience_audit_entries", "Audit writer figures", labels=["event"])
-    for event in ("written", "spilled", "replayed", "dropped", "flush_errors"):
-        audit_writer.add_metric([event], float(audit[event]))
+    for event, value in (
+        ("written", audit["written"]),
+        ("spilled", audit["spilled"]),
+        ("replayed", audit["replayed"]),
+        ("dropped", audit["dropped"]),
+        ("rejected", audit["rejected"]),
+        ("flush_errors", audit["flush_errors"]),
+        ("journal_errors", audit["journal_errors"]),
+    ):
+        audit_writer.add_metric([event], float(value))
     yield audit_writer
     yield GaugeMetricFamily("resilience_audit_queue_size", "Audit entries waiting", value=audit["queue_size"])
 
