@@ -25,6 +25,9 @@ _HASHED = (
 
 
 _values = operator.itemgetter(*_HASHED)
+# json.dumps(values, sort_keys=True, separators=(",", ":"), default=str), without
+# building an encoder per call (this runs on the request thread, once per entry).
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 _OCCURRED, _LOGGED = _HASHED.index("occurred_at"), _HASHED.index("logged_at")
 
 
@@ -41,7 +44,7 @@ def canonical(row: Mapping[str, Any]) -> bytes:
     values = list(_values(row))
     values[_OCCURRED] = _stamp(values[_OCCURRED])
     values[_LOGGED] = _stamp(values[_LOGGED])
-    return json.dumps(values, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return _encode(values).encode()
 
 
 def from_canonical(data: bytes) -> dict[str, Any]:

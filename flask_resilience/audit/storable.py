@@ -25,6 +25,7 @@ WIDTHS: dict[str, int] = {
     if isinstance(column.type, String) and column.type.length and column.name not in ("severity", "status")
 }
 WIDTHS["message"] = 0  # Text: no width, but NUL and surrogates still count
+_WIDTH_ITEMS = tuple(WIDTHS.items())
 _SEVERITIES = tuple(Severity)
 _STATUSES = tuple(AuditStatus)
 
@@ -65,9 +66,10 @@ def storable(fields: dict[str, Any]) -> dict[str, Any]:
     status = fields.get("status")
     if status is not None and status not in _STATUSES:
         raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {str(status)[:40]!r}")
-    for name, value in fields.items():
-        if type(value) is str:
-            width = WIDTHS.get(name)
-            if width is not None:
-                fields[name] = clamp(clean(value), width)
+    for name, width in _WIDTH_ITEMS:
+        value = fields.get(name)
+        if (type(value) is str and not (value.isascii() and len(value) <= (width or len(value)))) or (
+            type(value) is str and "\x00" in value
+        ):
+            fields[name] = clamp(clean(value), width)
     return fields

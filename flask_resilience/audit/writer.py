@@ -39,6 +39,8 @@ COUNTS = ("written", "spilled", "replayed", "dropped", "rejected", "flush_errors
 
 
 def _naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        return value.replace(tzinfo=None)
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
 
 
@@ -210,6 +212,7 @@ class AuditWriter(ProcessLocalWorker):
     def stop(self, flush: bool = True, timeout: float = 30.0) -> None:
         """Stop the thread, store what is queued, and close the journal
         (what could not be stored stays there for the next process)."""
+        self._adopted_at = -_ADOPT_EVERY  # a last look for dead siblings' journals
         super().stop(flush=flush, timeout=timeout)
         if self.journal is not None:
             with self._lock:
