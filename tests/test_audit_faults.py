@@ -34,17 +34,9 @@ from tests.services import ThrowawayPostgres, free_port
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture(scope="module")
-def migrated(postgres_url: str, mysql_url: str) -> dict[str, str]:
-    for url in (postgres_url, mysql_url):
-        engine = sqlalchemy.create_engine(url)
-        upgrade(engine)
-        engine.dispose()
-    return {"postgresql": postgres_url, "mariadb": mysql_url}
-
-
-def _empty(url: str) -> str:
+def migrated(url: str) -> str:
     engine = sqlalchemy.create_engine(url)
+    upgrade(engine)
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM resilience_audit_log"))
     engine.dispose()
@@ -54,28 +46,15 @@ def _empty(url: str) -> str:
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.db'}"
-        engine = sqlalchemy.create_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        return url
-    urls: dict[str, str] = request.getfixturevalue("migrated")
-    return _empty(urls[request.param])
+        return migrated(f"sqlite:///{tmp_path / 'audit.db'}")
+    return migrated(request.getfixturevalue("mysql_url" if request.param == "mariadb" else "postgres_url"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.db'}"
-        engine = sqlalchemy.create_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        return url
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    engine = sqlalchemy.create_engine(postgres_url)
-    upgrade(engine)
-    engine.dispose()
-    return _empty(postgres_url)
+        return migrated(f"sqlite:///{tmp_path / 'audit.db'}")
+    return migrated(request.getfixturevalue("postgres_url"))
 
 
 def stored(url: str) -> list[dict[str, Any]]:
@@ -223,13 +202,21 @@ def test_the_journal_has_a_byte_bound_and_drops_are_recorded(make_app: MakeApp, 
         assert 0 < dropped < 200
         size = sum(path.stat().st_size for path in journal.parent.glob("audit.*.journal"))
         assert size <= 8192 + 2048
-        engine = sqlalchemy.create_engine(url)
-        upgrade(engine)  # the database is back
+    database_returns_and_drops_are_told(app, url, recorded=200)
+
+
+def database_returns_and_drops_are_told(app: Flask, url: str, recorded: int) -> None:
+    """Create the missing table, flush: every entry is stored or counted as
+    dropped, the drops are told in AUDIT_GAP entries, the chain verifies."""
+    writer = get_state(app).audit.writer
+    dropped = writer.counts()["dropped"]
+    migrated(url)
+    with app.app_context():
         writer.flush()
     rows = stored(url)
     gaps = [row for row in rows if row["event_type"] == "AUDIT_GAP"]
     assert sum(gap["details"]["dropped"] for gap in gaps) == dropped
-    assert len(rows) - len(gaps) + dropped == 200
+    assert len(rows) - len(gaps) + dropped == recorded
     verify_ok(app)
 
 
@@ -477,9 +464,7 @@ def test_sigkill_of_a_gunicorn_worker_under_load_loses_nothing(database: str, tm
 @pytest.fixture
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     server = ThrowawayPostgres()
-    engine = sqlalchemy.create_engine(server.url)
-    upgrade(engine)
-    engine.dispose()
+    migrated(server.url)
     yield server
     server.close()
 
@@ -542,16 +527,8 @@ def test_unwritable_journal_and_database_down_never_fail_a_request(make_app: Mak
         assert client.get(f"/api/item/{number}").status_code == 200
         if number % 4 == 0:
             writer.flush()
-    dropped = writer.counts()["dropped"]
-    assert dropped > 0
-    upgrade(sqlalchemy.create_engine(url))
-    with app.app_context():
-        writer.flush()
-    rows = stored(url)
-    gaps = [row for row in rows if row["event_type"] == "AUDIT_GAP"]
-    assert sum(gap["details"]["dropped"] for gap in gaps) == dropped
-    assert len(rows) - len(gaps) + dropped == 30
-    verify_ok(app)
+    assert writer.counts()["dropped"] > 0
+    database_returns_and_drops_are_told(app, url, recorded=30)
 
 
 def test_journals_vanishing_while_listed_are_tolerated(
