@@ -22,7 +22,7 @@ def records(chain: Chain, count: int) -> list[bytes]:
 
 
 def _now() -> Any:
-    from datetime import datetime  # noqa: PLC0415
+    from datetime import datetime
 
     return datetime(2026, 1, 1, 12, 0, 0, 123456)
 
