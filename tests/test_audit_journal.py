@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,7 @@ def records(chain: Chain, count: int) -> list[bytes]:
     return lines
 
 
-def _now() -> Any:
-    from datetime import datetime
-
+def _now() -> datetime:
     return datetime(2026, 1, 1, 12, 0, 0, 123456)
 
 

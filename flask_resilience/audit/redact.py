@@ -113,7 +113,7 @@ class Redactor:
         if isinstance(value, str):
             return self.text(value)
         if value is None or isinstance(value, (bool, int, float)):
-            if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) >= 13:
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
                 return self.text(str(value))  # a card number sent as a JSON number
             return value
         return self.text(repr(value))
