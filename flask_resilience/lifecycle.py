@@ -54,6 +54,31 @@ def terminating() -> bool:
     return _terminating
 
 
+class _ExitGuard:
+    """``with no_exit:`` in the main thread: a SIGTERM that arrives inside
+    exits only when the block ends (an entry half-way into the journal and
+    the queue, a batch half-way into the database, is finished first)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+
+    def __enter__(self) -> None:
+        if threading.get_ident() == _MAIN_THREAD:
+            self.depth += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        if threading.get_ident() == _MAIN_THREAD:
+            self.depth -= 1
+            if not self.depth and self.pending is not None:
+                code, self.pending = self.pending, None
+                raise SystemExit(code)
+
+
+_MAIN_THREAD = threading.main_thread().ident
+no_exit = _ExitGuard()
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     global _terminating  # noqa: PLW0603
     _terminating = True
@@ -63,7 +88,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     if callable(previous):
         previous(signum, frame)
     elif previous != signal.SIG_IGN:
-        raise SystemExit(128 + signum)  # what SIGTERM would have done, but atexit runs
+        # What SIGTERM would have done, except that atexit runs.
+        if no_exit.depth:
+            no_exit.pending = 128 + signum
+        else:
+            raise SystemExit(128 + signum)
 
 
 def install_signal_hook() -> None:

@@ -271,7 +271,7 @@ DURABLE_CHILD = """
 
 
 def test_sigterm_during_durable_writes_exits_promptly_and_loses_nothing(
-    database: str, tmp_path: Path
+    make_app: MakeApp, database: str, tmp_path: Path
 ) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(DURABLE_CHILD), database, str(tmp_path / "instance")],
@@ -297,6 +297,7 @@ def test_sigterm_during_durable_writes_exits_promptly_and_loses_nothing(
     assert child.returncode == 128 + signal.SIGTERM
     count = len(stored(database))
     assert acknowledged <= count <= acknowledged + 1  # the entry in flight may be stored too
+    verify_ok(make_app(RESILIENCE_AUDIT_DATABASE_URI=database)[0])
 
 
 LATE_ENTRY_CHILD = """
@@ -427,7 +428,9 @@ class GunicornLoad:
             self.server.wait()
 
 
-def test_gunicorn_workers_under_durable_load_exit_promptly_on_sigterm(database: str, tmp_path: Path) -> None:
+def test_gunicorn_workers_under_durable_load_exit_promptly_on_sigterm(
+    make_app: MakeApp, database: str, tmp_path: Path
+) -> None:
     load = GunicornLoad(database, tmp_path, "/alert")
     try:
         load.wait_for(200)
@@ -438,9 +441,12 @@ def test_gunicorn_workers_under_durable_load_exit_promptly_on_sigterm(database: 
     count = len(stored(database))
     acknowledged = sum(load.acknowledged)
     assert acknowledged <= count <= acknowledged + 4  # requests in flight may be stored too
+    verify_ok(make_app(RESILIENCE_AUDIT_DATABASE_URI=database)[0])
 
 
-def test_sigkill_of_a_gunicorn_worker_under_load_loses_nothing(database: str, tmp_path: Path) -> None:
+def test_sigkill_of_a_gunicorn_worker_under_load_loses_nothing(
+    make_app: MakeApp, database: str, tmp_path: Path
+) -> None:
     load = GunicornLoad(database, tmp_path, "/record")
     try:
         load.wait_for(300)
@@ -456,6 +462,7 @@ def test_sigkill_of_a_gunicorn_worker_under_load_loses_nothing(database: str, tm
     # in flight at SIGTERM, may be stored without an answer.
     assert acknowledged <= len(rows) <= acknowledged + 5
     assert len({row["id"] for row in rows}) == len(rows)
+    verify_ok(make_app(RESILIENCE_AUDIT_DATABASE_URI=database)[0])
 
 
 # -- 4 and 5. outages, replays and the chain ---------------------------------------------------------------

@@ -156,7 +156,9 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self.end)
             raise
-        self.end += len(record)
+        # Where the file ends (O_APPEND): right even if an interrupt once
+        # came between a write and this line.
+        self.end = os.lseek(fd, 0, os.SEEK_CUR)
         if self.fsync == "always":
             os.fsync(fd)
         else:

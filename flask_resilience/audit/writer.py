@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ..lifecycle import ProcessLocalWorker, terminating
+from ..lifecycle import ProcessLocalWorker, no_exit, terminating
 from .chain import Chain
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .journal import Journal, entry_record
@@ -104,7 +104,7 @@ class AuditWriter(ProcessLocalWorker):
         False when it had to be dropped (counted, and told in an AUDIT_GAP entry)."""
         self.in_this_process()
         row = _row(entry, datetime.now(UTC).replace(tzinfo=None))
-        with self._lock:
+        with no_exit, self._lock:
             accepted = self._accept(row)
             due = len(self._queue) + self._on_disk_only >= self.buffer_size
         if due:
@@ -226,7 +226,7 @@ class AuditWriter(ProcessLocalWorker):
     def flush(self) -> None:
         """Store what is queued (and what waits on disk) now."""
         self.in_this_process()
-        with self._flush_lock:
+        with no_exit, self._flush_lock:
             self._flush()
 
     def _take(self) -> tuple[list[tuple[dict[str, Any], bool]], bool, int, int]:
@@ -254,8 +254,10 @@ class AuditWriter(ProcessLocalWorker):
             memory = [row for row, on_disk in items if not (from_disk and on_disk)]
             store(engine, memory, fresh=not from_disk, reject=self._reject)
             written += len(memory)
-        except Exception as exc:
+        except BaseException as exc:  # even an interrupt must not lose the batch taken
             self._failed(items, exc)
+            if not isinstance(exc, Exception):
+                raise
             return 0
         with self._lock:
             if self.journal is not None:
@@ -286,7 +288,7 @@ class AuditWriter(ProcessLocalWorker):
             logger.info("audit: stored %d entries from dead processes' journals", adopted)
         return adopted
 
-    def _failed(self, items: list[tuple[dict[str, Any], bool]], error: Exception) -> None:
+    def _failed(self, items: list[tuple[dict[str, Any], bool]], error: BaseException) -> None:
         """The database cannot take rows: journaled ones wait on disk, the rest in memory."""
         self._counts["flush_errors"] += 1
         with self._lock:
