@@ -25,9 +25,8 @@ WIDTHS: dict[str, int] = {
     if isinstance(column.type, String) and column.type.length and column.name not in ("severity", "status")
 }
 WIDTHS["message"] = 0  # Text: no width, but NUL and surrogates still count
-_WIDTH_ITEMS = tuple(WIDTHS.items())
-_SEVERITIES = tuple(Severity)
-_STATUSES = tuple(AuditStatus)
+_SEVERITIES = frozenset(Severity)
+_STATUSES = frozenset(AuditStatus)
 
 
 def clamp(value: str, width: int) -> str:
@@ -62,14 +61,15 @@ def storable(fields: dict[str, Any]) -> dict[str, Any]:
     fit their columns (mutates and returns ``fields``)."""
     severity = fields.get("severity")
     if severity is not None and severity not in _SEVERITIES:
-        raise ValueError(f"severity must be one of {', '.join(_SEVERITIES)}, got {str(severity)[:40]!r}")
+        raise ValueError(f"severity must be one of {', '.join(Severity)}, got {str(severity)[:40]!r}")
     status = fields.get("status")
     if status is not None and status not in _STATUSES:
-        raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {str(status)[:40]!r}")
-    for name, width in _WIDTH_ITEMS:
-        value = fields.get(name)
-        if (type(value) is str and not (value.isascii() and len(value) <= (width or len(value)))) or (
-            type(value) is str and "\x00" in value
-        ):
-            fields[name] = clamp(clean(value), width)
+        raise ValueError(f"status must be one of {', '.join(AuditStatus)}, got {str(status)[:40]!r}")
+    for name, value in fields.items():  # replaces values of existing keys only
+        if value.__class__ is str:
+            width = WIDTHS.get(name)
+            if width is not None and (
+                (width and len(value) > width) or "\x00" in value or not value.isascii()
+            ):
+                fields[name] = clamp(clean(value), width)
     return fields
