@@ -7,7 +7,6 @@ killed) and MariaDB where SQL is involved; real processes and signals.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,77 +19,29 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from flask import Flask, jsonify
-from sqlalchemy import select, text
+from flask import Flask
+from sqlalchemy import text
 from werkzeug.test import Client
 
-from flask_resilience import AuditEventType, AuditStatus, Resilience, audited, log_auth_event, log_data_change
-from flask_resilience.audit.migrate import upgrade
-from flask_resilience.audit.table import audit_log
+from flask_resilience import AuditEventType, log_auth_event, log_data_change
 from flask_resilience.state import get_state
+from tests.audit_support import (
+    ROOT,
+    any_database,
+    database,
+    hostile_app,
+    migrated,
+    run_child,
+    stored,
+    verify_ok,
+)
 from tests.conftest import MakeApp
-from tests.services import ThrowawayPostgres, free_port
+from tests.services import ThrowawayPostgres
 
-ROOT = Path(__file__).parent.parent
-
-
-def migrated(url: str) -> str:
-    engine = sqlalchemy.create_engine(url)
-    upgrade(engine)
-    with engine.begin() as connection:
-        connection.execute(text("DELETE FROM resilience_audit_log"))
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return migrated(f"sqlite:///{tmp_path / 'audit.db'}")
-    return migrated(request.getfixturevalue("mysql_url" if request.param == "mariadb" else "postgres_url"))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return migrated(f"sqlite:///{tmp_path / 'audit.db'}")
-    return migrated(request.getfixturevalue("postgres_url"))
-
-
-def stored(url: str) -> list[dict[str, Any]]:
-    engine = sqlalchemy.create_engine(url)
-    with engine.connect() as connection:
-        rows = [
-            dict(row._mapping)
-            for row in connection.execute(select(audit_log).order_by(audit_log.c.chain_id, audit_log.c.seq))
-        ]
-    engine.dispose()
-    return rows
-
-
-def verify_ok(app: Flask) -> None:
-    result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
-    assert result.exit_code == 0, result.output
-
-
-def run_child(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args], cwd=ROOT, timeout=timeout, check=False
-    )
+__all__ = ["any_database", "database"]  # fixtures, for pytest
 
 
 # -- 1. one bad entry never blocks the log -------------------------------------------------------
-
-
-def hostile_app(make_app: MakeApp, url: str, **config: Any) -> Flask:
-    app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=url, **config)
-    extension.audit_blueprint("/api")
-
-    @app.route("/api/<path:anything>", methods=["GET", "POST"])
-    def anything(anything: str) -> Any:
-        return jsonify(ok=True)
-
-    return app
 
 
 def test_hostile_fields_are_made_storable_and_every_row_is_stored(
@@ -334,137 +285,6 @@ def test_shutdown_is_idempotent_and_keeps_its_services(make_app: MakeApp, databa
     assert [row["event_type"] for row in stored(database)] == ["LOGIN", "LOGOUT"]
 
 
-GUNICORN_APP = """
-import os
-from flask import Flask
-from flask_resilience import AuditEventType, Resilience, log_data_change, log_security_alert
-
-
-def create_app():
-    app = Flask("load", instance_path=os.environ["AUDIT_INSTANCE"])
-    app.config["RESILIENCE_AUDIT_DATABASE_URI"] = os.environ["AUDIT_URL"]
-    Resilience(app)
-
-    @app.post("/alert")
-    def alert():
-        log_security_alert("durable under load")
-        return str(os.getpid())
-
-    @app.post("/record")
-    def record():
-        log_data_change(AuditEventType.UPDATE, "fare", 1, {"price": 1})
-        return str(os.getpid())
-
-    return app
-"""
-
-
-class GunicornLoad:
-    """gunicorn with 4 workers and 4 client threads POSTing to ``path``."""
-
-    def __init__(self, database: str, tmp_path: Path, path: str) -> None:
-        (tmp_path / "load_app.py").write_text(GUNICORN_APP)
-        self.url = f"http://127.0.0.1:{free_port()}{path}"
-        env = {**os.environ, "AUDIT_URL": database, "AUDIT_INSTANCE": str(tmp_path / "instance")}
-        env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{ROOT}"
-        gunicorn = str(Path(sys.executable).parent / "gunicorn")
-        self.server = subprocess.Popen(
-            [
-                gunicorn,
-                "--workers",
-                "4",
-                "--graceful-timeout",
-                "30",
-                "--bind",
-                self.url.split("/")[2],
-                "load_app:create_app()",
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.acknowledged = [0] * 4
-        self.workers: set[int] = set()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._load, args=(slot,)) for slot in range(4)]
-        for thread in self._threads:
-            thread.start()
-
-    def _load(self, slot: int) -> None:
-        import requests
-
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                try:
-                    response = session.post(self.url, timeout=5)
-                except requests.RequestException:
-                    if self.server.poll() is not None:
-                        return
-                    continue
-                if response.status_code == 200:
-                    self.acknowledged[slot] += 1
-                    self.workers.add(int(response.text))
-
-    def wait_for(self, acknowledged: int) -> None:
-        deadline = time.monotonic() + 30
-        while sum(self.acknowledged) < acknowledged and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sum(self.acknowledged) >= acknowledged, "gunicorn did not serve"
-
-    def terminate(self) -> float:
-        """SIGTERM the master under load; seconds until it exited."""
-        self.server.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        self.server.wait(20)
-        return time.monotonic() - started
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-        if self.server.poll() is None:
-            self.server.kill()
-            self.server.wait()
-
-
-def test_gunicorn_workers_under_durable_load_exit_promptly_on_sigterm(
-    make_app: MakeApp, database: str, tmp_path: Path
-) -> None:
-    load = GunicornLoad(database, tmp_path, "/alert")
-    try:
-        load.wait_for(200)
-        elapsed = load.terminate()
-    finally:
-        load.close()
-    assert elapsed < 8, f"workers took {elapsed:.1f} s to exit"
-    count = len(stored(database))
-    acknowledged = sum(load.acknowledged)
-    assert acknowledged <= count <= acknowledged + 4  # requests in flight may be stored too
-    verify_ok(make_app(RESILIENCE_AUDIT_DATABASE_URI=database)[0])
-
-
-def test_sigkill_of_a_gunicorn_worker_under_load_loses_nothing(
-    make_app: MakeApp, database: str, tmp_path: Path
-) -> None:
-    load = GunicornLoad(database, tmp_path, "/record")
-    try:
-        load.wait_for(300)
-        victim = min(load.workers)
-        os.kill(victim, signal.SIGKILL)  # its entries sit in its buffer (5 s interval) and journal
-        load.wait_for(sum(load.acknowledged) + 300)  # a new worker takes its place
-        assert load.terminate() < 8
-    finally:
-        load.close()
-    rows = stored(database)
-    acknowledged = sum(load.acknowledged)
-    # Entries acknowledged are stored; the victim's request in flight, and each
-    # in flight at SIGTERM, may be stored without an answer.
-    assert acknowledged <= len(rows) <= acknowledged + 5
-    assert len({row["id"] for row in rows}) == len(rows)
-    verify_ok(make_app(RESILIENCE_AUDIT_DATABASE_URI=database)[0])
-
-
 # -- 4 and 5. outages, replays and the chain ---------------------------------------------------------------
 
 
@@ -550,56 +370,3 @@ def test_journals_vanishing_while_listed_are_tolerated(
         get_state(app).audit.writer.flush()
         get_state(app).audit.writer.flush()
     assert len(stored(database)) == 1
-
-
-# -- 6. entries that follow the app's transaction ------------------------------------------------------------
-
-
-def test_on_commit_entries_follow_the_session(make_app: MakeApp, database: str, tmp_path: Path) -> None:
-    from flask_sqlalchemy import SQLAlchemy
-
-    app = Flask("on_commit", instance_path=str(tmp_path / "instance"))
-    app.config.update(SQLALCHEMY_DATABASE_URI=database)
-    db = SQLAlchemy(app)
-    make_app_config: dict[str, Any] = {"RESILIENCE_AUDIT_DATABASE_URI": database}
-    app.config.update(make_app_config)
-    extension = Resilience(app)
-
-    @app.post("/fares/<int:fare>")
-    @audited(AuditEventType.UPDATE, resource="fare", resource_id_from="fare", on_commit=True)
-    def update(fare: int) -> Any:
-        db.session.execute(text("SELECT 1"))
-        if fare == 2:
-            db.session.rollback()
-        else:
-            db.session.commit()
-        return jsonify(fare=fare)
-
-    client = Client(app.wsgi_app)
-    try:
-        with app.app_context():
-            log_data_change(AuditEventType.UPDATE, "seat", 1, {"row": 1}, on_commit=True)
-            db.session.commit()
-            log_data_change(AuditEventType.UPDATE, "seat", 2, {"row": 2}, on_commit=True)
-            db.session.rollback()
-            log_data_change(AuditEventType.UPDATE, "seat", 3, {"row": 3}, on_commit=True)
-            db.session.remove()  # the request ended without a commit
-            log_data_change(AuditEventType.UPDATE, "seat", 4, {"row": 4})  # default: recorded at once
-            db.session.rollback()
-        assert client.post("/fares/1").status_code == 200
-        assert client.post("/fares/2").status_code == 200
-        with app.app_context():
-            get_state(app).audit.writer.flush()
-    finally:
-        extension.shutdown()
-        with app.app_context():
-            db.engine.dispose()
-    outcome = {(row["resource"], row["resource_id"]): row["status"] for row in stored(database)}
-    assert outcome == {
-        ("seat", "1"): AuditStatus.SUCCESS,
-        ("seat", "2"): AuditStatus.ROLLED_BACK,
-        ("seat", "3"): AuditStatus.ROLLED_BACK,
-        ("seat", "4"): AuditStatus.SUCCESS,
-        ("fare", "1"): AuditStatus.SUCCESS,
-        ("fare", "2"): AuditStatus.ROLLED_BACK,
-    }
