@@ -301,14 +301,29 @@ AUDIT_MAX_QUEUE = Setting(
     "RESILIENCE_AUDIT_MAX_QUEUE",
     10_000,
     positive_int,
-    "Entries held in memory; beyond it they go to the spill file (or are dropped and counted).",
+    "Entries held in memory; beyond it they wait in the journal only (without one they are dropped "
+    "and counted).",
 )
 AUDIT_SPILL_PATH = Setting(
     "RESILIENCE_AUDIT_SPILL_PATH",
     None,
     optional_str,
-    "Spill file for entries the database cannot take; default <instance>/resilience-audit-spill.jsonl; "
-    "'off' disables it.",
+    "Base path of the per-process audit journals (write-ahead, and where entries wait while the "
+    "database is down); default <instance>/resilience-audit.journal; 'off' keeps entries in memory only.",
+)
+AUDIT_SPILL_MAX_BYTES = Setting(
+    "RESILIENCE_AUDIT_SPILL_MAX_BYTES",
+    256 * 1024 * 1024,
+    positive_int,
+    "Bytes one process's journal may hold; past it new entries are dropped, counted and told in an "
+    "AUDIT_GAP entry.",
+)
+AUDIT_JOURNAL_FSYNC = Setting(
+    "RESILIENCE_AUDIT_JOURNAL_FSYNC",
+    "never",
+    one_of("never", "interval", "always"),
+    "fsync of the audit journal: 'never' (survives a killed process), 'interval' (about once a "
+    "second) or 'always' (every entry; survives a machine crash).",
 )
 AUDIT_HMAC_KEY = Setting(
     "RESILIENCE_AUDIT_HMAC_KEY",
@@ -433,6 +448,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     AUDIT_FLUSH_INTERVAL,
     AUDIT_MAX_QUEUE,
     AUDIT_SPILL_PATH,
+    AUDIT_SPILL_MAX_BYTES,
+    AUDIT_JOURNAL_FSYNC,
     AUDIT_HMAC_KEY,
     AUDIT_REDACT_KEYS,
     AUDIT_REDACTOR,

@@ -23,15 +23,13 @@ logger = logging.getLogger("flask_resilience.health")
 def audit_stats() -> Response:
     """Audit statistics; per-user figures for admins only."""
     include_users = stats_access()
-    return no_store(jsonify(current_audit().snapshot(include_users)))
+    return no_store(jsonify(current_audit().stats(include_users)))
 
 
 @health_blueprint.post("/audit/reset")
 @admin_required
 def reset_audit_stats() -> Response:
-    audit = current_audit()
-    audit.stats.reset()
-    audit.writer.reset_counts()
+    current_audit().reset_stats()
     return no_store(jsonify(reset=True))
 
 
