@@ -3,6 +3,9 @@
 ``@idempotent`` is outermost, so a replayed retry neither charges again nor
 writes a second audit entry; ``durable=True`` stores the entry before the
 response leaves. Card numbers in the body are masked by the audit redactor.
+``"simulate": "crash-after-charge"`` makes the view fail once the charge is
+committed, as a processor timeout would: the key keeps that 500, so retries
+get it replayed instead of charging again.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def pay() -> ResponseReturnValue:
     charge = Charge(user_id=user.name, booking_id=booking_id, amount_cents=amount)
     db.session.add(charge)
     db.session.commit()
+    if body.get("simulate") == "crash-after-charge":
+        raise RuntimeError(f"the card processor failed after charge {charge.id}")
     return jsonify(payment=charge.as_dict(), charges=charge_count()), 201
 
 
