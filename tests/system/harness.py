@@ -229,7 +229,7 @@ class Load:
     """``threads`` threads calling ``request(session, number)`` until ``stop()``,
     at most ``limit`` calls each and never past ``seconds``."""
 
-    request: Callable[[requests.Session, int], Answer]
+    request: Callable[[requests.Session, int], Answer | list[Answer]]
     threads: int = 4
     limit: int = 2_000
     seconds: float = 30.0
@@ -248,7 +248,7 @@ class Load:
                     return
                 answer = self.request(session, index * self.limit + number)
                 with self._lock:
-                    self.answers.append(answer)
+                    self.answers.extend(answer if isinstance(answer, list) else [answer])
 
     def __enter__(self) -> Load:
         for worker in self._workers:
