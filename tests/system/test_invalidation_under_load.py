@@ -43,10 +43,10 @@ def test_no_read_after_a_write_sees_the_old_version(own_postgres: OwnPostgres, t
         written: list[tuple[float, int]] = []  # (when the write returned, its version)
         with Load(read, threads=6, limit=3000, seconds=40) as load, requests.Session() as writer:
             for version in range(1, WRITES + 1):
-                answer = writer.patch(
+                change = writer.patch(
                     f"{stack.url}{paths[1]}", json={"passenger": f"v{version}"}, headers=auth, timeout=10
                 )
-                assert answer.status_code == 200, answer.text
+                assert change.status_code == 200, change.text
                 written.append((time.monotonic(), version))
             answers = load.stop()
 
