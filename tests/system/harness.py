@@ -168,7 +168,7 @@ class Stack:
 def stack_env(redis_url: str, database_url: str, folder: Path, **extra: str) -> dict[str, str]:
     return {
         "RESILIENCE_REDIS_URL": redis_url,
-        "RESILIENCE_KEY_PREFIX": "sys:",
+        "RESILIENCE_KEY_PREFIX": f"sys-{uuid.uuid4().hex[:8]}:",  # two stacks on one cluster share nothing
         "RESILIENCE_ADMIN_TOKEN": ADMIN_TOKEN,
         "RESILIENCE_REDIS_SOCKET_TIMEOUT": "0.25",
         "RESILIENCE_REDIS_CONNECT_TIMEOUT": "0.25",
@@ -181,12 +181,17 @@ def stack_env(redis_url: str, database_url: str, folder: Path, **extra: str) -> 
 
 @contextmanager
 def app_stack(
-    postgres: OwnPostgres, folder: Path, *, workers: int = 4, redis_url: str | None = None, **extra: str
+    postgres: OwnPostgres,
+    folder: Path,
+    *,
+    workers: int = 4,
+    redis_url: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """The example app under gunicorn on its own Redis (unless ``redis_url``) and database."""
     own = None if redis_url else OwnRedis(folder)
     database_url = postgres.create_database()
-    env = stack_env(redis_url or (own.url if own else ""), database_url, folder, **extra)
+    env = stack_env(redis_url or (own.url if own else ""), database_url, folder, **(extra or {}))
     try:
         options = ("--error-logfile", str(folder / "gunicorn.log"), "--graceful-timeout", "5")
         with gunicorn(env, *options, workers=workers) as server:

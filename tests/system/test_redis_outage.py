@@ -93,8 +93,14 @@ def _loads(stack: Stack, token: str, booking_id: int) -> dict[str, Load]:
 
 
 def check_redis_outage(
-    stack: Stack, kill: Callable[[], None], restart: Callable[[], None], scenario: str
+    stack: Stack,
+    kill: Callable[[], None],
+    restart: Callable[[], None],
+    scenario: str,
+    outage_statuses: frozenset[int] = frozenset({503}),
 ) -> None:
+    """``outage_statuses``: what payments may answer while Redis is down ({503}; on a cluster
+    that lost one master, keys on the other masters may still be claimed)."""
     token = stack.login("alice")
     auth = {"Authorization": f"Bearer {token}"}
     bookings = f"{stack.url}/api/bookings"
@@ -115,10 +121,9 @@ def check_redis_outage(
             bookings, json={"flight": "KL1001", "passenger": "Q"}, headers=auth, timeout=10
         )
         pause(OUTAGE_SECONDS - 0.5)
-        restarted = time.monotonic()
         restart()
+        restarted = time.monotonic()  # Redis is back (a cluster: every slot served again)
         pause(RESYNC_SECONDS)
-        resynced = time.monotonic()
         after = _after_resync(stack, auth, during)
     finally:
         answers = {name: load.stop() for name, load in loads.items()}
@@ -146,15 +151,16 @@ def check_redis_outage(
     # The breaker, open at the kill, decides alone and closes after its timeout; 503s only until then.
     assert set(statuses(answers["flights"])) <= {200, 503}
     late = [a for a in answers["flights"] if a.started > killed + BREAKER_OPEN_SECONDS + 1]
-    assert late and set(statuses(late)) == {200}
-    assert outage and set(statuses(outage)) == {503}
+    assert late and set(statuses(late)) == {200}, [
+        (round(a.started - killed, 2), a.body[:70]) for a in late if a.status != 200
+    ][:10]
+    assert outage and 503 in statuses(outage) and set(statuses(outage)) <= outage_statuses
     runs_per_key = Counter(a.tag for a in ran)
     assert set(runs_per_key.values()) == {1}, "a key ran twice"
     assert charges == len(ran) + after["payments_after"]
     assert after["stale_lists"] == 0
     assert after["breaker_states"] == {"CLOSED": 16}
     assert after["replays_after"] == 8
-    assert resynced - restarted < RESYNC_SECONDS + 1
 
 
 def _after_resync(stack: Stack, auth: dict[str, str], during: requests.Response) -> dict[str, Any]:
