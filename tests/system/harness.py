@@ -186,11 +186,13 @@ def app_stack(
     *,
     workers: int = 4,
     redis_url: str | None = None,
+    database_url: str | None = None,
     extra: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """The example app under gunicorn on its own Redis (unless ``redis_url``) and database."""
+    """The example app under gunicorn on its own Redis (unless ``redis_url``) and a new
+    database (unless ``database_url``); its audit journal and logs in ``folder``."""
     own = None if redis_url else OwnRedis(folder)
-    database_url = postgres.create_database()
+    database_url = database_url or postgres.create_database()
     env = stack_env(redis_url or (own.url if own else ""), database_url, folder, **(extra or {}))
     try:
         options = ("--error-logfile", str(folder / "gunicorn.log"), "--graceful-timeout", "5")
