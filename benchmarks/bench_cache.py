@@ -31,7 +31,9 @@ from flask_caching import Cache
 from harness import interleaved
 
 from flask_resilience import Resilience, cached, invalidate_cache_by_tag
+from flask_resilience.cache.backends import GENERATION_LENGTH, RedisBackend
 from flask_resilience.cache.entry import CacheEntry
+from flask_resilience.cache.keys import DATA_VARIANT, full_key
 from flask_resilience.state import get_state
 from flask_resilience.stores.redis import batched
 
@@ -65,6 +67,9 @@ def ours_app(redis_url: str | None, **config: Any) -> Flask:
     Resilience(app)
     app.get("/flights")(cached(ttl=300, tags=["flights"])(trivial))
     app.get("/heavier")(cached(ttl=300, tags=["flights"])(heavier))
+    store = get_state(app).redis
+    if store is not None:  # L1 is used once the process listens for invalidations
+        assert store.subscriber.wait_until_listening(10)
     return app
 
 
@@ -112,29 +117,33 @@ def l2_only(app: Flask) -> Callable[[], None]:
 
 def tag_invalidation_ms(redis_url: str, keys: int) -> float:
     app = ours_app(redis_url)
-    layered = get_state(app).cache.layered
+    cache = get_state(app).cache
+    layered = cache.layered
+    backend = layered.l2
+    assert isinstance(backend, RedisBackend)
     with app.app_context():
-        stamp = layered.versions(["flights"])
-        body = b'{"flights": []}'
+        stamp = layered.stamp(["flights"], layered.trusted_since())
         now = time.time()
-        store = get_state(app).redis
-        assert store is not None
-        pipe = store.client.pipeline(transaction=False)
+        value = CacheEntry("data", b'{"flights": []}', now, now + 600, stamp).encode()
+        generation = b"0" * GENERATION_LENGTH
+        pipe = backend.store.client.pipeline(transaction=False)
         for index in range(keys):
-            entry = CacheEntry("data", body, now, now + 600, stamp)
-            pipe.set(layered.entry_key(f"flight:{index}"), entry.encode(), px=600_000)
+            resource = f"flight:{index}"
+            entry_name, _, generation_name = backend.names(full_key(DATA_VARIANT, resource), resource)
+            pipe.set(generation_name, generation, px=600_000)
+            pipe.set(entry_name, generation + value, px=600_000)
             if index % 5000 == 4999:
                 pipe.execute()
         pipe.execute()
+        assert cache.data.get("flight:0") == {"flights": []}
         timings = []
         for _ in range(5):
             started = time.perf_counter()
             invalidate_cache_by_tag("flights")
             timings.append((time.perf_counter() - started) * 1000)
         # every entry is stale now
-        assert layered.get("flight:0") is None
-        for batch in batched(store.scan("cache:e:flight:*"), 1000):
-            store.delete(*batch)
+        assert cache.data.get("flight:0") is None
+    backend.store.delete_matching("{*}:cache:*")
     get_state(app).extension.shutdown()
     return min(timings)
 

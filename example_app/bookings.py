@@ -49,9 +49,12 @@ def _owned(booking_id: int, user: str) -> Booking:
 
 
 def _record(event: AuditEventType, booking_id: int, changes: dict[str, Any], user: str) -> None:
-    # After the commit, so an entry never describes a rolled-back change.
-    # TODO(audit): switch to log_data_change(..., on_commit=True) inside the transaction.
-    log_data_change(event, "booking", booking_id, changes, user_id=user)
+    """Inside the transaction: the entry is written when it commits (and
+    recorded as ROLLED_BACK if it does not)."""
+    log_data_change(event, "booking", booking_id, changes, user_id=user, on_commit=True)
+
+
+def _invalidate(booking_id: int) -> None:
     try:
         invalidate_cache_by_tag("flights")
         invalidate_cache_by_tag("bookings")
@@ -74,7 +77,7 @@ def create_booking() -> ResponseReturnValue:
         seats=int_field(body, "seats", 1, 9) if "seats" in body else 1,
     )
     db.session.add(booking)
-    db.session.commit()
+    db.session.flush()  # assigns the id the audit entry names
     created = booking.as_dict()
     _record(
         AuditEventType.CREATE,
@@ -82,6 +85,8 @@ def create_booking() -> ResponseReturnValue:
         {name: {"old": None, "new": created[name]} for name in Booking.EDITABLE},
         user.name,
     )
+    db.session.commit()
+    _invalidate(booking.id)
     return jsonify(created), 201, {"Location": f"/api/bookings/{booking.id}"}
 
 
@@ -123,9 +128,11 @@ def update_booking(booking_id: int) -> ResponseReturnValue:
         if new != old:
             changes[name] = {"old": old, "new": new}
             setattr(booking, name, new)
-    db.session.commit()
     if changes:
         _record(AuditEventType.UPDATE, booking_id, changes, user.name)
+    db.session.commit()
+    if changes:
+        _invalidate(booking_id)
     return jsonify(booking.as_dict())
 
 
@@ -135,11 +142,12 @@ def delete_booking(booking_id: int) -> ResponseReturnValue:
     booking = _owned(booking_id, user.name)
     gone = booking.as_dict()
     db.session.delete(booking)
-    db.session.commit()
     _record(
         AuditEventType.DELETE,
         booking_id,
         {name: {"old": gone[name], "new": None} for name in Booking.EDITABLE},
         user.name,
     )
+    db.session.commit()
+    _invalidate(booking_id)
     return "", 204

@@ -24,7 +24,7 @@ from .breaker.breaker import CircuitBreaker
 from .breaker.config import BreakerConfig
 from .breaker.states import CircuitOpenError
 from .breaker.states import State as CircuitState
-from .cache.invalidation import (
+from .cache.api import (
     clear_all_caches,
     get_cache_stats,
     invalidate_cache,

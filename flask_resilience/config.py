@@ -6,8 +6,8 @@ validates it, and one line of documentation (README.rst lists the same table).
 
 Precedence, highest first: a keyword argument to ``Resilience(...)``, a value
 already in ``app.config``, the environment variable of the same name
-(``RESILIENCE_CACHE_DEFAULT_TTL``, read as JSON when it parses, like Flask's
-``from_prefixed_env``), the seed's un-prefixed environment variable
+(``RESILIENCE_CACHE_DEFAULT_TTL``, read as JSON when it parses and fits the
+key, like Flask's ``from_prefixed_env``), the seed's un-prefixed environment variable
 (``CACHE_TTL``; unless ``RESILIENCE_READ_SEED_ENV`` is false), the default.
 After ``init_app``, ``app.config`` holds the parsed, typed value of every key.
 """
@@ -39,6 +39,7 @@ from .validators import (
     positive_int,
     positive_number,
     redis_url,
+    removed_allow_list,
     serializer,
     string_list,
     url_prefix,
@@ -138,6 +139,13 @@ HEALTH_SHOW_VERSION = Setting(
     boolean,
     "Show the extension's version in the public health summary (admins always see it).",
 )
+HEALTH_CHECK_TIMEOUT = Setting(
+    "RESILIENCE_HEALTH_CHECK_TIMEOUT",
+    2.0,
+    positive_number,
+    "Seconds a health check may take before it is reported down (a hanging dependency must "
+    "not hold the probe).",
+)
 ADMIN_TOKEN = Setting(
     "RESILIENCE_ADMIN_TOKEN",
     None,
@@ -229,8 +237,26 @@ CACHE_MAX_BODY_BYTES = Setting(
 CACHE_STORED_HEADERS = Setting[tuple[str, ...]](
     "RESILIENCE_CACHE_STORED_HEADERS",
     (),
+    removed_allow_list,
+    "Removed (must stay empty): every end-to-end header is stored now; see RESILIENCE_CACHE_DENIED_HEADERS.",
+)
+CACHE_DENIED_HEADERS = Setting[tuple[str, ...]](
+    "RESILIENCE_CACHE_DENIED_HEADERS",
+    (),
     header_names,
-    "Response headers to store besides the built-in allow-list (Set-Cookie never is).",
+    "Response headers never stored, besides Set-Cookie, hop-by-hop, Date, Age and the request-id header.",
+)
+CACHE_PRIVATE_HEADERS = Setting[tuple[str, ...]](
+    "RESILIENCE_CACHE_PRIVATE_HEADERS",
+    ("Authorization", "Proxy-Authorization", "X-Api-Key"),
+    header_names,
+    "Request headers that carry credentials: such a request bypasses views not cached per_user.",
+)
+CACHE_PRIVATE_COOKIES = Setting[tuple[str, ...]](
+    "RESILIENCE_CACHE_PRIVATE_COOKIES",
+    ("remember_token",),
+    string_list,
+    "Cookies that carry credentials, besides the session cookie (SESSION_COOKIE_NAME), which always does.",
 )
 CACHE_WRITE_BEHIND_QUEUE = Setting(
     "RESILIENCE_CACHE_WRITE_BEHIND_QUEUE",
@@ -275,14 +301,29 @@ AUDIT_MAX_QUEUE = Setting(
     "RESILIENCE_AUDIT_MAX_QUEUE",
     10_000,
     positive_int,
-    "Entries held in memory; beyond it they go to the spill file (or are dropped and counted).",
+    "Entries held in memory; beyond it they wait in the journal only (without one they are dropped "
+    "and counted).",
 )
 AUDIT_SPILL_PATH = Setting(
     "RESILIENCE_AUDIT_SPILL_PATH",
     None,
     optional_str,
-    "Spill file for entries the database cannot take; default <instance>/resilience-audit-spill.jsonl; "
-    "'off' disables it.",
+    "Base path of the per-process audit journals (write-ahead, and where entries wait while the "
+    "database is down); default <instance>/resilience-audit.journal; 'off' keeps entries in memory only.",
+)
+AUDIT_SPILL_MAX_BYTES = Setting(
+    "RESILIENCE_AUDIT_SPILL_MAX_BYTES",
+    256 * 1024 * 1024,
+    positive_int,
+    "Bytes one process's journal may hold; past it new entries are dropped, counted and told in an "
+    "AUDIT_GAP entry.",
+)
+AUDIT_JOURNAL_FSYNC = Setting(
+    "RESILIENCE_AUDIT_JOURNAL_FSYNC",
+    "never",
+    one_of("never", "interval", "always"),
+    "fsync of the audit journal: 'never' (survives a killed process), 'interval' (about once a "
+    "second) or 'always' (every entry; survives a machine crash).",
 )
 AUDIT_HMAC_KEY = Setting(
     "RESILIENCE_AUDIT_HMAC_KEY",
@@ -380,6 +421,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     HEALTH_PUBLIC,
     HEALTH_CRITICAL,
     HEALTH_SHOW_VERSION,
+    HEALTH_CHECK_TIMEOUT,
     ADMIN_TOKEN,
     REQUEST_ID_HEADER,
     PRINCIPAL_LOADER,
@@ -395,6 +437,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
     CACHE_HONOR_NO_CACHE,
     CACHE_MAX_BODY_BYTES,
     CACHE_STORED_HEADERS,
+    CACHE_DENIED_HEADERS,
+    CACHE_PRIVATE_HEADERS,
+    CACHE_PRIVATE_COOKIES,
     CACHE_WRITE_BEHIND_QUEUE,
     CACHE_BACKEND,
     CACHE_SERIALIZER,
@@ -403,6 +448,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     AUDIT_FLUSH_INTERVAL,
     AUDIT_MAX_QUEUE,
     AUDIT_SPILL_PATH,
+    AUDIT_SPILL_MAX_BYTES,
+    AUDIT_JOURNAL_FSYNC,
     AUDIT_HMAC_KEY,
     AUDIT_REDACT_KEYS,
     AUDIT_REDACTOR,
@@ -463,7 +510,7 @@ def resolve(
         read_seed = bool(values.get(READ_SEED_ENV.key, True))
         raw, variable = _raw_value(setting, app_config, options, environ, read_seed=read_seed)
         try:
-            values[setting.key] = setting.parse(raw)
+            values[setting.key] = _parse(setting, raw, environ.get(variable) if variable else None)
         except Invalid as exc:
             source = f" (from environment variable {variable})" if variable else ""
             raise ValueError(f"{setting.key}={raw!r}{source} is invalid: {exc}") from None
@@ -471,6 +518,21 @@ def resolve(
             from_env[setting.key] = variable
     app_config.update(values)  # typed: "false" must not stay a truthy string for other readers
     return Config(values)
+
+
+def _parse(setting: Setting[T], raw: object, text: str | None) -> T:
+    """``raw`` parsed; an environment value that read as JSON but does not fit
+    (a numeric token for a string key) is tried again as the text it was."""
+    try:
+        return setting.parse(raw)
+    except Invalid:
+        if text is None or raw == text:
+            raise
+        try:
+            return setting.parse(text)
+        except Invalid:
+            pass
+        raise
 
 
 def _raw_value(

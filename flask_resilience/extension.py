@@ -17,11 +17,8 @@ from flask import Blueprint, Flask, Response, request
 from . import config as cfg
 from .audit.cli import resilience as resilience_cli
 from .audit.events import AuditEventType
-from .audit.redact import Redactor
 from .audit.service import AppAudit
-from .audit.signals import install_sigterm_flush
 from .audit.views import audit_blueprint, record_request
-from .audit.writer import AuditWriter
 from .breaker.breaker import CircuitBreaker
 from .breaker.link import LocalSharing, Sharing
 from .breaker.registry import BreakerRegistry
@@ -36,6 +33,7 @@ from .health.checks import HealthCheck
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_dispatch
+from .lifecycle import install_signal_hook
 from .metrics import fleet as fleet_metrics
 from .signals import circuit_state_changed, idempotency_conflict, idempotency_mismatch
 from .state import EXTENSION_NAME, ResilienceState, get_state
@@ -84,9 +82,9 @@ class Resilience:
             )
         config = cfg.resolve(app.config, self._options)
         redis_store = _redis_store(config)
-        app_cache = _app_cache(config, redis_store)
+        app_cache = AppCache.from_config(config, redis_store)
         database = Database(config[cfg.DATABASE_URI])
-        app_audit = _app_audit(config, database, Path(app.instance_path))
+        app_audit = AppAudit.from_config(config, database, Path(app.instance_path))
         state = ResilienceState(
             extension=self,
             config=config,
@@ -116,8 +114,8 @@ class Resilience:
         state.stats_providers["circuit_breakers"] = lambda _private: self.breakers.stats()
         state.stats_providers["cache"] = lambda _private: app_cache.stats()
         state.add_background(app_cache)
-        app_cache.layered.listen()
-        state.stats_providers["audit"] = app_audit.snapshot
+        app_cache.start()
+        state.stats_providers["audit"] = app_audit.stats
         state.stats_providers["replay_protection"] = state.idempotency.stats
         state.idempotency.listen()
         state.add_background(state.idempotency)
@@ -126,7 +124,7 @@ class Resilience:
         if app_audit.enabled:
             state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))
             state.add_background(_IdempotencyAuditing(app, app_audit))
-            install_sigterm_flush(self.shutdown)
+        install_signal_hook()
 
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
@@ -256,55 +254,6 @@ def _redis_store(config: cfg.Config) -> RedisStore | None:
         connect_timeout=config[cfg.REDIS_CONNECT_TIMEOUT],
     )
     return RedisStore(client, config[cfg.KEY_PREFIX])
-
-
-def _app_cache(config: cfg.Config, redis_store: RedisStore | None) -> AppCache:
-    app_cache = AppCache(
-        enabled=config[cfg.CACHE_ENABLED],
-        redis=redis_store,
-        flask_caching=config[cfg.CACHE_BACKEND],
-        key_prefix=config[cfg.KEY_PREFIX],
-        default_ttl=config[cfg.CACHE_DEFAULT_TTL],
-        l1_max_entries=config[cfg.CACHE_L1_MAX_ENTRIES],
-        l1_max_bytes=config[cfg.CACHE_L1_MAX_BYTES],
-        l1_max_ttl=config[cfg.CACHE_L1_MAX_TTL],
-        lock_timeout=config[cfg.CACHE_LOCK_TIMEOUT],
-        honors_no_cache=config[cfg.CACHE_HONOR_NO_CACHE],
-        max_body_bytes=config[cfg.CACHE_MAX_BODY_BYTES],
-        extra_headers=config[cfg.CACHE_STORED_HEADERS],
-        write_behind_queue=config[cfg.CACHE_WRITE_BEHIND_QUEUE],
-    )
-    serializer = config[cfg.CACHE_SERIALIZER]
-    if serializer is not None:
-        app_cache.data.serializer = serializer  # type: ignore[assignment]
-    return app_cache
-
-
-def _app_audit(config: cfg.Config, database: Database, instance: Path) -> AppAudit:
-    spill = config[cfg.AUDIT_SPILL_PATH]
-    if spill is None:
-        spill_path: Path | None = instance / "resilience-audit-spill.jsonl"
-    elif spill.lower() == "off":
-        spill_path = None
-    else:
-        spill_path = Path(spill)
-    key = config[cfg.AUDIT_HMAC_KEY]
-    redact_keys: tuple[str, ...] = config[cfg.AUDIT_REDACT_KEYS]
-    writer = AuditWriter(
-        buffer_size=config[cfg.AUDIT_BUFFER_SIZE],
-        flush_interval=config[cfg.AUDIT_FLUSH_INTERVAL] / 1000,
-        max_queue=config[cfg.AUDIT_MAX_QUEUE],
-        spill_path=spill_path,
-        hmac_key=key.encode() if key else None,
-    )
-    return AppAudit(
-        enabled=config[cfg.AUDIT_ENABLED],
-        database=database,
-        writer=writer,
-        redactor=Redactor(redact_keys, config[cfg.AUDIT_REDACTOR]),
-        max_body_bytes=config[cfg.AUDIT_MAX_BODY_BYTES],
-        fallback_sqlite=instance / "resilience-audit.db",
-    )
 
 
 class _CircuitAuditing:

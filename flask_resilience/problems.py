@@ -9,6 +9,7 @@ it, and the decorators treat it as an answer, like ``abort()``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -74,6 +75,12 @@ class Problem(HTTPException):
         response.headers.update(self.headers)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields: pickling (a process pool, a task queue) and
+        # copy.copy would call __init__ with BaseException's empty args.
+        rebuild = functools.partial(Problem, headers=self.headers, extra=self.extra)
+        return (rebuild, (self.status, self.type.removeprefix(TYPE_PREFIX), self.title, self.detail))
 
     def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         """What werkzeug and Flask send for this error: the problem+json response."""

@@ -58,9 +58,13 @@ class ResilienceState:
         self.background.append(service)
 
     def shutdown(self) -> None:
-        """Stop background work, newest first; one failure does not stop the rest."""
-        while self.background:
-            service = self.background.pop()
+        """Stop background work, newest first; one failure does not stop the rest.
+
+        Idempotent, and the services stay registered: one used after a first
+        shutdown (an entry recorded by a request that was still running) is
+        stopped and flushed again by the next one (atexit).
+        """
+        for service in reversed(self.background):
             try:
                 service.stop()
             except Exception:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +45,8 @@ def _number(value: object, kind: type[int] | type[float]) -> float:
             raise Invalid(f"expected a {kind.__name__}") from None
     else:
         raise Invalid(f"expected a {kind.__name__}")
+    if not math.isfinite(number):  # JSON in the environment reads "Infinity" and "NaN"
+        raise Invalid(f"expected a finite {kind.__name__}")
     if kind is int and number != int(number):
         raise Invalid("expected an integer")
     return number
@@ -116,6 +119,9 @@ def url_prefix(value: object) -> str:
 
 def admin_token(value: object) -> str | None:
     token = optional_str(value)
+    if token is not None:
+        # A bearer token holds no whitespace; a secret read from a file often ends in a newline.
+        token = token.strip() or None
     if token is not None and len(token) < 16:
         raise Invalid("an admin token must be at least 16 characters long")
     return token
@@ -182,6 +188,18 @@ def header_names(value: object) -> tuple[str, ...]:
     for name in value:
         header_name(name)
     return tuple(value)
+
+
+def removed_allow_list(value: object) -> tuple[str, ...]:
+    """RESILIENCE_CACHE_STORED_HEADERS named headers to store besides an
+    allow-list; every end-to-end header is stored now, so a value means a
+    configuration written for the old behaviour."""
+    if header_names(value):
+        raise Invalid(
+            "removed: every end-to-end header is stored now; list headers never to store "
+            "in RESILIENCE_CACHE_DENIED_HEADERS"
+        )
+    return ()
 
 
 def flask_caching_cache(value: object) -> object | None:

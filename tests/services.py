@@ -302,3 +302,56 @@ def find_mysql(env_url: str | None, default_url: str = DEFAULT_MYSQL_URL) -> Ser
             "(Debian: apt-get install mariadb-server) or set RESILIENCE_TEST_MYSQL_URL"
         )
     return Service(url)
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster of our own, to kill (``pg_ctl stop -m immediate``)
+    and start again on the same port; the shared server is never touched."""
+
+    def __init__(self) -> None:
+        initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        if initdb is None or pg_ctl is None:
+            raise ServiceUnavailable("initdb and pg_ctl are needed to start a throwaway PostgreSQL")
+        self._pg_ctl = pg_ctl
+        self.directory = tempfile.mkdtemp(prefix="resilience-pg-fault-")
+        self._run_as: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            user = pwd.getpwnam("postgres")
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+            self._run_as = ["runuser", "-u", "postgres", "--"]
+        self._data = os.path.join(self.directory, "data")
+        self.port = free_port()
+        subprocess.run(
+            [*self._run_as, initdb, "-D", self._data, "-U", "postgres", "--auth=trust", "--no-sync"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.start()
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self._run_as, self._pg_ctl, "-D", self._data, *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-w", "-l", os.path.join(self.directory, "log"), "-o", options, "start")
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (no checkpoint, connections cut)."""
+        self._ctl("-w", "-m", "immediate", "stop")
+
+    def close(self) -> None:
+        subprocess.run(
+            [*self._run_as, self._pg_ctl, "-D", self._data, "-m", "immediate", "stop"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -184,6 +185,40 @@ def test_a_call_with_wrong_arguments_never_trips(make_app: MakeApp) -> None:
         assert with_circuit_breaker("wrong-args", two, 1, 2) == 3
 
 
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+async def _add_async(a: int, b: int) -> int:
+    return a + b
+
+
+def test_wrong_arguments_to_a_decorated_function_never_trip() -> None:
+    # The decorator and call()/call_async() are the same call shape as
+    # with_circuit_breaker: the caller's mistake is not the remote side's.
+    breaker = make(FakeClock(), failure_threshold=2)
+    add, add_async = breaker(_add), breaker(_add_async)
+
+    def bad_inside() -> None:
+        raise TypeError("a bug inside the protected code still counts")
+
+    for _ in range(3):
+        with pytest.raises(TypeError):
+            add(1)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            breaker.call(_add, 1, 2, 3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            asyncio.run(add_async(1))  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            asyncio.run(breaker.call_async(_add_async, 1, 2, 3))  # type: ignore[call-arg]
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.stats()["failures"] == 0
+    assert add(1, 2) == 3
+    with pytest.raises(TypeError):
+        breaker.call(bad_inside)
+    assert breaker.stats()["failures"] == 1
+
+
 # -- per-app settings ---------------------------------------------------------------------------
 
 
@@ -262,3 +297,60 @@ def test_a_redis_restarted_empty_is_resynced(make_app: MakeApp) -> None:
         server.terminate()
         server.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("name", ["fallback", "is_failure", "result_is_failure", "clock"])
+def test_a_hook_that_is_not_callable_is_refused_when_configured(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # JSON in RESILIENCE_BREAKER_DEFAULTS can only hold strings: a fallback
+    # given as "module:function" was accepted, then raised TypeError in the
+    # middle of the outage it was meant for.
+    monkeypatch.setenv("RESILIENCE_BREAKER_DEFAULTS", f'{{"{name}": "payments:fallback"}}')
+    with pytest.raises(ValueError, match=f"{name} must be callable"):
+        make_app()
+    with pytest.raises(ValueError, match=f"{name} must be callable"):
+        BreakerRegistry().get_or_create("hooks", **{name: 42})
+
+
+# -- HALF_OPEN under many threads ---------------------------------------------------------------
+
+
+def test_half_open_admits_one_trial_among_sixteen_threads_with_a_whole_second_clock() -> None:
+    # A clock of whole seconds (int(time.time()), or a test's integer clock)
+    # made the "no permit left" answer an int, which was taken for a permit
+    # token: every caller became a trial.
+    clock = FakeClock(1_700_000_000)
+    breaker = make(clock, failure_threshold=1, timeout=30, success_threshold=1)
+    with pytest.raises(Boom):
+        breaker.call(_raise_boom)
+    clock.advance(30)
+    admitted: list[int] = []
+    refused: list[float | None] = []
+    start, finish = threading.Barrier(16), threading.Event()
+
+    def trial() -> None:
+        admitted.append(1)
+        finish.wait(10)
+
+    def caller() -> None:
+        start.wait()
+        try:
+            breaker.call(trial)
+        except CircuitOpenError as exc:
+            refused.append(exc.retry_after)
+            if len(refused) == 15:  # the trial ends once every other caller was refused
+                finish.set()
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(admitted) == 1
+    assert len(refused) == 15 and all(isinstance(value, float) for value in refused)
+    assert breaker.state is CircuitState.CLOSED
+
+
+def _raise_boom() -> None:
+    raise Boom

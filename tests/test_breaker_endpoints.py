@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import pytest
 from flask.testing import FlaskClient
 
 from flask_resilience import CircuitState, Resilience
 from flask_resilience.breaker.breaker import CircuitBreaker
+from flask_resilience.problems import PROBLEM_CONTENT_TYPE
 from tests.conftest import MakeApp
+from tests.services import free_port, start_redis_server
 
 TOKEN = "breaker-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -115,3 +120,39 @@ def test_dashboard_includes_the_breakers(setup: tuple[FlaskClient, CircuitBreake
     body = client.get("/api/health/dashboard", headers=ADMIN).json
     assert body is not None
     assert body["features"]["circuit_breakers"]["hotels-api"]["state"] == "OPEN"
+
+
+def test_an_operator_change_that_cannot_be_shared_is_not_reported_as_done(make_app: MakeApp) -> None:
+    # Forcing a shared circuit open while Redis is down used to answer 200
+    # FORCED_OPEN: no other worker saw it, and this one silently went back to
+    # CLOSED when Redis returned. The operator is told to retry instead.
+    directory = tempfile.mkdtemp(prefix="resilience-operator-")
+    port = free_port()
+    server = start_redis_server(directory, port)
+    try:
+        extension = Resilience()
+        extension.circuit_breaker("partner")
+        app, _ = make_app(
+            extension,
+            RESILIENCE_ADMIN_TOKEN=TOKEN,
+            RESILIENCE_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+            RESILIENCE_BREAKER_STORAGE="redis",
+        )
+        client = app.test_client()
+        forced = {"state": "FORCED_OPEN"}
+        url = "/api/health/circuit-breakers/partner/state"
+        assert client.post(url, json=forced, headers=ADMIN).status_code == 200
+        assert client.post("/api/health/circuit-breakers/reset", headers=ADMIN).status_code == 200
+        server.terminate()
+        server.wait(10)
+        for response in (
+            client.post(url, json=forced, headers=ADMIN),
+            client.post("/api/health/circuit-breakers/reset", json={"name": "partner"}, headers=ADMIN),
+        ):
+            assert (response.status_code, response.content_type) == (503, PROBLEM_CONTENT_TYPE)
+            assert response.json is not None and "partner" in response.json["detail"]
+            assert "Retry-After" in response.headers
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)

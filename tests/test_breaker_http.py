@@ -22,6 +22,7 @@ from flask_resilience.breaker.http import (
     RequestsCircuitOpenError,
     parse_retry_after,
 )
+from flask_resilience.breaker.http_common import Breakers
 from flask_resilience.breaker.registry import BreakerRegistry
 from tests.clock import FakeClock
 
@@ -37,9 +38,19 @@ class Handler(BaseHTTPRequestHandler):
             "/busy": (429, {"Retry-After": "120"}),
             "/unavailable": (503, {"Retry-After": "30"}),
             "/gateway": (502, {"Retry-After": "999"}),
+            "/retry-now": (503, {"Retry-After": "0"}),
+            # Latin-1 superscript two: str.isdigit() says yes, float() says no.
+            "/odd-retry-after": (503, {"Retry-After": "\u00b2"}),
         }
         if self.path == "/hang":
             RELEASE_HANGS.wait(30)
+        if self.path == "/truncated":  # headers, then the connection drops mid-body
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"only part of it")
+            self.close_connection = True
+            return
         status, headers = routes.get(self.path, (200, {}))
         body = self.path.encode()
         self.send_response(status)
@@ -108,21 +119,54 @@ def test_requests_429_retry_after_holds_the_circuit_open(server: str, clock: Fak
         assert session.get(f"{server}/ok").status_code == 200
 
 
-def test_requests_retry_after_only_counts_on_429_and_503(server: str, clock: FakeClock) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/gateway",  # Retry-After only counts on 429 and 503
+        # "Retry-After: 0" asks for no pause: it opened the circuit at once,
+        # throttling every caller to one HALF_OPEN trial.
+        "/retry-now",
+    ],
+)
+def test_requests_a_retry_after_that_asks_no_pause_is_a_plain_failure(
+    server: str, clock: FakeClock, path: str
+) -> None:
     registry = BreakerRegistry()
     with _session(registry, clock, service="gw") as session:
-        session.get(f"{server}/gateway")
+        session.get(f"{server}{path}")
         breaker = registry.get("gw")
         assert breaker is not None and breaker.state is CircuitState.CLOSED
         assert breaker.stats()["failures"] == 1
 
 
-def test_requests_timeouts_and_refused_connections_are_failures(server: str, clock: FakeClock) -> None:
+def test_requests_unreadable_retry_after_is_a_plain_failure(server: str, clock: FakeClock) -> None:
+    # A hostile or broken server's header must not turn the answer into a
+    # ValueError for the caller, nor leave a HALF_OPEN trial held forever.
+    registry = BreakerRegistry()
+    with _session(registry, clock, service="odd") as session:
+        assert session.get(f"{server}/odd-retry-after").status_code == 503
+        breaker = registry.get("odd")
+        assert breaker is not None and breaker.stats()["failures"] == 1
+        for _ in range(2):
+            session.get(f"{server}/fail")
+        assert breaker.state is CircuitState.OPEN
+        clock.advance(60)
+        assert session.get(f"{server}/odd-retry-after").status_code == 503  # the trial
+        assert breaker.stats()["trials_in_flight"] == 0
+        assert breaker.state is CircuitState.OPEN
+
+
+def test_requests_timeouts_cut_off_bodies_and_refused_connections_are_failures(
+    server: str, clock: FakeClock
+) -> None:
     registry = BreakerRegistry()
     with _session(registry, clock, service="slow") as session:
-        for _ in range(2):
-            with pytest.raises(requests.Timeout):
-                session.get(f"{server}/hang", timeout=0.2)
+        with pytest.raises(requests.Timeout):
+            session.get(f"{server}/hang", timeout=0.2)
+        # requests reads the body after the adapter returned: a remote side
+        # that sends its headers and then drops (or stalls) was never counted.
+        with pytest.raises(requests.RequestException):
+            session.get(f"{server}/truncated")
         with pytest.raises(requests.ConnectionError):
             session.get("http://127.0.0.1:1/ok")
         breaker = registry.get("slow")
@@ -131,10 +175,14 @@ def test_requests_timeouts_and_refused_connections_are_failures(server: str, clo
 
 def test_httpx_transport(server: str, clock: FakeClock) -> None:
     registry = BreakerRegistry()
-    transport = BreakerTransport(registry, breaker_config={"clock": clock, "failure_threshold": 2})
+    transport = BreakerTransport(registry, breaker_config={"clock": clock, "failure_threshold": 3})
     with httpx.Client(transport=transport, timeout=0.2) as client:
         assert client.get(f"{server}/missing").status_code == 404
         assert client.get(f"{server}/fail").status_code == 500
+        # The client reads the body after the transport returned: a body cut
+        # off mid-way was never counted.
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get(f"{server}/truncated")
         with pytest.raises(httpx.ReadTimeout):
             client.get(f"{server}/hang")
         with pytest.raises(HTTPXCircuitOpenError) as rejected:
@@ -150,6 +198,8 @@ def test_httpx_async_transport_honours_retry_after(server: str, clock: FakeClock
     async def scenario() -> None:
         transport = AsyncBreakerTransport(registry, service="async-api", breaker_config={"clock": clock})
         async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.RemoteProtocolError):  # read after the transport returned
+                await client.get(f"{server}/truncated")
             assert (await client.get(f"{server}/unavailable")).status_code == 503
             with pytest.raises(HTTPXCircuitOpenError):
                 await client.get(f"{server}/ok")
@@ -161,7 +211,19 @@ def test_httpx_async_transport_honours_retry_after(server: str, clock: FakeClock
     asyncio.run(scenario())
     breaker = registry.get("async-api")
     assert breaker is not None
-    assert breaker.stats()["failures"] == 2
+    assert breaker.stats()["failures"] == 3
+
+
+def test_a_long_valid_hostname_gets_a_breaker_of_its_own() -> None:
+    # DNS names reach 253 characters; "http:<host>" over the 128-character
+    # name limit raised ValueError instead of making the request.
+    breakers = Breakers(BreakerRegistry(), None, None)
+    first, second = (".".join([label * 60] * 4) for label in ("a", "b"))
+    one, other = breakers.for_url(f"https://{first}/hook"), breakers.for_url(f"https://{second}:8443/")
+    assert one.name.startswith("http:aaaa") and len(one.name) <= 128
+    assert other.name != one.name
+    assert breakers.for_url(f"https://{first}/other") is one
+    assert breakers.for_url("http://api.example.com/x").name == "http:api.example.com"
 
 
 def test_parse_retry_after() -> None:
@@ -170,4 +232,6 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("120") == 120
     assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(90)
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("\u00b2") is None  # isdigit() but not a number
+    assert parse_retry_after("\u0663") is None  # only ASCII digits are delay-seconds
     assert parse_retry_after(None) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-import queue
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,11 +21,9 @@ from flask_resilience import (
     invalidate_cache_by_pattern,
     invalidate_cache_by_tag,
 )
-from flask_resilience.cache.layered import LayeredCache
 from flask_resilience.state import get_state
+from tests.cache_worker import Worker
 from tests.clock import eventually
-
-Inbox = "multiprocessing.Queue[tuple[str, Any]]"
 
 
 def worker_app(redis_url: str, prefix: str, counter_key: str, arrivals: int = 0) -> Flask:
@@ -49,69 +46,6 @@ def worker_app(redis_url: str, prefix: str, counter_key: str, arrivals: int = 0)
     return app
 
 
-def _worker(redis_url: str, prefix: str, counter_key: str, inbox: Any, outbox: Any) -> None:
-    app = worker_app(redis_url, prefix, counter_key)
-    store = get_state(app).redis
-    assert store is not None
-    outbox.put(("ready", store.subscriber.wait_until_listening(10)))
-    client = app.test_client()
-    layered = get_state(app).cache.layered
-    while True:
-        command, argument = inbox.get(timeout=60)
-        if command == "get":
-            response = client.get(argument)
-            outbox.put(
-                ("got", (response.headers["X-Cache"], response.headers["Cache-Status"], response.json))
-            )
-        elif command == "received":
-            seen = eventually(functools.partial(_received_at_least, layered, int(argument)))
-            outbox.put(("received", seen))
-        else:
-            get_state(app).extension.shutdown()
-            return
-
-
-def _received_at_least(layered: LayeredCache, wanted: int) -> bool:
-    return int(layered.stats.snapshot().get("invalidations_received", 0)) >= wanted
-
-
-class Worker:
-    """A second process running the same app, driven through queues."""
-
-    def __init__(self, redis_url: str, prefix: str, counter_key: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.inbox: Any = context.Queue()
-        self.outbox: Any = context.Queue()
-        self.process = context.Process(
-            target=_worker, args=(redis_url, prefix, counter_key, self.inbox, self.outbox)
-        )
-        self.process.start()
-        assert self.answer("ready") is True
-
-    def answer(self, kind: str) -> Any:
-        try:
-            got, value = self.outbox.get(timeout=30)
-        except queue.Empty:
-            pytest.fail("the worker process did not answer")
-        assert got == kind
-        return value
-
-    def get(self, path: str) -> tuple[str, str, dict[str, Any]]:
-        self.inbox.put(("get", path))
-        result: tuple[str, str, dict[str, Any]] = self.answer("got")
-        return result
-
-    def received(self, count: int) -> bool:
-        self.inbox.put(("received", count))
-        return bool(self.answer("received"))
-
-    def stop(self) -> None:
-        self.inbox.put(("stop", None))
-        self.process.join(30)
-        if self.process.is_alive():
-            self.process.kill()
-
-
 @pytest.fixture
 def setup(redis_url: str, key_prefix: str, raw_redis: redis.Redis) -> Iterator[tuple[Flask, Worker]]:
     counter_key = f"{key_prefix}test-runs"
@@ -119,7 +53,7 @@ def setup(redis_url: str, key_prefix: str, raw_redis: redis.Redis) -> Iterator[t
     store = get_state(app).redis
     assert store is not None
     assert store.subscriber.wait_until_listening(10)
-    worker = Worker(redis_url, key_prefix, counter_key)
+    worker = Worker(functools.partial(worker_app, redis_url, key_prefix, counter_key))
     yield app, worker
     worker.stop()
     app.extensions["resilience"].extension.shutdown()

@@ -76,6 +76,36 @@ def test_an_invalid_prefixed_variable_names_its_source(
         make_app()
 
 
+@pytest.mark.parametrize(
+    ("variable", "text"),
+    [
+        ("RESILIENCE_CACHE_DEFAULT_TTL", "Infinity"),
+        ("RESILIENCE_AUDIT_BUFFER_SIZE", "NaN"),
+        ("RESILIENCE_REDIS_SOCKET_TIMEOUT", "Infinity"),
+        ("RESILIENCE_AUDIT_FLUSH_INTERVAL", "inf"),
+    ],
+)
+def test_a_non_finite_number_names_its_variable(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch, variable: str, text: str
+) -> None:
+    # JSON in the environment reads "Infinity" and "NaN" as floats: a key
+    # that holds one is refused like any other junk, naming the variable.
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ValueError, match=f"environment variable {variable}"):
+        make_app()
+
+
+def test_a_string_setting_keeps_an_environment_value_that_reads_as_a_json_number(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "12345678901234567890123"
+    monkeypatch.setenv("RESILIENCE_ADMIN_TOKEN", token)
+    monkeypatch.setenv("RESILIENCE_AUDIT_HMAC_KEY", "1e999")
+    app, _ = make_app()
+    assert app.config["RESILIENCE_ADMIN_TOKEN"] == token
+    assert app.config["RESILIENCE_AUDIT_HMAC_KEY"] == "1e999"
+
+
 def test_breaker_defaults_in_milliseconds_are_refused_with_a_hint(make_app: MakeApp) -> None:
     with pytest.raises(ValueError, match="seconds, not milliseconds"):
         make_app(RESILIENCE_BREAKER_DEFAULTS={"timeout": 60000})

@@ -140,6 +140,33 @@ def test_admin_token_missing_wrong_and_right(make_app: MakeApp) -> None:
     assert right.json is not None and "stores" in right.json["features"]
 
 
+def test_a_non_ascii_admin_token_works_as_a_server_delivers_it(make_app: MakeApp) -> None:
+    # A WSGI server hands header values over as Latin-1 text: the UTF-8 bytes
+    # of "schlüssel" arrive as "schlÃ¼ssel", which never matched the token.
+    token = "geheimer-schlüssel-für-admins"
+    app, _ = make_app(RESILIENCE_ADMIN_TOKEN=token)
+    client = app.test_client()
+    for sent, status in (
+        (token.encode("utf-8").decode("latin-1"), 200),  # as a WSGI server delivers it
+        (token, 200),  # as text, from a test client
+        ("geheimer-schlüssel-für-admin!".encode().decode("latin-1"), 403),
+    ):
+        response = client.get("/api/health/dashboard", headers={"Authorization": f"Bearer {sent}"})
+        assert response.status_code == status, sent
+
+
+def test_an_admin_token_read_with_a_trailing_newline_still_matches(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A secret mounted from a file usually ends in a newline; a bearer token
+    # never holds whitespace, and the one sent is stripped: so it never matched.
+    monkeypatch.setenv("RESILIENCE_ADMIN_TOKEN", f"{TOKEN}\n")
+    app, _ = make_app()
+    assert app.config["RESILIENCE_ADMIN_TOKEN"] == TOKEN
+    response = app.test_client().get("/api/health/dashboard", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+
+
 def test_custom_admin_check(make_app: MakeApp) -> None:
     extension = Resilience()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import subprocess
+import sys
 import urllib.parse
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -99,10 +102,82 @@ def test_deeply_nested_json_is_400_on_every_admin_post(app: Flask, client: Flask
             assert response.status_code == 200, path
 
 
+_ESCAPED_QUOTES_SCRIPT = """
+from flask import Flask
+from flask_resilience import Resilience
+app = Flask("quotes")
+app.config.update(RESILIENCE_ADMIN_TOKEN="quotes-admin-token-0123456789", RESILIENCE_AUDIT_ENABLED=False)
+Resilience(app)
+body = '"' + '\\\\"' * 500_000  # one string that never ends, one escaped quote after another
+response = app.test_client().post(
+    "/api/health/cache/invalidate",
+    data=body,
+    headers={"Authorization": "Bearer quotes-admin-token-0123456789", "Content-Type": "application/json"},
+)
+print(response.status_code, response.content_type)
+"""
+
+
+def test_a_body_of_escaped_quotes_is_refused_in_linear_time() -> None:
+    # Skipping string literals by backtracking took time quadratic in the
+    # number of quotes: one 1 MB body held a worker for hours. The bound is a
+    # fault bound (the fix answers in well under a second), run in a child
+    # process so a regression is killed instead of hanging the suite.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _ESCAPED_QUOTES_SCRIPT],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a 1 MB body of escaped quotes kept the worker busy for over a minute")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["400", PROBLEM_CONTENT_TYPE]
+
+
 def test_an_oversized_body_is_413(client: FlaskClient) -> None:
     body = json.dumps({"key": "k" * (2 * 1024 * 1024)})
     response = client.post("/api/health/cache/invalidate", data=body, headers=ADMIN)
     assert (response.status_code, response.content_type) == (413, PROBLEM_CONTENT_TYPE)
+
+
+def test_a_body_over_the_apps_max_content_length_is_413_problem(make_app: MakeApp) -> None:
+    # Flask's own limit raised werkzeug's HTML 413 from under the health prefix.
+    app, _ = make_app(RESILIENCE_ADMIN_TOKEN=TOKEN, MAX_CONTENT_LENGTH=1000)
+    body = json.dumps({"key": "k" * 5000})
+    response = app.test_client().post("/api/health/cache/invalidate", data=body, headers=ADMIN)
+    assert (response.status_code, response.content_type) == (413, PROBLEM_CONTENT_TYPE)
+    assert response.headers.get("X-Request-ID")
+
+
+def test_a_chunked_body_is_read_no_further_than_the_limit(app: Flask) -> None:
+    # Without a Content-Length (chunked, as gunicorn passes it on) the whole
+    # stream used to be read into memory before its size was checked.
+    stream = CountingStream(b'{"key": "' + b"k" * (8 * 1024 * 1024) + b'"}')
+    response = app.test_client().post(
+        "/api/health/cache/invalidate",
+        input_stream=stream,
+        headers={**ADMIN, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_base={"wsgi.input_terminated": True},
+    )
+    assert (response.status_code, response.content_type) == (413, PROBLEM_CONTENT_TYPE)
+    assert stream.consumed <= 2 * 1024 * 1024
+
+
+class CountingStream(io.BytesIO):
+    consumed = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.consumed += len(chunk)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.consumed += count
+        return count
 
 
 @pytest.mark.parametrize("name", ["user_id", "event_type", "since", "until", "limit"])
@@ -147,6 +222,23 @@ def test_audit_since_and_until_convert_offsets_and_accept_ages(make_app: MakeApp
     assert _entries(client, user_id=marker, until="12h") == []
 
 
+@pytest.mark.parametrize(
+    "database",
+    ["unmigrated", "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2"],
+)
+def test_audit_entries_answer_503_when_the_audit_table_cannot_be_read(
+    make_app: MakeApp, sqlite_url: str, database: str
+) -> None:
+    # A fresh app whose table is not created yet, or a database that is down:
+    # the operator gets a problem saying so, not a 500 that pages someone.
+    uri = sqlite_url if database == "unmigrated" else database
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=uri, RESILIENCE_ADMIN_TOKEN=TOKEN)
+    response = app.test_client().get("/api/health/audit/entries?since=7d", headers=ADMIN)
+    assert (response.status_code, response.content_type) == (503, PROBLEM_CONTENT_TYPE), response.data
+    assert response.json is not None and response.json["type"].endswith("audit-database-unavailable")
+    assert "Retry-After" in response.headers
+
+
 def timezone_offset(hours: int) -> timezone:
     return timezone(timedelta(hours=hours))
 
@@ -155,6 +247,17 @@ def timezone_offset(hours: int) -> timezone:
 def test_invalid_times_are_400_naming_the_parameter(client: FlaskClient, value: str) -> None:
     response = client.get(f"/api/health/audit/entries?since={urllib.parse.quote(value)}", headers=ADMIN)
     _assert_problem(response, 400, "since")
+
+
+def test_an_offset_typed_unencoded_in_the_url_is_read(client: FlaskClient) -> None:
+    # curl '...?since=2026-01-01T00:00:00+05:00' (the form everybody types):
+    # query decoding turns the '+' into a space.
+    response = client.get("/api/health/audit/entries?since=2026-01-01T00:00:00+05:00", headers=ADMIN)
+    assert response.status_code == 200, response.data
+    now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+    assert parse_moment("2026-01-01T00:00:00 05:00", now) == datetime(2025, 12, 31, 19, 0)
+    assert parse_moment("2026-01-01 00:00:00.5 0530", now) == datetime(2025, 12, 31, 18, 30, 0, 500000)
+    assert parse_moment("2026-01-01 05:00", now) == datetime(2026, 1, 1, 5, 0)  # a time, not an offset
 
 
 def test_parse_moment_converts_offsets_to_naive_utc() -> None:

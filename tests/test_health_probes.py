@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import threading
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from flask_resilience import Resilience, __version__, idempotent
 from flask_resilience.health.checks import default_critical
 from flask_resilience.state import get_state
+from tests.clock import eventually
 from tests.conftest import MakeApp
 from tests.services import free_port
 
@@ -144,6 +148,94 @@ def test_the_apps_own_check_and_its_criticality(make_app: MakeApp) -> None:
     assert down.json is not None and down.json["failing"] == ["payments-db"]
     admin = client.get("/api/health/ready", headers=ADMIN).json
     assert admin is not None and "refused" in admin["checks"]["payments-db"]["detail"]
+
+
+def test_an_admin_check_that_raises_for_anonymous_callers_does_not_break_the_probes(
+    make_app: MakeApp,
+) -> None:
+    # A common admin check (current_user.is_admin on Flask-Login's anonymous
+    # user) raises for the load balancer's probe. The probes only ask it when
+    # a dependency is down, so a Redis blip turned /ready into a 500 for the
+    # whole fleet.
+    extension = Resilience()
+
+    @extension.admin_check
+    def anonymous_has_no_role() -> bool:
+        raise AttributeError("'AnonymousUserMixin' object has no attribute 'is_admin'")
+
+    @extension.health_check("search")
+    def search() -> bool:
+        raise ConnectionError("search cluster unreachable")
+
+    app, _ = make_app(extension)
+    client = app.test_client()
+    ready = client.get("/api/health/ready")
+    assert ready.status_code == 200, ready.data
+    assert ready.json is not None and "detail" not in ready.json["checks"]["search"]
+    summary = client.get("/api/health")
+    assert summary.status_code == 200 and summary.json is not None
+    assert summary.json["status"] == "degraded" and "version" not in summary.json
+
+
+def test_a_hanging_dependency_is_reported_down_after_the_check_timeout(make_app: MakeApp) -> None:
+    # A database behind a black hole holds a connect for minutes: every probe
+    # held a worker that long, and the probes piled up until the app stopped
+    # answering. A check that takes longer than the timeout is down.
+    extension = Resilience()
+    released = threading.Event()
+
+    @extension.health_check("payments-db", critical=True)
+    def payments_db() -> bool:
+        released.wait(30)
+        return True
+
+    @extension.health_check("search")
+    def search() -> bool:
+        return True
+
+    app, _ = make_app(extension, RESILIENCE_HEALTH_CHECK_TIMEOUT=0.2)
+    client = app.test_client()
+    try:
+        for _ in range(3):  # the hung check of an earlier probe must not hold later ones
+            ready = client.get("/api/health/ready")
+            assert ready.status_code == 503 and ready.json is not None
+            assert ready.json["checks"]["payments-db"]["status"] == "down"
+            assert ready.json["checks"]["payments-db"]["error"] == "TimeoutError"
+            assert ready.json["checks"]["search"]["status"] == "up"
+    finally:
+        released.set()
+    assert eventually(lambda: client.get("/api/health/ready").status_code == 200)
+
+
+def test_the_apps_check_of_a_built_in_name_replaces_the_built_in(make_app: MakeApp, sqlite_url: str) -> None:
+    # Both ran under one name: the report showed one of them while the other
+    # decided the status, and "failing" could name the check twice.
+    extension = Resilience()
+
+    @extension.health_check("database", critical=True)
+    def reporting_replica() -> bool:
+        raise ConnectionError("replica lag over 10 minutes")
+
+    app, _ = make_app(extension, RESILIENCE_AUDIT_DATABASE_URI=sqlite_url)
+    ready = app.test_client().get("/api/health/ready")
+    assert ready.status_code == 503 and ready.json is not None
+    assert ready.json["failing"] == ["database"]
+    assert ready.json["checks"]["database"]["status"] == "down"
+    summary = app.test_client().get("/api/health").json
+    assert summary is not None and summary["failing"] == ["database"]
+
+
+def test_a_critical_name_that_matches_no_check_is_logged(
+    make_app: MakeApp, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A typo ("databse") silently left every dependency non-critical.
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_url, RESILIENCE_HEALTH_CRITICAL="databse")
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="flask_resilience.health"):
+        for _ in range(3):
+            assert client.get("/api/health/ready").status_code == 200
+    warnings = [record.getMessage() for record in caplog.records if "databse" in record.getMessage()]
+    assert len(warnings) == 1 and "database" in warnings[0]
 
 
 def test_the_version_is_public_only_when_configured(make_app: MakeApp) -> None:

@@ -6,6 +6,7 @@ import importlib
 import io
 import logging
 import logging.config
+import pkgutil
 
 import pytest
 import sqlalchemy
@@ -16,24 +17,21 @@ from flask_resilience import Resilience
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
-FEATURE_MODULES = {
-    "flask_resilience.breaker.breaker": None,  # logs through breaker.states
-    "flask_resilience.breaker.states": "flask_resilience.breaker",
-    "flask_resilience.breaker.shared": "flask_resilience.breaker",
-    "flask_resilience.cache.layered": "flask_resilience.cache",
-    "flask_resilience.cache.views": "flask_resilience.cache",
-    "flask_resilience.cache.writeback": "flask_resilience.cache",
-    "flask_resilience.audit.writer": "flask_resilience.audit",
-    "flask_resilience.audit.signals": "flask_resilience.audit",
-    "flask_resilience.idempotency.service": "flask_resilience.idempotency",
-    "flask_resilience.idempotency.views": "flask_resilience.idempotency",
-    "flask_resilience.health.blueprint": "flask_resilience.health",
-    "flask_resilience.health.checks": "flask_resilience.health",
-    "flask_resilience.stores.pubsub": "flask_resilience.stores",
-}
+FEATURES = ("breaker", "cache", "audit", "idempotency", "health", "stores")
 
 
-@pytest.mark.parametrize(("module", "logger_name"), [(m, n) for m, n in FEATURE_MODULES.items() if n])
+def _feature_modules_with_a_logger() -> list[tuple[str, str]]:
+    """Every module of a feature package that logs, with its feature's logger name."""
+    found = []
+    for feature in FEATURES:
+        package = importlib.import_module(f"flask_resilience.{feature}")
+        for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+            if isinstance(getattr(importlib.import_module(info.name), "logger", None), logging.Logger):
+                found.append((info.name, f"flask_resilience.{feature}"))
+    return found
+
+
+@pytest.mark.parametrize(("module", "logger_name"), _feature_modules_with_a_logger())
 def test_each_feature_logs_through_its_own_child_logger(module: str, logger_name: str) -> None:
     logger = importlib.import_module(module).logger
     assert logger.name == logger_name

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import itertools
+import multiprocessing
 
+import pytest
 import sqlalchemy
 from flask import Response, jsonify
 from flask.typing import ResponseReturnValue
@@ -13,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from flask_resilience import Problem, audited, idempotent
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.table import audit_log
-from flask_resilience.problems import PROBLEM_CONTENT_TYPE
+from flask_resilience.problems import PROBLEM_CONTENT_TYPE, TYPE_PREFIX
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
@@ -113,3 +117,24 @@ def test_unknown_urls_and_methods_under_the_health_prefix_answer_problem_json(ma
     # Outside the prefix the app keeps Flask's own pages.
     assert client.get("/nowhere").content_type.startswith("text/html")
     assert client.delete("/elsewhere").content_type.startswith("text/html")
+
+
+def _refuse_in_a_worker() -> None:
+    raise Problem(403, "quota-exceeded", "Quota exceeded", "No more bookings today.", extra={"limit": 5})
+
+
+def test_a_problem_crosses_process_boundaries_and_copies() -> None:
+    # An exception raised in a process pool (or copied) is rebuilt from its
+    # pickle; Problem's own constructor signature made that a TypeError.
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool,
+        pytest.raises(Problem) as raised,
+    ):
+        pool.submit(_refuse_in_a_worker).result(timeout=60)
+    problem = raised.value
+    assert (problem.code, problem.type) == (403, TYPE_PREFIX + "quota-exceeded")
+    assert problem.detail == "No more bookings today."
+    assert problem.extra == {"limit": 5}
+    copied = copy.copy(Problem(429, "slow-down", "Slow down", "Later.", headers={"Retry-After": "5"}))
+    assert (copied.status, copied.headers) == (429, {"Retry-After": "5"})

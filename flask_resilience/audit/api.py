@@ -35,8 +35,8 @@ def log_auth_event(
     """A login, logout, failed login, password or MFA change."""
     fields: dict[str, Any] = {
         "event_type": str(event_type),
-        "status": str(status),
-        "severity": Severity.INFO if str(status) == AuditStatus.SUCCESS else Severity.WARNING,
+        "status": status,
+        "severity": Severity.INFO if status == AuditStatus.SUCCESS else Severity.WARNING,
         "user_email": email,
         "details": details,
     }
@@ -51,8 +51,16 @@ def log_data_change(
     resource_id: str | int | None,
     changes: dict[str, Any] | None,
     user_id: str | int | None = None,
+    *,
+    on_commit: bool = False,
 ) -> AuditEntry | None:
-    """A create, update or delete of ``resource``; ``changes`` as ``{field: {"old": ..., "new": ...}}``."""
+    """A create, update or delete of ``resource``; ``changes`` as ``{field: {"old": ..., "new": ...}}``.
+
+    Written on the audit log's own connection at once, so an attempt is
+    recorded even if the app's transaction rolls back. ``on_commit=True``
+    waits for the Flask-SQLAlchemy session instead: recorded when it
+    commits, or as ROLLED_BACK when it rolls back (returns None then).
+    """
     fields: dict[str, Any] = {
         "event_type": str(event_type),
         "resource": resource,
@@ -61,7 +69,7 @@ def log_data_change(
     }
     if user_id is not None:
         fields["user_id"] = str(user_id)
-    return current_audit().record(fields)
+    return current_audit().record(fields, on_commit=on_commit)
 
 
 def log_security_alert(
@@ -72,7 +80,7 @@ def log_security_alert(
         {
             "event_type": AuditEventType.SECURITY_ALERT,
             "status": AuditStatus.FAILURE,
-            "severity": str(severity),
+            "severity": severity,
             "message": message,
             "details": details,
         },
@@ -82,13 +90,11 @@ def log_security_alert(
 
 def get_audit_stats() -> dict[str, Any]:
     """Totals, success/failure rates, per event type, user and resource, and the writer's figures."""
-    return current_audit().snapshot(include_users=True)
+    return dict(current_audit().stats(include_users=True))
 
 
 def reset_audit_stats() -> None:
-    audit = current_audit()
-    audit.stats.reset()
-    audit.writer.reset_counts()
+    current_audit().reset_stats()
 
 
 def start_audit_log_flushing() -> None:

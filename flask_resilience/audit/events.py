@@ -76,6 +76,7 @@ class Severity(enum.StrEnum):
 class AuditStatus(enum.StrEnum):
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"
+    ROLLED_BACK = "ROLLED_BACK"  # recorded with on_commit=True; the app's transaction rolled back
 
 
 @dataclass

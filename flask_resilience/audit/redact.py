@@ -85,6 +85,10 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """Mask secrets inside a string and escape CR/LF."""
+        if len(value) < 7:  # too short for a token, a JWT or a card number
+            if "\r" in value or "\n" in value:
+                return value.replace("\r", "\\r").replace("\n", "\\n")
+            return value
         # Cheap substring tests first: most strings hold none of these.
         if "eyJ" in value:
             value = _JWT.sub(MASK, value)
@@ -113,7 +117,7 @@ class Redactor:
         if isinstance(value, str):
             return self.text(value)
         if value is None or isinstance(value, (bool, int, float)):
-            if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) >= 13:
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
                 return self.text(str(value))  # a card number sent as a JSON number
             return value
         return self.text(repr(value))

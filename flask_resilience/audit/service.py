@@ -6,16 +6,20 @@ import threading
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from flask import has_request_context, request
 from sqlalchemy import Engine, create_engine, inspect
 
+from .. import config as cfg
 from ..context import current_principal, current_request_id
 from ..state import get_state
 from ..stores.sql import Database
+from . import transaction
 from .events import AuditEntry, AuditStatus
+from .journal import Journal
 from .redact import Redactor
+from .storable import storable
 from .table import TABLE_NAME
 from .writer import AuditWriter
 
@@ -53,6 +57,7 @@ class AuditStats:
                 "total": total,
                 "success": success,
                 "failure": failure,
+                "rolled_back": self.statuses[AuditStatus.ROLLED_BACK],
                 "success_rate": round(success / total, 4) if total else 0.0,
                 "failure_rate": round(failure / total, 4) if total else 0.0,
                 "by_event_type": dict(self.event_types),
@@ -61,6 +66,30 @@ class AuditStats:
             if include_users:
                 data["by_user"] = dict(self.users)
             return data
+
+
+class AuditStatsSnapshot(TypedDict):
+    """What ``/audit`` and ``get_audit_stats()`` report."""
+
+    total: int
+    success: int
+    failure: int
+    rolled_back: int
+    success_rate: float
+    failure_rate: float
+    by_event_type: dict[str, int]
+    by_resource: dict[str, int]
+    by_user: NotRequired[dict[str, int]]
+    written: int
+    spilled: int
+    replayed: int
+    dropped: int
+    rejected: int
+    flush_errors: int
+    journal_errors: int
+    queue_size: int
+    last_flush_at: str | None
+    enabled: bool
 
 
 def _bounded(counter: Counter[str], key: str) -> None:
@@ -87,8 +116,36 @@ class AppAudit:
         self.redactor = redactor
         self.max_body_bytes = max_body_bytes
         self.fallback_sqlite = fallback_sqlite
-        self.stats = AuditStats()
+        self.counters = AuditStats()
         self._engine_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: cfg.Config, database: Database, instance_path: Path) -> AppAudit:
+        spill = config[cfg.AUDIT_SPILL_PATH]
+        journal = None
+        if spill is None or spill.lower() != "off":
+            journal = Journal(
+                instance_path / "resilience-audit.journal" if spill is None else Path(spill),
+                fsync=config[cfg.AUDIT_JOURNAL_FSYNC],
+                max_bytes=config[cfg.AUDIT_SPILL_MAX_BYTES],
+            )
+        key = config[cfg.AUDIT_HMAC_KEY]
+        redact_keys: tuple[str, ...] = config[cfg.AUDIT_REDACT_KEYS]
+        writer = AuditWriter(
+            buffer_size=config[cfg.AUDIT_BUFFER_SIZE],
+            flush_interval=config[cfg.AUDIT_FLUSH_INTERVAL] / 1000,
+            max_queue=config[cfg.AUDIT_MAX_QUEUE],
+            journal=journal,
+            hmac_key=key.encode() if key else None,
+        )
+        return cls(
+            enabled=config[cfg.AUDIT_ENABLED],
+            database=database,
+            writer=writer,
+            redactor=Redactor(redact_keys, config[cfg.AUDIT_REDACTOR]),
+            max_body_bytes=config[cfg.AUDIT_MAX_BODY_BYTES],
+            fallback_sqlite=instance_path / "resilience-audit.db",
+        )
 
     # -- the engine ---------------------------------------------------------------
 
@@ -109,19 +166,28 @@ class AppAudit:
 
     # -- recording --------------------------------------------------------------------
 
-    def record(self, fields: dict[str, Any], *, durable: bool = False) -> AuditEntry | None:
-        """Build, redact and queue an entry; None when auditing is off.
+    def record(
+        self, fields: dict[str, Any], *, durable: bool = False, on_commit: bool = False
+    ) -> AuditEntry | None:
+        """Build, redact, make storable and queue an entry; None when auditing
+        is off (or, with ``on_commit``, until the app's transaction ends).
 
-        Raises TypeError for unknown fields (a bug in the caller, not input).
+        Raises TypeError for unknown fields and ValueError for a severity or
+        status outside their enums (bugs in the caller, not input).
         """
         if not self.enabled:
             return None
         if has_request_context():
             fields = {**self._from_request(), **fields}
-        entry = AuditEntry.from_mapping(self.redactor.fields(fields))
+        if on_commit:
+            storable(dict(fields))  # a caller's bug shows at the call, not at the commit
+            session = transaction.app_session()
+            transaction.defer(session, lambda later: self.record(later, durable=durable), fields)
+            return None
+        entry = AuditEntry.from_mapping(storable(self.redactor.fields(fields)))
         if self.writer.engine is None:
             self.engine()
-        self.stats.count(entry)
+        self.counters.count(entry)
         if durable:
             self.writer.write_now(entry)
         else:
@@ -154,15 +220,22 @@ class AppAudit:
             return {"body_omitted": {"bytes": length, "content_type": content_type, "reason": "not JSON"}}
         return {"body": body}
 
-    def snapshot(self, include_users: bool) -> dict[str, Any]:
+    def stats(self, include_users: bool = False) -> AuditStatsSnapshot:
+        """Counts of recorded entries and the writer's figures; per-user ones
+        only with ``include_users`` (the caller is an admin)."""
         last = self.writer.last_flush
-        return {
-            **self.stats.snapshot(include_users),
+        data: dict[str, Any] = {
+            **self.counters.snapshot(include_users),
             **self.writer.counts(),
             "queue_size": self.writer.queue_size(),
             "last_flush_at": last.isoformat() if isinstance(last, datetime) else None,
             "enabled": self.enabled,
         }
+        return cast(AuditStatsSnapshot, data)
+
+    def reset_stats(self) -> None:
+        self.counters.reset()
+        self.writer.reset_counts()
 
     def stop(self) -> None:
         self.writer.stop()

@@ -10,10 +10,12 @@ from typing import Any, TypeVar, cast
 from flask import Blueprint, Response, make_response, request
 from werkzeug.exceptions import HTTPException
 
+from . import transaction
 from .events import AuditEventType, AuditStatus, Severity
 from .service import current_audit
 
 F = TypeVar("F", bound=Callable[..., Any])
+_TRANSACTIONS_ENDED = "\x00transactions ended"  # never a view argument's name
 
 
 def audited(
@@ -24,13 +26,16 @@ def audited(
     include_body: bool = False,
     include_query: bool = False,
     durable: bool = False,
+    on_commit: bool = False,
 ) -> Callable[[F], F]:
     """Record one entry per call of the view, with its response status.
 
     ``resource_id_from`` names a view argument (``"payment_id"``) or is a
     callable given the view's keyword arguments. ``durable=True`` writes the
     entry before the response leaves. An exception is recorded as a FAILURE
-    before it propagates.
+    before it propagates. ``on_commit=True`` follows the Flask-SQLAlchemy
+    session: an entry whose transaction rolled back (in the view, or later
+    when it ends) is recorded as ROLLED_BACK.
     """
 
     def decorator(view: F) -> F:
@@ -38,41 +43,54 @@ def audited(
             details = _request_details(include_body, include_query)
             if error is not None:
                 details["error"] = type(error).__name__
-            current_audit().record(
-                {
-                    "event_type": str(event_type),
-                    "status": AuditStatus.SUCCESS if status < 400 else AuditStatus.FAILURE,
-                    "severity": Severity.INFO if status < 500 else Severity.ERROR,
-                    "resource": resource,
-                    "resource_id": _resource_id(resource_id_from, kwargs),
-                    "http_status": status,
-                    "details": details or None,
-                },
-                durable=durable,
-            )
+            fields = {
+                "event_type": str(event_type),
+                "status": AuditStatus.SUCCESS if status < 400 else AuditStatus.FAILURE,
+                "severity": Severity.INFO if status < 500 else Severity.ERROR,
+                "resource": resource,
+                "resource_id": _resource_id(resource_id_from, kwargs),
+                "http_status": status,
+                "details": details or None,
+            }
+            ended = kwargs.pop(_TRANSACTIONS_ENDED, None)
+            if on_commit and ended is not None:
+                outcome = transaction.outcome_since(transaction.app_session(), ended)
+                if outcome is None:  # the view left its transaction open: follow it
+                    current_audit().record(fields, durable=durable, on_commit=True)
+                    return
+                if outcome is AuditStatus.ROLLED_BACK:
+                    fields["status"] = AuditStatus.ROLLED_BACK
+            current_audit().record(fields, durable=durable)
+
+        def before(kwargs: dict[str, Any]) -> dict[str, Any]:
+            if not on_commit:
+                return kwargs
+            return {**kwargs, _TRANSACTIONS_ENDED: transaction.transactions_ended(transaction.app_session())}
 
         if inspect.iscoroutinefunction(view):
 
             @functools.wraps(view)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Response:
+                seen = before(kwargs)
                 try:
                     response = make_response(await view(*args, **kwargs))
                 except BaseException as exc:
-                    record(kwargs, _status_of(exc), exc)
+                    record(seen, _status_of(exc), exc)
                     raise
-                record(kwargs, response.status_code, None)
+                record(seen, response.status_code, None)
                 return response
 
             return cast(F, async_wrapper)
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Response:
+            seen = before(kwargs)
             try:
                 response = make_response(view(*args, **kwargs))
             except BaseException as exc:
-                record(kwargs, _status_of(exc), exc)
+                record(seen, _status_of(exc), exc)
                 raise
-            record(kwargs, response.status_code, None)
+            record(seen, response.status_code, None)
             return response
 
         return cast(F, wrapper)

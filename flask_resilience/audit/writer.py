@@ -1,49 +1,51 @@
-"""The audit writer: a bounded queue, a flush thread, a spill file.
+"""The audit writer: entries are linked and journaled at once, stored in batches.
 
-The request thread only appends to the queue. A background thread (started
-lazily in each process) flushes every ``flush_interval`` seconds, or as soon
-as ``buffer_size`` entries wait, in one batched statement. Entries get their
-place in the process's hash chain when flushed. When the database fails,
-the batch is appended to the spill file (fsynced) and retried with backoff;
-the spill is replayed, in order, before anything newer is written, and rows
-that were already written are skipped by their unique id, so nothing is lost
-or duplicated.
+On the request side, :meth:`AuditWriter.submit` gives the entry its place in
+this process's hash chain and appends it to the journal (one ``write()``)
+before it returns, then queues it in memory. A :class:`ProcessLocalWorker`
+thread stores the queue every ``flush_interval`` seconds, or as soon as
+``buffer_size`` entries wait, and then commits their journal offset.
+
+While the database cannot take rows, entries stay in the journal (the spill
+and the journal are the same file): memory then holds at most ``max_queue``
+entries and the next flush reads the rest from disk. Entries are linked once,
+when they enter the journal, so no replay ever renumbers them. A row the
+database refuses is isolated and quarantined; the log never stops for it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import operator
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import Engine
 
-from ..lifecycle import fork_generation
+from ..lifecycle import ProcessLocalWorker, no_exit, terminating
 from .chain import Chain
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
-from .spill import SpillFiles
-from .table import audit_log
+from .journal import Journal, entry_record
+from .store import store
 
 logger = logging.getLogger("flask_resilience.audit")
 
 _MAX_BACKOFF = 30.0
+_ADOPT_EVERY = 30.0  # seconds between looks for dead processes' journals
+COUNTS = ("written", "spilled", "replayed", "dropped", "rejected", "flush_errors", "journal_errors")
 
 
 def _naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        return value.replace(tzinfo=None)
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
 
 
 def _row(entry: AuditEntry, logged_at: datetime) -> dict[str, Any]:
-    row = entry.as_row()
+    row = vars(entry).copy()
     row["occurred_at"] = _naive_utc(entry.occurred_at)
     row["logged_at"] = logged_at
     row["event_type"] = str(row["event_type"])
@@ -52,47 +54,8 @@ def _row(entry: AuditEntry, logged_at: datetime) -> dict[str, Any]:
     return row
 
 
-_COLUMNS = [column.name for column in audit_log.columns]
-_COPY = f"COPY {audit_log.name} ({', '.join(_COLUMNS)}) FROM STDIN"
-_column_values = operator.itemgetter(*_COLUMNS)
-_JSON_INDEXES = (_COLUMNS.index("changes"), _COLUMNS.index("details"))
-
-
-def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL's fastest bulk path. Only for fresh rows: COPY cannot skip
-    duplicates, so replays of the spill file use INSERT ... ON CONFLICT."""
-    driver = connection.connection.driver_connection
-    assert driver is not None
-    driver_error = connection.dialect.loaded_dbapi.Error
-    try:
-        with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
-            for row in rows:
-                values = list(_column_values(row))
-                for index in _JSON_INDEXES:
-                    if values[index] is not None:
-                        values[index] = json.dumps(values[index])
-                copy.write_row(values)
-    except driver_error as exc:
-        # Raised by the driver itself (COPY bypasses SQLAlchemy): report it as
-        # SQLAlchemy would, so callers handle one family of database errors.
-        raise DBAPIError.instance(_COPY, None, exc, driver_error) from exc
-
-
-def insert_ignoring_duplicates(engine: Engine) -> Insert:
-    """An INSERT that skips rows whose id is already stored (safe replays)."""
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        return pg_insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
-    if dialect == "sqlite":
-        return insert(audit_log).prefix_with("OR IGNORE")
-    if dialect in ("mysql", "mariadb"):
-        return insert(audit_log).prefix_with("IGNORE")
-    return insert(audit_log)
-
-
-class AuditWriter:
-    """``engine`` is found lazily (``engine_provider``, called from a thread
-    that has an app context the first time an entry is submitted)."""
+class AuditWriter(ProcessLocalWorker):
+    """``engine`` is set by the service the first time an entry is recorded."""
 
     def __init__(
         self,
@@ -100,13 +63,14 @@ class AuditWriter:
         buffer_size: int,
         flush_interval: float,
         max_queue: int,
-        spill_path: Path | None,
+        journal: Journal | None,
         hmac_key: bytes | None,
     ) -> None:
+        super().__init__("flask-resilience-audit")
         self.buffer_size = buffer_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
-        self._spill_files = SpillFiles(spill_path) if spill_path is not None else None
+        self.journal = journal
         self._hmac_key = hmac_key
         # Run once on the engine before the first write (the SQLite fallback migrates itself).
         self.prepare: Callable[[Engine], None] | None = None
@@ -114,120 +78,196 @@ class AuditWriter:
         self._prepared = False
         self._counts: Counter[str] = Counter()
         self.last_flush: datetime | None = None
-        self._reset_process()
+        self.reset_process()
 
-    def _reset_process(self) -> None:
-        self._generation = fork_generation()
-        self._queue: deque[AuditEntry] = deque()
-        self._dropped = 0
+    def reset_process(self) -> None:
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._queue: deque[tuple[dict[str, Any], bool]] = deque()  # (row, on disk too)
+        self._disk_only = False  # entries past the journal's commit mark may be on disk only
+        self._on_disk_only = 0
+        self._dropped = 0  # dropped and not yet told in an AUDIT_GAP entry
         self._retry_at = 0.0
         self._backoff = 0.5
+        self._adopted_at = -_ADOPT_EVERY
+        self._next_flush = time.monotonic() + self.flush_interval
+        self._journal_failing = False
+        self._outage = False
         self.chain = Chain(self._hmac_key)  # one chain per writer process
+        if self.journal is not None:
+            self.journal.forget()
 
-    # -- request side ------------------------------------------------------------
+    # -- request side ----------------------------------------------------------------
 
     def submit(self, entry: AuditEntry) -> bool:
-        """Queue an entry (already redacted); False when it had to be dropped."""
-        if self._generation != fork_generation():
-            self._reset_process()
-        with self._lock:
-            if len(self._queue) >= self.max_queue:
-                if self._spill_files is None:
-                    self._dropped += 1
-                    self._counts["dropped"] += 1
-                    return False
-                spill_now = True
-            else:
-                self._queue.append(entry)
-                spill_now = False
-                if len(self._queue) >= self.buffer_size:
-                    self._wake.notify()
-        if spill_now:  # queue full: keep it, on disk, rather than lose it
-            self._spill([_row(entry, datetime.now(UTC).replace(tzinfo=None))])
-        self._ensure_thread()
+        """Link, journal and queue an entry (already redacted and storable);
+        False when it had to be dropped (counted, and told in an AUDIT_GAP entry)."""
+        self.in_this_process()
+        row = _row(entry, datetime.now(UTC).replace(tzinfo=None))
+        with no_exit, self._lock:
+            accepted = self._accept(row)
+            due = len(self._queue) + self._on_disk_only >= self.buffer_size
+        if due:
+            self.wake()
+        self.ensure_running()
+        return accepted
+
+    def _link(self, row: dict[str, Any]) -> bytes:
+        """The one place an entry joins the chain: once, as it enters the journal."""
+        return self.chain.link_encoded(row)
+
+    def _accept(self, row: dict[str, Any]) -> bool:
+        journal = self.journal
+        memory_full = len(self._queue) >= self.max_queue
+        disk_usable = journal is not None and not self._journal_failing
+        if (memory_full and not disk_usable) or (journal is not None and journal.end >= journal.max_bytes):
+            self._drop(1)
+            return False
+        saved = self.chain.seq, self.chain.prev_hash
+        encoded = self._link(row)
+        on_disk = journal is not None and self._journal_append(journal, entry_record(row, encoded))
+        if on_disk and (memory_full or self._disk_only):
+            if not self._disk_only:
+                self._disk_only = True
+                self._queue = deque(item for item in self._queue if not item[1])
+            self._on_disk_only += 1
+            self._counts["spilled"] += 1
+        elif not memory_full:
+            self._queue.append((row, on_disk))
+        else:  # neither the journal nor memory can keep it: take it back out of the chain
+            self.chain.seq, self.chain.prev_hash = saved
+            self._drop(1)
+            return False
         return True
 
+    def _journal_append(self, journal: Journal, record: bytes) -> bool:
+        try:
+            journal.append(record)
+        except OSError as exc:
+            self._counts["journal_errors"] += 1
+            if not self._journal_failing:
+                logger.error(
+                    "audit journal %s cannot be written (%s): entries wait in memory", journal.base, exc
+                )
+            self._journal_failing = True
+            return False
+        if self._journal_failing:
+            logger.warning("audit journal %s is writable again", journal.base)
+            self._journal_failing = False
+        return True
+
+    def _drop(self, count: int) -> None:
+        self._dropped += count
+        self._counts["dropped"] += count
+
     def write_now(self, entry: AuditEntry) -> None:
-        """Queue and flush at once: the entry is in the database (or the spill
-        file) when this returns."""
+        """Record and store at once; when the database cannot take it, the
+        entry is in the journal (fsynced) when this returns."""
         self.submit(entry)
         self.flush()
+        if self._disk_only and self.journal is not None:
+            with self._lock:
+                self.journal.sync()
 
-    # -- the flush thread ------------------------------------------------------------
+    # -- the worker thread -----------------------------------------------------------------
 
-    def _ensure_thread(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.is_alive():
+    def run(self) -> None:
+        self._adopt_logged()  # on start: store what dead processes left in their journals
+        interval_sync = self.journal is not None and self.journal.fsync == "interval"
+        while not self.wait(min(self.flush_interval, 1.0) if interval_sync else self.flush_interval):
+            now = time.monotonic()
+            due = now >= self._next_flush or terminating()
+            if (due or len(self._queue) + self._on_disk_only >= self.buffer_size) and now >= self._retry_at:
+                self._flush_logged()
+            if interval_sync:
+                with self._lock:
+                    self._sync_journal()
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            logger.exception("audit flush failed unexpectedly")
+
+    def _adopt_logged(self) -> None:
+        if self.engine is None or self.journal is None:
             return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping = False
-                # A daemon, because stop() flushes it at shutdown and at exit.
-                self._thread = threading.Thread(target=self._run, name="flask-resilience-audit", daemon=True)
-                self._thread.start()
+        with self._flush_lock:
+            try:
+                self._counts["written"] += self._adopt(self._engine())
+            except Exception as exc:  # the database is down: the next flush tries again
+                logger.warning("audit: dead processes' journals not stored yet (%s)", exc)
+                self._adopted_at = -_ADOPT_EVERY
+
+    def _sync_journal(self) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.sync()
+        except OSError as exc:
+            logger.warning("audit journal fsync failed: %s", exc)
 
     def start(self) -> None:
-        self._ensure_thread()
+        self.ensure_running()
 
-    def _run(self) -> None:
-        while True:
+    def stop(self, flush: bool = True, timeout: float = 30.0) -> None:
+        """Stop the thread, store what is queued, and close the journal
+        (what could not be stored stays there for the next process)."""
+        self._adopted_at = -_ADOPT_EVERY  # a last look for dead siblings' journals
+        super().stop(flush=flush, timeout=timeout)
+        if self.journal is not None:
             with self._lock:
-                if not self._stopping and len(self._queue) < self.buffer_size:
-                    self._wake.wait(self.flush_interval)
-                stopping = self._stopping
-            if time.monotonic() >= self._retry_at:
-                self.flush()
-            if stopping:
-                return
+                try:
+                    self.journal.close()
+                except OSError as exc:
+                    logger.warning("audit journal close failed: %s", exc)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the thread and flush what is queued (to the database or the spill)."""
+    # -- storing ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Store what is queued (and what waits on disk) now."""
+        self.in_this_process()
+        with no_exit, self._flush_lock:
+            self._flush()
+
+    def _take(self) -> tuple[list[tuple[dict[str, Any], bool]], bool, int, int]:
         with self._lock:
-            self._stopping = True
-            self._wake.notify()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout)
-        self._thread = None
-        self._retry_at = 0.0
-        self.flush()
-        if self._spill_files is not None:
-            self._spill_files.close()
+            items = list(self._queue)
+            self._queue.clear()
+            from_disk, self._disk_only, self._on_disk_only = self._disk_only, False, 0
+            journal = self.journal
+            return items, from_disk, journal.committed if journal else 0, journal.end if journal else 0
 
-    # -- writing ---------------------------------------------------------------------------
-
-    def flush(self) -> int:
-        """Write everything queued (and any spill first); returns rows written."""
-        with self._flush_lock:
-            with self._lock:
-                batch = list(self._queue)
-                self._queue.clear()
-                dropped, self._dropped = self._dropped, 0
-            if dropped:
-                batch.insert(0, _gap_entry(dropped))
-            now = datetime.now(UTC).replace(tzinfo=None)
-            rows = [self.chain.link(_row(entry, now)) for entry in batch]
-            if not rows and (self.engine is None or not self._has_spill()):
-                return 0  # nothing to write (a process that never audited has no engine)
-            try:
-                written = self._write(rows)
-            except Exception as exc:  # any failure to write means: keep the rows on disk
-                if not isinstance(exc, (SQLAlchemyError, OSError)):
-                    logger.exception("unexpected error while writing audit entries")
-                self._counts["flush_errors"] += 1
-                self._spill(rows)
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
-                logger.error("audit flush failed (%s); %d entries kept in the spill file", exc, len(rows))
-                return 0
-            self._backoff = 0.5
-            self.last_flush = datetime.now(UTC)
-            return written
+    def _flush(self) -> int:
+        self._next_flush = time.monotonic() + self.flush_interval
+        if self.engine is None:
+            return 0  # a process that never audited has nothing to store
+        items, from_disk, committed, end = self._take()
+        written = 0
+        try:
+            engine = self._engine()
+            written += self._adopt(engine)
+            if from_disk and self.journal is not None:
+                rows = [row for row, _ in self.journal.read(committed, end)]
+                store(engine, rows, fresh=False, reject=self._reject)
+                self._counts["replayed"] += len(rows)
+                written += len(rows)
+            memory = [row for row, on_disk in items if not (from_disk and on_disk)]
+            store(engine, memory, fresh=not from_disk, reject=self._reject)
+            written += len(memory)
+        except BaseException as exc:  # even an interrupt must not lose the batch taken
+            self._failed(items, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return 0
+        with self._lock:
+            if self.journal is not None:
+                self.journal.commit(end)
+            gap = self._dropped
+            if gap:  # told once the database takes rows again
+                self._add_gap_locked(gap, "dropped")
+        self._counts["written"] += written
+        self._recovered()
+        return written + (self._flush() if gap else 0)
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -238,73 +278,86 @@ class AuditWriter:
             self._prepared = True
         return self.engine
 
-    def _write(self, rows: list[dict[str, Any]]) -> int:
-        engine = self._engine()
-        replayed = self._replay(engine)
-        if rows:
-            with engine.begin() as connection:
-                if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
-                    _copy(connection, rows)
-                else:
-                    connection.execute(insert_ignoring_duplicates(engine), rows)
-            self._counts["written"] += len(rows)
-        return replayed + len(rows)
-
-    # -- the spill files ---------------------------------------------------------------
-
-    def _has_spill(self) -> bool:
-        return self._spill_files is not None and self._spill_files.pending()
-
-    def _spill(self, rows: Iterable[dict[str, Any]]) -> None:
-        rows = list(rows)
-        if not rows:
-            return
-        if self._spill_files is None:
-            self._counts["dropped"] += len(rows)
-            logger.error("audit: %d entries lost (no spill file configured)", len(rows))
-            return
-        self._spill_files.append(rows)
-        self._counts["spilled"] += len(rows)
-
-    def _replay(self, engine: Engine) -> int:
-        if self._spill_files is None:
+    def _adopt(self, engine: Engine) -> int:
+        if self.journal is None or time.monotonic() - self._adopted_at < _ADOPT_EVERY:
             return 0
+        adopted = self.journal.adopt(lambda rows: store(engine, rows, fresh=False, reject=self._reject))
+        self._adopted_at = time.monotonic()
+        if adopted:
+            self._counts["replayed"] += adopted
+            logger.info("audit: stored %d entries from dead processes' journals", adopted)
+        return adopted
 
-        def store(rows: list[dict[str, Any]]) -> None:
-            linked = [
-                row if row.get("entry_hash") else self.chain.link(row) for row in rows
-            ]  # from a full queue
-            for start in range(0, len(linked), 1000):
-                with engine.begin() as connection:
-                    connection.execute(insert_ignoring_duplicates(engine), linked[start : start + 1000])
+    def _failed(self, items: list[tuple[dict[str, Any], bool]], error: BaseException) -> None:
+        """The database cannot take rows: journaled ones wait on disk, the rest in memory."""
+        self._counts["flush_errors"] += 1
+        with self._lock:
+            on_disk = self.journal is not None
+            keep = [item for item in items if not (on_disk and item[1])]
+            self._counts["spilled"] += len(items) - len(keep)
+            if on_disk:
+                self._disk_only = True
+                self._queue = deque(item for item in self._queue if not item[1])
+            # Linked rows go back whole (dropping one would leave a hole in the
+            # chain): memory holds at most twice max_queue, as new entries
+            # are refused at max_queue.
+            self._queue.extendleft(reversed(keep))
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+        if not self._outage:
+            logger.error("audit entries cannot be stored (%s); they wait in the journal and memory", error)
+            self._outage = True
 
-        replayed = self._spill_files.replay(store)
-        if replayed:
-            self._counts["replayed"] += replayed
-            logger.info("audit: replayed %d spilled entries", replayed)
-        return replayed
+    def _recovered(self) -> None:
+        self._backoff = 0.5
+        self._retry_at = 0.0
+        self.last_flush = datetime.now(UTC)
+        if self._outage:
+            logger.warning("audit entries are being stored again")
+            self._outage = False
+
+    def _reject(self, row: dict[str, Any], error: BaseException) -> None:
+        """A row the database refuses on its own: quarantine it, record why, go on."""
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:500]
+        self._counts["rejected"] += 1
+        logger.error("audit entry %s refused by the database (%s); quarantined", row.get("id"), reason)
+        if self.journal is not None:
+            try:
+                self.journal.reject(row, reason)
+            except OSError as exc:
+                logger.error("audit quarantine file cannot be written (%s): entry %r lost", exc, row)
+        with self._lock:
+            self._add_gap_locked(1, "rejected", reason=reason, entry_id=row.get("id"), seq=row.get("seq"))
+
+    def _add_gap_locked(self, count: int, kind: str, **details: Any) -> None:
+        if kind == "dropped":
+            self._dropped = 0
+            message = f"{count} audit entries were dropped: neither the journal nor memory could keep them"
+        else:
+            message = f"{count} audit entry was refused by the database and quarantined"
+        gap = AuditEntry(
+            event_type=AuditEventType.AUDIT_GAP,
+            status=AuditStatus.FAILURE,
+            severity=Severity.CRITICAL,
+            message=message,
+            details={kind: count, **details},
+        )
+        row = _row(gap, datetime.now(UTC).replace(tzinfo=None))
+        encoded = self._link(row)
+        on_disk = self.journal is not None and self._journal_append(self.journal, entry_record(row, encoded))
+        if on_disk and self._disk_only:
+            self._on_disk_only += 1
+        else:
+            self._queue.append((row, on_disk))
 
     # -- statistics ------------------------------------------------------------------------
 
     def queue_size(self) -> int:
         with self._lock:
-            return len(self._queue)
+            return len(self._queue) + self._on_disk_only
 
     def counts(self) -> dict[str, int]:
-        return {
-            name: self._counts.get(name, 0)
-            for name in ("written", "spilled", "replayed", "dropped", "flush_errors")
-        }
+        return {name: self._counts.get(name, 0) for name in COUNTS}
 
     def reset_counts(self) -> None:
         self._counts.clear()
-
-
-def _gap_entry(dropped: int) -> AuditEntry:
-    return AuditEntry(
-        event_type=AuditEventType.AUDIT_GAP,
-        status=AuditStatus.FAILURE,
-        severity=Severity.CRITICAL,
-        message=f"{dropped} audit entries were dropped: the queue was full and no spill file is configured",
-        details={"dropped": dropped},
-    )

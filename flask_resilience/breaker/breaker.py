@@ -298,13 +298,14 @@ class CircuitBreaker(Protection, OperatorControls):
             self._last_failure_at = None
         return old, new
 
-    def _set_operator_state(self, new: State) -> None:
+    def _set_operator_state(self, new: State) -> bool:
         with self._lock:
             change = self._transition(new, self._clock(), self._config.timeout)
             if new is State.CLOSED:
                 self._reset_counters()
-        self._link.set_state(new, self._clock())
+        shared = self._link.set_state(new, self._clock())
         announce(self, self.name, [change], "local")
+        return shared
 
     # -- statistics ------------------------------------------------------------------
 

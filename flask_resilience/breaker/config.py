@@ -76,6 +76,10 @@ class BreakerConfig:
         uses_rates = self.failure_rate_threshold is not None or self.slow_call_duration is not None
         if uses_rates and self.monitoring_period is None:
             raise ValueError("failure_rate_threshold and slow_call_duration need a monitoring_period")
+        for name in ("is_failure", "result_is_failure", "fallback", "clock"):
+            hook = getattr(self, name)
+            if hook is not None and not callable(hook):  # JSON configuration holds only strings
+                raise ValueError(f"{name} must be callable, got {hook!r}")
         for name in ("expected_exceptions", "ignored_exceptions"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(

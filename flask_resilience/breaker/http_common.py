@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from .config import Outcome
 from .registry import BreakerRegistry
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+_MAX_NAME = 128  # the registry's limit on breaker names
 # The remote side is unwell or asks us to slow down; other 4xx are the caller's mistakes.
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 
@@ -39,6 +41,9 @@ class Breakers:
             parts = urlsplit(url)
             host = (parts.hostname or "unknown").lower()
             name = "http:" + _UNSAFE.sub("_", f"{host}:{parts.port}" if parts.port else host)
+            if len(name) > _MAX_NAME:  # a long DNS name: keep its start, tell hosts apart by a digest
+                digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+                name = f"{name[: _MAX_NAME - 17]}:{digest}"
         return self._registry.get_or_create(name, **self._config)
 
 
@@ -58,7 +63,11 @@ class OutboundCall:
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is not None:
-            self.breaker.release(self._trial, self._started, self._error_outcome(exc))
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the call as ended by ``exc`` (instead of :meth:`settle`)."""
+        self.breaker.release(self._trial, self._started, self._error_outcome(exc))
 
     def settle(self, status: int, headers: Mapping[str, str]) -> None:
         outcome, hold = classify_status(status, headers)
@@ -71,7 +80,8 @@ def classify_status(status: int, headers: Mapping[str, str]) -> tuple[Outcome, f
     if status < 500 and status != 429:
         return Outcome.SUCCESS, None
     hold = parse_retry_after(headers.get("Retry-After")) if status in _RETRY_AFTER_STATUSES else None
-    return Outcome.FAILURE, hold
+    # No pause asked for ("0", a date already past): an ordinary failure.
+    return Outcome.FAILURE, hold if hold else None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -79,7 +89,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone also says yes to "²"
         return float(value)
     try:
         moment = parsedate_to_datetime(value)

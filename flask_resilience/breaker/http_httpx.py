@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -38,6 +38,53 @@ def _outcome(exc: BaseException, breaker: CircuitBreaker) -> Outcome:
     return breaker.config.classify(exc)
 
 
+class _SettledAtEnd(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body whose call is recorded when the body is closed (read to
+    the end, or left) or fails: the client reads it after the transport
+    returned, and a body cut off or stalled mid-way is a failure."""
+
+    def __init__(self, stream: Any, call: OutboundCall, response: httpx.Response) -> None:
+        self._stream = stream
+        self._call: OutboundCall | None = call
+        self._status, self._headers = response.status_code, response.headers
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except Exception as exc:
+            self._finish(exc)
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except Exception as exc:
+            self._finish(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._finish(None)
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._finish(None)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        call, self._call = self._call, None
+        if call is None:  # recorded already
+            return
+        if exc is None:
+            call.settle(self._status, self._headers)
+        else:
+            call.fail(exc)
+
+
 class BreakerTransport(httpx.BaseTransport):
     """``httpx.Client(transport=BreakerTransport(resilience))``.
 
@@ -59,7 +106,7 @@ class BreakerTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with _open_call(self._breakers, request) as call:
             response = self._transport.handle_request(request)
-        call.settle(response.status_code, response.headers)
+        response.stream = _SettledAtEnd(response.stream, call, response)
         return response
 
     def close(self) -> None:
@@ -83,7 +130,7 @@ class AsyncBreakerTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         with _open_call(self._breakers, request) as call:
             response = await self._transport.handle_async_request(request)
-        call.settle(response.status_code, response.headers)
+        response.stream = _SettledAtEnd(response.stream, call, response)
         return response
 
     async def aclose(self) -> None:

@@ -66,7 +66,12 @@ class BreakerAdapter(HTTPAdapter):
             call = OutboundCall(breaker, error_outcome)
         except CircuitOpenError as exc:
             raise RequestsCircuitOpenError(exc.name, exc.state, exc.retry_after) from None
+        streaming = kwargs.get("stream", args[0] if args else False)
         with call:
             response = super().send(request, *args, **kwargs)
+            if not streaming:
+                # Session.send would read the body after we return: a remote
+                # side that drops or stalls mid-body must count here.
+                response.content  # noqa: B018
         call.settle(response.status_code, response.headers)
         return response

@@ -73,8 +73,9 @@ class Link(Protocol):
     def finish_trial(self, token: str, now: float, outcome: Outcome, bad: bool, hold: float | None) -> bool:
         """Let a shared trial's outcome decide; True when storage decided."""
 
-    def set_state(self, state: State, now: float) -> None:
-        """Store an operator's transition for every process."""
+    def set_state(self, state: State, now: float) -> bool:
+        """Store an operator's transition for every process; False when
+        storage failed (the change holds in this process only)."""
 
 
 class _LocalLink:
@@ -95,8 +96,8 @@ class _LocalLink:
     def finish_trial(self, token: str, now: float, outcome: Outcome, bad: bool, hold: float | None) -> bool:
         return False
 
-    def set_state(self, state: State, now: float) -> None:
-        return None
+    def set_state(self, state: State, now: float) -> bool:
+        return True
 
 
 LOCAL_LINK: Link = _LocalLink()

@@ -212,7 +212,7 @@ class RedisLink:
         ]  # fmt: skip
         return self._run(self.sharing.finish, args) is not None
 
-    def set_state(self, state: State, now: float) -> None:
+    def set_state(self, state: State, now: float) -> bool:
         until = now + self.breaker.config.timeout
         args = [
             self.sharing.channel,
@@ -220,7 +220,7 @@ class RedisLink:
             state.value,
             _ms(until) if state is State.OPEN else 0,
         ]
-        self._run(self.sharing.set_state, args)
+        return self._run(self.sharing.set_state, args) is not None
 
 
 def _ms(seconds: float) -> int:

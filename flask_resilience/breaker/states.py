@@ -55,28 +55,33 @@ class CircuitOpenError(Exception):
 
 
 class OperatorControls:
-    """The transitions an operator makes by hand, mixed into the breaker."""
+    """The transitions an operator makes by hand, mixed into the breaker.
 
-    def _set_operator_state(self, new: State) -> None:
+    Each returns True when every process will see the change, False when
+    shared storage could not be reached: then it holds in this process only,
+    until the shared state is read again.
+    """
+
+    def _set_operator_state(self, new: State) -> bool:
         raise NotImplementedError
 
-    def force_open(self) -> None:
+    def force_open(self) -> bool:
         """Reject every call until ``reset()`` (FORCED_OPEN)."""
-        self._set_operator_state(State.FORCED_OPEN)
+        return self._set_operator_state(State.FORCED_OPEN)
 
-    def disable(self) -> None:
+    def disable(self) -> bool:
         """Let every call through and record nothing (DISABLED)."""
-        self._set_operator_state(State.DISABLED)
+        return self._set_operator_state(State.DISABLED)
 
-    def metrics_only(self) -> None:
+    def metrics_only(self) -> bool:
         """Let every call through, record it, never trip (METRICS_ONLY)."""
-        self._set_operator_state(State.METRICS_ONLY)
+        return self._set_operator_state(State.METRICS_ONLY)
 
-    def reset(self) -> None:
+    def reset(self) -> bool:
         """Back to CLOSED with an empty window and zeroed statistics."""
-        self._set_operator_state(State.CLOSED)
+        return self._set_operator_state(State.CLOSED)
 
-    def set_state(self, state: State | str) -> None:
+    def set_state(self, state: State | str) -> bool:
         """Operator transition by name: CLOSED, FORCED_OPEN, DISABLED or METRICS_ONLY."""
         actions = {
             State.CLOSED: self.reset,
@@ -85,11 +90,12 @@ class OperatorControls:
             State.METRICS_ONLY: self.metrics_only,
         }
         try:
-            actions[State(state)]()
+            action = actions[State(state)]
         except (ValueError, KeyError):
             raise ValueError(
                 f"cannot set a circuit to {state!r}; use one of {', '.join(s.value for s in actions)}"
             ) from None
+        return action()
 
 
 class Trial:

@@ -27,7 +27,9 @@ class Trials:
             if expires <= now:  # a hung trial gives its permit back
                 del self.leases[token]
         if len(self.leases) >= limit:
-            return max(0.0, min(self.leases.values()) - now)
+            # A float even with a clock of whole seconds: the caller tells a
+            # refusal from a token by its type.
+            return float(max(0.0, min(self.leases.values()) - now))
         token = uuid.uuid4().hex
         self.leases[token] = now + lease
         return token

@@ -81,14 +81,26 @@ class Protection:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.release(trial, started, self._config.classify(exc))
+            self.release(trial, started, self.error_outcome(exc))
             raise
         self.release(trial, started, self.result_outcome(result))
         return result
 
     def _fast_failure(self, exc: BaseException) -> None:
         now = self._clock()
-        self.release(None, now, self._config.classify(exc))
+        self.release(None, now, self.error_outcome(exc))
+
+    def error_outcome(self, exc: BaseException) -> Outcome:
+        """How an exception caught right where ``fn`` was called counts.
+
+        A TypeError whose traceback stops at the calling frame was raised by
+        the call itself (wrong arguments), before ``fn`` ran: the caller's
+        mistake, never a failure of the remote side.
+        """
+        traceback = exc.__traceback__
+        if isinstance(exc, TypeError) and traceback is not None and traceback.tb_next is None:
+            return Outcome.IGNORED
+        return self._config.classify(exc)
 
     def result_outcome(self, result: object) -> Outcome:
         predicate = self._config.result_is_failure
@@ -108,7 +120,7 @@ class Protection:
         try:
             value = await fn(*args, **kwargs)
         except BaseException as exc:
-            self.release(trial, started, self.config.classify(exc))
+            self.release(trial, started, self.error_outcome(exc))
             raise
         self.release(trial, started, self.result_outcome(value))
         return value

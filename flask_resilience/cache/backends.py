@@ -1,104 +1,216 @@
 """The second layer: Redis (ours), or any Flask-Caching backend an app already has.
 
-Keys reach a backend fully named by the layered cache. Every method raises
-:class:`StoreUnavailableError` when the backend fails; the layered cache
-decides what that means (it fails open).
+A backend is handed logical names (an entry's key, its resource, a tag) and
+names them itself. Each resource has a *generation*: a random token created
+on its first lookup. Every entry records the generation it was computed
+under, and a store succeeds only while that generation is still current, so
+invalidating a resource (deleting its generation) makes every variant of it
+stale, including one whose view is still running. Tag counters and an
+*epoch* start at random values, so a counter or epoch lost to eviction,
+failover or a flush never makes an old entry current again.
+
+Every method raises :class:`StoreUnavailableError` when the backend fails;
+the layered cache decides what that means (it fails open).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fnmatch
+import hashlib
+import secrets
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..stores.redis import RedisStore, StoreUnavailableError
+
+Lookup = tuple[bytes | None, str | None, bool]  # value, the resource's generation, lock taken
 
 
 class PatternsNeedRedis(RuntimeError):
     """Pattern invalidation (and cross-process L1 coherence) need the Redis backend."""
 
 
+def fresh_counter() -> int:
+    """A new tag counter's start: random, so a recreated one matches no old entry."""
+    return secrets.randbelow(1 << 40) + 1
+
+
+GENERATION_LENGTH = 16
+
+
+def fresh_token() -> str:
+    """A new generation (or lock owner): GENERATION_LENGTH hex characters."""
+    return secrets.token_hex(GENERATION_LENGTH // 2)
+
+
 class L2Backend(Protocol):
     name: str
     shares_invalidations: bool
 
-    def get(self, key: str) -> bytes | None: ...
-    def get_or_lock(
-        self, key: str, lock_key: str, token: bytes, lock_ttl: float
-    ) -> tuple[bytes | None, bool]: ...
-    def set(self, key: str, value: bytes, ttl: float) -> None: ...
-    def set_and_unlock(self, key: str, value: bytes, ttl: float, lock_key: str) -> None: ...
-    def add(self, key: str, value: bytes, ttl: float) -> bool: ...
-    def delete(self, keys: list[str]) -> int: ...
-    def incr(self, key: str) -> int: ...
-    def get_counters(self, keys: list[str]) -> list[int]: ...
-    def scan(self, glob: str) -> Iterator[str]: ...
+    def lookup(self, key: str, resource: str, token: str, lock_ttl: float | None) -> Lookup: ...
+    def put(
+        self, key: str, resource: str, value: bytes, ttl: float, *, generation: str | None, token: str | None
+    ) -> bool: ...
+    def lock(self, key: str, resource: str, token: str, lock_ttl: float) -> bool: ...
+    def unlock(self, key: str, resource: str, token: str) -> None: ...
+    def is_locked(self, key: str, resource: str) -> bool: ...
+    def invalidate_resource(self, resource: str) -> None: ...
+    def invalidate_matching(self, glob: str, matches: Callable[[str], bool]) -> int: ...
+    def tag_versions(self, tags: list[str]) -> tuple[str, list[int]]: ...
+    def bump_tag(self, tag: str) -> int: ...
+    def drop_entries(self) -> None: ...
 
 
-# A miss costs two round trips: this script (read, or take the stampede lock),
-# then one pipeline (store and unlock).
-_GET_OR_LOCK = """
+# A lookup is one round trip: the resource's generation (created when
+# missing), the entry if it was stored under that generation, and the
+# stampede lock when there is none. A stored value is the generation
+# (GENERATION_LENGTH characters) followed by the entry.
+_LOOKUP = """
+local generation = redis.call('GET', KEYS[3])
+if not generation then
+  generation = ARGV[3]
+  redis.call('SET', KEYS[3], generation, 'PX', ARGV[4])
+end
 local value = redis.call('GET', KEYS[1])
-if value then return {value, 0} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
-return {false, 0}
+if value and string.sub(value, 1, 16) == generation then return {string.sub(value, 17), generation, 0} end
+if ARGV[2] == '0' then return {false, generation, 0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, generation, 1} end
+return {false, generation, 0}
 """
+
+# A store is one round trip too. With an expected generation it is
+# conditional: only while the generation read before the view ran is current.
+# It releases our lock either way.
+_PUT = """
+local generation = redis.call('GET', KEYS[2])
+local stored = 0
+if ARGV[3] == '' and not generation then
+  generation = ARGV[5]
+  redis.call('SET', KEYS[2], generation, 'PX', ARGV[2])
+end
+if generation and (ARGV[3] == '' or generation == ARGV[3]) then
+  redis.call('SET', KEYS[1], generation .. ARGV[1], 'PX', ARGV[2])
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+  stored = 1
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+return stored
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# The epoch and the tag counters, each created (at its random start) when missing.
+_VERSIONS = """
+local out = {}
+for index, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if not value then
+    value = ARGV[index]
+    redis.call('SET', key, value)
+  end
+  out[index] = value
+end
+return out
+"""
+
+_TAGS = "cache-tags"  # the hash slot of the epoch and every tag counter
+
+
+def _slot(resource: str) -> str:
+    return hashlib.blake2b(resource.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 class RedisBackend:
-    """Our own Redis: plain bytes, SCAN for patterns, pub/sub for coherence."""
+    """Our own Redis: plain bytes, Lua for conditional stores, pub/sub for coherence.
+
+    An entry, its lock and its resource's generation share a hash slot (the
+    resource's digest), so the scripts also run on a Redis Cluster.
+    """
 
     name = "redis"
     shares_invalidations = True
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
-        self._get_or_lock = store.script(_GET_OR_LOCK)
+        self._lookup = store.script(_LOOKUP)
+        self._put = store.script(_PUT)
+        self._unlock = store.script(_UNLOCK)
+        self._versions = store.script(_VERSIONS)
+        # Where the resource sits in a generation key relative to the prefix: "{slot}:cache:g:".
+        self._generation_head = len(store.key("cache", "g", "", slot=_slot(""))) - len(store.prefix)
 
-    def get(self, key: str) -> bytes | None:
-        return self.store.get(key)
-
-    def get_or_lock(
-        self, key: str, lock_key: str, token: bytes, lock_ttl: float
-    ) -> tuple[bytes | None, bool]:
-        """The value, or None and whether this caller now holds ``lock_key``."""
-        if self.store.is_cluster:  # the two keys live in different slots
-            value = self.store.get(key)
-            if value is not None:
-                return value, False
-            return None, self.store.set(lock_key, token, lock_ttl, only_if_absent=True)
-        value, locked = self.store.run_script(
-            self._get_or_lock, [key, lock_key], [token, int(lock_ttl * 1000)]
+    def names(self, key: str, resource: str) -> tuple[str, str, str]:
+        """The Redis keys of an entry, its lock and its resource's generation."""
+        slot = _slot(resource)
+        store = self.store
+        return (
+            store.key("cache", "e", key, slot=slot),
+            store.key("cache", "l", key, slot=slot),
+            store.key("cache", "g", resource, slot=slot),
         )
-        return value, bool(locked)
 
-    def set(self, key: str, value: bytes, ttl: float) -> None:
-        self.store.set(key, value, ttl)
+    def lookup(self, key: str, resource: str, token: str, lock_ttl: float | None) -> Lookup:
+        """The entry (or None), the resource's generation, and whether this
+        caller now holds the stampede lock (only when ``lock_ttl`` is given)."""
+        lock_ms = 0 if lock_ttl is None else max(1, int(lock_ttl * 1000))
+        # A new generation lives at least as long as a computation may take.
+        keep_ms = max(lock_ms, 1000) * 4
+        value, generation, locked = self.store.run_script(
+            self._lookup, list(self.names(key, resource)), [token, lock_ms, fresh_token(), keep_ms]
+        )
+        return value, _text(generation), bool(locked)
 
-    def set_and_unlock(self, key: str, value: bytes, ttl: float, lock_key: str) -> None:
-        self.store.set_and_delete(key, value, ttl, lock_key)
+    def put(
+        self, key: str, resource: str, value: bytes, ttl: float, *, generation: str | None, token: str | None
+    ) -> bool:
+        entry, lock, generation_key = self.names(key, resource)
+        args = [value, max(1, int(ttl * 1000)), generation or "", token or "", fresh_token()]
+        return bool(self.store.run_script(self._put, [entry, generation_key, lock], args))
 
-    def add(self, key: str, value: bytes, ttl: float) -> bool:
-        return self.store.set(key, value, ttl, only_if_absent=True)
+    def lock(self, key: str, resource: str, token: str, lock_ttl: float) -> bool:
+        return self.store.set(self.names(key, resource)[1], token.encode(), lock_ttl, only_if_absent=True)
 
-    def delete(self, keys: list[str]) -> int:
-        return self.store.delete(*keys)
+    def unlock(self, key: str, resource: str, token: str) -> None:
+        self.store.run_script(self._unlock, [self.names(key, resource)[1]], [token])
 
-    def incr(self, key: str) -> int:
-        return self.store.incr(key)
+    def is_locked(self, key: str, resource: str) -> bool:
+        return self.store.get(self.names(key, resource)[1]) is not None
 
-    def get_counters(self, keys: list[str]) -> list[int]:
-        return [int(value) if value is not None else 0 for value in self.store.get_many(keys)]
+    def invalidate_resource(self, resource: str) -> None:
+        self.store.delete(self.names("", resource)[2])
 
-    def scan(self, glob: str) -> Iterator[str]:
-        # RedisStore.scan prefixes the pattern; hand it the part after the prefix.
-        return self.store.scan(glob.removeprefix(self.store.prefix))
+    def invalidate_matching(self, glob: str, matches: Callable[[str], bool]) -> int:
+        """Drop the generation of every resource matching (SCAN, never KEYS);
+        returns how many resources went. Their entries are stale from then on
+        and expire by their TTL."""
+        head = self._generation_head
+        return self.store.delete_matching(
+            "{*}:cache:g:" + glob, where=lambda relative: matches(relative[head:])
+        )
+
+    def tag_versions(self, tags: list[str]) -> tuple[str, list[int]]:
+        keys = [self.store.key("cache", "epoch", slot=_TAGS)]
+        keys += [self.store.key("cache", "t", tag, slot=_TAGS) for tag in tags]
+        starts: list[Any] = [fresh_token(), *(fresh_counter() for _ in tags)]
+        values = self.store.run_script(self._versions, keys, starts)
+        return _text(values[0]) or "", [int(value) for value in values[1:]]
+
+    def bump_tag(self, tag: str) -> int:
+        return self.store.incr(self.store.key("cache", "t", tag, slot=_TAGS))
+
+    def drop_entries(self) -> None:
+        self.store.delete_matching("{*}:cache:[egl]:*")
 
 
 class FlaskCachingBackend:
     """An app's ``flask_caching.Cache`` (SimpleCache, RedisCache, Memcached, ...).
 
     Values are stored through that backend's own serializer. It has no
-    pattern listing and no pub/sub: pattern invalidation raises
+    scripts: a store checks the generation, then writes (not atomic). It has
+    no pattern listing and no pub/sub: pattern invalidation raises
     :class:`PatternsNeedRedis`, and other processes' L1 layers learn of an
     invalidation only when their entries reach ``RESILIENCE_CACHE_L1_MAX_TTL``.
     """
@@ -106,53 +218,90 @@ class FlaskCachingBackend:
     name = "flask-caching"
     shares_invalidations = False
 
-    def __init__(self, cache: Any) -> None:
+    def __init__(self, cache: Any, prefix: str) -> None:
         self._cache = cache
+        self._prefix = prefix + "cache:"
 
-    def _backend(self) -> Any:
-        return self._cache.cache
-
-    def _run(self, action: Any) -> Any:
+    def _run(self, action: Callable[[], Any]) -> Any:
         try:
             return action()
         except Exception as exc:  # any backend's own errors
             raise StoreUnavailableError(f"Flask-Caching backend failed: {exc}") from exc
 
-    def get(self, key: str) -> bytes | None:
-        value = self._run(lambda: self._backend().get(key))
-        return value if isinstance(value, bytes) else None
+    def _backend(self) -> Any:
+        return self._cache.cache
 
-    def get_or_lock(
-        self, key: str, lock_key: str, token: bytes, lock_ttl: float
-    ) -> tuple[bytes | None, bool]:
-        value = self.get(key)
-        if value is not None:
-            return value, False
-        return None, self.add(lock_key, token, lock_ttl)
+    def _current(self, name: str, start: object) -> Any:
+        backend = self._backend()
+        value = self._run(lambda: backend.get(name))
+        if value is None:
+            self._run(lambda: backend.add(name, start, timeout=0))
+            value = self._run(lambda: backend.get(name))
+        return value
 
-    def set_and_unlock(self, key: str, value: bytes, ttl: float, lock_key: str) -> None:
-        self.set(key, value, ttl)
-        self.delete([lock_key])
+    def lookup(self, key: str, resource: str, token: str, lock_ttl: float | None) -> Lookup:
+        generation = str(self._current(f"{self._prefix}g:{resource}", fresh_token()))
+        value = self._run(lambda: self._backend().get(f"{self._prefix}e:{key}"))
+        if isinstance(value, bytes) and value[:GENERATION_LENGTH] == generation.encode():
+            return value[GENERATION_LENGTH:], generation, False
+        if lock_ttl is None:
+            return None, generation, False
+        return None, generation, self.lock(key, resource, token, lock_ttl)
 
-    def set(self, key: str, value: bytes, ttl: float) -> None:
-        self._run(lambda: self._backend().set(key, value, timeout=max(1, int(ttl))))
+    def put(
+        self, key: str, resource: str, value: bytes, ttl: float, *, generation: str | None, token: str | None
+    ) -> bool:
+        backend = self._backend()
+        if generation is None:
+            current = str(self._current(f"{self._prefix}g:{resource}", fresh_token()))
+        else:
+            current = self._run(lambda: backend.get(f"{self._prefix}g:{resource}"))
+        stored = current is not None and (generation is None or current == generation)
+        if stored:
+            stamped = str(current).encode() + value
+            self._run(lambda: backend.set(f"{self._prefix}e:{key}", stamped, timeout=max(1, int(ttl))))
+        if token is not None:
+            self.unlock(key, resource, token)
+        return stored
 
-    def add(self, key: str, value: bytes, ttl: float) -> bool:
-        return bool(self._run(lambda: self._backend().add(key, value, timeout=max(1, int(ttl)))))
+    def lock(self, key: str, resource: str, token: str, lock_ttl: float) -> bool:
+        lock = f"{self._prefix}l:{key}"
+        return bool(self._run(lambda: self._backend().add(lock, token, timeout=max(1, int(lock_ttl)))))
 
-    def delete(self, keys: list[str]) -> int:
-        return int(bool(self._run(lambda: self._backend().delete_many(*keys))))
+    def unlock(self, key: str, resource: str, token: str) -> None:
+        self._run(lambda: self._backend().delete(f"{self._prefix}l:{key}"))
 
-    def incr(self, key: str) -> int:
-        # cachelib's inc is atomic on Redis and Memcached, best effort elsewhere.
-        return int(self._run(lambda: self._backend().inc(key, 1)) or 0)
+    def is_locked(self, key: str, resource: str) -> bool:
+        return self._run(lambda: self._backend().get(f"{self._prefix}l:{key}")) is not None
 
-    def get_counters(self, keys: list[str]) -> list[int]:
-        values = self._run(lambda: self._backend().get_many(*keys))
-        return [int(value) if isinstance(value, int) else 0 for value in values]
+    def invalidate_resource(self, resource: str) -> None:
+        self._run(lambda: self._backend().delete(f"{self._prefix}g:{resource}"))
 
-    def scan(self, glob: str) -> Iterator[str]:
+    def invalidate_matching(self, glob: str, matches: Callable[[str], bool]) -> int:
         raise PatternsNeedRedis(
             "pattern invalidation needs the Redis backend (RESILIENCE_REDIS_URL); "
             f"the configured L2 is {self.name}"
         )
+
+    def tag_versions(self, tags: list[str]) -> tuple[str, list[int]]:
+        epoch = self._current(f"{self._prefix}epoch", fresh_token())
+        return str(epoch), [int(self._current(f"{self._prefix}t:{tag}", fresh_counter())) for tag in tags]
+
+    def bump_tag(self, tag: str) -> int:
+        # cachelib's inc is atomic on Redis and Memcached, best effort elsewhere.
+        name = f"{self._prefix}t:{tag}"
+        self._current(name, fresh_counter())
+        return int(self._run(lambda: self._backend().inc(name, 1)) or 0)
+
+    def drop_entries(self) -> None:
+        """Nothing to list; bumping the tag every entry carries already made them stale."""
+
+
+def glob_matcher(glob: str) -> Callable[[str], bool]:
+    return lambda resource: fnmatch.fnmatchcase(resource, glob)
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

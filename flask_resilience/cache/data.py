@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .entry import CacheEntry
+from .entry import CacheEntry, Stamp
+from .keys import DATA_VARIANT, full_key
+from .layered import Lookup
+from .tags import validate_tags
 
 if TYPE_CHECKING:
     from .service import AppCache
 
 T = TypeVar("T")
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class _Since:
+    stamp: Stamp
+    generation: str | None
+    mark: tuple[int, float]
 
 
 class Serializer(Protocol):
@@ -39,60 +50,75 @@ class DataCache:
         self._cache = cache
         self.serializer: Serializer = serializer or JSONSerializer()
 
-    def _lookup(self, key: str, *, count_miss: bool = True) -> Any:
+    def _lookup(self, key: str, *, count_miss: bool = True) -> tuple[Any, Lookup]:
+        """The value (or _MISSING) and the lookup (its generation to store under)."""
         layered = self._cache.layered
-        found = layered.get(key) if self._cache.enabled else None
-        if found is None or found[0].kind != "data":
+        if not self._cache.enabled:
+            return _MISSING, Lookup()
+        found = layered.lookup(full_key(DATA_VARIANT, key), key)
+        entry = found.entry
+        if entry is None or entry.kind != "data":
             if count_miss:
                 layered.stats.count("misses", "data")
-            return _MISSING
-        entry, layer = found
+            return _MISSING, found
         try:
             value = self.serializer.loads(entry.body)
         except ValueError:
             layered.stats.count_reason("errors", "unreadable_value")
-            return _MISSING
-        layered.stats.count(f"{layer}_hits", "data")
-        return value
+            return _MISSING, found
+        layered.stats.count(f"{found.layer}_hits", "data")
+        return value, found
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._lookup(key)
+        value, _ = self._lookup(key)
         return default if value is _MISSING else value
 
     def set(self, key: str, value: Any, ttl: int | None = None, tags: Iterable[str] = ()) -> None:
         """Store ``value``; raises TypeError/ValueError when the serializer cannot."""
-        from .views import validate_tags  # noqa: PLC0415 (views imports this module's package)
+        self._store(key, value, ttl, tags, None)
 
+    def _store(
+        self, key: str, value: Any, ttl: int | None, tags: Iterable[str], since: _Since | None
+    ) -> None:
+        """With ``since`` (the stamp, generation and mark taken before the value
+        was loaded), the store is refused if the key was invalidated meanwhile."""
         if not self._cache.enabled:
             return
-        body = self.serializer.dumps(value)
-        layered = self._cache.layered
-        now = layered.clock()
         lifetime = ttl if ttl is not None else self._cache.default_ttl
         if lifetime <= 0:
             raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        entry = CacheEntry("data", body, now, now + lifetime, layered.versions(validate_tags(tags)))
-        layered.put(key, entry)
+        body = self.serializer.dumps(value)
+        layered = self._cache.layered
+        if since is None:
+            since = _Since(layered.stamp(validate_tags(tags), layered.trusted_since()), None, layered.mark())
+        now = layered.clock()
+        entry = CacheEntry("data", body, now, now + lifetime, since.stamp)
+        layered.put(full_key(DATA_VARIANT, key), key, entry, generation=since.generation, since=since.mark)
 
     def delete(self, key: str) -> None:
-        self._cache.layered.delete(key)
+        self._cache.coherence.invalidate_resource(key)
 
     def get_or_set(
         self, key: str, loader: Callable[[], T], ttl: int | None = None, tags: Iterable[str] = ()
     ) -> T:
         """Cache-aside: the cached value, or ``loader()`` stored and returned.
-        Concurrent misses in this process call ``loader`` once."""
-        value = self._lookup(key)
+        Concurrent misses in this process call ``loader`` once; an invalidation
+        while ``loader`` runs keeps its result out of the cache."""
+        value, _ = self._lookup(key)
         if value is not _MISSING:
             return value  # type: ignore[no-any-return]
+        checked = validate_tags(tags)
+        layered = self._cache.layered
         with self._cache.flight(f"data:{key}", self._cache.lock_timeout):
             # Whether it waited for a leader or leads a flight that began just
             # after another ended, the value may be there now.
-            value = self._lookup(key, count_miss=False)
+            mark = layered.mark()
+            stamp = layered.stamp(checked, layered.trusted_since())
+            value, found = self._lookup(key, count_miss=False)
             if value is not _MISSING:
                 return value  # type: ignore[no-any-return]
             loaded = loader()
-            self.set(key, loaded, ttl, tags)
+            self._store(key, loaded, ttl, checked, _Since(stamp, found.generation, mark))
             return loaded
 
     def write_through(

@@ -1,87 +1,90 @@
-"""What the cache stores, and its plain, versioned byte format (never pickle).
+"""What the cache stores, in the shared record envelope (``responses.pack(b"C", ...)``).
 
-An entry is a small JSON header and a body of raw bytes::
-
-    b"FRC1" + 4-byte big-endian header length + header JSON + body
-
-The header says what the body is (an HTTP response or serialized data), when
-it was created, when it expires and which tag versions it was made under.
-Anything else (an old format, a truncated value, a foreign key) reads as a
-miss, never as an error.
+An entry says what it is (``kind``): an HTTP ``response`` (a
+:class:`~flask_resilience.responses.StoredResponse`), serialized ``data``, or
+a ``vary`` marker naming the request headers the resource's responses vary
+on. It also carries when it expires and what it was made under: the tag
+versions and the Redis epoch, read *before* the view ran, so that an
+invalidation during the run makes it stale on arrival.
+Anything unreadable reads as a miss, never as an error.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass, field
+from typing import Any
 
-MAGIC = b"FRC1"
-_LENGTH = struct.Struct(">I")
+from ..responses import StoredResponse, UnreadableRecord, pack, unpack
+
+KIND = b"C"
+KINDS = frozenset({"response", "data", "vary"})
 
 
 class UnreadableEntry(ValueError):
     """A stored value this version cannot read; treated as a miss."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What an entry was made under: the epoch of the tag counters and each
+    tag's version. (The resource's generation is checked by the backend.)"""
+
+    epoch: str
+    tags: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """``kind`` is ``"response"`` or ``"data"``; times are wall-clock seconds."""
+    """``kind`` is ``"response"``, ``"data"`` or ``"vary"``; times are wall-clock seconds."""
 
     kind: str
     body: bytes
     created_at: float
     expires_at: float
-    tags: dict[str, int] = field(default_factory=dict)
-    status: int = 200
-    headers: tuple[tuple[str, str], ...] = ()
+    stamp: Stamp
+    response: StoredResponse | None = None
     etag: str | None = None
+    vary: tuple[str, ...] = ()
 
     def ttl(self, now: float) -> float:
         return self.expires_at - now
 
     def encode(self) -> bytes:
-        header = {
+        header: dict[str, Any] = {
             "k": self.kind,
             "c": self.created_at,
             "x": self.expires_at,
-            "g": self.tags,
+            "p": self.stamp.epoch,
+            "g": self.stamp.tags,
         }
-        if self.kind == "response":
-            header.update(s=self.status, h=[list(pair) for pair in self.headers], e=self.etag)
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        return MAGIC + _LENGTH.pack(len(raw)) + raw + self.body
+        if self.response is not None:
+            header.update(self.response.fields(), e=self.etag)
+        if self.vary:
+            header["v"] = list(self.vary)
+        return pack(KIND, header, self.body)
 
 
 def decode(data: bytes) -> CacheEntry:
     """Parse a stored value; raises :class:`UnreadableEntry` for anything else."""
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LENGTH.size:
-        raise UnreadableEntry("not a flask-resilience cache entry (or an older format)")
-    start = len(MAGIC) + _LENGTH.size
-    (length,) = _LENGTH.unpack_from(data, len(MAGIC))
     try:
-        header = json.loads(data[start : start + length])
+        header, body = unpack(KIND, data)
         kind = header["k"]
-        entry = CacheEntry(
+        if kind not in KINDS:
+            raise UnreadableEntry(f"unknown entry kind {kind!r}")
+        return CacheEntry(
             kind=kind,
-            body=data[start + length :],
+            body=body,
             created_at=float(header["c"]),
             expires_at=float(header["x"]),
-            tags={str(tag): int(version) for tag, version in header["g"].items()},
+            stamp=Stamp(
+                epoch=str(header["p"]),
+                tags={str(tag): int(version) for tag, version in header["g"].items()},
+            ),
+            response=StoredResponse.from_fields(header, body) if kind == "response" else None,
+            etag=header.get("e"),
+            vary=tuple(str(name) for name in header.get("v", ())),
         )
-        if kind == "response":
-            entry = CacheEntry(
-                kind=kind,
-                body=entry.body,
-                created_at=entry.created_at,
-                expires_at=entry.expires_at,
-                tags=entry.tags,
-                status=int(header["s"]),
-                headers=tuple((str(name), str(value)) for name, value in header["h"]),
-                etag=header.get("e"),
-            )
-        elif kind != "data":
-            raise UnreadableEntry(f"unknown entry kind {kind!r}")
+    except UnreadableRecord as exc:
+        raise UnreadableEntry(str(exc)) from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnreadableEntry(f"damaged cache entry: {exc}") from None
-    return entry

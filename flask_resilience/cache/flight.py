@@ -9,10 +9,9 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..stores.redis import StoreUnavailableError
+from .layered import Lookup
 
 if TYPE_CHECKING:
-    from .entry import CacheEntry
     from .layered import LayeredCache
 
 
@@ -44,27 +43,23 @@ class SingleFlight:
             done.set()
 
 
-def wait_for_holder(layered: LayeredCache, key: str, timeout: float, poll: float = 0.02) -> CacheEntry | None:
+def wait_for_holder(
+    layered: LayeredCache, key: str, resource: str, timeout: float, poll: float = 0.02
+) -> Lookup:
     """Another process holds ``key``'s lock: poll for what it stores.
 
-    None when it stored nothing before releasing the lock or within
-    ``timeout`` seconds; the caller then computes itself.
+    A miss (with the generation to store under) when it stored nothing
+    before releasing the lock or within ``timeout`` seconds; the caller then
+    computes itself.
     """
-    l2 = layered.l2
-    if l2 is None:
-        return None
-    lock_key = layered.lock_key(key)
     deadline = time.monotonic() + timeout
     pause = threading.Event()
+    found = Lookup()
     while time.monotonic() < deadline:
-        found = layered.get(key)
-        if found is not None:
-            return found[0]
-        try:
-            if l2.get(lock_key) is None:
-                found = layered.get(key)
-                return None if found is None else found[0]
-        except StoreUnavailableError:
-            return None
+        found = layered.lookup(key, resource)
+        if found.entry is not None:
+            return found
+        if not layered.is_locked(key, resource):
+            return layered.lookup(key, resource)  # it may have stored just before unlocking
         pause.wait(poll)
-    return None
+    return found

@@ -1,55 +1,62 @@
-"""HTTP rules for a shared response cache (RFC 9111), and cache keys.
+"""HTTP rules for a shared response cache (RFC 9111).
 
 The cache serves one stored response to many clients, so it behaves like a
 shared cache: it stores only what may be shared, keys on everything a
-response varies on, and never lets one caller's response reach another.
+response varies on (:mod:`.keys`), and never lets one caller's response
+reach another.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
-from urllib.parse import urlencode
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from flask import Request, Response
-
-from ..context import Principal
+from werkzeug.http import parse_date, unquote_etag
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 
-# Headers a stored response keeps; everything else (Set-Cookie above all) is dropped.
-STORED_HEADERS = frozenset(
-    {
-        "cache-control",
-        "content-language",
-        "content-type",
-        "etag",
-        "expires",
-        "last-modified",
-        "link",
-        "location",
-        "vary",
-        "content-disposition",
-    }
-)
 
-_MAX_KEY = 400
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What marks a request as carrying a caller's identity: any of these
+    headers, or any of these cookies (lower-case header names)."""
+
+    headers: tuple[str, ...]
+    cookies: tuple[str, ...]
+    # (WSGI environ key, lower-case name) of each header: one dict lookup each
+    # on the hit path instead of a scan of the header list.
+    environ_keys: tuple[tuple[str, str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        keys = tuple(("HTTP_" + name.upper().replace("-", "_"), name.lower()) for name in self.headers)
+        object.__setattr__(self, "environ_keys", keys)
 
 
 def request_bypass(
-    request: Request, *, per_user: bool, principal: Principal | None, session_cookie: str
+    request: Request, *, per_user: bool, has_principal: bool, credentials: Credentials, session_cookie: str
 ) -> str | None:
-    """Why this request must not use the shared cache, or None."""
+    """Why this request must not use the shared cache, or None.
+
+    A request carrying credentials (a private header or cookie) is served
+    from the cache only by a view cached ``per_user`` that knows the caller.
+    """
     if request.method not in CACHEABLE_METHODS:
         return "method"
-    headers = request.headers
-    # Raw header checks first: parsing Cache-Control and cookies costs more than a hit.
-    if "Cache-Control" in headers and request.cache_control.no_store:
+    environ = request.environ
+    # Raw environ checks first: parsing Cache-Control and cookies costs more than a hit.
+    if "HTTP_CACHE_CONTROL" in environ and request.cache_control.no_store:
         return "request-no-store"
-    private = "authorization" if "Authorization" in headers else None
-    if private is None and "Cookie" in headers and session_cookie in request.cookies:
-        private = "session-cookie"
-    if private is not None and (not per_user or principal is None):
+    private = next((name for key, name in credentials.environ_keys if key in environ), None)
+    if private is None and "HTTP_COOKIE" in environ:
+        cookies = request.cookies
+        if session_cookie in cookies:
+            private = "session-cookie"
+        elif any(name in cookies for name in credentials.cookies):
+            private = "credential-cookie"
+    if private is not None and (not per_user or not has_principal):
         return private
     return None
 
@@ -65,11 +72,16 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
         return "set-cookie"
     # Parse Cache-Control and Vary only when present: most responses have neither.
     if "Cache-Control" in headers:
-        control = response.cache_control
-        if control.private or control.no_store:
-            return "private" if control.private else "no-store"
-        if control.no_cache:
-            return "no-cache"
+        refusal = _cache_control_refusal(response)
+        if refusal is not None:
+            return refusal
+    if "Pragma" in headers and "no-cache" in headers["Pragma"].lower():
+        return "pragma-no-cache"
+    if "Expires" in headers:
+        expires = parse_date(headers["Expires"])
+        # An unparsable Expires means "already expired" (RFC 9111 §5.3).
+        if expires is None or expires.timestamp() <= time.time():
+            return "expired"
     if "Vary" in headers and "*" in response.vary:
         return "vary-star"
     if len(response.get_data()) > max_body:
@@ -77,45 +89,17 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
     return None
 
 
-def stored_headers(response: Response, extra: Collection[str] = ()) -> tuple[tuple[str, str], ...]:
-    allowed = STORED_HEADERS | {name.lower() for name in extra}
-    return tuple((name, value) for name, value in response.headers.items() if name.lower() in allowed)
-
-
-def base_key(
-    request: Request,
-    *,
-    prefix: str,
-    query_args: Sequence[str] | None,
-    principal: Principal | None,
-) -> str:
-    """``prefix:path?sorted-query`` plus the principal when keyed per user.
-
-    The query string is sorted (order does not fragment the cache) and, with
-    ``query_args``, limited to those names (clients cannot inject key material).
-    """
-    key = f"{prefix}:{request.path}"
-    if not request.query_string:
-        return key if principal is None else f"{key}#u={principal.key}"
-    items = sorted(
-        (name, value)
-        for name, values in request.args.lists()
-        if query_args is None or name in query_args
-        for value in values
-    )
-    if items:
-        key += "?" + urlencode(items)
-    if principal is not None:
-        key += f"#u={principal.key}"
-    if len(key) > _MAX_KEY:
-        key = key[:200] + "#h=" + hashlib.sha256(key.encode()).hexdigest()
-    return key
-
-
-def varied_key(key: str, request: Request, vary: Sequence[str]) -> str:
-    """``key`` refined by the request's values of the headers in ``vary``."""
-    values = "\n".join(f"{name.lower()}:{request.headers.get(name, '')}" for name in sorted(vary))
-    return f"{key}#v={hashlib.sha256(values.encode()).hexdigest()[:24]}"
+def _cache_control_refusal(response: Response) -> str | None:
+    control = response.cache_control
+    if control.private:
+        return "private"
+    if control.no_store:
+        return "no-store"
+    if control.no_cache:
+        return "no-cache"
+    if control.s_maxage is not None and int(control.s_maxage) <= 0:
+        return "s-maxage-0"
+    return None
 
 
 def strong_etag(body: bytes) -> str:
@@ -123,11 +107,9 @@ def strong_etag(body: bytes) -> str:
 
 
 def etag_matches(request: Request, etag: str) -> bool:
-    """Weak comparison (RFC 9110 §13.1.2) of ``If-None-Match`` with ``etag``."""
-    header = request.headers.get("If-None-Match")
-    if not header:
+    """Weak comparison (RFC 9110 §13.1.2) of ``If-None-Match`` with ``etag``,
+    through werkzeug's parser (an entity tag may contain a comma)."""
+    if "HTTP_IF_NONE_MATCH" not in request.environ:
         return False
-    if header.strip() == "*":
-        return True
-    opaque = etag.removeprefix("W/")
-    return any(candidate.strip().removeprefix("W/") == opaque for candidate in header.split(","))
+    opaque, _weak = unquote_etag(etag)
+    return opaque is not None and request.if_none_match.contains_weak(opaque)

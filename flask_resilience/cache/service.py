@@ -1,18 +1,22 @@
-"""One app's cache: the layers, stampede protection, settings, data API."""
+"""One app's cache: the layers, invalidation, stampede protection, settings, data API."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
-from flask import current_app, request
+from flask import Request
 
-from ..context import current_principal
+from .. import config as cfg
+from ..responses import HeaderPolicy
 from ..stores.redis import RedisStore
 from .backends import FlaskCachingBackend, L2Backend, RedisBackend
-from .data import DataCache
+from .coherence import Coherence, warn_on_eviction_policy
+from .data import DataCache, Serializer
 from .flight import SingleFlight
 from .layered import LayeredCache
-from .rules import request_bypass
+from .rules import Credentials, request_bypass
+from .stats import CacheStatsSnapshot
 from .writeback import WriteBehindQueue
 
 
@@ -21,9 +25,8 @@ class AppCache:
         self,
         *,
         enabled: bool,
+        l2: L2Backend | None,
         redis: RedisStore | None,
-        flask_caching: Any,
-        key_prefix: str,
         default_ttl: int,
         l1_max_entries: int,
         l1_max_bytes: int,
@@ -31,45 +34,117 @@ class AppCache:
         lock_timeout: float,
         honors_no_cache: bool,
         max_body_bytes: int,
-        extra_headers: tuple[str, ...],
+        header_policy: HeaderPolicy,
+        credentials: Credentials,
         write_behind_queue: int,
     ) -> None:
-        l2: L2Backend | None = None
-        if flask_caching is not None:
-            l2 = FlaskCachingBackend(flask_caching)
-        elif redis is not None:
-            l2 = RedisBackend(redis)
         self.enabled = enabled
         self.layered = LayeredCache(
             l2=l2,
             redis=redis,
-            key_prefix=key_prefix,
             l1_max_entries=l1_max_entries,
             l1_max_bytes=l1_max_bytes,
             l1_max_ttl=l1_max_ttl,
         )
+        self.coherence = Coherence(self.layered)
         self.flight = SingleFlight()
         self.default_ttl = default_ttl
         self.lock_timeout = lock_timeout
         self.honors_no_cache = honors_no_cache
         self.max_body_bytes = max_body_bytes
-        self.extra_headers = extra_headers
+        self.header_policy = header_policy
+        self.credentials = credentials
         self.write_behind = WriteBehindQueue(max_size=write_behind_queue)
         self.data = DataCache(self)
 
-    def request_bypass_reason(self, policy: Any) -> str | None:
+    @classmethod
+    def from_config(cls, config: cfg.Config, redis: RedisStore | None) -> AppCache:
+        """The cache an app's configuration asks for; L2 is the configured
+        Flask-Caching backend, else ``redis``, else none (embedded mode)."""
+        l2: L2Backend | None = None
+        flask_caching = config[cfg.CACHE_BACKEND]
+        if flask_caching is not None:
+            l2 = FlaskCachingBackend(flask_caching, config[cfg.KEY_PREFIX])
+        elif redis is not None:
+            l2 = RedisBackend(redis)
+        app_cache = cls(
+            enabled=config[cfg.CACHE_ENABLED],
+            l2=l2,
+            redis=redis,
+            default_ttl=config[cfg.CACHE_DEFAULT_TTL],
+            l1_max_entries=config[cfg.CACHE_L1_MAX_ENTRIES],
+            l1_max_bytes=config[cfg.CACHE_L1_MAX_BYTES],
+            l1_max_ttl=config[cfg.CACHE_L1_MAX_TTL],
+            lock_timeout=config[cfg.CACHE_LOCK_TIMEOUT],
+            honors_no_cache=config[cfg.CACHE_HONOR_NO_CACHE],
+            max_body_bytes=config[cfg.CACHE_MAX_BODY_BYTES],
+            header_policy=HeaderPolicy.denying(
+                config[cfg.REQUEST_ID_HEADER], *config[cfg.CACHE_DENIED_HEADERS]
+            ),
+            credentials=Credentials(
+                headers=config[cfg.CACHE_PRIVATE_HEADERS], cookies=config[cfg.CACHE_PRIVATE_COOKIES]
+            ),
+            write_behind_queue=config[cfg.CACHE_WRITE_BEHIND_QUEUE],
+        )
+        serializer = config[cfg.CACHE_SERIALIZER]
+        if serializer is not None:
+            app_cache.data.serializer = cast(Serializer, serializer)
+        return app_cache
+
+    def start(self) -> None:
+        """Listen for other processes' invalidations (the thread starts with
+        the first request) and check Redis's eviction policy once."""
+        self.coherence.listen()
+        if self.layered.redis is not None:
+            warn_on_eviction_policy(self.layered.redis)
+
+    def bypass_reason(
+        self,
+        request: Request,
+        *,
+        per_user: bool,
+        has_principal: bool,
+        condition: Callable[[Request], bool] | None,
+        session_cookie: str,
+    ) -> str | None:
+        """Why ``request`` must not use the shared cache, or None."""
         if not self.enabled:
             return "disabled"
-        if policy.condition is not None and not policy.condition(request):
+        if condition is not None and not condition(request):
             return "condition"
-        principal = current_principal() if policy.per_user else None
-        session_cookie = current_app.config.get("SESSION_COOKIE_NAME", "session")
         return request_bypass(
-            request, per_user=policy.per_user, principal=principal, session_cookie=session_cookie
+            request,
+            per_user=per_user,
+            has_principal=has_principal,
+            credentials=self.credentials,
+            session_cookie=session_cookie,
         )
 
-    def stats(self) -> dict[str, Any]:
-        return {**self.layered.snapshot(), "write_behind": self.write_behind.stats()}
+    def stats(self) -> CacheStatsSnapshot:
+        layered = self.layered
+        l1 = layered.l1.stats()
+        snapshot: dict[str, Any] = {
+            **layered.stats.counts(),
+            "l1": {
+                "entries": l1.entries,
+                "bytes": l1.bytes,
+                "evictions": l1.evictions,
+                "expirations": l1.expirations,
+            },
+            "l2": {
+                "backend": None if layered.l2 is None else layered.l2.name,
+                "available": layered.l2_available(),
+            },
+            "write_behind": self.write_behind.stats(),
+        }
+        return cast(CacheStatsSnapshot, snapshot)
+
+    def reset_stats(self) -> None:
+        self.layered.stats.reset()
+
+    def clear(self) -> None:
+        """Drop every entry in every layer of every process."""
+        self.coherence.clear()
 
     def stop(self) -> None:
         """Flush the write-behind queue (``shutdown()`` calls this)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from flask import Response, jsonify
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..audit.service import current_audit
 from ..audit.table import audit_log
@@ -14,20 +16,20 @@ from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
 from .inputs import query_text, query_time
 
+logger = logging.getLogger("flask_resilience.health")
+
 
 @health_blueprint.get("/audit")
 def audit_stats() -> Response:
     """Audit statistics; per-user figures for admins only."""
     include_users = stats_access()
-    return no_store(jsonify(current_audit().snapshot(include_users)))
+    return no_store(jsonify(current_audit().stats(include_users)))
 
 
 @health_blueprint.post("/audit/reset")
 @admin_required
 def reset_audit_stats() -> Response:
-    audit = current_audit()
-    audit.stats.reset()
-    audit.writer.reset_counts()
+    current_audit().reset_stats()
     return no_store(jsonify(reset=True))
 
 
@@ -55,8 +57,18 @@ def audit_entries() -> Response:
         query = query.where(audit_log.c.occurred_at < until)
     audit = current_audit()
     audit.writer.flush()  # what was recorded before this request is visible in it
-    with audit.engine().connect() as connection:
-        rows = [dict(row._mapping) for row in connection.execute(query)]
+    try:
+        with audit.engine().connect() as connection:
+            rows = [dict(row._mapping) for row in connection.execute(query)]
+    except SQLAlchemyError as exc:  # down, or not migrated yet: an outage, not a crash
+        logger.warning("audit entries cannot be read: %s", exc)
+        raise Problem(
+            503,
+            "audit-database-unavailable",
+            "Audit database unavailable",
+            f"The audit table cannot be read ({type(exc).__name__}); is the database up and migrated?",
+            headers={"Retry-After": "5"},
+        ) from None
     entries = [
         {key: value.isoformat() + "Z" if isinstance(value, datetime) else value for key, value in row.items()}
         for row in rows

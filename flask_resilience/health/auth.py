@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable
 from typing import TypeVar, cast
 
@@ -20,11 +21,25 @@ from ..problems import Problem
 from ..state import get_state
 
 F = TypeVar("F", bound=Callable[..., object])
+logger = logging.getLogger("flask_resilience.health")
 
 
 def _digest(value: str) -> bytes:
     # Comparing digests keeps the comparison constant-time in the token's length too.
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def _token_matches(credentials: str, token: str) -> bool:
+    """Whether the client sent ``token``. WSGI servers decode header bytes as
+    Latin-1, so a UTF-8 token arrives as mojibake: its bytes are compared
+    too, as well as the text as given (a test client, an ASGI bridge)."""
+    expected = _digest(token)
+    as_text = hmac.compare_digest(_digest(credentials), expected)
+    try:
+        raw = credentials.encode("latin-1")
+    except UnicodeEncodeError:
+        return as_text
+    return hmac.compare_digest(hashlib.sha256(raw).digest(), expected) or as_text
 
 
 def check_admin() -> None:
@@ -52,15 +67,23 @@ def check_admin() -> None:
             "Send 'Authorization: Bearer <admin token>'.",
             headers={"WWW-Authenticate": 'Bearer realm="flask-resilience"'},
         )
-    if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(credentials.strip()), _digest(token)):
+    if scheme.lower() != "bearer" or not _token_matches(credentials.strip(), token):
         raise Problem(403, "admin-forbidden", "Forbidden", "The admin token is not valid.")
 
 
 def is_admin() -> bool:
-    """True when :func:`check_admin` would let the request through."""
+    """True when :func:`check_admin` would let the request through.
+
+    An app's admin check that raises (``current_user.is_admin`` on an
+    anonymous user) means "not an admin" here: the public probes ask this
+    question, and a load balancer must get their answer, not a 500.
+    """
     try:
         check_admin()
     except Problem:
+        return False
+    except Exception:
+        logger.exception("the admin check raised; treating the caller as not an admin")
         return False
     return True
 

@@ -15,6 +15,17 @@ from .inputs import json_object, string_field
 _OPERATOR_STATES = ("CLOSED", "FORCED_OPEN", "DISABLED", "METRICS_ONLY")
 
 
+def _not_shared(names: list[str]) -> Problem:
+    return Problem(
+        503,
+        "circuit-state-not-shared",
+        "Circuit state not shared",
+        f"Shared storage is unavailable: the change to {', '.join(names)} holds in this process "
+        "only and is replaced by the shared state when storage is back. Retry then.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def _breaker(name: str) -> CircuitBreaker:
     breaker = get_state().extension.breakers.get(name)
     if breaker is None:
@@ -39,8 +50,9 @@ def reset_circuit_breakers() -> Response:
     name = string_field(json_object(required=False), "name", required=False)
     registry = get_state().extension.breakers
     targets = [_breaker(name)] if name is not None else list(registry)
-    for breaker in targets:
-        breaker.reset()
+    not_shared = [breaker.name for breaker in targets if not breaker.reset()]
+    if not_shared:
+        raise _not_shared(not_shared)
     return no_store(jsonify(reset=[breaker.name for breaker in targets]))
 
 
@@ -57,5 +69,6 @@ def set_circuit_breaker_state(name: str) -> Response:
             "Invalid circuit state",
             f"'state' must be one of {', '.join(_OPERATOR_STATES)}.",
         )
-    breaker.set_state(State(wanted))
+    if not breaker.set_state(State(wanted)):
+        raise _not_shared([breaker.name])
     return no_store(jsonify(breaker.stats()))

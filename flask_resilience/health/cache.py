@@ -7,7 +7,7 @@ import re
 from flask import Response, jsonify
 
 from ..cache.backends import PatternsNeedRedis
-from ..cache.views import validate_tags
+from ..cache.tags import validate_tags
 from ..problems import Problem
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
@@ -33,7 +33,7 @@ def cache_stats() -> Response:
 @admin_required
 def reset_cache_stats() -> Response:
     """Admin: zero the statistics (the cached data stays)."""
-    get_state().cache.layered.stats.reset()
+    get_state().cache.reset_stats()
     return no_store(jsonify(reset=True))
 
 
@@ -42,7 +42,7 @@ def reset_cache_stats() -> Response:
 def clear_cache() -> Response:
     """Admin: drop every entry in every layer of every process."""
     try:
-        get_state().cache.layered.clear()
+        get_state().cache.clear()
     except StoreUnavailableError as exc:
         raise _unavailable(exc) from None
     return no_store(jsonify(cleared=True))
@@ -61,24 +61,24 @@ def invalidate() -> Response:
     kind = given[0]
     value = string_field(body, kind, required=True)
     assert value is not None
-    layered = get_state().cache.layered
+    coherence = get_state().cache.coherence
     try:
         if kind == "tag":
             try:
                 (value,) = validate_tags([value])
             except ValueError as exc:
                 raise Problem(400, "invalid-body", "Invalid tag", str(exc)) from None
-            layered.invalidate_tag(value)
+            coherence.invalidate_tag(value)
             removed = None
         elif kind == "key":
-            layered.delete(value)
+            coherence.invalidate_resource(value)
             removed = None
         else:
             try:
                 pattern: str | re.Pattern[str] = value if kind == "pattern" else re.compile(value)
             except re.error as exc:
                 raise Problem(400, "invalid-body", "Invalid regular expression", str(exc)) from None
-            removed = layered.invalidate_pattern(pattern)
+            removed = coherence.invalidate_pattern(pattern)
     except PatternsNeedRedis as exc:
         raise Problem(409, "patterns-need-redis", "Pattern invalidation unavailable", str(exc)) from None
     except StoreUnavailableError as exc:

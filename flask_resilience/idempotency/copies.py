@@ -25,7 +25,7 @@ from ..stores.memory import MemoryStore
 from ..stores.redis import RedisStore, StoreUnavailableError
 from .protocol import Completed
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.idempotency")
 
 
 class Copies(Protocol):

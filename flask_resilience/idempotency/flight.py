@@ -15,7 +15,7 @@ from .protocol import Completed, Keep, keep
 from .records import completed_value
 from .service import AppIdempotency
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.idempotency")
 
 
 class FlightOptions(Protocol):

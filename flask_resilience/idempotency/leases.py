@@ -26,7 +26,7 @@ from ..lifecycle import ProcessLocalWorker
 from ..stores.redis import StoreUnavailableError
 from .records import Records
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.idempotency")
 
 MAX_ATTEMPTS = 8
 FIRST_BACKOFF = 0.1

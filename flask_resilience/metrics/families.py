@@ -62,7 +62,7 @@ def read(state: ResilienceState) -> Iterator[Family]:
     """The app's figures in this process, family by family."""
     yield from _breakers(state)
     yield from _cache(state.cache.stats())
-    yield from _audit(state.audit.snapshot(include_users=False))
+    yield from _audit(state.audit.stats(include_users=False))
     yield from _idempotency(state.idempotency.stats())
 
 
@@ -166,6 +166,13 @@ def _audit(audit: Mapping[str, Any]) -> Iterator[Family]:
     )
     yield from _single(
         "resilience_audit_flush_errors", "counter", "Audit flushes that failed", audit, "flush_errors"
+    )
+    yield from _single(
+        "resilience_audit_journal_errors",
+        "counter",
+        "Audit journal writes failed",
+        audit,
+        "journal_errors",
     )
     yield from _single(
         "resilience_audit_queue_size", "gauge", "Audit entries waiting to be written", audit, "queue_size"

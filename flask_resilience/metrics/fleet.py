@@ -27,7 +27,7 @@ from ..lifecycle import ProcessLocalWorker
 from ..state import ResilienceState
 from .families import Family, Labels, read
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.health")
 
 FLEET_EXTENSION = "resilience_fleet_metrics"
 PUBLISH_INTERVAL = 1.0  # seconds between a worker's publications (and each scrape publishes)

@@ -152,12 +152,22 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"Redis SCAN failed: {exc}") from exc
 
-    def delete_matching(self, pattern: str, batch: int = 500) -> int:
+    def delete_matching(
+        self, pattern: str, batch: int = 500, *, where: Callable[[str], bool] | None = None
+    ) -> int:
         """Delete our keys matching the glob ``pattern`` (relative to the
-        prefix, as for :meth:`scan`), ``batch`` keys per DEL; returns how many."""
+        prefix, as for :meth:`scan`), ``batch`` keys per DEL; returns how many.
+
+        With ``where``, only the keys for which ``where(key relative to the
+        prefix)`` is true.
+        """
+        keys: Iterable[str] = self.scan(pattern, count=batch)
+        if where is not None:
+            start = len(self.prefix)
+            keys = (key for key in keys if where(key[start:]))
         removed = 0
-        for keys in batched(self.scan(pattern, count=batch), batch):
-            removed += self.delete(*keys)
+        for chunk in batched(keys, batch):
+            removed += self.delete(*chunk)
         return removed
 
     def script(self, source: str) -> Script:

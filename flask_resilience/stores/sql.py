@@ -54,7 +54,8 @@ class Database:
         return True
 
     def dispose(self) -> None:
+        """Close pooled connections. The engine stays: one used after a
+        shutdown (a late audit entry) is disposed again by the next."""
         with self._lock:
             if self._engine is not None:
                 self._engine.dispose()
-                self._engine = None

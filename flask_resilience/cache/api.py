@@ -9,7 +9,8 @@ from flask import current_app
 
 from ..state import get_state
 from .service import AppCache
-from .views import validate_tags
+from .stats import CacheStatsSnapshot
+from .tags import validate_tags
 
 
 def _cache() -> AppCache:
@@ -17,8 +18,9 @@ def _cache() -> AppCache:
 
 
 def invalidate_cache(key: str) -> None:
-    """Drop one entry (a data key, or a view key such as ``"api:/api/flights"``) everywhere."""
-    _cache().layered.delete(key)
+    """Drop one resource everywhere: a data key, or a view's resource key such
+    as ``"api:/api/flights?to=LIS"`` (every variant of it: hosts, users, Vary)."""
+    _cache().coherence.invalidate_resource(key)
 
 
 def invalidate_cache_by_pattern(pattern: str | re.Pattern[str]) -> int:
@@ -26,28 +28,28 @@ def invalidate_cache_by_pattern(pattern: str | re.Pattern[str]) -> int:
     compiled regex, in L2 (SCAN over our keys) and in every process's L1.
     Needs the Redis backend when an L2 is configured; returns how many L2
     entries were removed."""
-    return _cache().layered.invalidate_pattern(pattern)
+    return _cache().coherence.invalidate_pattern(pattern)
 
 
 def invalidate_cache_by_tag(tag: str) -> None:
     """Make every entry carrying ``tag`` stale, in O(1) whatever their number."""
     (checked,) = validate_tags([tag])
-    _cache().layered.invalidate_tag(checked)
+    _cache().coherence.invalidate_tag(checked)
 
 
 def clear_all_caches() -> None:
     """Drop every entry in every layer of every process."""
-    _cache().layered.clear()
+    _cache().clear()
 
 
-def get_cache_stats() -> dict[str, Any]:
+def get_cache_stats() -> CacheStatsSnapshot:
     """Hits and misses per layer, hit rate, per endpoint, sets, deletes,
     bypasses and their reasons, errors, L1 size, write-behind queue."""
     return _cache().stats()
 
 
 def reset_cache_stats() -> None:
-    _cache().layered.stats.reset()
+    _cache().reset_stats()
 
 
 def warmup_cache(key: str, data: Any, ttl: int | None = None, tags: list[str] | tuple[str, ...] = ()) -> None:

@@ -1,0 +1,100 @@
+"""Putting rows into the audit table: the fast path, the idempotent path, and
+isolating a row the database refuses so that it never blocks the others."""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Insert, insert
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+
+from .table import audit_log
+
+_COLUMNS = [column.name for column in audit_log.columns]
+_COPY = f"COPY {audit_log.name} ({', '.join(_COLUMNS)}) FROM STDIN"
+_column_values = operator.itemgetter(*_COLUMNS)
+_JSON_INDEXES = (_COLUMNS.index("changes"), _COLUMNS.index("details"))
+# MySQL/MariaDB errors about one row's values, which pymysql does not class as DataError:
+# CHECK constraint (JSON_VALID), SIGNAL from a trigger, bad string value, invalid JSON.
+_MYSQL_ROW_ERRORS = frozenset({4025, 1644, 1366, 3140, 1406})
+
+Reject = Callable[[dict[str, Any], BaseException], None]
+
+
+def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL's fastest bulk path, for fresh rows (COPY cannot skip duplicates)."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver_error = connection.dialect.loaded_dbapi.Error
+    try:
+        with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
+            for row in rows:
+                values = list(_column_values(row))
+                for index in _JSON_INDEXES:
+                    if values[index] is not None:
+                        values[index] = json.dumps(values[index], default=str)
+                copy.write_row(values)
+    except driver_error as exc:
+        # Raised by the driver itself (COPY bypasses SQLAlchemy): report it as
+        # SQLAlchemy would, so callers handle one family of database errors.
+        raise DBAPIError.instance(_COPY, None, exc, driver_error) from exc
+
+
+def insert_ignoring_duplicates(engine: Engine) -> Insert:
+    """An INSERT that skips rows whose id is already stored (safe replays),
+    and fails on anything else wrong with a row."""
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        return pg_insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
+    if dialect == "sqlite":
+        return sqlite_insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
+    if dialect in ("mysql", "mariadb"):
+        return mysql_insert(audit_log).on_duplicate_key_update(id=audit_log.c.id)
+    return insert(audit_log)
+
+
+def is_row_error(error: BaseException) -> bool:
+    """Whether ``error`` is about the rows sent rather than the database being
+    unreachable or refusing every write (a revoked grant, a missing table)."""
+    if isinstance(error, (DataError, IntegrityError)):
+        return True
+    if isinstance(error, DBAPIError):
+        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+        return code in _MYSQL_ROW_ERRORS
+    if isinstance(error, StatementError):
+        return True  # a value the driver could not send
+    return not isinstance(error, (SQLAlchemyError, OSError))
+
+
+def _write(engine: Engine, rows: list[dict[str, Any]], fresh: bool) -> None:
+    with engine.begin() as connection:
+        if fresh and engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+            _copy(connection, rows)
+        else:
+            connection.execute(insert_ignoring_duplicates(engine), rows)
+
+
+def store(engine: Engine, rows: list[dict[str, Any]], *, fresh: bool, reject: Reject) -> None:
+    """Store ``rows``; a batch that fails because of its rows is split until
+    each refused row is found and handed to ``reject``. Raises when the
+    database cannot take rows at all (the caller keeps them for later)."""
+    if not rows:
+        return
+    try:
+        _write(engine, rows, fresh)
+    except Exception as exc:
+        if not is_row_error(exc):
+            raise
+        if len(rows) == 1:
+            reject(rows[0], exc)
+            return
+        middle = len(rows) // 2
+        # Halves are retried idempotently: a failed COPY may hide a duplicate.
+        store(engine, rows[:middle], fresh=False, reject=reject)
+        store(engine, rows[middle:], fresh=False, reject=reject)

@@ -1,0 +1,131 @@
+"""Cache keys: an injective encoding of everything a stored response stands for.
+
+A key has two parts:
+
+* the **resource** ``prefix:path?query``: what :func:`invalidate_cache` and
+  pattern invalidation name. Every component is percent-encoded, so ``#``,
+  ``?``, ``&``, ``=``, ``%`` and ``|`` inside the path or a query value can
+  never be mistaken for a separator; repeated query parameters keep their
+  order (``?a=1&a=2`` is not ``?a=2&a=1``), different names are sorted.
+* the **variant**: scheme and host (unless ``vary_host=False``), the
+  principal or an explicit anonymous marker, and the values of the headers
+  the response varies on. It is encoded the same way and hashed to a fixed
+  length (BLAKE2b, 128 bits).
+
+The key is ``variant-digest:resource``; a resource longer than
+:data:`MAX_RESOURCE` characters is cut and completed by its own digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote
+
+from flask import Request
+
+MAX_RESOURCE = 256
+DIGEST_LENGTH = 32  # hex characters of a variant digest
+_PATH_SAFE = "/-._~!$'()*+,;:@"  # '&', '=', '?', '#', '%', '|' are always encoded
+_VALUE_SAFE = "-._~"
+_PLAIN = re.compile(r"[A-Za-z0-9/\-._~!$'()*+,;:@]*")  # what _PATH_SAFE leaves as it is
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9\-._~]*")
+
+
+def encode_part(text: str) -> str:
+    """Percent-encode ``text`` but for unreserved characters (UTF-8; a lone
+    surrogate is encoded, not refused)."""
+    if _PLAIN_VALUE.fullmatch(text):
+        return text  # the common case, without the cost of quote()
+    return quote(text.encode("utf-8", "surrogatepass"), safe=_VALUE_SAFE)
+
+
+def encode_path(text: str) -> str:
+    """As :func:`encode_part`, leaving ``/`` and the path's sub-delimiters
+    (never ``?``, ``#``, ``%``, ``&``, ``=`` or ``|``)."""
+    if _PLAIN.fullmatch(text):
+        return text
+    return quote(text.encode("utf-8", "surrogatepass"), safe=_PATH_SAFE)
+
+
+def resource_key(prefix: str, path: str, query: Sequence[tuple[str, str]]) -> str:
+    """``prefix:path?name=value&...``; ``query`` in request order.
+
+    Parameters are grouped by name (sorted), each name's values keeping
+    their order: the order of different names does not change what a view
+    sees, the order of one name's values does.
+    """
+    key = f"{encode_part(prefix)}:{encode_path(path)}"
+    if query:
+        ordered = sorted(query, key=lambda pair: pair[0])  # stable: values keep their order
+        key += "?" + "&".join(f"{encode_part(name)}={encode_part(value)}" for name, value in ordered)
+    return _bounded(key)
+
+
+def custom_resource_key(prefix: str, value: str) -> str:
+    """``prefix:value`` for a view's ``key_func`` result."""
+    return _bounded(f"{encode_part(prefix)}:{encode_path(value)}")
+
+
+def _bounded(key: str) -> str:
+    if len(key) <= MAX_RESOURCE:
+        return key
+    # '#' never occurs in an encoded key, so a cut key cannot equal a short one.
+    return key[:128] + "#h=" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+def variant(
+    *,
+    scheme: str | None,
+    host: str | None,
+    principal: str | None,
+    vary: Sequence[tuple[str, str | None]] = (),
+) -> str:
+    """The encoded variant: ``s=..|h=..|u=..`` (``u=-`` when anonymous) and,
+    with ``vary``, ``|v=name=value,...`` (a header absent: its name alone)."""
+    parts = []
+    if scheme is not None:
+        parts.append("s=" + encode_part(scheme))
+    if host is not None:
+        parts.append("h=" + encode_part(host))
+    parts.append("u=-" if principal is None else "u=p" + encode_part(principal))
+    if vary:
+        values = (
+            encode_part(name.lower()) + ("" if value is None else "=" + encode_part(value))
+            for name, value in vary
+        )
+        parts.append("v=" + ",".join(values))
+    return "|".join(parts)
+
+
+def full_key(variant_text: str, resource: str) -> str:
+    """The key of one stored entry: its variant's digest and its resource."""
+    digest = hashlib.blake2b(variant_text.encode(), digest_size=DIGEST_LENGTH // 2).hexdigest()
+    return f"{digest}:{resource}"
+
+
+def resource_of(key: str) -> str:
+    """The resource part of a key made by :func:`full_key`."""
+    return key[DIGEST_LENGTH + 1 :]
+
+
+DATA_VARIANT = "d"  # data-cache entries have no request to vary on
+
+
+def request_resource(request: Request, prefix: str, query_args: Iterable[str] | None) -> str:
+    """The resource key of ``request``: its path and query (``query_args``
+    limits which parameters count; clients cannot inject key material)."""
+    if not request.query_string:
+        return resource_key(prefix, request.path, ())
+    allowed = None if query_args is None else frozenset(query_args)
+    pairs = [
+        (name, value) for name, value in request.args.items(multi=True) if allowed is None or name in allowed
+    ]
+    return resource_key(prefix, request.path, pairs)
+
+
+def vary_values(request: Request, names: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
+    """The request's values of the headers ``names`` (sorted, lower-case)."""
+    headers = request.headers
+    return tuple((name, headers.get(name)) for name in sorted({name.lower() for name in names}))

@@ -1,0 +1,235 @@
+"""One request through a cached view: look up, or compute and store."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+
+from flask import Request, Response, current_app, request, session
+
+from ..context import current_principal
+from ..responses import StoredResponse
+from .entry import CacheEntry, Stamp
+from .flight import wait_for_holder
+from .keys import custom_resource_key, full_key, request_resource, variant, vary_values
+from .rules import etag_matches, response_refusal, strong_etag
+from .service import AppCache
+
+CACHE_ID = "flask-resilience"
+
+
+@dataclass(frozen=True)
+class ViewPolicy:
+    ttl: int | None
+    tags: tuple[str, ...]
+    prefix: str
+    key_func: Callable[[Request], str] | None
+    condition: Callable[[Request], bool] | None
+    per_user: bool
+    query_args: tuple[str, ...] | None
+    statuses: frozenset[int]
+    vary_host: bool
+
+
+def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> Response:
+    """The response for this request: a hit, or ``run()`` (the view) stored."""
+    current = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
+    principal = current_principal() if policy.per_user else None
+    bypass = cache.bypass_reason(
+        current,
+        per_user=policy.per_user,
+        has_principal=principal is not None,
+        condition=policy.condition,
+        session_cookie=current_app.config.get("SESSION_COOKIE_NAME", "session"),
+    )
+    if bypass is not None:
+        return _bypassed(cache, bypass, run())
+    plan = Plan(cache, policy, current, None if principal is None else principal.key)
+    if not plan.revalidate and plan.since is not None:
+        found = plan.lookup_l1()
+        if found is not None:
+            return found
+    with plan.flight() as found:
+        if found is not None:
+            return found
+        return plan.store(run())
+
+
+def _bypassed(cache: AppCache, reason: str, response: Response) -> Response:
+    cache.layered.stats.count_reason("bypasses", reason, request.endpoint or request.path)
+    response.headers["X-Cache"] = "MISS"
+    response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=bypass; detail={reason}"
+    return response
+
+
+class Plan:
+    """Keys, the listening state and what a miss stores under."""
+
+    def __init__(self, cache: AppCache, policy: ViewPolicy, current: Request, principal: str | None) -> None:
+        self.cache = cache
+        self.policy = policy
+        self.request = current
+        self.endpoint = current.endpoint or current.path
+        if policy.key_func is not None:
+            self.resource = custom_resource_key(policy.prefix, policy.key_func(current))
+        else:
+            self.resource = request_resource(current, policy.prefix, policy.query_args)
+        self.scheme = current.scheme if policy.vary_host else None
+        self.host = current.host if policy.vary_host else None
+        self.principal = principal
+        self.key = full_key(self._variant(), self.resource)
+        self.revalidate = (
+            cache.honors_no_cache
+            and "HTTP_CACHE_CONTROL" in current.environ
+            and bool(current.cache_control.no_cache)
+        )
+        self.since = cache.layered.trusted_since()
+        if self.since is None:
+            cache.layered.stats.count("l1_unsynced", self.endpoint)
+        self.token = ""  # set when this request holds the cross-process lock
+        self.lock_key = self.key
+        self.miss: tuple[Stamp, str | None, tuple[int, float]] | None = None
+
+    def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
+        return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary)
+
+    def _varied_key(self, names: Collection[str]) -> str:
+        return full_key(self._variant(vary_values(self.request, list(names))), self.resource)
+
+    def lookup_l1(self) -> Response | None:
+        layered = self.cache.layered
+        entry = layered.get_l1(self.key, self.since)
+        if entry is not None and entry.kind == "vary":
+            entry = layered.get_l1(self._varied_key(entry.vary), self.since)
+        if entry is None or entry.kind != "response":
+            return None
+        layered.stats.count("l1_hits", self.endpoint)
+        return self._respond(entry, "l1")
+
+    def lookup_l2(self) -> Response | None:
+        """Read L2 or take the cross-process lock in one round trip; when
+        another process holds the lock, wait for what it stores."""
+        layered = self.cache.layered
+        timeout = self.cache.lock_timeout
+        mark = layered.mark()
+        stamp = layered.stamp(self.policy.tags, self.since)  # before the view may run
+        token = secrets.token_hex(8)
+        key = self.key
+        found = layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
+        if found.entry is not None and found.entry.kind == "vary":
+            if found.locked:
+                layered.unlock(key, self.resource, token)
+            key = self._varied_key(found.entry.vary)
+            found = layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
+        if found.entry is None and found.busy:
+            found = wait_for_holder(layered, key, self.resource, timeout)
+            if found.entry is not None:
+                layered.stats.count("collapsed", self.endpoint)
+        if found.entry is not None and found.entry.kind == "response":
+            layered.stats.count(f"{found.layer}_hits", self.endpoint)
+            return self._respond(found.entry, found.layer)
+        if found.locked:
+            self.token, self.lock_key = token, key
+        self.miss = (stamp, found.generation, mark)
+        return None
+
+    def _miss_without_l2(self) -> None:
+        layered = self.cache.layered
+        self.miss = (layered.stamp(self.policy.tags, self.since), None, layered.mark())
+
+    @contextlib.contextmanager
+    def flight(self) -> Iterator[Response | None]:
+        """Single flight in this process; its leader then reads L2 or takes the
+        cross-process lock. Yields a response found on the way, or None when
+        the caller must run the view."""
+        layered = self.cache.layered
+        with self.cache.flight(self.key, self.cache.lock_timeout) as leader:
+            try:
+                found = None
+                if not leader and self.since is not None:
+                    found = self.lookup_l1()  # the leader has finished: it stored, or could not
+                    if found is not None:
+                        layered.stats.count("collapsed", self.endpoint)
+                if found is None and not self.revalidate:
+                    # A flight that ended just before this one began may have stored it.
+                    found = (self.lookup_l1() if self.since is not None else None) or self.lookup_l2()
+                if found is None and self.miss is None:
+                    self._miss_without_l2()
+                yield found
+            finally:
+                if self.token:  # nothing was stored (an error, or a refusal)
+                    layered.unlock(self.lock_key, self.resource, self.token)
+                    self.token = ""
+
+    def store(self, response: Response) -> Response:
+        layered = self.cache.layered
+        layered.stats.count("misses", self.endpoint)
+        refusal = response_refusal(response, self.policy.statuses, self.cache.max_body_bytes)
+        if refusal is None and session.modified:
+            refusal = "session-modified"
+        if refusal is None and request.method == "HEAD" and not response.get_data():
+            refusal = "head-without-body"  # the view answered HEAD itself: no GET body to keep
+        if refusal is not None:
+            layered.stats.count_reason("not_stored", refusal, self.endpoint)
+            return _mark_miss(response, f"not-stored-{refusal}")
+        assert self.miss is not None
+        stamp, generation, mark = self.miss
+        if "ETag" not in response.headers:
+            response.headers["ETag"] = strong_etag(response.get_data())
+        now = layered.clock()
+        expires = now + (self.policy.ttl or self.cache.default_ttl)
+        captured = StoredResponse.capture(response, self.cache.header_policy, now)
+        entry = CacheEntry(
+            "response", captured.body, now, expires, stamp, captured, etag=response.headers["ETag"]
+        )
+        key = self.key
+        vary = sorted(response.vary) if "Vary" in response.headers else []
+        if vary:
+            marker = CacheEntry("vary", b"", now, expires, stamp, vary=tuple(vary))
+            layered.put(key, self.resource, marker, generation=generation, since=mark)
+            key = self._varied_key(vary)
+        token = None
+        if self.token and self.lock_key == key:  # else flight() releases the lock it holds
+            token, self.token = self.token, ""
+        stored = layered.put(key, self.resource, entry, generation=generation, since=mark, token=token)
+        if not stored:
+            return _mark_miss(response, "not-stored-invalidated")
+        response = _mark_miss(response, "stored")
+        if entry.etag and etag_matches(request, entry.etag):
+            return _not_modified(entry, response.headers.items())
+        return response
+
+    def _respond(self, entry: CacheEntry, layer: str) -> Response:
+        now = self.cache.layered.clock()
+        assert entry.response is not None
+        extra = (
+            ("X-Cache", "HIT"),
+            ("Cache-Status", f"{CACHE_ID}; hit; ttl={max(0, int(entry.expires_at - now))}; detail={layer}"),
+            ("Age", str(max(0, int(now - entry.created_at)))),
+        )
+        headers = [*entry.response.headers, *extra]
+        if entry.etag and etag_matches(self.request, entry.etag):
+            return _not_modified(entry, headers)
+        return Response(entry.body, status=entry.response.status, headers=headers)
+
+
+def _mark_miss(response: Response, detail: str) -> Response:
+    response.headers["X-Cache"] = "MISS"
+    if detail == "stored":
+        response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=uri-miss; stored"
+    else:
+        response.headers["Cache-Status"] = f"{CACHE_ID}; fwd=uri-miss; detail={detail}"
+    return response
+
+
+def _not_modified(entry: CacheEntry, headers: Iterable[tuple[str, str]]) -> Response:
+    """A 304 with the validators and caching headers a 200 would carry (RFC 9110 §15.4.5)."""
+    response = Response(status=304)
+    for name, value in headers:
+        if name.lower() not in ("content-length", "content-type"):
+            response.headers[name] = value
+    if entry.etag:
+        response.headers["ETag"] = entry.etag
+    return response

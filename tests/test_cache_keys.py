@@ -1,0 +1,91 @@
+"""The key scheme is injective: distinct requests never share a key, equal ones always do."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from flask import Request
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from werkzeug.test import EnvironBuilder
+
+from flask_resilience.cache.keys import full_key, request_resource, resource_key, variant
+
+# Every character, lone surrogates included: a key must never fail to build.
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
+HOSTLIKE = st.text(st.sampled_from("aAbz.-:0[]%#|?"), max_size=8)
+QUERY = st.lists(st.tuples(ANY_TEXT, ANY_TEXT), max_size=4)
+VARY = st.dictionaries(
+    st.sampled_from(["accept", "accept-language", "x-a"]), st.none() | ANY_TEXT, max_size=3
+)
+
+Inputs = tuple[str | None, str | None, str, list[tuple[str, str]], str | None, dict[str, str | None]]
+REQUESTS = st.tuples(
+    st.none() | st.sampled_from(["http", "https"]),
+    st.none() | HOSTLIKE,
+    ANY_TEXT.map(lambda text: "/" + text),
+    QUERY,
+    st.none() | ANY_TEXT,
+    VARY,
+)
+
+
+def key_of(inputs: Inputs) -> str:
+    scheme, host, path, query, principal, vary = inputs
+    resource = resource_key("api", path, query)
+    return full_key(
+        variant(scheme=scheme, host=host, principal=principal, vary=sorted(vary.items())), resource
+    )
+
+
+def canonical(inputs: Inputs) -> Inputs:
+    """What a view sees: one name's values keep their order; names do not."""
+    scheme, host, path, query, principal, vary = inputs
+    return scheme, host, path, sorted(query, key=lambda pair: pair[0]), principal, vary
+
+
+@settings(max_examples=1000, deadline=None)
+@given(REQUESTS, REQUESTS)
+def test_distinct_requests_get_distinct_keys(one: Inputs, other: Inputs) -> None:
+    assume(canonical(one) != canonical(other))
+    assert key_of(one) != key_of(other)
+
+
+@settings(max_examples=500, deadline=None)
+@given(REQUESTS)
+def test_equal_requests_get_equal_keys(inputs: Inputs) -> None:
+    scheme, host, path, query, principal, vary = inputs
+    same: Inputs = (scheme, host, str(path), [(name, value) for name, value in query], principal, dict(vary))
+    assert key_of(inputs) == key_of(same)
+    assert key_of(inputs) == key_of(canonical(inputs))
+
+
+def test_variant_parts_cannot_be_forged_through_each_other() -> None:
+    # The principal marker, host and scheme are labelled and encoded: no value can spell another's.
+    assert variant(scheme=None, host=None, principal="x|h=evil") != variant(
+        scheme=None, host="evil", principal="x"
+    )
+    assert variant(scheme=None, host=None, principal="-") != variant(scheme=None, host=None, principal=None)
+
+
+SAFE_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SAFE_TEXT, st.lists(st.tuples(SAFE_TEXT.filter(bool), SAFE_TEXT), max_size=4))
+def test_a_real_request_keys_on_what_its_view_sees(path: str, query: list[tuple[str, str]]) -> None:
+    """Percent-encoded ``#``, ``?``, ``&`` or ``=`` in a raw URL stay part of the
+    component they were in: the key of the request is the key of its parts."""
+    # As a WSGI server passes it: PATH_INFO decoded (UTF-8 bytes as latin-1), the query raw.
+    environ = EnvironBuilder(path="/").get_environ()
+    environ["PATH_INFO"] = ("/" + path).encode().decode("latin-1")
+    environ["QUERY_STRING"] = "&".join(
+        f"{quote(name.encode(), safe='')}={quote(value.encode(), safe='')}" for name, value in query
+    )
+    request = Request(environ)
+    assert request.path == "/" + path.lstrip("/")  # werkzeug merges leading slashes
+    assert request_resource(request, "api", None) == resource_key(
+        "api", request.path, list(request.args.items(multi=True))
+    )
+    by_name = sorted(request.args.items(multi=True), key=lambda pair: pair[0])
+    assert by_name == sorted(query, key=lambda pair: pair[0])  # each name's values in order
