@@ -3,10 +3,7 @@ run (each scenario gets its own database in it), and the counts summary."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,13 +12,9 @@ from tests.system.harness import COUNTS, OwnPostgres
 
 @pytest.fixture(scope="session")
 def own_postgres() -> Iterator[OwnPostgres]:
-    folder = Path(tempfile.mkdtemp(prefix="resilience-system-pg-"))
-    cluster = OwnPostgres(folder)
+    cluster = OwnPostgres()
     yield cluster
-    try:
-        cluster.stop("immediate")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    cluster.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -8,10 +8,7 @@ Every server here is started by the test in a temporary folder and stopped
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -21,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 import sqlalchemy
 
 from tests.gunicorn_server import Server, gunicorn
-from tests.services import free_port, start_redis_server, wait_for
+from tests.services import ThrowawayPostgres, free_port, start_redis_server, wait_for
 
 ADMIN_TOKEN = "system-admin-" + uuid.uuid4().hex
 COUNTS: list[tuple[str, dict[str, Any]]] = []
@@ -69,52 +65,19 @@ class OwnRedis:
 # -- PostgreSQL --------------------------------------------------------------
 
 
-class OwnPostgres:
-    """An ``initdb`` cluster in a temporary folder; ``stop(mode)`` / ``start()`` by ``pg_ctl``."""
+class OwnPostgres(ThrowawayPostgres):
+    """A throwaway ``initdb`` cluster that hands each scenario a database of its own."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.data = directory / "data"
-        self.port = free_port()
-        self.run_as: list[str] = []
-        binaries = [shutil.which("initdb"), shutil.which("pg_ctl")]
-        if None in binaries:
-            pytest.fail("initdb and pg_ctl are needed for the system tests", pytrace=False)
-        self.initdb, self.pg_ctl = (str(path) for path in binaries)
-        if os.geteuid() == 0:  # initdb refuses root: the cluster runs as 'postgres'
-            user = pwd.getpwnam("postgres")
-            os.chown(directory, user.pw_uid, user.pw_gid)
-            self.run_as = ["runuser", "-u", "postgres", "--"]
-        self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync")
-        self.start()
-
-    def _run(self, *command: str) -> None:
-        subprocess.run(
-            [*self.run_as, *command],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=60,
-        )
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.directory / "log")
-        self._run(self.pg_ctl, "-D", str(self.data), "-w", "-l", log, "-o", options, "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def url(self, database: str = "postgres") -> str:
+    def database_url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def create_database(self) -> str:
         name = "s_" + uuid.uuid4().hex[:10]
-        engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        engine = sqlalchemy.create_engine(self.url, isolation_level="AUTOCOMMIT")
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
         engine.dispose()
-        return self.url(name)
+        return self.database_url(name)
 
 
 def scalar(database_url: str, query: str) -> Any:

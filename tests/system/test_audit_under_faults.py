@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -86,14 +85,13 @@ def ok(answers: list[Answer], status: int) -> int:
 
 def test_postgres_stopped_immediately_under_load(tmp_path: Path) -> None:
     """Scenario 2: logins (audited, no other use of the database) go on while PostgreSQL is down."""
-    folder = Path(tempfile.mkdtemp(prefix="resilience-system-pg2-"))
-    postgres = OwnPostgres(folder)
+    postgres = OwnPostgres()  # of its own: the scenario stops it
     try:
         with app_stack(postgres, tmp_path) as stack:
             with login_load(stack, PG_OUTAGE_SECONDS + 20) as load:
                 pause(2.0)
                 stopped = time.monotonic()
-                postgres.stop("immediate")
+                postgres.kill()  # pg_ctl stop -m immediate
                 pause(PG_OUTAGE_SECONDS)
                 started = time.monotonic()
                 postgres.start()
@@ -107,7 +105,7 @@ def test_postgres_stopped_immediately_under_load(tmp_path: Path) -> None:
         duplicates = duplicated_request_ids(stack.database_url)
         intact = chains_intact(stack.database_url)
     finally:
-        postgres.stop("immediate")
+        postgres.close()
     ratio = statistics.median(during) / statistics.median(before)
     report(
         "2 PostgreSQL stop -m immediate",
