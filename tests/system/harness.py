@@ -22,7 +22,7 @@ import requests
 import sqlalchemy
 
 from tests.gunicorn_server import Server, gunicorn
-from tests.services import ThrowawayPostgres, free_port, start_redis_server, wait_for
+from tests.services import ThrowawayPostgres, free_port, start_redis_server
 
 ADMIN_TOKEN = "system-admin-" + uuid.uuid4().hex
 COUNTS: list[tuple[str, dict[str, Any]]] = []
@@ -235,10 +235,6 @@ class Load:
         with self._lock:
             return sorted(self.answers, key=lambda answer: answer.started)
 
-    def between(self, start: float, end: float) -> list[Answer]:
-        with self._lock:
-            return [answer for answer in self.answers if start <= answer.started and answer.finished <= end]
-
 
 def pause(seconds: float) -> None:
     """Let the load run for ``seconds`` of wall time (the scenario's outage, not a wait for time)."""
@@ -250,7 +246,3 @@ def statuses(answers: list[Answer]) -> dict[int, int]:
     for answer in answers:
         counted[answer.status] = counted.get(answer.status, 0) + 1
     return dict(sorted(counted.items()))
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    wait_for(predicate, what, timeout)
