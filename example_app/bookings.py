@@ -6,6 +6,7 @@ change invalidates that tag and ``flights`` (seat counts change).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify
@@ -16,6 +17,7 @@ from flask_resilience import (
     AuditEventType,
     Problem,
     Resilience,
+    StoreUnavailableError,
     cached,
     invalidate_cache_by_tag,
     log_data_change,
@@ -24,6 +26,8 @@ from flask_resilience import (
 from .auth import require_user
 from .models import Booking, db
 from .validation import int_field, json_body, text_field
+
+logger = logging.getLogger("example_app.bookings")
 
 bookings_blueprint = Blueprint("bookings", __name__, url_prefix="/api/bookings")
 
@@ -51,9 +55,15 @@ def _record(event: AuditEventType, booking_id: int, changes: dict[str, Any], use
 
 
 def _invalidate(booking_id: int) -> None:
-    invalidate_cache_by_tag("flights")
-    invalidate_cache_by_tag("bookings")
-    invalidate_cache_by_tag(_booking_tag(booking_id))
+    try:
+        invalidate_cache_by_tag("flights")
+        invalidate_cache_by_tag("bookings")
+        invalidate_cache_by_tag(_booking_tag(booking_id))
+    except StoreUnavailableError as exc:
+        # The change is committed: answering 5xx would make the client retry
+        # (and book twice). Every worker empties its in-process copies when it
+        # reconnects to Redis; entries Redis still holds expire with their TTL.
+        logger.warning("booking %s saved, but its cached copies were not invalidated: %s", booking_id, exc)
 
 
 @bookings_blueprint.post("")

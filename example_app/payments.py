@@ -3,9 +3,16 @@
 ``@idempotent`` is outermost, so a replayed retry neither charges again nor
 writes a second audit entry; ``durable=True`` stores the entry before the
 response leaves. Card numbers in the body are masked by the audit redactor.
+``"simulate": "crash-after-charge"`` makes the view fail once the charge is
+committed, as a processor timeout would: the key keeps that 500, so retries
+get it replayed instead of charging again. ``"simulate": "slow-processor"``
+takes a few seconds before charging, as a slow card processor does (a
+retry meanwhile gets 409: the first request still holds the key).
 """
 
 from __future__ import annotations
+
+import threading
 
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
@@ -16,6 +23,8 @@ from flask_resilience import AuditEventType, Problem, audited, idempotent
 from .auth import require_user
 from .models import Booking, Charge, db
 from .validation import int_field, json_body, text_field
+
+SLOW_PROCESSOR_SECONDS = 3.0
 
 payments_blueprint = Blueprint("payments", __name__, url_prefix="/api")
 
@@ -37,9 +46,13 @@ def pay() -> ResponseReturnValue:
     booking = db.session.get(Booking, booking_id)
     if booking is None or booking.user_id != user.name:
         raise Problem(404, "unknown-booking", "Unknown booking", f"You have no booking {booking_id}.")
+    if body.get("simulate") == "slow-processor":
+        threading.Event().wait(SLOW_PROCESSOR_SECONDS)
     charge = Charge(user_id=user.name, booking_id=booking_id, amount_cents=amount)
     db.session.add(charge)
     db.session.commit()
+    if body.get("simulate") == "crash-after-charge":
+        raise RuntimeError(f"the card processor failed after charge {charge.id}")
     return jsonify(payment=charge.as_dict(), charges=charge_count()), 201
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,6 +22,7 @@ logger = logging.getLogger("example_app.provider")
 
 MODES = ("ok", "slow", "fail")
 SLOW_SECONDS = 3.0  # longer than the app's client timeout, so a slow answer is a timeout
+RECENT_CALLS = 1000  # call times kept, so that a test can count calls per breaker timeout
 
 FLIGHTS = [
     {"id": "LH401", "from": "FRA", "to": "JFK", "departs": "10:15", "price_eur": 412},
@@ -44,6 +46,7 @@ class FlightsProvider:
     def __init__(self) -> None:
         self.mode = "ok"
         self.calls = 0
+        self.recent_calls: deque[float] = deque(maxlen=RECENT_CALLS)  # time.monotonic() of each call
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -86,6 +89,7 @@ class FlightsProvider:
     def count_call(self) -> str:
         with self._lock:
             self.calls += 1
+            self.recent_calls.append(time.monotonic())
             return self.mode
 
 
@@ -107,7 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         if parts.path == "/mode":
-            self._send(200, {"mode": self.owner.mode, "calls": self.owner.calls})
+            with self.owner._lock:
+                recent = list(self.owner.recent_calls)
+            self._send(200, {"mode": self.owner.mode, "calls": self.owner.calls, "recent_calls": recent})
             return
         if parts.path != "/flights":
             self._send(404, {"error": "not found"})
