@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -220,11 +221,14 @@ class Journal:
     # -- dead processes' files -------------------------------------------------------------
 
     def _others(self) -> list[Path]:
+        # Only names _open() gives: adoption deletes what it adopts, and a
+        # looser pattern would take rotated logs or the quarantine file too.
+        own = re.compile(rf"{re.escape(self.base.stem)}\.\d+\.[0-9a-f]{{8}}{re.escape(self.base.suffix)}")
         try:
             found = sorted(self.base.parent.glob(f"{self.base.stem}.*{self.base.suffix}"))
         except OSError:
             return []
-        return [path for path in found if path != self._path]
+        return [path for path in found if path != self._path and own.fullmatch(path.name)]
 
     def adopt(self, store: Callable[[list[dict[str, Any]]], None]) -> int:
         """Store the uncommitted entries of dead processes' journals and remove
