@@ -3,6 +3,10 @@ failed before its fix."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ from werkzeug.test import Client
 
 from flask_resilience.audit.journal import Journal
 from flask_resilience.state import get_state
-from tests.audit_support import any_database, hostile_app, stored, verify_ok
+from tests.audit_support import ROOT, any_database, hostile_app, stored, verify_ok
 from tests.conftest import MakeApp
 
 __all__ = ["any_database"]  # a fixture, for pytest
@@ -61,3 +65,88 @@ def test_hostile_json_bodies_are_stored_not_quarantined(
     assert [row["event_type"] for row in rows] == ["ADMIN"]
     assert rows[0]["details"]["body"] is not None
     verify_ok(app)
+
+
+def test_a_commit_mark_cut_short_by_a_full_disk_does_not_hide_later_entries(tmp_path: Path) -> None:
+    """A write that the file-size limit cuts short is a disk filling up in
+    miniature: the commit mark must not stay half-written in front of the
+    entries appended once there is room again."""
+    seqs = _child(
+        """
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG / short writes instead of a kill
+        ends = [append(journal, chain, number) for number in range(3)]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (journal.end + 5, resource.RLIM_INFINITY))
+        try:  # the disk fills up: the commit mark gets 5 bytes
+            journal.commit(ends[0])
+        except OSError:
+            pass
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)  # room again
+        append(journal, chain, 3)
+        append(journal, chain, 4)
+        with open(journal._path, "rb") as written:
+            rows, _ = parse(written.read())
+        print(json.dumps([row["seq"] for row, _ in rows]))
+        """,
+        tmp_path,
+    )
+    assert seqs[-4:] == [2, 3, 4, 5]
+
+
+_CHILD_PREAMBLE = """
+import json, os, resource, signal, sys
+from datetime import datetime
+from pathlib import Path
+from flask_resilience.audit.chain import Chain
+from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.journal import Journal, entry_record, parse
+from flask_resilience.audit.writer import _row
+
+def append(journal, chain, number):
+    row = _row(AuditEntry(event_type="UPDATE", resource_id=str(number)), datetime(2026, 1, 1))
+    journal.append(entry_record(row, chain.link_encoded(row)))
+    return journal.end
+
+chain, journal = Chain(None), Journal(Path(sys.argv[1]) / "audit.journal")
+"""
+
+
+def _child(script: str, tmp_path: Path) -> Any:
+    """Run ``script`` (after the preamble) in a process of its own (it sets
+    resource limits) and return what it printed, as JSON."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD_PREAMBLE + textwrap.dedent(script), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_compaction_that_cannot_open_its_new_file_keeps_the_old_one(tmp_path: Path) -> None:
+    """No file descriptor left (or no inode, or no room) when the committed
+    part is compacted away: the uncommitted tail must stay readable here."""
+    result = _child(
+        """
+        from flask_resilience.audit.journal import COMPACT_AFTER
+        ends = []
+        while not ends or ends[-1] < COMPACT_AFTER:
+            ends.append(append(journal, chain, len(ends)))
+        tail = [append(journal, chain, len(ends) + number) for number in range(2)]
+        free = os.dup(0)
+        os.close(free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        try:
+            journal.commit(ends[-1])
+        except OSError:
+            pass
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        seqs = [row["seq"] for row, _ in journal.read(journal.committed, journal.end)]
+        print(json.dumps([len(ends), seqs]))
+        """,
+        tmp_path,
+    )
+    count, seqs = result
+    assert seqs == [count + 1, count + 2]

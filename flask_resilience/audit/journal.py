@@ -150,6 +150,15 @@ class Journal:
     def append(self, record: bytes) -> None:
         """One ``write()``; raises OSError (the file is cut back to its last whole record)."""
         fd = self._open()
+        self._write_whole(fd, record)
+        if self.fsync == "always":
+            os.fsync(fd)
+        else:
+            self._dirty = True
+
+    def _write_whole(self, fd: int, record: bytes) -> None:
+        """Append ``record`` whole or not at all: a piece left behind would
+        glue itself to the next record and hide every record after it."""
         try:
             if os.write(fd, record) != len(record):
                 raise OSError("short write to the audit journal (disk full?)")
@@ -160,10 +169,6 @@ class Journal:
         # Where the file ends (O_APPEND): right even if an interrupt once
         # came between a write and this line.
         self.end = os.lseek(fd, 0, os.SEEK_CUR)
-        if self.fsync == "always":
-            os.fsync(fd)
-        else:
-            self._dirty = True
 
     def sync(self) -> None:
         """fsync if anything was written since the last one."""
@@ -186,9 +191,11 @@ class Journal:
             os.ftruncate(self._fd, 0)
             self.end = self.committed = 0
             return
-        record = _commit_record(offset)
-        os.write(self._fd, record)
-        self.end += len(record)
+        try:
+            self._write_whole(self._fd, _commit_record(offset))
+        except OSError as exc:  # the entries stay uncommitted: stored again later, harmlessly
+            logger.warning("audit journal commit mark not written (%s)", exc)
+            return
         self.committed = offset
         if self.committed >= COMPACT_AFTER:
             self._compact()
@@ -202,12 +209,20 @@ class Journal:
             for record in tail.splitlines(keepends=True)
             if record[9:10] == b"E"  # commit marks speak of the old file's offsets
         )
-        old_fd, old_path = self._fd, self._path
+        old = self._path, self._fd, self.end, self.committed
         self._fd = None
-        self._open()
-        self.append(kept)
-        os.unlink(old_path)  # only now: until here the old file still holds every entry
-        os.close(old_fd)
+        try:
+            self.append(kept)
+        except OSError as exc:  # no fd, inode or room for the new file: keep the old one
+            logger.warning("audit journal not compacted (%s)", exc)
+            if self._fd is not None and self._path is not None:
+                with contextlib.suppress(OSError):
+                    self._path.unlink()
+                os.close(self._fd)
+            self._path, self._fd, self.end, self.committed = old
+            return
+        os.unlink(old[0])  # only now: until here the old file still holds every entry
+        os.close(old[1])
 
     def close(self) -> None:
         if self._fd is not None and self._generation == fork_generation():
