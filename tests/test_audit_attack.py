@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
+from flask_resilience.audit.api import log_data_change
+from flask_resilience.audit.events import AuditEventType
 from flask_resilience.audit.journal import Journal
 from flask_resilience.state import get_state
-from tests.audit_support import ROOT, any_database, hostile_app, stored, verify_ok
+from tests.audit_support import ROOT, any_database, hostile_app, migrated, stored, verify_ok
 from tests.conftest import MakeApp
 
 __all__ = ["any_database"]  # a fixture, for pytest
@@ -150,3 +152,26 @@ def test_a_compaction_that_cannot_open_its_new_file_keeps_the_old_one(tmp_path: 
     )
     count, seqs = result
     assert seqs == [count + 1, count + 2]
+
+
+def test_an_entry_over_max_allowed_packet_is_quarantined_and_the_log_goes_on(
+    make_app: MakeApp, mysql_url: str
+) -> None:
+    """MariaDB hangs up on a row over ``max_allowed_packet`` (16 MiB by default):
+    seen as "server gone away", the batch was retried for ever."""
+    url = migrated(mysql_url)
+    app = hostile_app(make_app, url)
+    huge = {f"field{number}": "x" * 9_000 for number in range(2_000)}  # 18 MB, each string kept
+    with app.app_context():
+        writer = get_state(app).audit.writer
+        log_data_change(AuditEventType.UPDATE, "document", "1", {"title": {"old": "a", "new": "b"}})
+        log_data_change(AuditEventType.UPDATE, "document", "2", huge)
+        log_data_change(AuditEventType.UPDATE, "document", "3", {"title": {"old": "b", "new": "c"}})
+        writer.flush()
+        log_data_change(AuditEventType.UPDATE, "document", "4", None)
+        writer.flush()
+        assert writer.counts()["rejected"] == 1
+        assert writer.queue_size() == 0
+    rows = stored(url)
+    assert sorted(row["resource_id"] for row in rows if row["resource_id"]) == ["1", "3", "4"]
+    assert [row["event_type"] for row in rows].count("AUDIT_GAP") == 1
