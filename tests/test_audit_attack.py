@@ -112,7 +112,7 @@ chain, journal = Chain(None), Journal(Path(sys.argv[1]) / "audit.journal")
 """
 
 
-def _child(script: str, tmp_path: Path) -> Any:
+def _child(script: str, tmp_path: Path, *, expect_output: bool = True) -> Any:
     """Run ``script`` (after the preamble) in a process of its own (it sets
     resource limits) and return what it printed, as JSON."""
     result = subprocess.run(
@@ -124,7 +124,7 @@ def _child(script: str, tmp_path: Path) -> Any:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout) if expect_output else None
 
 
 def test_a_compaction_that_cannot_open_its_new_file_keeps_the_old_one(tmp_path: Path) -> None:
@@ -175,3 +175,25 @@ def test_an_entry_over_max_allowed_packet_is_quarantined_and_the_log_goes_on(
     rows = stored(url)
     assert sorted(row["resource_id"] for row in rows if row["resource_id"]) == ["1", "3", "4"]
     assert [row["event_type"] for row in rows].count("AUDIT_GAP") == 1
+
+
+def test_adoption_stores_the_entries_after_a_damaged_record(tmp_path: Path) -> None:
+    """A damaged record in the middle of a dead process's journal (a bad
+    block, zeroes after a machine crash): the intact records after it are
+    still stored before the file is removed."""
+    _child(
+        """
+        for number in range(3):
+            append(journal, chain, number)
+        os._exit(0)  # like a killed process: the journal stays
+        """,
+        tmp_path,
+        expect_output=False,
+    )
+    (dead,) = tmp_path.glob("audit.*.journal")
+    lines = dead.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1][:40] + b"\x00" * 16 + lines[1][56:]
+    dead.write_bytes(b"".join(lines))
+    stored_rows: list[dict[str, Any]] = []
+    assert Journal(tmp_path / "audit.journal").adopt(stored_rows.extend) == 2
+    assert [row["seq"] for row in stored_rows] == [1, 3]

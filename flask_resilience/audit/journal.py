@@ -59,7 +59,9 @@ def _commit_record(offset: int) -> bytes:
 
 
 def _records(data: bytes, base: int) -> Iterator[tuple[bytes, bytes, int]]:
-    """``(kind, payload, end offset)`` of each intact record; stops at a torn one."""
+    """``(kind, payload, end offset)`` of each intact record. A damaged line
+    is skipped (each record has its own checksum, so the ones after it can
+    be trusted); a torn last line, with no newline yet, ends the read."""
     position = 0
     while True:
         end = data.find(b"\n", position)
@@ -72,10 +74,9 @@ def _records(data: bytes, base: int) -> Iterator[tuple[bytes, bytes, int]]:
         except ValueError:
             intact = False
         if not intact:
-            logger.error(
-                "audit journal: a damaged record at byte %d; what follows is skipped", base + position
-            )
-            return
+            logger.error("audit journal: a damaged record at byte %d skipped", base + position)
+            position = end + 1
+            continue
         position = end + 1
         yield body[:1], body[2:], base + position
 
