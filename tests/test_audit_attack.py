@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from flask_resilience.audit.api import log_data_change
+from flask_resilience.audit.api import create_audit_log, log_data_change
 from flask_resilience.audit.events import AuditEventType
 from flask_resilience.audit.journal import Journal
 from flask_resilience.state import get_state
@@ -197,3 +197,25 @@ def test_adoption_stores_the_entries_after_a_damaged_record(tmp_path: Path) -> N
     stored_rows: list[dict[str, Any]] = []
     assert Journal(tmp_path / "audit.journal").adopt(stored_rows.extend) == 2
     assert [row["seq"] for row in stored_rows] == [1, 3]
+
+
+class _Name(str):
+    """A str subclass, like markupsafe.Markup or an app's own text type."""
+
+
+def test_text_fields_that_are_not_plain_str_are_made_storable_too(
+    make_app: MakeApp, any_database: str
+) -> None:
+    app = hostile_app(make_app, any_database)
+    with app.app_context():
+        create_audit_log({"event_type": "UPDATE", "resource": _Name("r" * 300), "resource_id": 10**300})
+        create_audit_log({"event_type": "UPDATE", "user_agent": _Name("nul\x00" * 200)})
+        writer = get_state(app).audit.writer
+        writer.flush()
+        assert writer.counts()["rejected"] == 0
+    rows = stored(any_database)
+    assert len(rows) == 2
+    assert len(rows[0]["resource"]) == 255 and rows[0]["resource"].endswith("chars]")
+    assert len(rows[0]["resource_id"]) == 255
+    assert "\x00" not in rows[1]["user_agent"]
+    verify_ok(app)
