@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
+from flask_resilience.audit import journal as journal_module
 from flask_resilience.audit.api import create_audit_log, log_data_change
 from flask_resilience.audit.events import AuditEventType
 from flask_resilience.audit.journal import Journal
@@ -219,3 +220,27 @@ def test_text_fields_that_are_not_plain_str_are_made_storable_too(
     assert len(rows[0]["resource_id"]) == 255
     assert "\x00" not in rows[1]["user_agent"]
     verify_ok(app)
+
+
+def test_a_big_dead_journal_is_adopted_a_chunk_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal left after a long outage is hundreds of MB; parsed whole it
+    took several times that in memory, in the worker adopting it."""
+    _child(
+        """
+        for number in range(300):
+            end = append(journal, chain, number)
+            if number == 99:
+                journal.commit(end)  # the first hundred were stored
+        os._exit(0)
+        """,
+        tmp_path,
+        expect_output=False,
+    )
+    monkeypatch.setattr(journal_module, "ADOPT_CHUNK_BYTES", 8192)
+    batches: list[list[dict[str, Any]]] = []
+    assert Journal(tmp_path / "audit.journal").adopt(batches.append) == 200
+    assert [row["seq"] for batch in batches for row in batch] == list(range(101, 301))
+    assert max(len(batch) for batch in batches) < 40
+    assert not list(tmp_path.glob("audit.*.journal"))

@@ -44,6 +44,10 @@ logger = logging.getLogger("flask_resilience.audit")
 
 FSYNC_MODES = ("never", "interval", "always")
 COMPACT_AFTER = 1 << 20  # bytes of committed entries before the tail moves to a fresh file
+# A dead process's journal (up to the spill bound, 256 MiB by default) is read
+# and stored this much at a time: parsed whole it takes several times its size
+# in memory, enough to get the adopting worker killed too after a long outage.
+ADOPT_CHUNK_BYTES = 4 << 20
 Stored = list[tuple[dict[str, Any], int]]  # rows, each with the offset just past its record
 
 
@@ -58,7 +62,7 @@ def _commit_record(offset: int) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
-def _records(data: bytes, base: int) -> Iterator[tuple[bytes, bytes, int]]:
+def _records(data: bytes, base: int, report: bool = True) -> Iterator[tuple[bytes, bytes, int]]:
     """``(kind, payload, end offset)`` of each intact record. A damaged line
     is skipped (each record has its own checksum, so the ones after it can
     be trusted); a torn last line, with no newline yet, ends the read."""
@@ -74,7 +78,8 @@ def _records(data: bytes, base: int) -> Iterator[tuple[bytes, bytes, int]]:
         except ValueError:
             intact = False
         if not intact:
-            logger.error("audit journal: a damaged record at byte %d skipped", base + position)
+            if report:
+                logger.error("audit journal: a damaged record at byte %d skipped", base + position)
             position = end + 1
             continue
         position = end + 1
@@ -93,6 +98,40 @@ def parse(data: bytes, base: int = 0) -> tuple[Stored, int]:
         elif kind == b"C":
             committed = max(committed, int(payload))
     return [(row, end) for row, end in rows if end > committed], committed
+
+
+def _chunks(fd: int, size: int) -> Iterator[tuple[bytes, int]]:
+    """``(data, offset)``: the file in pieces of about ADOPT_CHUNK_BYTES, each
+    ending at the end of a record (a torn last line is left out)."""
+    offset = 0
+    while offset < size:
+        data = os.pread(fd, min(ADOPT_CHUNK_BYTES, size - offset), offset)
+        cut = data.rfind(b"\n") + 1
+        while not cut:  # a record longer than a chunk
+            more = os.pread(fd, ADOPT_CHUNK_BYTES, offset + len(data))
+            if not more:
+                return
+            data += more
+            cut = data.rfind(b"\n") + 1
+        yield data[:cut], offset
+        offset += cut
+
+
+def _adopt_file(fd: int, store: Callable[[list[dict[str, Any]]], None]) -> int:
+    """Store the uncommitted entries of an adopted file, a chunk at a time."""
+    size = os.fstat(fd).st_size
+    committed = 0  # commit marks only grow within a file: the last one counts
+    for data, base in _chunks(fd, size):
+        for kind, payload, _ in _records(data, base, report=False):
+            if kind == b"C":
+                committed = max(committed, int(payload))
+    stored = 0
+    for data, base in _chunks(fd, size):
+        rows, _ = parse(data, base)
+        batch = [row for row, end in rows if end > committed]
+        store(batch)
+        stored += len(batch)
+    return stored
 
 
 def _lock(fd: int) -> bool:
@@ -262,11 +301,9 @@ class Journal:
                 with contextlib.suppress(OSError):
                     if os.fstat(fd).st_ino != os.stat(path).st_ino:
                         continue  # replaced while we opened it
-                    data = os.pread(fd, os.fstat(fd).st_size, 0)
-                    rows, _ = parse(data)
-                    store([row for row, _ in rows])
+                    stored = _adopt_file(fd, store)
                     os.unlink(path)
-                    adopted += len(rows)
+                    adopted += stored
             finally:
                 os.close(fd)
         return adopted
