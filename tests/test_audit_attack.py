@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from werkzeug.test import Client
 
 from flask_resilience.audit import journal as journal_module
@@ -244,3 +245,32 @@ def test_a_big_dead_journal_is_adopted_a_chunk_at_a_time(
     assert [row["seq"] for batch in batches for row in batch] == list(range(101, 301))
     assert max(len(batch) for batch in batches) < 40
     assert not list(tmp_path.glob("audit.*.journal"))
+
+
+def test_on_commit_before_the_app_begins_its_own_transaction(make_app: MakeApp, tmp_path: Path) -> None:
+    """``log_data_change(on_commit=True)`` and then ``with db.session.begin():``
+    (Flask-SQLAlchemy's documented pattern): the audit call must not start a
+    transaction the app's own ``begin()`` then refuses."""
+    from flask_sqlalchemy import SQLAlchemy  # noqa: PLC0415
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    app, extension = make_app(SQLALCHEMY_DATABASE_URI=url, RESILIENCE_AUDIT_DATABASE_URI=migrated(url))
+    db = SQLAlchemy(app)
+    try:
+        with app.app_context():
+            log_data_change(AuditEventType.UPDATE, "seat", 1, {"row": 1}, on_commit=True)
+            with db.session.begin():
+                db.session.execute(text("SELECT 1"))
+            log_data_change(AuditEventType.UPDATE, "seat", 2, {"row": 2}, on_commit=True)
+            try:
+                with db.session.begin():
+                    raise LookupError("the app's own failure")
+            except LookupError:
+                pass
+            log_data_change(AuditEventType.UPDATE, "seat", 3, {"row": 3}, on_commit=True)
+            db.session.remove()  # the request ended without a transaction
+            get_state(app).audit.writer.flush()
+    finally:
+        extension.shutdown()
+    outcome = {row["resource_id"]: row["status"] for row in stored(url)}
+    assert outcome == {"1": "SUCCESS", "2": "ROLLED_BACK", "3": "ROLLED_BACK"}
