@@ -251,7 +251,7 @@ def test_on_commit_before_the_app_begins_its_own_transaction(make_app: MakeApp, 
     """``log_data_change(on_commit=True)`` and then ``with db.session.begin():``
     (Flask-SQLAlchemy's documented pattern): the audit call must not start a
     transaction the app's own ``begin()`` then refuses."""
-    from flask_sqlalchemy import SQLAlchemy  # noqa: PLC0415
+    from flask_sqlalchemy import SQLAlchemy
 
     url = f"sqlite:///{tmp_path / 'app.db'}"
     app, extension = make_app(SQLALCHEMY_DATABASE_URI=url, RESILIENCE_AUDIT_DATABASE_URI=migrated(url))
@@ -274,3 +274,19 @@ def test_on_commit_before_the_app_begins_its_own_transaction(make_app: MakeApp, 
         extension.shutdown()
     outcome = {row["resource_id"]: row["status"] for row in stored(url)}
     assert outcome == {"1": "SUCCESS", "2": "ROLLED_BACK", "3": "ROLLED_BACK"}
+
+
+def test_the_quarantine_file_has_the_journal_byte_bound(tmp_path: Path) -> None:
+    """Rows a database refuses for a reason a client controls (a character
+    set the table cannot hold, say) must not fill the disk one file over."""
+    journal = Journal(tmp_path / "audit.journal", max_bytes=4096)
+    row = {"id": "x", "user_agent": "u" * 200}
+    kept = 0
+    for _ in range(100):
+        try:
+            journal.reject(row, "DataError: refused")
+            kept += 1
+        except OSError:
+            pass
+    assert 0 < kept < 100
+    assert journal.rejected_path.stat().st_size <= 4096

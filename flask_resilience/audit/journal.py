@@ -312,5 +312,9 @@ class Journal:
         """Keep a row the database refused, with the reason, for a human to look at."""
         line = json.dumps({"reason": reason, "row": row}, default=str, separators=(",", ":")) + "\n"
         self.base.parent.mkdir(parents=True, exist_ok=True)
-        with self.rejected_path.open("a", encoding="utf-8") as rejected:
-            rejected.write(line)
+        with self.rejected_path.open("ab") as rejected:
+            # The journal's bound holds here too: what a client can get
+            # refused must not fill the disk (the AUDIT_GAP entry still tells).
+            if os.fstat(rejected.fileno()).st_size + len(line) > self.max_bytes:
+                raise OSError(f"the quarantine file is full ({self.max_bytes:,} bytes)")
+            rejected.write(line.encode())
