@@ -19,10 +19,10 @@ from flask_resilience.audit.api import create_audit_log, log_data_change
 from flask_resilience.audit.events import AuditEventType
 from flask_resilience.audit.journal import Journal
 from flask_resilience.state import get_state
-from tests.audit_support import ROOT, any_database, hostile_app, migrated, stored, verify_ok
+from tests.audit_support import ROOT, any_database, database, hostile_app, migrated, stored, verify_ok
 from tests.conftest import MakeApp
 
-__all__ = ["any_database"]  # a fixture, for pytest
+__all__ = ["any_database", "database"]  # fixtures, for pytest
 
 
 @pytest.mark.parametrize(
@@ -290,3 +290,22 @@ def test_the_quarantine_file_has_the_journal_byte_bound(tmp_path: Path) -> None:
             pass
     assert 0 < kept < 100
     assert journal.rejected_path.stat().st_size <= 4096
+
+
+def test_an_entry_recorded_twice_is_stored_twice_and_verify_stays_intact(
+    make_app: MakeApp, database: str
+) -> None:
+    """``create_audit_log`` returns the entry; recording it again (a retry)
+    or giving an ``id`` twice reused the storage key: the database skipped
+    the second row silently and verify reported the chain BROKEN."""
+    app = hostile_app(make_app, database)
+    with app.app_context():
+        entry = create_audit_log({"event_type": "PAYMENT", "resource_id": "1"})
+        assert entry is not None
+        again = create_audit_log(entry)
+        create_audit_log({"event_type": "PAYMENT", "resource_id": "2", "id": "order-42"})
+        create_audit_log({"event_type": "PAYMENT", "resource_id": "3", "id": "order-42"})
+        get_state(app).audit.writer.flush()
+    assert again is not None and again.id != entry.id
+    assert sorted(row["resource_id"] for row in stored(database)) == ["1", "1", "2", "3"]
+    verify_ok(app)
