@@ -92,19 +92,35 @@ def test_severity_and_status_are_validated_at_the_call_site(make_app: MakeApp, t
 
 
 def _poison(url: str) -> Any:
-    """Something the database refuses in one row, and only that row."""
-    if url.startswith("sqlite"):
-        engine = sqlalchemy.create_engine(url)
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON resilience_audit_log "
-                    "WHEN NEW.resource = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
-                )
-            )
-        engine.dispose()
-    # PostgreSQL's and MariaDB's JSON refuse NaN, which Python's JSON parser accepts from a client.
-    return {"nan": float("nan")}
+    """Something the database refuses in one row, and only that row: a
+    trigger refusing rows about the resource 'poison', as a data error."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        if url.startswith("sqlite"):
+            statements = [
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON resilience_audit_log "
+                "WHEN NEW.resource = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+            ]
+        elif url.startswith("postgresql"):
+            statements = [
+                "CREATE OR REPLACE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.resource = 'poison' THEN RAISE EXCEPTION 'poisoned row' USING ERRCODE = '22023'; "
+                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+                "DROP TRIGGER IF EXISTS refuse_poison ON resilience_audit_log",
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON resilience_audit_log "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+            ]
+        else:
+            statements = [
+                "DROP TRIGGER IF EXISTS refuse_poison",
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON resilience_audit_log FOR EACH ROW "
+                "IF NEW.resource = 'poison' THEN "
+                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned row'; END IF",
+            ]
+        for statement in statements:
+            connection.execute(text(statement))
+    engine.dispose()
+    return {"value": "poison"}
 
 
 def test_a_row_the_database_refuses_is_quarantined_and_the_rest_stored(

@@ -17,10 +17,13 @@ def create_audit_log(entry: AuditEntry | dict[str, Any], *, durable: bool = Fals
     """Record an entry (a dict of entry fields, or an :class:`AuditEntry`).
 
     Returns the recorded (redacted) entry, or None when auditing is off.
-    Raises TypeError for unknown fields or a missing event_type.
+    Raises TypeError for unknown fields or a missing event_type. Each call
+    records a new entry with a new ``id`` (an ``id`` given is replaced: it is
+    the row's storage key, and a second row under it would be skipped, a
+    hole in the hash chain).
     """
     fields = entry.as_row() if isinstance(entry, AuditEntry) else dict(entry)
-    for writer_field in ("chain_id", "seq", "logged_at", "prev_hash", "entry_hash"):
+    for writer_field in ("id", "chain_id", "seq", "logged_at", "prev_hash", "entry_hash"):
         fields.pop(writer_field, None)
     return current_audit().record(fields, durable=durable)
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,10 @@ logger = logging.getLogger("flask_resilience.audit")
 
 FSYNC_MODES = ("never", "interval", "always")
 COMPACT_AFTER = 1 << 20  # bytes of committed entries before the tail moves to a fresh file
+# A dead process's journal (up to the spill bound, 256 MiB by default) is read
+# and stored this much at a time: parsed whole it takes several times its size
+# in memory, enough to get the adopting worker killed too after a long outage.
+ADOPT_CHUNK_BYTES = 4 << 20
 Stored = list[tuple[dict[str, Any], int]]  # rows, each with the offset just past its record
 
 
@@ -57,8 +62,10 @@ def _commit_record(offset: int) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
-def _records(data: bytes, base: int) -> Iterator[tuple[bytes, bytes, int]]:
-    """``(kind, payload, end offset)`` of each intact record; stops at a torn one."""
+def _records(data: bytes, base: int, report: bool = True) -> Iterator[tuple[bytes, bytes, int]]:
+    """``(kind, payload, end offset)`` of each intact record. A damaged line
+    is skipped (each record has its own checksum, so the ones after it can
+    be trusted); a torn last line, with no newline yet, ends the read."""
     position = 0
     while True:
         end = data.find(b"\n", position)
@@ -71,10 +78,10 @@ def _records(data: bytes, base: int) -> Iterator[tuple[bytes, bytes, int]]:
         except ValueError:
             intact = False
         if not intact:
-            logger.error(
-                "audit journal: a damaged record at byte %d; what follows is skipped", base + position
-            )
-            return
+            if report:
+                logger.error("audit journal: a damaged record at byte %d skipped", base + position)
+            position = end + 1
+            continue
         position = end + 1
         yield body[:1], body[2:], base + position
 
@@ -91,6 +98,40 @@ def parse(data: bytes, base: int = 0) -> tuple[Stored, int]:
         elif kind == b"C":
             committed = max(committed, int(payload))
     return [(row, end) for row, end in rows if end > committed], committed
+
+
+def _chunks(fd: int, size: int) -> Iterator[tuple[bytes, int]]:
+    """``(data, offset)``: the file in pieces of about ADOPT_CHUNK_BYTES, each
+    ending at the end of a record (a torn last line is left out)."""
+    offset = 0
+    while offset < size:
+        data = os.pread(fd, min(ADOPT_CHUNK_BYTES, size - offset), offset)
+        cut = data.rfind(b"\n") + 1
+        while not cut:  # a record longer than a chunk
+            more = os.pread(fd, ADOPT_CHUNK_BYTES, offset + len(data))
+            if not more:
+                return
+            data += more
+            cut = data.rfind(b"\n") + 1
+        yield data[:cut], offset
+        offset += cut
+
+
+def _adopt_file(fd: int, store: Callable[[list[dict[str, Any]]], None]) -> int:
+    """Store the uncommitted entries of an adopted file, a chunk at a time."""
+    size = os.fstat(fd).st_size
+    committed = 0  # commit marks only grow within a file: the last one counts
+    for data, base in _chunks(fd, size):
+        for kind, payload, _ in _records(data, base, report=False):
+            if kind == b"C":
+                committed = max(committed, int(payload))
+    stored = 0
+    for data, base in _chunks(fd, size):
+        rows, _ = parse(data, base)
+        batch = [row for row, end in rows if end > committed]
+        store(batch)
+        stored += len(batch)
+    return stored
 
 
 def _lock(fd: int) -> bool:
@@ -149,6 +190,15 @@ class Journal:
     def append(self, record: bytes) -> None:
         """One ``write()``; raises OSError (the file is cut back to its last whole record)."""
         fd = self._open()
+        self._write_whole(fd, record)
+        if self.fsync == "always":
+            os.fsync(fd)
+        else:
+            self._dirty = True
+
+    def _write_whole(self, fd: int, record: bytes) -> None:
+        """Append ``record`` whole or not at all: a piece left behind would
+        glue itself to the next record and hide every record after it."""
         try:
             if os.write(fd, record) != len(record):
                 raise OSError("short write to the audit journal (disk full?)")
@@ -159,10 +209,6 @@ class Journal:
         # Where the file ends (O_APPEND): right even if an interrupt once
         # came between a write and this line.
         self.end = os.lseek(fd, 0, os.SEEK_CUR)
-        if self.fsync == "always":
-            os.fsync(fd)
-        else:
-            self._dirty = True
 
     def sync(self) -> None:
         """fsync if anything was written since the last one."""
@@ -185,9 +231,11 @@ class Journal:
             os.ftruncate(self._fd, 0)
             self.end = self.committed = 0
             return
-        record = _commit_record(offset)
-        os.write(self._fd, record)
-        self.end += len(record)
+        try:
+            self._write_whole(self._fd, _commit_record(offset))
+        except OSError as exc:  # the entries stay uncommitted: stored again later, harmlessly
+            logger.warning("audit journal commit mark not written (%s)", exc)
+            return
         self.committed = offset
         if self.committed >= COMPACT_AFTER:
             self._compact()
@@ -201,12 +249,20 @@ class Journal:
             for record in tail.splitlines(keepends=True)
             if record[9:10] == b"E"  # commit marks speak of the old file's offsets
         )
-        old_fd, old_path = self._fd, self._path
+        old = self._path, self._fd, self.end, self.committed
         self._fd = None
-        self._open()
-        self.append(kept)
-        os.unlink(old_path)  # only now: until here the old file still holds every entry
-        os.close(old_fd)
+        try:
+            self.append(kept)
+        except OSError as exc:  # no fd, inode or room for the new file: keep the old one
+            logger.warning("audit journal not compacted (%s)", exc)
+            if self._fd is not None and self._path is not None:
+                with contextlib.suppress(OSError):
+                    self._path.unlink()
+                os.close(self._fd)
+            self._path, self._fd, self.end, self.committed = old
+            return
+        os.unlink(old[0])  # only now: until here the old file still holds every entry
+        os.close(old[1])
 
     def close(self) -> None:
         if self._fd is not None and self._generation == fork_generation():
@@ -220,11 +276,14 @@ class Journal:
     # -- dead processes' files -------------------------------------------------------------
 
     def _others(self) -> list[Path]:
+        # Only names _open() gives: adoption deletes what it adopts, and a
+        # looser pattern would take rotated logs or the quarantine file too.
+        own = re.compile(rf"{re.escape(self.base.stem)}\.\d+\.[0-9a-f]{{8}}{re.escape(self.base.suffix)}")
         try:
             found = sorted(self.base.parent.glob(f"{self.base.stem}.*{self.base.suffix}"))
         except OSError:
             return []
-        return [path for path in found if path != self._path]
+        return [path for path in found if path != self._path and own.fullmatch(path.name)]
 
     def adopt(self, store: Callable[[list[dict[str, Any]]], None]) -> int:
         """Store the uncommitted entries of dead processes' journals and remove
@@ -242,11 +301,9 @@ class Journal:
                 with contextlib.suppress(OSError):
                     if os.fstat(fd).st_ino != os.stat(path).st_ino:
                         continue  # replaced while we opened it
-                    data = os.pread(fd, os.fstat(fd).st_size, 0)
-                    rows, _ = parse(data)
-                    store([row for row, _ in rows])
+                    stored = _adopt_file(fd, store)
                     os.unlink(path)
-                    adopted += len(rows)
+                    adopted += stored
             finally:
                 os.close(fd)
         return adopted
@@ -255,5 +312,9 @@ class Journal:
         """Keep a row the database refused, with the reason, for a human to look at."""
         line = json.dumps({"reason": reason, "row": row}, default=str, separators=(",", ":")) + "\n"
         self.base.parent.mkdir(parents=True, exist_ok=True)
-        with self.rejected_path.open("a", encoding="utf-8") as rejected:
-            rejected.write(line)
+        with self.rejected_path.open("ab") as rejected:
+            # The journal's bound holds here too: what a client can get
+            # refused must not fill the disk (the AUDIT_GAP entry still tells).
+            if os.fstat(rejected.fileno()).st_size + len(line) > self.max_bytes:
+                raise OSError(f"the quarantine file is full ({self.max_bytes:,} bytes)")
+            rejected.write(line.encode())

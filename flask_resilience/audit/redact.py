@@ -9,9 +9,12 @@ may redact further.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from .storable import clean
 
 MASK = "[REDACTED]"
 
@@ -104,18 +107,22 @@ class Redactor:
         return value
 
     def value(self, value: Any, depth: int = 0) -> Any:
-        """Redact a JSON-like value (dicts, lists, strings, numbers)."""
+        """Redact a JSON-like value (dicts, lists, strings, numbers), made
+        storable as JSON: lone surrogates (MariaDB's JSON_VALID refuses them)
+        and NaN/Infinity (PostgreSQL's json refuses them) become text."""
         if depth > 32:
             return "[TOO DEEP]"
         if isinstance(value, dict):
             return {
-                str(key): MASK if normalise_key(str(key)) in self.keys else self.value(item, depth + 1)
+                clean(str(key)): MASK if normalise_key(str(key)) in self.keys else self.value(item, depth + 1)
                 for key, item in value.items()
             }
         if isinstance(value, (list, tuple)):
             return [self.value(item, depth + 1) for item in value]
         if isinstance(value, str):
-            return self.text(value)
+            return clean(self.text(value))
+        if isinstance(value, float) and not math.isfinite(value):
+            return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
         if value is None or isinstance(value, (bool, int, float)):
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
                 return self.text(str(value))  # a card number sent as a JSON number

@@ -65,11 +65,13 @@ def storable(fields: dict[str, Any]) -> dict[str, Any]:
     status = fields.get("status")
     if status is not None and status not in _STATUSES:
         raise ValueError(f"status must be one of {', '.join(AuditStatus)}, got {str(status)[:40]!r}")
-    for name, value in fields.items():  # replaces values of existing keys only
-        if value.__class__ is str:
-            width = WIDTHS.get(name)
-            if width is not None and (
-                (width and len(value) > width) or "\x00" in value or not value.isascii()
-            ):
-                fields[name] = clamp(clean(value), width)
+    for name, given in fields.items():  # replaces values of existing keys only
+        width = WIDTHS.get(name)
+        if given is None or width is None:
+            continue
+        text = given
+        if text.__class__ is not str:  # a str subclass or a number: clamped as the text stored
+            text = fields[name] = str.__str__(given) if isinstance(given, str) else str(given)
+        if (width and len(text) > width) or "\x00" in text or not text.isascii():
+            fields[name] = clamp(clean(text), width)
     return fields

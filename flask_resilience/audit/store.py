@@ -20,11 +20,22 @@ _COLUMNS = [column.name for column in audit_log.columns]
 _COPY = f"COPY {audit_log.name} ({', '.join(_COLUMNS)}) FROM STDIN"
 _column_values = operator.itemgetter(*_COLUMNS)
 _JSON_INDEXES = (_COLUMNS.index("changes"), _COLUMNS.index("details"))
+_MYSQL_PACKET_TOO_LARGE = 1153  # a row over max_allowed_packet; the server then hangs up
 # MySQL/MariaDB errors about one row's values, which pymysql does not class as DataError:
 # CHECK constraint (JSON_VALID), SIGNAL from a trigger, bad string value, invalid JSON.
-_MYSQL_ROW_ERRORS = frozenset({4025, 1644, 1366, 3140, 1406})
+_MYSQL_ROW_ERRORS = frozenset({4025, 1644, 1366, 3140, 1406, _MYSQL_PACKET_TOO_LARGE})
+
+# A MySQL/MariaDB server hangs up on a row over max_allowed_packet, which the
+# client often sees as "server has gone away", an outage, and the batch would
+# be retried for ever: rows whose JSON is over this are refused before sending
+# (4 MiB: MySQL 5.7's default; MariaDB's is 16 MiB, MySQL 8's 64 MiB).
+MYSQL_MAX_JSON_BYTES = 4 * 1024 * 1024
 
 Reject = Callable[[dict[str, Any], BaseException], None]
+
+
+class RowTooLarge(ValueError):
+    """A row the database would refuse for its size."""
 
 
 def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
@@ -65,8 +76,7 @@ def is_row_error(error: BaseException) -> bool:
     if isinstance(error, (DataError, IntegrityError)):
         return True
     if isinstance(error, DBAPIError):
-        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
-        return code in _MYSQL_ROW_ERRORS
+        return _mysql_code(error) in _MYSQL_ROW_ERRORS
     if isinstance(error, StatementError):
         return True  # a value the driver could not send
     return not isinstance(error, (SQLAlchemyError, OSError))
@@ -76,14 +86,27 @@ def _write(engine: Engine, rows: list[dict[str, Any]], fresh: bool) -> None:
     with engine.begin() as connection:
         if fresh and engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
             _copy(connection, rows)
-        else:
+            return
+        try:
             connection.execute(insert_ignoring_duplicates(engine), rows)
+        except DBAPIError as exc:
+            if _mysql_code(exc) == _MYSQL_PACKET_TOO_LARGE:
+                # The server closed this connection: back in the pool it would
+                # fail the retries of the good rows as if the database were down.
+                connection.invalidate(exc)
+            raise
+
+
+def _mysql_code(error: DBAPIError) -> Any:
+    return error.orig.args[0] if error.orig is not None and error.orig.args else None
 
 
 def store(engine: Engine, rows: list[dict[str, Any]], *, fresh: bool, reject: Reject) -> None:
     """Store ``rows``; a batch that fails because of its rows is split until
     each refused row is found and handed to ``reject``. Raises when the
     database cannot take rows at all (the caller keeps them for later)."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        rows = _refuse_oversized(rows, reject)
     if not rows:
         return
     try:
@@ -98,3 +121,18 @@ def store(engine: Engine, rows: list[dict[str, Any]], *, fresh: bool, reject: Re
         # Halves are retried idempotently: a failed COPY may hide a duplicate.
         store(engine, rows[:middle], fresh=False, reject=reject)
         store(engine, rows[middle:], fresh=False, reject=reject)
+
+
+def _refuse_oversized(rows: list[dict[str, Any]], reject: Reject) -> list[dict[str, Any]]:
+    """``rows`` without those whose JSON fields exceed MYSQL_MAX_JSON_BYTES
+    (handed to ``reject``)."""
+    kept = []
+    for row in rows:
+        size = sum(
+            len(json.dumps(row[name], default=str)) for name in ("changes", "details") if row.get(name)
+        )
+        if size > MYSQL_MAX_JSON_BYTES:
+            reject(row, RowTooLarge(f"{size:,} bytes of JSON, over {MYSQL_MAX_JSON_BYTES:,}"))
+        else:
+            kept.append(row)
+    return kept

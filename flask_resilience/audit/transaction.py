@@ -10,9 +10,10 @@ a commit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from flask import current_app
+from flask import appcontext_tearing_down, current_app
+from flask.globals import app_ctx
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -23,6 +24,7 @@ Record = Callable[[dict[str, Any]], object]
 _PENDING = "flask_resilience.audit.pending"
 _ENDS = "flask_resilience.audit.ends"  # (root transactions ended, the last one's outcome)
 _COMMITTED = "flask_resilience.audit.committed"
+_WATCHED = "flask_resilience.audit.watched"  # the app context whose end settles idle entries
 
 
 def app_session() -> Session:
@@ -65,9 +67,34 @@ def _settle(session: Session, outcome: AuditStatus) -> None:
 
 def defer(session: Session, record: Record, fields: dict[str, Any]) -> None:
     """Record ``fields`` when the session's transaction ends."""
-    if not session.in_transaction():
-        session.begin()  # so that a close without a commit still ends it
     session.info[_PENDING].append((record, fields))
+    if not session.in_transaction():
+        _settle_when_context_ends(session)
+
+
+def _current_context() -> object:
+    return cast(Any, app_ctx)._get_current_object()  # the context itself, not the proxy
+
+
+def _settle_when_context_ends(session: Session) -> None:
+    """No transaction yet, and none is begun here (the app's own
+    ``with session.begin():`` would then be refused): if none has ended them
+    when this app context ends, the entries are recorded as ROLLED_BACK."""
+    context = _current_context()
+    if session.info.get(_WATCHED) is context:
+        return
+    session.info[_WATCHED] = context
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def settle(sender: object, **_extra: object) -> None:
+        if _current_context() is not context:
+            return  # another context of the app (another request, a nested one)
+        appcontext_tearing_down.disconnect(settle, sender=app)
+        session.info.pop(_WATCHED, None)
+        if session.info[_PENDING] and not session.in_transaction():
+            _settle(session, AuditStatus.ROLLED_BACK)
+
+    appcontext_tearing_down.connect(settle, sender=app, weak=False)
 
 
 def transactions_ended(session: Session) -> int:
