@@ -315,8 +315,8 @@ AUDIT_SPILL_MAX_BYTES = Setting(
     "RESILIENCE_AUDIT_SPILL_MAX_BYTES",
     256 * 1024 * 1024,
     positive_int,
-    "Bytes one process's journal may hold; past it new entries are dropped, counted and told in an "
-    "AUDIT_GAP entry.",
+    "Bytes one process's journal (and, separately, its quarantine file) may hold; past it new entries "
+    "are dropped, counted and told in an AUDIT_GAP entry.",
 )
 AUDIT_JOURNAL_FSYNC = Setting(
     "RESILIENCE_AUDIT_JOURNAL_FSYNC",
