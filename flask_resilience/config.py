@@ -263,7 +263,37 @@ AUDIT_HMAC_KEY = Setting(
     "RESILIENCE_AUDIT_HMAC_KEY",
     None,
     optional_str,
-    "Key for HMAC-SHA-256 entry hashes; unset: plain SHA-256.",
+    "Key for HMAC-SHA-256 entry hashes; unset: derived from SECRET_KEY (HKDF); neither: plain SHA-256.",
+)
+AUDIT_PREVIOUS_HMAC_KEYS = Setting[tuple[str, ...]](
+    "RESILIENCE_AUDIT_PREVIOUS_HMAC_KEYS",
+    (),
+    string_list,
+    "Retired audit HMAC keys that verify still accepts (key rotation).",
+)
+AUDIT_CHECKPOINT_INTERVAL = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_INTERVAL",
+    1000,
+    positive_int,
+    "Entries between two signed checkpoints of a chain's head.",
+)
+AUDIT_CHECKPOINT_SECONDS = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_SECONDS",
+    60,
+    positive_number,
+    "Seconds between two signed checkpoints (also while idle: verify treats a chain as live for twice this).",
+)
+AUDIT_CHECKPOINT_DATABASE_URI = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_DATABASE_URI",
+    None,
+    database_url,
+    "SQLAlchemy URL of a second database for the checkpoint table; unset: the audit database.",
+)
+AUDIT_CHECKPOINT_SINK = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_SINK",
+    None,
+    optional_callable,
+    "Callable (or 'module:function') also given each signed checkpoint as a dict.",
 )
 AUDIT_REDACT_KEYS = Setting[tuple[str, ...]](
     "RESILIENCE_AUDIT_REDACT_KEYS",
@@ -363,6 +393,11 @@ SETTINGS: tuple[Setting[Any], ...] = (
     AUDIT_MAX_QUEUE,
     AUDIT_SPILL_PATH,
     AUDIT_HMAC_KEY,
+    AUDIT_PREVIOUS_HMAC_KEYS,
+    AUDIT_CHECKPOINT_INTERVAL,
+    AUDIT_CHECKPOINT_SECONDS,
+    AUDIT_CHECKPOINT_DATABASE_URI,
+    AUDIT_CHECKPOINT_SINK,
     AUDIT_REDACT_KEYS,
     AUDIT_REDACTOR,
     AUDIT_MAX_BODY_BYTES,

@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, Response, request
 
 from . import config as cfg
-from .audit.cli import resilience as resilience_cli
+from .audit.cli import register as register_audit_commands
+from .audit.checkpoints import store_from_config
 from .audit.events import AuditEventType
+from .audit.keys import app_keyring, warn_if_unkeyed
 from .audit.redact import Redactor
 from .audit.service import AppAudit
 from .audit.signals import install_sigterm_flush
@@ -26,6 +28,7 @@ from .breaker.shared import SharedState
 from .breaker.states import State as CircuitState
 from .cache.data import DataCache
 from .cache.service import AppCache
+from .cli import resilience as resilience_cli
 from .context import begin_request, finish_request
 from .health import health_blueprint
 from .idempotency.service import AppIdempotency
@@ -38,6 +41,8 @@ from .stores.redis import RedisStore, build_client
 from .stores.sql import Database
 
 logger = logging.getLogger("flask_resilience")
+
+register_audit_commands(resilience_cli)
 
 PrincipalLoader = Callable[[], "str | int | None"]
 AdminCheck = Callable[[], bool]
@@ -78,7 +83,7 @@ class Resilience:
         redis_store = _redis_store(config)
         app_cache = _app_cache(config, redis_store)
         database = Database(config[cfg.DATABASE_URI])
-        app_audit = _app_audit(config, database, Path(app.instance_path))
+        app_audit = _app_audit(app, config, database)
         state = ResilienceState(
             extension=self,
             config=config,
@@ -252,7 +257,8 @@ def _app_cache(config: cfg.Config, redis_store: RedisStore | None) -> AppCache:
     return app_cache
 
 
-def _app_audit(config: cfg.Config, database: Database, instance: Path) -> AppAudit:
+def _app_audit(app: Flask, config: cfg.Config, database: Database) -> AppAudit:
+    instance = Path(app.instance_path)
     spill = config[cfg.AUDIT_SPILL_PATH]
     if spill is None:
         spill_path: Path | None = instance / "resilience-audit-spill.jsonl"
@@ -260,15 +266,17 @@ def _app_audit(config: cfg.Config, database: Database, instance: Path) -> AppAud
         spill_path = None
     else:
         spill_path = Path(spill)
-    key = config[cfg.AUDIT_HMAC_KEY]
+    keyring = app_keyring(app, config)
+    warn_if_unkeyed(keyring, debug=app.debug, testing=app.testing)
     redact_keys: tuple[str, ...] = config[cfg.AUDIT_REDACT_KEYS]
     writer = AuditWriter(
         buffer_size=config[cfg.AUDIT_BUFFER_SIZE],
         flush_interval=config[cfg.AUDIT_FLUSH_INTERVAL] / 1000,
         max_queue=config[cfg.AUDIT_MAX_QUEUE],
         spill_path=spill_path,
-        hmac_key=key.encode() if key else None,
+        hmac_key=keyring.signing,
     )
+    writer.checkpoints = store_from_config(config)
     return AppAudit(
         enabled=config[cfg.AUDIT_ENABLED],
         database=database,

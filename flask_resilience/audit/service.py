@@ -16,7 +16,7 @@ from ..state import get_state
 from ..stores.sql import Database
 from .events import AuditEntry, AuditStatus
 from .redact import Redactor
-from .table import TABLE_NAME
+from .table import TABLE_NAME, check_tables, missing_tables
 from .writer import AuditWriter
 
 _MAX_TRACKED = 1000  # distinct users / resources counted one by one; the rest as "(other)"
@@ -104,6 +104,8 @@ class AppAudit:
                         self.fallback_sqlite.parent.mkdir(parents=True, exist_ok=True)
                         engine = create_engine(f"sqlite:///{self.fallback_sqlite}")
                         self.writer.prepare = _migrate_if_missing
+                    else:  # integrity hook: one clear error when the tables were never created
+                        self.writer.prepare = check_tables
                     self.writer.engine = engine
         return self.writer.engine
 
@@ -175,7 +177,7 @@ def table_exists(engine: Engine) -> bool:
 def _migrate_if_missing(engine: Engine) -> None:
     from .migrate import upgrade  # noqa: PLC0415 (Alembic is only needed here)
 
-    if not table_exists(engine):
+    if missing_tables(engine):
         upgrade(engine)
 
 

@@ -28,7 +28,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..lifecycle import fork_generation
-from .chain import Chain
+from .chain import Chain, closing_entry, opening_entry
+from .checkpoints import CheckpointStore
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .spill import SpillFiles
 from .table import audit_log
@@ -114,6 +115,8 @@ class AuditWriter:
         self._prepared = False
         self._counts: Counter[str] = Counter()
         self.last_flush: datetime | None = None
+        # Integrity hook: where chain heads are checkpointed (set by the extension).
+        self.checkpoints: CheckpointStore | None = None
         self._reset_process()
 
     def _reset_process(self) -> None:
@@ -195,7 +198,7 @@ class AuditWriter:
             thread.join(timeout)
         self._thread = None
         self._retry_at = 0.0
-        self.flush()
+        self._close_chain()
         if self._spill_files is not None:
             self._spill_files.close()
 
@@ -210,9 +213,14 @@ class AuditWriter:
                 dropped, self._dropped = self._dropped, 0
             if dropped:
                 batch.insert(0, _gap_entry(dropped))
+            if batch and (self.chain.seq == 0 or self.chain.closed):  # integrity hook: chains start
+                if self.chain.closed:  # with CHAIN_OPENED; entries after a stop open a new one
+                    self.chain = Chain(self._hmac_key)
+                batch.insert(0, opening_entry(self.chain, min(entry.occurred_at for entry in batch)))
             now = datetime.now(UTC).replace(tzinfo=None)
             rows = [self.chain.link(_row(entry, now)) for entry in batch]
             if not rows and (self.engine is None or not self._has_spill()):
+                self._checkpoint_if_due()  # integrity hook: an idle live writer's heartbeat
                 return 0  # nothing to write (a process that never audited has no engine)
             try:
                 written = self._write(rows)
@@ -227,7 +235,28 @@ class AuditWriter:
                 return 0
             self._backoff = 0.5
             self.last_flush = datetime.now(UTC)
+            self._checkpoint_if_due()  # integrity hook: the rows are stored, sign the head
             return written
+
+    # -- integrity hooks: chain lifecycle records and signed checkpoints ----------------
+
+    def _checkpoint_if_due(self) -> None:
+        """After a successful write (or an idle tick): checkpoint the head when due."""
+        if self.checkpoints is not None and self.engine is not None and self.checkpoints.due(self.chain):
+            self.checkpoints.record(self.chain, self.engine)
+
+    def _close_chain(self) -> None:
+        """At a clean stop: end an opened chain with CHAIN_CLOSED and a closing checkpoint."""
+        self.flush()
+        if not self.chain.seq or self.chain.closed:
+            return
+        with self._lock:
+            self._queue.append(closing_entry(self.chain))
+        self.flush()
+        if not self._queue and not self._has_spill():
+            self.chain.closed = True
+            if self.checkpoints is not None and self.engine is not None:
+                self.checkpoints.record(self.chain, self.engine, closing=True)
 
     def _engine(self) -> Engine:
         if self.engine is None:
