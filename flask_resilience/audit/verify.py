@@ -62,8 +62,9 @@ class ChainReport:
         """What ``flask resilience audit verify`` prints for this chain."""
         name = f"chain {self.chain_id}"
         if self.ok:
+            span = f", seq {self.first_seq}-{self.last_seq}" if self.rows else ""
             extra = "".join(f"; {note}" for note in self.notes)
-            return [f"{name}: ok ({self.rows} entries, seq {self.first_seq}-{self.last_seq}{extra})"]
+            return [f"{name}: ok ({self.rows} entries{span}{extra})"]
         lines = [f"{name}: BROKEN at seq {self.broken_at}"] if self.broken_at is not None else []
         lines += [f"{name}: GAP, seq {start}-{end} missing" for start, end in self.gaps]
         return lines + [f"{name}: {problem}" for problem in self.problems]
