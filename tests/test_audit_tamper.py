@@ -3,7 +3,11 @@ chains forged without the key, forged purge anchors (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -192,3 +196,45 @@ def test_an_unclosed_chain_is_live_while_checkpointed_then_reported_as_ended_wit
         later = verify(checker)
     assert later.exit_code == 1, later.output
     assert f"chain {chain_id}: ENDED without close (crash or truncation)" in later.output
+
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    from flask import Flask
+    from flask_resilience import AuditEventType, Resilience, log_auth_event
+    from flask_resilience.state import get_state
+    app = Flask("crashing-writer", instance_path=sys.argv[2])
+    app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1],
+                      RESILIENCE_AUDIT_SPILL_PATH=sys.argv[3])
+    Resilience(app)
+    with app.app_context():
+        for user in range(3):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        get_state(app).audit.writer.flush()  # no table there: into this process's spill file
+        print(get_state(app).audit.writer.chain.chain_id, flush=True)
+    os._exit(0)  # killed: no close
+    """
+)
+
+
+def test_a_crashed_chain_adopted_by_a_later_writer_is_a_known_crash(make_app: MakeApp, tmp_path: Path) -> None:
+    spill = tmp_path / "spill" / "audit.jsonl"
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, f"sqlite:///{tmp_path / 'none.db'}", str(tmp_path / "c"), str(spill)],
+        cwd=Path(__file__).parent.parent,
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    dead_chain = child.stdout.strip()
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(sqlalchemy.create_engine(url))
+    adopter, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=url, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
+    write_entries(adopter, 1)  # replays the dead writer's spill first
+    write_entries(adopter, 1)  # and records the adoption
+    adopter_chain = get_state(adopter).audit.writer.chain.chain_id
+    result = verify(adopter)
+    assert result.exit_code == 0, result.output
+    assert f"chain {dead_chain}: ok (4 entries, seq 1-4; ended without close: a crash, adopted by chain {adopter_chain})" in result.output

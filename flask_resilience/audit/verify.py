@@ -260,10 +260,10 @@ def _check_ending(report: ChainReport, adopter: str | None, context: Context) ->
     if checkpoint is not None and checkpoint[0].closing:
         return  # closed per its signed checkpoint; truncation is checked against it
     heard = max(filter(None, (checkpoint[1] if checkpoint else None, report.last_logged_at)))
-    if context.now - heard <= context.live_window:
-        report.notes.append("open, writer live")
-    elif adopter is not None:
+    if adopter is not None:
         report.notes.append(f"ended without close: a crash, adopted by chain {adopter}")
+    elif context.now - heard <= context.live_window:
+        report.notes.append("open, writer live")
     elif report.legacy and context.allow_unkeyed:
         report.notes.append("written before chains were closed")
     else:

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..lifecycle import fork_generation
-from .chain import Chain, closing_entry, opening_entry
+from .chain import Chain, adoption_entry, closing_entry, opening_entry
 from .checkpoints import CheckpointStore
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .spill import SpillFiles
@@ -299,6 +299,8 @@ class AuditWriter:
         if self._spill_files is None:
             return 0
 
+        adopted: dict[str, tuple[int, int]] = {}  # integrity hook: dead chain -> (last seq, rows)
+
         def store(rows: list[dict[str, Any]]) -> None:
             linked = [
                 row if row.get("entry_hash") else self.chain.link(row) for row in rows
@@ -306,8 +308,11 @@ class AuditWriter:
             for start in range(0, len(linked), 1000):
                 with engine.begin() as connection:
                     connection.execute(insert_ignoring_duplicates(engine), linked[start : start + 1000])
+            _note_adopted(adopted, linked, self.chain.chain_id)
 
         replayed = self._spill_files.replay(store)
+        with self._lock:  # integrity hook: record, in our chain, each dead writer's chain we took over
+            self._queue.extend(adoption_entry(chain_id, *seen) for chain_id, seen in adopted.items())
         if replayed:
             self._counts["replayed"] += replayed
             logger.info("audit: replayed %d spilled entries", replayed)
@@ -327,6 +332,14 @@ class AuditWriter:
 
     def reset_counts(self) -> None:
         self._counts.clear()
+
+
+def _note_adopted(adopted: dict[str, tuple[int, int]], rows: list[dict[str, Any]], own_chain: str) -> None:
+    """Count replayed rows of other (dead) writers' chains, by chain."""
+    for row in rows:
+        if row["chain_id"] != own_chain:
+            last, count = adopted.get(row["chain_id"], (0, 0))
+            adopted[row["chain_id"]] = (max(last, row["seq"]), count + 1)
 
 
 def _gap_entry(dropped: int) -> AuditEntry:
