@@ -295,6 +295,12 @@ AUDIT_CHECKPOINT_SINK = Setting(
     optional_callable,
     "Callable (or 'module:function') also given each signed checkpoint as a dict.",
 )
+AUDIT_PARTITION = Setting(
+    "RESILIENCE_AUDIT_PARTITION",
+    "none",
+    one_of("none", "month", "day"),
+    "PostgreSQL range partitions of the audit table on occurred_at: none, month or day.",
+)
 AUDIT_REDACT_KEYS = Setting[tuple[str, ...]](
     "RESILIENCE_AUDIT_REDACT_KEYS",
     (),
@@ -398,6 +404,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     AUDIT_CHECKPOINT_SECONDS,
     AUDIT_CHECKPOINT_DATABASE_URI,
     AUDIT_CHECKPOINT_SINK,
+    AUDIT_PARTITION,
     AUDIT_REDACT_KEYS,
     AUDIT_REDACTOR,
     AUDIT_MAX_BODY_BYTES,

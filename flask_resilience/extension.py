@@ -17,6 +17,7 @@ from .audit.cli import register as register_audit_commands
 from .audit.checkpoints import store_from_config
 from .audit.events import AuditEventType
 from .audit.keys import app_keyring, warn_if_unkeyed
+from .audit.partitions import PartitionKeeper
 from .audit.redact import Redactor
 from .audit.service import AppAudit
 from .audit.signals import install_sigterm_flush
@@ -277,6 +278,7 @@ def _app_audit(app: Flask, config: cfg.Config, database: Database) -> AppAudit:
         hmac_key=keyring.signing,
     )
     writer.checkpoints = store_from_config(config)
+    writer.partitions = PartitionKeeper(config[cfg.AUDIT_PARTITION])
     return AppAudit(
         enabled=config[cfg.AUDIT_ENABLED],
         database=database,

@@ -144,6 +144,7 @@ INVALID_VALUES: list[tuple[str, object]] = [
     ("RESILIENCE_AUDIT_CHECKPOINT_SECONDS", -1),
     ("RESILIENCE_AUDIT_CHECKPOINT_DATABASE_URI", "not a url"),
     ("RESILIENCE_AUDIT_CHECKPOINT_SINK", "nowhere_module_abc:fn"),
+    ("RESILIENCE_AUDIT_PARTITION", "week"),
     ("RESILIENCE_AUDIT_REDACT_KEYS", 7),
     ("RESILIENCE_AUDIT_REDACTOR", "nowhere_module_abc:fn"),
     ("RESILIENCE_AUDIT_MAX_BODY_BYTES", -1),

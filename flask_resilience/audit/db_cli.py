@@ -7,6 +7,8 @@ from flask.cli import AppGroup
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..config import AUDIT_PARTITION
+from ..state import get_state
 from . import migrate
 from .service import current_audit
 from .table import masked
@@ -41,8 +43,9 @@ def db_upgrade(revision: str, sql: bool) -> None:
         return
     engine = _database()
     click.echo(f"migrating {masked(engine.url)}")
-    migrate.upgrade(engine, revision)
-    click.echo(f"flask-resilience tables at {revision}")
+    partition = get_state().config[AUDIT_PARTITION]
+    migrate.upgrade(engine, revision, partition)
+    click.echo(f"flask-resilience tables at {revision}" + (f", partitioned by {partition}" if partition != "none" else ""))
 
 
 @db.command("downgrade")

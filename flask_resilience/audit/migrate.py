@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -12,6 +13,7 @@ from alembic.config import Config
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+from .partitions import convert
 from .table import masked
 
 
@@ -39,8 +41,13 @@ def _run(engine: Engine, action: str, revision: str) -> None:
         getattr(command, action)(config, revision)
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", partition: str = "none") -> None:
+    """Migrate to ``revision``; then, with ``partition`` month or day on
+    PostgreSQL, make the log partitioned (once; its rows kept)."""
     _run(engine, "upgrade", revision)
+    if partition != "none" and engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            convert(connection, partition, datetime.now(UTC))
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:

@@ -9,13 +9,18 @@ starts from, accepted only when the entry holding it verifies itself.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select
 
+from sqlalchemy import Engine, and_, delete, func, select, text
+
+from .partitions import bounds, is_partitioned, partitions
 from .table import audit_log
+
+logger = logging.getLogger("flask_resilience")
 
 PURGE_KEY = "audit_purge"
 
@@ -68,13 +73,39 @@ def anchor_after(engine: Engine, cut: ChainCut) -> dict[str, Any]:
 
 def purge(engine: Engine, before: datetime, batch: int = 1000) -> tuple[int, dict[str, dict[str, Any]]]:
     """Delete whole chain prefixes older than ``before`` (naive UTC), in
-    batches; returns how many rows went and the anchors to record."""
+    batches; returns how many rows went and the anchors to record.
+
+    A partitioned table (PostgreSQL) loses whole partitions instead: those
+    ending at or before ``before``; the cutoff becomes the newest such end."""
+    dropped: list[str] = []
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            if is_partitioned(connection):
+                dropped = [name for name in partitions(connection) if _ends_by(name, before)]
+                before = max((_end(name) for name in dropped), default=before)
     deleted = 0
     anchors: dict[str, dict[str, Any]] = {}
-    for cut in plan(engine, before):
+    cuts = plan(engine, before)
+    for cut in cuts:
         anchors[cut.chain_id] = anchor_after(engine, cut)
+    if dropped:
+        with engine.begin() as connection:
+            for name in dropped:
+                connection.execute(text(f'DROP TABLE "{name}"'))
+        logger.info("audit purge dropped partitions %s", ", ".join(dropped))
+    for cut in cuts:  # what the partitions did not hold (the default partition, late entries)
         deleted += _delete_prefix(engine, cut, batch)
-    return deleted, anchors
+    return (sum(cut.rows for cut in cuts) if dropped else deleted), anchors
+
+
+def _end(name: str) -> datetime:
+    span = bounds(name)
+    assert span is not None
+    return span[1]
+
+
+def _ends_by(name: str, before: datetime) -> bool:
+    return _end(name) <= before
 
 
 def _delete_prefix(engine: Engine, cut: ChainCut, batch: int) -> int:

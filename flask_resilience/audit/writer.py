@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from ..lifecycle import fork_generation
 from .chain import Chain, adoption_entry, closing_entry, opening_entry
 from .checkpoints import CheckpointStore
+from .partitions import PartitionKeeper
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .spill import SpillFiles
 from .table import audit_log
@@ -83,7 +84,8 @@ def insert_ignoring_duplicates(engine: Engine) -> Insert:
     """An INSERT that skips rows whose id is already stored (safe replays)."""
     dialect = engine.dialect.name
     if dialect == "postgresql":
-        return pg_insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
+        # No conflict target: a partitioned table's key is (id, occurred_at), a plain one's id.
+        return pg_insert(audit_log).on_conflict_do_nothing()
     if dialect == "sqlite":
         return insert(audit_log).prefix_with("OR IGNORE")
     if dialect in ("mysql", "mariadb"):
@@ -117,6 +119,7 @@ class AuditWriter:
         self.last_flush: datetime | None = None
         # Integrity hook: where chain heads are checkpointed (set by the extension).
         self.checkpoints: CheckpointStore | None = None
+        self.partitions: PartitionKeeper | None = None  # PostgreSQL partitions kept ahead
         self._reset_process()
 
     def _reset_process(self) -> None:
@@ -216,7 +219,7 @@ class AuditWriter:
             if batch and (self.chain.seq == 0 or self.chain.closed):  # integrity hook: chains start
                 if self.chain.closed:  # with CHAIN_OPENED; entries after a stop open a new one
                     self.chain = Chain(self._hmac_key)
-                batch.insert(0, opening_entry(self.chain, min(entry.occurred_at for entry in batch)))
+                batch.insert(0, opening_entry(self.chain, min(_naive_utc(entry.occurred_at) for entry in batch)))
             now = datetime.now(UTC).replace(tzinfo=None)
             rows = [self.chain.link(_row(entry, now)) for entry in batch]
             if not rows and (self.engine is None or not self._has_spill()):
@@ -241,8 +244,13 @@ class AuditWriter:
     # -- integrity hooks: chain lifecycle records and signed checkpoints ----------------
 
     def _checkpoint_if_due(self) -> None:
-        """After a successful write (or an idle tick): checkpoint the head when due."""
-        if self.checkpoints is not None and self.engine is not None and self.checkpoints.due(self.chain):
+        """After a successful write (or an idle tick): keep partitions created
+        ahead, and checkpoint the head when due."""
+        if self.engine is None:
+            return
+        if self.partitions is not None:
+            self.partitions.keep_ahead(self.engine)
+        if self.checkpoints is not None and self.checkpoints.due(self.chain):
             self.checkpoints.record(self.chain, self.engine)
 
     def _close_chain(self) -> None:
