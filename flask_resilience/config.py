@@ -279,7 +279,7 @@ AUDIT_CHECKPOINT_INTERVAL = Setting(
 )
 AUDIT_CHECKPOINT_SECONDS = Setting(
     "RESILIENCE_AUDIT_CHECKPOINT_SECONDS",
-    60,
+    60.0,
     positive_number,
     "Seconds between two signed checkpoints (also while idle: verify treats a chain as live for twice this).",
 )

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, Response, request
 
 from . import config as cfg
-from .audit.cli import register as register_audit_commands
 from .audit.checkpoints import store_from_config
+from .audit.cli import register as register_audit_commands
 from .audit.events import AuditEventType
 from .audit.keys import app_keyring, warn_if_unkeyed
 from .audit.partitions import PartitionKeeper

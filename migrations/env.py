@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from flask_resilience.migrations.include import VERSION_TABLE
 from sqlalchemy import Connection, create_engine, inspect, text
 
 from flask_resilience.audit.table import metadata
-from flask_resilience.migrations.include import VERSION_TABLE
 
 config = context.config
 # Revision ids before they were made unique (an app's own "0001" collided with ours).
@@ -24,7 +24,7 @@ def _rename_old_revisions(connection: Connection) -> None:
         return
     for old, new in RENAMED.items():
         connection.execute(
-            text(f"UPDATE {VERSION_TABLE} SET version_num = :new WHERE version_num = :old"),
+            text(f"UPDATE {VERSION_TABLE} SET version_num = :new WHERE version_num = :old"),  # noqa: S608
             {"new": new, "old": old},
         )
 

@@ -134,7 +134,9 @@ def test_start_and_stop_flushing(audit_app: tuple[Flask, Resilience]) -> None:
         stop_audit_log_flushing()
         engine = get_state(app).audit.engine()
         with engine.connect() as connection:
-            assert connection.execute(select(audit_log.c.event_type).where(RECORDED)).scalars().all() == ["LOGOUT"]
+            assert connection.execute(select(audit_log.c.event_type).where(RECORDED)).scalars().all() == [
+                "LOGOUT"
+            ]
 
 
 def test_request_fields_are_filled_in(audit_app: tuple[Flask, Resilience]) -> None:

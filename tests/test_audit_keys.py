@@ -124,7 +124,9 @@ def test_rotation_keeps_old_entries_verifiable(make_app: MakeApp, sqlite_audit: 
     assert "BROKEN at seq 1" in result.output and "FORGED checkpoint" in result.output
 
 
-def test_secret_key_fallbacks_verify_entries_of_the_previous_secret(make_app: MakeApp, sqlite_audit: str) -> None:
+def test_secret_key_fallbacks_verify_entries_of_the_previous_secret(
+    make_app: MakeApp, sqlite_audit: str
+) -> None:
     before, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit, SECRET_KEY="first")
     write_entries(before, 2)
     extension.shutdown()
@@ -164,7 +166,9 @@ def test_checkpoints_go_to_a_second_database_and_a_sink(
     )
     assert verify(checker).exit_code == 0
     with stored.begin() as connection:  # a checkpoint re-signed without the key
-        connection.execute(update(audit_checkpoint).where(audit_checkpoint.c.seq == 10).values(signature="0" * 64))
+        connection.execute(
+            update(audit_checkpoint).where(audit_checkpoint.c.seq == 10).values(signature="0" * 64)
+        )
     result = verify(checker)
     assert result.exit_code == 1
     assert "FORGED checkpoint at seq 10" in result.output
@@ -181,7 +185,9 @@ def test_purge_dry_run_lists_per_chain_and_deletes_nothing(
     extension.shutdown()
     engine = sqlalchemy.create_engine(sqlite_audit)
     with engine.begin() as connection:
-        connection.execute(update(audit_log).where(audit_log.c.seq <= 3).values(occurred_at=datetime(2020, 1, 1)))
+        connection.execute(
+            update(audit_log).where(audit_log.c.seq <= 3).values(occurred_at=datetime(2020, 1, 1))
+        )
     checker, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit)
     runner = checker.test_cli_runner()
     dry = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--dry-run"])
@@ -209,7 +215,10 @@ def test_a_chain_purged_whole_still_verifies(make_app: MakeApp, sqlite_audit: st
         connection.execute(update(audit_log).values(occurred_at=datetime(2020, 1, 1)))
     checker, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit)
     runner = checker.test_cli_runner()
-    assert "deleted 5 entries" in runner.invoke(args=["resilience", "audit", "purge", "--older-than", "1d"]).output
+    assert (
+        "deleted 5 entries"
+        in runner.invoke(args=["resilience", "audit", "purge", "--older-than", "1d"]).output
+    )
     result = verify(checker)
     assert result.exit_code == 0, result.output
     assert f"chain {chain_id}: ok (0 entries" in result.output and "purged whole" in result.output

@@ -13,13 +13,13 @@ import flask_migrate
 import pytest
 import sqlalchemy
 from flask import Flask
+from flask_resilience.migrations import include_name, include_object
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
 
 from flask_resilience import AuditEventType, Resilience, log_auth_event
 from flask_resilience.audit.migrate import script_location, stamp, upgrade
 from flask_resilience.audit.table import missing_tables
-from flask_resilience.migrations import include_name, include_object
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
@@ -28,7 +28,9 @@ from tests.conftest import MakeApp
 def _restore_logging() -> Iterator[None]:
     """The env.py Flask-Migrate generates runs logging.config.fileConfig, which
     disables every logger already created: undo that for the tests that follow."""
-    loggers = [logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    loggers = [
+        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
     disabled = {logger: logger.disabled for logger in loggers}
     level, handlers = logging.root.level, list(logging.root.handlers)
     yield
@@ -190,7 +192,11 @@ def test_a_missing_table_is_one_clear_error_without_sql(
             get_state(app).audit.writer.flush()
             log_auth_event(AuditEventType.LOGIN, user_id=2)
             get_state(app).audit.writer.flush()
-        named = [record.getMessage() for record in caplog.records if "flask resilience db upgrade" in record.getMessage()]
+        named = [
+            record.getMessage()
+            for record in caplog.records
+            if "flask resilience db upgrade" in record.getMessage()
+        ]
         assert len(named) == 1
         assert "resilience_audit_log" in named[0]
         assert "INSERT" not in named[0] and "%(" not in named[0]

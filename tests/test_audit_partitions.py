@@ -21,7 +21,6 @@ from flask_resilience.audit.partitions import (
     period_start,
 )
 from flask_resilience.audit.table import audit_log
-from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 from tests.test_audit_tamper import verify, write_entries
 
@@ -39,7 +38,9 @@ def schema_url(postgres_url: str) -> Iterator[str]:
     admin.dispose()
 
 
-def test_partitioned_log_converts_keeps_ahead_and_purges_by_dropping(make_app: MakeApp, schema_url: str) -> None:
+def test_partitioned_log_converts_keeps_ahead_and_purges_by_dropping(
+    make_app: MakeApp, schema_url: str
+) -> None:
     engine = sqlalchemy.create_engine(schema_url)
     upgrade(engine)
     now = datetime.now(UTC).replace(tzinfo=None)
@@ -47,7 +48,9 @@ def test_partitioned_log_converts_keeps_ahead_and_purges_by_dropping(make_app: M
     writer, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=schema_url)
     with writer.app_context():
         for index in range(4):
-            create_audit_log({"event_type": AuditEventType.UPDATE, "occurred_at": old, "resource_id": str(index)})
+            create_audit_log(
+                {"event_type": AuditEventType.UPDATE, "occurred_at": old, "resource_id": str(index)}
+            )
     write_entries(writer, 3)
     extension.shutdown()  # a closed chain: CHAIN_OPENED (old), 4 old entries, 3 new, CHAIN_CLOSED
 

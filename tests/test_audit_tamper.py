@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,7 +77,9 @@ def closed_chain(make_app: MakeApp, audit_url: str) -> Iterator[tuple[Engine, st
     engine.dispose()
 
 
-def test_a_clean_closed_chain_verifies(make_app: MakeApp, audit_url: str, closed_chain: tuple[Engine, str]) -> None:
+def test_a_clean_closed_chain_verifies(
+    make_app: MakeApp, audit_url: str, closed_chain: tuple[Engine, str]
+) -> None:
     engine, chain_id = closed_chain
     kinds = [row["event_type"] for row in rows_of(engine, chain_id)]
     assert kinds[0] == "CHAIN_OPENED"
@@ -158,7 +160,9 @@ def _forge_anchor(engine: Engine, victim: str, first_kept: dict[str, Any]) -> No
             ("user_id", "user_email", "resource", "resource_id", "method", "path", "endpoint"), None
         ),
         **dict.fromkeys(("http_status", "ip", "user_agent", "request_id", "changes"), None),
-        "details": {"audit_purge": {victim: {"first_seq": first_kept["seq"], "prev_hash": first_kept["prev_hash"]}}},
+        "details": {
+            "audit_purge": {victim: {"first_seq": first_kept["seq"], "prev_hash": first_kept["prev_hash"]}}
+        },
         "message": "audit purge",
         "prev_hash": GENESIS,
     }
@@ -218,10 +222,19 @@ CRASHING_WRITER = textwrap.dedent(
 )
 
 
-def test_a_crashed_chain_adopted_by_a_later_writer_is_a_known_crash(make_app: MakeApp, tmp_path: Path) -> None:
+def test_a_crashed_chain_adopted_by_a_later_writer_is_a_known_crash(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
     spill = tmp_path / "spill" / "audit.jsonl"
     child = subprocess.run(
-        [sys.executable, "-c", CRASHING_WRITER, f"sqlite:///{tmp_path / 'none.db'}", str(tmp_path / "c"), str(spill)],
+        [
+            sys.executable,
+            "-c",
+            CRASHING_WRITER,
+            f"sqlite:///{tmp_path / 'none.db'}",
+            str(tmp_path / "c"),
+            str(spill),
+        ],
         cwd=Path(__file__).parent.parent,
         check=True,
         timeout=60,
@@ -237,4 +250,5 @@ def test_a_crashed_chain_adopted_by_a_later_writer_is_a_known_crash(make_app: Ma
     adopter_chain = get_state(adopter).audit.writer.chain.chain_id
     result = verify(adopter)
     assert result.exit_code == 0, result.output
-    assert f"chain {dead_chain}: ok (4 entries, seq 1-4; ended without close: a crash, adopted by chain {adopter_chain})" in result.output
+    known_crash = f"ended without close: a crash, adopted by chain {adopter_chain}"
+    assert f"chain {dead_chain}: ok (4 entries, seq 1-4; {known_crash})" in result.output

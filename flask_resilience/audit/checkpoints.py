@@ -105,7 +105,9 @@ class CheckpointStore:
         self._clock = clock
         self._own_engine: Engine | None = None
         self._lock = threading.Lock()
-        self._last: dict[str, tuple[int, float]] = {}  # chain id -> (seq, monotonic time) of its last checkpoint
+        self._last: dict[
+            str, tuple[int, float]
+        ] = {}  # chain id -> (seq, monotonic time) of its last checkpoint
 
     def engine(self, audit_engine: Engine) -> Engine:
         if self.database_uri is None:
@@ -137,8 +139,13 @@ class CheckpointStore:
         try:
             with self.engine(audit_engine).begin() as connection:
                 connection.execute(insert(audit_checkpoint).values(id=new_id(), **_columns(checkpoint)))
-        except Exception as exc:  # noqa: BLE001 (the audit log must not stop for its checkpoints)
-            logger.error("audit checkpoint of chain %s at seq %d not stored: %s", chain.chain_id, chain.seq, type(exc).__name__)
+        except Exception as exc:
+            logger.error(
+                "audit checkpoint of chain %s at seq %d not stored: %s",
+                chain.chain_id,
+                chain.seq,
+                type(exc).__name__,
+            )
         if self.sink is not None:
             try:
                 self.sink(checkpoint.as_dict())
@@ -154,8 +161,10 @@ class CheckpointStore:
         result: dict[str, tuple[Checkpoint, datetime]] = {}
         heard = select(table.c.chain_id, func.max(table.c.created_at)).group_by(table.c.chain_id)
         with self.engine(audit_engine).connect() as connection:
-            last_heard = {chain_id: at for chain_id, at in connection.execute(heard)}
-            for checkpoint in _furthest(connection.execute(select(table).order_by(table.c.chain_id, table.c.seq))):
+            last_heard = dict(connection.execute(heard).all())
+            for checkpoint in _furthest(
+                connection.execute(select(table).order_by(table.c.chain_id, table.c.seq))
+            ):
                 result[checkpoint.chain_id] = (checkpoint, last_heard[checkpoint.chain_id])
         return result
 
@@ -179,7 +188,8 @@ def _columns(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 def _furthest(rows: Any) -> Iterator[Checkpoint]:
-    """The last (highest seq; a closing one wins a tie) checkpoint of each chain, from rows ordered by chain."""
+    """Each chain's furthest checkpoint (highest seq; a closing one wins a
+    tie), from rows ordered by chain."""
     best: Checkpoint | None = None
     for row in rows:
         data = dict(row._mapping)

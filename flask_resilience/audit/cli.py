@@ -72,12 +72,16 @@ def _audit_engine() -> Engine:
     if missing_tables(engine):
         if app_audit.database.engine() is not None:
             raise click.ClickException("the audit tables are missing: run 'flask resilience db upgrade'")
-        app_audit.writer.prepare(engine)  # the instance-folder SQLite migrates itself
+        prepare = app_audit.writer.prepare
+        assert prepare is not None  # set with the instance-folder SQLite, which migrates itself
+        prepare(engine)
     return engine
 
 
 @audit.command("verify")
-@click.option("--allow-unkeyed", is_flag=True, help="Accept unkeyed entries (written before the log was keyed).")
+@click.option(
+    "--allow-unkeyed", is_flag=True, help="Accept unkeyed entries (written before the log was keyed)."
+)
 def audit_verify(allow_unkeyed: bool) -> None:
     """Check every chain; exit 1 on a broken link, a gap, a truncated or missing chain."""
     state = get_state()
@@ -88,7 +92,9 @@ def audit_verify(allow_unkeyed: bool) -> None:
     try:
         checkpoints = store.latest(engine) if store is not None else {}
     except SQLAlchemyError:
-        raise click.ClickException("the checkpoint table cannot be read: run 'flask resilience db upgrade'") from None
+        raise click.ClickException(
+            "the checkpoint table cannot be read: run 'flask resilience db upgrade'"
+        ) from None
     live_window = timedelta(seconds=2 * state.config[AUDIT_CHECKPOINT_SECONDS])
     reports = verify(
         engine, keyring, checkpoints, now=_utcnow(), live_window=live_window, allow_unkeyed=allow_unkeyed
@@ -118,7 +124,9 @@ def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
         cuts = plan(engine, before)
         for cut in cuts:
             click.echo(f"chain {cut.chain_id}: {cut.rows} entries (seq 1-{cut.last_seq})")
-        click.echo(f"{sum(cut.rows for cut in cuts)} entries older than {before.isoformat()}Z in {len(cuts)} chains")
+        click.echo(
+            f"{sum(cut.rows for cut in cuts)} entries older than {before.isoformat()}Z in {len(cuts)} chains"
+        )
         if dry_run:
             return
         click.confirm("delete them?", abort=True)

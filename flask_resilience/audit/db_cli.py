@@ -45,7 +45,10 @@ def db_upgrade(revision: str, sql: bool) -> None:
     click.echo(f"migrating {masked(engine.url)}")
     partition = get_state().config[AUDIT_PARTITION]
     migrate.upgrade(engine, revision, partition)
-    click.echo(f"flask-resilience tables at {revision}" + (f", partitioned by {partition}" if partition != "none" else ""))
+    click.echo(
+        f"flask-resilience tables at {revision}"
+        + (f", partitioned by {partition}" if partition != "none" else "")
+    )
 
 
 @db.command("downgrade")

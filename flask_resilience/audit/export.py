@@ -18,7 +18,9 @@ EXPORT_FIELDS = [column.name for column in audit_log.columns]
 
 def export_rows(engine: Engine, since: datetime | None) -> Iterator[dict[str, Any]]:
     query = (
-        select(audit_log).order_by(audit_log.c.occurred_at, audit_log.c.chain_id, audit_log.c.seq).execution_options(yield_per=1000)
+        select(audit_log)
+        .order_by(audit_log.c.occurred_at, audit_log.c.chain_id, audit_log.c.seq)
+        .execution_options(yield_per=1000)
     )
     if since is not None:
         query = query.where(audit_log.c.occurred_at >= since)

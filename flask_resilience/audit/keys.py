@@ -85,7 +85,11 @@ def keyring_from_config(
     """The configured key, else one derived from ``SECRET_KEY``; previous keys
     (and keys derived from the fallback secrets) are accepted by ``verify``."""
     previous = [key.encode() for key in previous_keys]
-    secrets = [secret for secret in (secret_key, *secret_key_fallbacks) if isinstance(secret, (str, bytes)) and secret]
+    secrets = [
+        secret
+        for secret in (secret_key, *secret_key_fallbacks)
+        if isinstance(secret, (str, bytes)) and secret
+    ]
     derived = [derive_key(secret) for secret in secrets]
     if hmac_key:
         return Keyring.of(hmac_key.encode(), [*previous, *derived])
@@ -104,9 +108,10 @@ def warn_if_unkeyed(keyring: Keyring, *, debug: bool, testing: bool) -> None:
 
 def app_keyring(app: Flask, config: cfg.Config) -> Keyring:
     """The keyring of ``app``: its configured key, or one derived from its ``SECRET_KEY``."""
+    previous: tuple[str, ...] = config[cfg.AUDIT_PREVIOUS_HMAC_KEYS]
     return keyring_from_config(
         config[cfg.AUDIT_HMAC_KEY],
-        config[cfg.AUDIT_PREVIOUS_HMAC_KEYS],
+        previous,
         app.config.get("SECRET_KEY"),
         app.config.get("SECRET_KEY_FALLBACKS") or (),
     )

@@ -14,8 +14,6 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from .partitions import convert
-from .table import masked
-
 
 
 def script_location() -> Path:

@@ -79,7 +79,10 @@ def is_partitioned(connection: Connection) -> bool:
 def partitions(connection: Connection) -> list[str]:
     """Our range partitions (not the default one), oldest first."""
     names = connection.execute(
-        text("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:name)"),
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = to_regclass(:name)"
+        ),
         {"name": TABLE_NAME},
     ).scalars()
     return sorted(name for name in names if bounds(name) is not None)
@@ -109,16 +112,18 @@ def convert(connection: Connection, mode: str, now: datetime) -> None:
     connection.execute(text(f"ALTER TABLE {TABLE_NAME} ADD PRIMARY KEY (id, occurred_at)"))
     for name, columns in _INDEXES:
         connection.execute(text(f"CREATE INDEX {name} ON {TABLE_NAME} ({columns})"))
-    oldest = connection.execute(text(f"SELECT min(occurred_at) FROM {old}")).scalar() or now
+    now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+    # Our own constant names only, never input: the S608 warnings below are about f-strings in SQL.
+    oldest = connection.execute(text(f"SELECT min(occurred_at) FROM {old}")).scalar() or now  # noqa: S608
     last = period_start(now, mode)
     for _ in range(AHEAD):
         last = next_period(last, mode)
-    start = period_start(min(oldest, now.replace(tzinfo=None)), mode)
+    start = period_start(min(oldest, now), mode)
     while start <= last:
         create_partition(connection, start, mode)
         start = next_period(start, mode)
     connection.execute(text(f"CREATE TABLE {DEFAULT_PARTITION} PARTITION OF {TABLE_NAME} DEFAULT"))
-    connection.execute(text(f"INSERT INTO {TABLE_NAME} SELECT * FROM {old}"))
+    connection.execute(text(f"INSERT INTO {TABLE_NAME} SELECT * FROM {old}"))  # noqa: S608
     connection.execute(text(f"DROP TABLE {old}"))
 
 
@@ -148,5 +153,7 @@ class PartitionKeeper:
                         if partition_name(start, self.mode) not in existing:
                             create_partition(connection, start, self.mode)
                         start = next_period(start, self.mode)
-            except DBAPIError as exc:  # another worker won the race, or no privilege: the default partition holds
+            except (
+                DBAPIError
+            ) as exc:  # another worker won the race, or no privilege: the default partition holds
                 logger.warning("audit partitions not created ahead: %s", type(exc.orig).__name__)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-
 from sqlalchemy import Engine, and_, delete, func, select, text
 
 from .partitions import bounds, is_partitioned, partitions

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import (
-    Engine,
     JSON,
     BigInteger,
     Boolean,
     Column,
     DateTime,
+    Engine,
     Index,
     Integer,
     MetaData,

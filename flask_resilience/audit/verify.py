@@ -96,9 +96,8 @@ def verify(
         if report.anchor is not None and not _trusted(report.anchor, reports, keyring.keyed):
             rejected = report.anchor
             reports[chain_id] = next(iter(_scan(engine, {}, context, chain_id)))
-            reports[chain_id].problems.append(
-                f"purge anchor rejected: entry seq {rejected.host_seq} of chain {rejected.host_chain} does not verify"
-            )
+            host = f"entry seq {rejected.host_seq} of chain {rejected.host_chain}"
+            reports[chain_id].problems.append(f"purge anchor rejected: {host} does not verify")
     for chain_id, (checkpoint, _) in context.checkpoints.items():
         report = reports.setdefault(chain_id, ChainReport(chain_id))
         _check_checkpoint(report, checkpoint, anchors.get(chain_id, []), reports, context)
@@ -111,7 +110,9 @@ def verify(
 def _scan(
     engine: Engine, anchors: Mapping[str, list[Anchor]], context: Context, chain_id: str | None = None
 ) -> Iterator[ChainReport]:
-    query = select(audit_log).order_by(audit_log.c.chain_id, audit_log.c.seq).execution_options(yield_per=1000)
+    query = (
+        select(audit_log).order_by(audit_log.c.chain_id, audit_log.c.seq).execution_options(yield_per=1000)
+    )
     if chain_id is not None:
         query = query.where(audit_log.c.chain_id == chain_id)
     with engine.connect() as connection:
@@ -139,9 +140,7 @@ def _check_chain(
         report.rows += 1
         report.last_seq = seq
         report.legacy = report.legacy and row["key_id"] is None
-        if report.broken_at is None and (
-            row["prev_hash"] != expected_prev or not _hash_ok(row, context)
-        ):
+        if report.broken_at is None and (row["prev_hash"] != expected_prev or not _hash_ok(row, context)):
             report.broken_at = seq
         if seq == watched:
             report.hashes[seq] = row["entry_hash"]
@@ -190,7 +189,9 @@ def _anchor_candidates(engine: Engine) -> dict[str, list[Anchor]]:
                 continue
             for chain_id, start in stated.items():
                 if isinstance(start, dict) and {"first_seq", "prev_hash"} <= start.keys():
-                    anchor = Anchor(chain_id, int(start["first_seq"]), str(start["prev_hash"]), host_chain, host_seq)
+                    anchor = Anchor(
+                        chain_id, int(start["first_seq"]), str(start["prev_hash"]), host_chain, host_seq
+                    )
                     anchors.setdefault(chain_id, []).append(anchor)
     return anchors
 
@@ -226,14 +227,18 @@ def _check_checkpoint(
     if not checkpoint.signature_ok(context.keyring):
         report.problems.append(f"FORGED checkpoint at {at}: its signature does not verify")
     elif report.rows == 0:
-        purged = any(a.first_seq > checkpoint.seq and _trusted(a, reports, context.keyring.keyed) for a in anchors)
+        purged = any(
+            a.first_seq > checkpoint.seq and _trusted(a, reports, context.keyring.keyed) for a in anchors
+        )
         if purged:
             report.notes.append(f"purged whole, last checkpoint at {at}")
             report.closed = True
         else:
             report.problems.append(f"MISSING: no entries, but a signed checkpoint at {at}")
     elif report.last_seq is not None and report.last_seq < checkpoint.seq:
-        report.problems.append(f"TRUNCATED: entries end at seq {report.last_seq}, a signed checkpoint at {at}")
+        report.problems.append(
+            f"TRUNCATED: entries end at seq {report.last_seq}, a signed checkpoint at {at}"
+        )
     elif checkpoint.seq in report.hashes and report.hashes[checkpoint.seq] != checkpoint.head_hash:
         report.problems.append(f"entry seq {checkpoint.seq} differs from its signed checkpoint")
         if report.broken_at is None or report.broken_at > checkpoint.seq:

@@ -30,8 +30,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from ..lifecycle import fork_generation
 from .chain import Chain, adoption_entry, closing_entry, opening_entry
 from .checkpoints import CheckpointStore
-from .partitions import PartitionKeeper
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
+from .partitions import PartitionKeeper
 from .spill import SpillFiles
 from .table import audit_log
 
@@ -219,7 +219,9 @@ class AuditWriter:
             if batch and (self.chain.seq == 0 or self.chain.closed):  # integrity hook: chains start
                 if self.chain.closed:  # with CHAIN_OPENED; entries after a stop open a new one
                     self.chain = Chain(self._hmac_key)
-                batch.insert(0, opening_entry(self.chain, min(_naive_utc(entry.occurred_at) for entry in batch)))
+                batch.insert(
+                    0, opening_entry(self.chain, min(_naive_utc(entry.occurred_at) for entry in batch))
+                )
             now = datetime.now(UTC).replace(tzinfo=None)
             rows = [self.chain.link(_row(entry, now)) for entry in batch]
             if not rows and (self.engine is None or not self._has_spill()):
