@@ -205,3 +205,13 @@ def test_a_missing_table_is_one_clear_error_without_sql(
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def test_the_flask_commands_entry_point_is_the_root_group_with_each_features_subgroups() -> None:
+    from importlib.metadata import entry_points
+
+    (entry,) = [entry for entry in entry_points(group="flask.commands") if entry.name == "resilience"]
+    assert entry.value == "flask_resilience.cli:resilience"
+    group = entry.load()
+    assert {"audit", "db"} <= set(group.commands)
+    assert {"upgrade", "downgrade", "current", "history", "stamp"} <= set(group.commands["db"].commands)
