@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 from flask import Flask
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 
 from flask_resilience import Resilience
 from flask_resilience.audit import cli as audit_cli
@@ -176,18 +176,24 @@ def test_checkpoints_go_to_a_second_database_and_a_sink(
     main.dispose()
 
 
+def aged_chain(
+    make_app: MakeApp, url: str, count: int, aged: ColumnElement[bool]
+) -> tuple[str, sqlalchemy.Engine]:
+    """A closed chain of ``count`` entries whose ``aged`` rows date from 2020."""
+    app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=url)
+    write_entries(app, count)
+    chain_id = get_state(app).audit.writer.chain.chain_id
+    extension.shutdown()
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(update(audit_log).where(aged).values(occurred_at=datetime(2020, 1, 1)))
+    return chain_id, engine
+
+
 def test_purge_dry_run_lists_per_chain_and_deletes_nothing(
     make_app: MakeApp, sqlite_audit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit)
-    write_entries(app, 5)
-    chain_id = get_state(app).audit.writer.chain.chain_id
-    extension.shutdown()
-    engine = sqlalchemy.create_engine(sqlite_audit)
-    with engine.begin() as connection:
-        connection.execute(
-            update(audit_log).where(audit_log.c.seq <= 3).values(occurred_at=datetime(2020, 1, 1))
-        )
+    chain_id, engine = aged_chain(make_app, sqlite_audit, 5, audit_log.c.seq <= 3)
     checker, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit)
     runner = checker.test_cli_runner()
     dry = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--dry-run"])
@@ -206,13 +212,7 @@ def test_purge_dry_run_lists_per_chain_and_deletes_nothing(
 
 
 def test_a_chain_purged_whole_still_verifies(make_app: MakeApp, sqlite_audit: str) -> None:
-    app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit)
-    write_entries(app, 3)
-    chain_id = get_state(app).audit.writer.chain.chain_id
-    extension.shutdown()
-    engine = sqlalchemy.create_engine(sqlite_audit)
-    with engine.begin() as connection:
-        connection.execute(update(audit_log).values(occurred_at=datetime(2020, 1, 1)))
+    chain_id, engine = aged_chain(make_app, sqlite_audit, 3, sqlalchemy.true())
     checker, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit)
     runner = checker.test_cli_runner()
     assert (

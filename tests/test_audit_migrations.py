@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +41,30 @@ def _restore_logging() -> Iterator[None]:
     logging.root.handlers[:] = handlers
 
 
+@contextmanager
+def scratch_schema(postgres_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL schema, dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(postgres_url)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = sqlalchemy.engine.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database with nothing in it (PostgreSQL: a schema of its own)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'app.db'}"
         return
-    base: str = request.getfixturevalue("postgres_url")
-    schema = f"rt_mig_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = sqlalchemy.engine.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with scratch_schema(request.getfixturevalue("postgres_url"), "rt_mig") as url:
+        yield url
 
 
 def _flask_migrate_app(url: str, directory: Path, **migrate_options: Any) -> tuple[Flask, SQLAlchemy]:
@@ -180,31 +189,18 @@ def test_db_upgrade_says_when_it_uses_the_instance_folder_sqlite(make_app: MakeA
 def test_a_missing_table_is_one_clear_error_without_sql(
     make_app: MakeApp, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    schema = f"rt_none_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(postgres_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = sqlalchemy.engine.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=url.render_as_string(hide_password=False))
+    with scratch_schema(postgres_url, "rt_none") as url:
+        app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=url)
         with caplog.at_level(logging.ERROR, logger="flask_resilience"), app.app_context():
-            log_auth_event(AuditEventType.LOGIN, user_id=1)
-            get_state(app).audit.writer.flush()
-            log_auth_event(AuditEventType.LOGIN, user_id=2)
-            get_state(app).audit.writer.flush()
-        named = [
-            record.getMessage()
-            for record in caplog.records
-            if "flask resilience db upgrade" in record.getMessage()
-        ]
-        assert len(named) == 1
-        assert "resilience_audit_log" in named[0]
-        assert "INSERT" not in named[0] and "%(" not in named[0]
-    finally:
-        get_state(app).audit.writer.engine.dispose()  # type: ignore[union-attr]
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+            for user in (1, 2):
+                log_auth_event(AuditEventType.LOGIN, user_id=user)
+                get_state(app).audit.writer.flush()
+        get_state(app).audit.engine().dispose()
+    named = [record.getMessage() for record in caplog.records]
+    named = [message for message in named if "flask resilience db upgrade" in message]
+    assert len(named) == 1
+    assert "resilience_audit_log" in named[0]
+    assert "INSERT" not in named[0] and "%(" not in named[0]
 
 
 def test_the_flask_commands_entry_point_is_the_root_group_with_each_features_subgroups() -> None:

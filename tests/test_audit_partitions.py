@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -22,20 +21,14 @@ from flask_resilience.audit.partitions import (
 )
 from flask_resilience.audit.table import audit_log
 from tests.conftest import MakeApp
+from tests.test_audit_migrations import scratch_schema
 from tests.test_audit_tamper import verify, write_entries
 
 
 @pytest.fixture
 def schema_url(postgres_url: str) -> Iterator[str]:
-    schema = f"rt_part_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(postgres_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = sqlalchemy.engine.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with scratch_schema(postgres_url, "rt_part") as url:
+        yield url
 
 
 def test_partitioned_log_converts_keeps_ahead_and_purges_by_dropping(

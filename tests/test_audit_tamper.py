@@ -17,6 +17,7 @@ from click.testing import Result
 from flask import Flask
 from freezegun import freeze_time
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.sql import Executable
 
 from flask_resilience import AuditEventType, log_data_change
 from flask_resilience.audit.chain import GENESIS, link_hash
@@ -55,6 +56,16 @@ def write_entries(app: Flask, count: int, start: int = 0) -> None:
 
 def verify(app: Flask) -> Result:
     return app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+
+
+def tamper_then_verify(make_app: MakeApp, url: str, statement: Executable) -> Result:
+    """Run ``statement`` on the audit database, then verify from a fresh app."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(statement)
+    engine.dispose()
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=url)
+    return verify(app)
 
 
 def rows_of(engine: Engine, chain_id: str | None = None) -> list[dict[str, Any]]:
@@ -96,9 +107,7 @@ def test_truncating_the_tail_of_a_chain_is_reported(
     engine, chain_id = closed_chain
     with engine.begin() as connection:
         last = connection.execute(select(sqlalchemy.func.max(audit_log.c.seq))).scalar_one()
-        connection.execute(delete(audit_log).where(audit_log.c.seq > last - 3))
-    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=audit_url)
-    result = verify(app)
+    result = tamper_then_verify(make_app, audit_url, delete(audit_log).where(audit_log.c.seq > last - 3))
     assert result.exit_code == 1, result.output
     assert f"chain {chain_id}: TRUNCATED" in result.output
 
@@ -106,11 +115,10 @@ def test_truncating_the_tail_of_a_chain_is_reported(
 def test_deleting_a_whole_chain_is_reported(
     make_app: MakeApp, audit_url: str, closed_chain: tuple[Engine, str]
 ) -> None:
-    engine, chain_id = closed_chain
-    with engine.begin() as connection:
-        connection.execute(delete(audit_log).where(audit_log.c.chain_id == chain_id))
-    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=audit_url)
-    result = verify(app)
+    _, chain_id = closed_chain
+    result = tamper_then_verify(
+        make_app, audit_url, delete(audit_log).where(audit_log.c.chain_id == chain_id)
+    )
     assert result.exit_code == 1, result.output
     assert f"chain {chain_id}: MISSING" in result.output
     assert "all intact" not in result.output
