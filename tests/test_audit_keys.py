@@ -223,3 +223,20 @@ def test_a_chain_purged_whole_still_verifies(make_app: MakeApp, sqlite_audit: st
     assert result.exit_code == 0, result.output
     assert f"chain {chain_id}: ok (0 entries" in result.output and "purged whole" in result.output
     engine.dispose()
+
+
+def test_entries_written_unkeyed_fail_a_keyed_verify_unless_allowed(
+    make_app: MakeApp, sqlite_audit: str
+) -> None:
+    unkeyed, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit, SECRET_KEY=None)
+    write_entries(unkeyed, 2)
+    extension.shutdown()
+    keyed, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit)
+    runner = keyed.test_cli_runner()
+    assert "BROKEN at seq 1" in runner.invoke(args=["resilience", "audit", "verify"]).output
+    allowed = runner.invoke(args=["resilience", "audit", "verify", "--allow-unkeyed"])
+    assert allowed.exit_code == 0, allowed.output
+    alone, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=sqlite_audit, SECRET_KEY=None)
+    unkeyed_verify = alone.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+    assert unkeyed_verify.exit_code == 0
+    assert "warning: the log is unkeyed" in unkeyed_verify.output

@@ -123,7 +123,7 @@ def test_sigterm_leaves_every_audit_entry_stored(server: Server) -> None:
     engine = sqlalchemy.create_engine(server.audit_url)
     kinds = "SELECT event_type, count(*) FROM resilience_audit_log GROUP BY event_type"
     with engine.connect() as connection:
-        counts = dict(connection.execute(sqlalchemy.text(kinds)).all())
+        counts: dict[str, int] = dict(connection.execute(sqlalchemy.text(kinds)).all())
     engine.dispose()
     opened = counts.pop("CHAIN_OPENED")
     assert counts.pop("CHAIN_CLOSED") == opened  # every worker's chain closed cleanly

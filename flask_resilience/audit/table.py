@@ -91,6 +91,14 @@ def masked(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def describe_error(exc: BaseException) -> str:
+    """A database error for a log line: the driver's error class and the first
+    line of its message (SQLAlchemy's own text adds the SQL and its parameters)."""
+    cause = getattr(exc, "orig", None) or exc
+    message = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {message[0]}" if message else type(cause).__name__
+
+
 def missing_tables(engine: Engine) -> list[str]:
     inspector = inspect(engine)
     return [name for name in (TABLE_NAME, CHECKPOINT_TABLE_NAME) if not inspector.has_table(name)]

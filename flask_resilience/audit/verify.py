@@ -224,7 +224,8 @@ def _check_checkpoint(
     context: Context,
 ) -> None:
     at = f"seq {checkpoint.seq} ({checkpoint.created_at.isoformat()}Z)"
-    if not checkpoint.signature_ok(context.keyring):
+    unsigned_allowed = context.allow_unkeyed and checkpoint.key_id is None
+    if not (checkpoint.signature_ok(context.keyring) or unsigned_allowed):
         report.problems.append(f"FORGED checkpoint at {at}: its signature does not verify")
     elif report.rows == 0:
         purged = any(

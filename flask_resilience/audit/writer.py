@@ -33,7 +33,7 @@ from .checkpoints import CheckpointStore
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .partitions import PartitionKeeper
 from .spill import SpillFiles
-from .table import audit_log
+from .table import audit_log, describe_error
 
 logger = logging.getLogger("flask_resilience")
 
@@ -236,7 +236,12 @@ class AuditWriter:
                 self._spill(rows)
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
-                logger.error("audit flush failed (%s); %d entries kept in the spill file", exc, len(rows))
+                # integrity hook: the error's kind and first line, never its SQL or bind parameters
+                logger.error(
+                    "audit flush failed (%s); %d entries kept in the spill file",
+                    describe_error(exc),
+                    len(rows),
+                )
                 return 0
             self._backoff = 0.5
             self.last_flush = datetime.now(UTC)
