@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, func, insert, select
 
 from .. import config as cfg
+from ..lifecycle import fork_generation
 from .chain import Chain
 from .events import new_id
 from .keys import Keyring, key_id
@@ -104,6 +105,7 @@ class CheckpointStore:
         self.sink = sink
         self._clock = clock
         self._own_engine: Engine | None = None
+        self._generation = fork_generation()
         self._lock = threading.Lock()
         self._last: dict[
             str, tuple[int, float]
@@ -116,6 +118,9 @@ class CheckpointStore:
             if self._own_engine is None:
                 self._own_engine = create_engine(self.database_uri, pool_pre_ping=True)
                 audit_checkpoint.create(self._own_engine, checkfirst=True)
+            elif self._generation != fork_generation():
+                self._own_engine.dispose(close=False)  # a forked worker must not share the parent's sockets
+            self._generation = fork_generation()
             return self._own_engine
 
     # -- writing (called by the audit writer's flush thread) -----------------------

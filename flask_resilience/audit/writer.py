@@ -263,15 +263,16 @@ class AuditWriter:
     def _close_chain(self) -> None:
         """At a clean stop: end an opened chain with CHAIN_CLOSED and a closing checkpoint."""
         self.flush()
-        if not self.chain.seq or self.chain.closed:
-            return
-        with self._lock:
-            self._queue.append(closing_entry(self.chain))
-        self.flush()
-        if not self._queue and not self._has_spill():
-            self.chain.closed = True
-            if self.checkpoints is not None and self.engine is not None:
-                self.checkpoints.record(self.chain, self.engine, closing=True)
+        if self.chain.seq and not self.chain.closed:
+            with self._lock:
+                self._queue.append(closing_entry(self.chain))
+            self.flush()
+            if not self._queue and not self._has_spill():
+                self.chain.closed = True
+                if self.checkpoints is not None and self.engine is not None:
+                    self.checkpoints.record(self.chain, self.engine, closing=True)
+        if self.checkpoints is not None:
+            self.checkpoints.dispose()
 
     def _engine(self) -> Engine:
         if self.engine is None:
