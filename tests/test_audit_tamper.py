@@ -260,3 +260,48 @@ def test_a_crashed_chain_adopted_by_a_later_writer_is_a_known_crash(
     assert result.exit_code == 0, result.output
     known_crash = f"ended without close: a crash, adopted by chain {adopter_chain}"
     assert f"chain {dead_chain}: ok (4 entries, seq 1-4; {known_crash})" in result.output
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from flask import Flask
+    from flask_resilience import AuditEventType, Resilience, log_auth_event
+    from flask_resilience.state import get_state
+    app = Flask("killed-writer", instance_path=sys.argv[2])
+    app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1])
+    Resilience(app)
+    with app.app_context():
+        for user in range(5):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)
+        get_state(app).audit.writer.flush()
+        for user in range(5, 8):
+            log_auth_event(AuditEventType.LOGIN, user_id=user)  # queued, never flushed: lost
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_sigkilled_writers_chain_does_not_read_intact(
+    make_app: MakeApp, audit_url: str, tmp_path: Path
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, audit_url, str(tmp_path / "killed")],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"ready"
+    finally:
+        child.kill()
+        child.wait(30)
+        if child.stdout is not None:
+            child.stdout.close()
+    checker, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=audit_url)
+    with freeze_time(datetime.now(UTC) + timedelta(minutes=10)):
+        result = verify(checker)
+    assert result.exit_code == 1, result.output
+    assert "ENDED without close (crash or truncation)" in result.output
+    assert "all intact" not in result.output
