@@ -225,7 +225,7 @@ class AuditWriter:
             now = datetime.now(UTC).replace(tzinfo=None)
             rows = [self.chain.link(_row(entry, now)) for entry in batch]
             if not rows and (self.engine is None or not self._has_spill()):
-                self._checkpoint_if_due()  # integrity hook: an idle live writer's heartbeat
+                self._after_write()  # integrity hook: an idle live writer's heartbeat
                 return 0  # nothing to write (a process that never audited has no engine)
             try:
                 written = self._write(rows)
@@ -245,12 +245,12 @@ class AuditWriter:
                 return 0
             self._backoff = 0.5
             self.last_flush = datetime.now(UTC)
-            self._checkpoint_if_due()  # integrity hook: the rows are stored, sign the head
+            self._after_write()  # integrity hook: the rows are stored, sign the head
             return written
 
     # -- integrity hooks: chain lifecycle records and signed checkpoints ----------------
 
-    def _checkpoint_if_due(self) -> None:
+    def _after_write(self) -> None:
         """After a successful write (or an idle tick): keep partitions created
         ahead, and checkpoint the head when due."""
         if self.engine is None:
