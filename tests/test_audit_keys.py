@@ -6,21 +6,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import ColumnElement, func, select, update
 
 from flask_resilience import Resilience
 from flask_resilience.audit import cli as audit_cli
-from flask_resilience.audit.chain import GENESIS, canonical, link_hash
-from flask_resilience.audit.keys import derive_key, hkdf_sha256, key_id
+from flask_resilience.audit.chain import GENESIS, HASHED, Chain, canonical, link_hash
+from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.keys import Keyring, derive_key, hkdf_sha256, key_id
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.table import audit_checkpoint, audit_log
+from flask_resilience.audit.verify import Context, _check_chain
+from flask_resilience.audit.writer import _row
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 from tests.test_audit_tamper import rows_of, verify, write_entries
@@ -240,3 +245,31 @@ def test_entries_written_unkeyed_fail_a_keyed_verify_unless_allowed(
     unkeyed_verify = alone.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
     assert unkeyed_verify.exit_code == 0
     assert "warning: the log is unkeyed" in unkeyed_verify.output
+
+
+def _linked_rows(count: int, key: bytes) -> list[dict[str, Any]]:
+    chain = Chain(key)
+    now = datetime(2026, 11, 30, 8, 0, 0)
+    return [
+        chain.link(_row(AuditEntry(event_type="UPDATE", resource_id=str(index), details={"n": index}), now))
+        for index in range(count)
+    ]
+
+
+@given(
+    position=st.integers(min_value=0, max_value=5),
+    field=st.sampled_from([name for name in HASHED if name not in ("chain_id", "seq")]),
+    value=st.one_of(
+        st.text(max_size=20), st.integers(), st.none(), st.dictionaries(st.text(max_size=5), st.integers())
+    ),
+)
+@settings(max_examples=150, deadline=None)
+def test_any_edit_of_any_hashed_field_breaks_the_chain(position: int, field: str, value: Any) -> None:
+    key = derive_key("property")
+    rows = _linked_rows(6, key)
+    if rows[position][field] == value:
+        return  # not an edit
+    rows[position] = {**rows[position], field: value}
+    context = Context(Keyring.of(key), {}, datetime(2026, 12, 1), timedelta(minutes=2))
+    report = _check_chain(rows[0]["chain_id"], rows, [], context)
+    assert report.broken_at == rows[position]["seq"]
