@@ -87,12 +87,13 @@ def test_sigterm_leaves_every_audit_entry_stored(server: Server, audit_url: str)
     server.stop()  # the entries sit in the workers' buffers (5 s interval); exiting must flush them
     assert server.process.returncode == 0
     engine = sqlalchemy.create_engine(audit_url)
+    kinds = "SELECT event_type, count(*) FROM resilience_audit_log GROUP BY event_type"
     with engine.connect() as connection:
-        count = connection.execute(
-            sqlalchemy.text("SELECT count(*) FROM resilience_audit_log WHERE event_type = 'CREATE'")
-        ).scalar_one()
+        counts: dict[str, int] = dict(connection.execute(sqlalchemy.text(kinds)).all())
     engine.dispose()
-    assert count == 6
+    assert counts["CREATE"] == 6
+    assert counts["CHAIN_OPENED"] >= 1
+    assert counts.get("CHAIN_CLOSED") == counts["CHAIN_OPENED"]  # every worker's chain closed cleanly
 
 
 def test_demo_behaves_the_same_on_several_workers_with_redis_and_postgres(
