@@ -57,7 +57,7 @@ def verify_audit_log() -> ResponseReturnValue:
     resilience: Resilience = current_app.extensions["example_resilience"]
     reports, _ = verify_app_log(resilience.state().audit.engine())
     chains = [
-        {"chain_id": report.chain_id, "rows": report.rows, "ok": report.ok, "gaps": report.gaps}
+        {"chain_id": report.chain_id, "rows": report.rows, "ok": report.ok, "report": report.lines()}
         for report in reports
     ]
     return jsonify(intact=all(report.ok for report in reports), chains=chains)

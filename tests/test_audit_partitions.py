@@ -19,6 +19,7 @@ from flask_resilience.audit.partitions import (
     partitions,
     period_start,
 )
+from flask_resilience.audit.store import store
 from flask_resilience.audit.table import audit_log
 from tests.conftest import MakeApp
 from tests.test_audit_migrations import scratch_schema
@@ -79,4 +80,16 @@ def test_partitioned_log_converts_keeps_ahead_and_purges_by_dropping(
     assert result.exit_code == 0, result.output
     write_entries(app, 2)  # the writer still writes (ON CONFLICT works on the partitioned key)
     assert verify(app).exit_code == 0
+    replay_skips_stored_rows(engine)
     engine.dispose()
+
+
+def replay_skips_stored_rows(engine: sqlalchemy.Engine) -> None:
+    """The idempotent insert (journal replays, adoption, bisection) on the partitioned table."""
+    with engine.connect() as connection:
+        rows = [dict(row._mapping) for row in connection.execute(select(audit_log))]
+    refused: list[BaseException] = []
+    store(engine, rows, fresh=False, reject=lambda _, error: refused.append(error))
+    assert refused == []
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == len(rows)
