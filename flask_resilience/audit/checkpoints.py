@@ -33,7 +33,7 @@ from .events import new_id
 from .keys import Keyring, key_id
 from .table import audit_checkpoint
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.audit")
 
 Sink = Callable[[dict[str, Any]], None]
 

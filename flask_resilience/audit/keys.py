@@ -21,7 +21,7 @@ from flask import Flask
 
 from .. import config as cfg
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.audit")
 
 INFO = b"flask-resilience audit log hmac key v1"
 _KEY_ID_LABEL = b"flask-resilience audit key id"

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .table import TABLE_NAME
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.audit")
 
 MODES = ("none", "month", "day")
 AHEAD = 2  # periods created in advance

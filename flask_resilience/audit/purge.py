@@ -19,7 +19,7 @@ from sqlalchemy import Engine, and_, delete, func, select, text
 from .partitions import bounds, is_partitioned, partitions
 from .table import audit_log
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.audit")
 
 PURGE_KEY = "audit_purge"
 

@@ -83,7 +83,7 @@ audit_checkpoint = Table(
 )
 
 
-logger = logging.getLogger("flask_resilience")
+logger = logging.getLogger("flask_resilience.audit")
 
 
 def masked(url: URL) -> str:

@@ -427,19 +427,18 @@ class AuditWriter(ProcessLocalWorker):
     def _close_chain(self) -> None:
         """At a clean stop: end an opened chain with CHAIN_CLOSED and a closing
         checkpoint, once everything before it is stored."""
-        if self.engine is None or not self.chain.seq or self.chain.closed:
-            return
         with self._lock:
-            self._add_linked_entry(closing_entry(self.chain))
+            chain = self.chain
+            if self.engine is None or not chain.seq or chain.closed:
+                return
+            self._add_linked_entry(closing_entry(chain))
+            # Closed at once: an entry recorded meanwhile opens a new chain rather
+            # than following CHAIN_CLOSED (a close not stored yet is in the journal).
+            chain.closed = True
         self.flush()
-        if self.queue_size() == 0 and self._stored_head == (
-            self.chain.chain_id,
-            self.chain.seq,
-            self.chain.prev_hash,
-        ):
-            self.chain.closed = True
-            if self.checkpoints is not None:
-                self.checkpoints.record(self.chain, self.engine, closing=True)
+        stored = self._stored_head == (chain.chain_id, chain.seq, chain.prev_hash)
+        if stored and self.checkpoints is not None:
+            self.checkpoints.record(chain, self.engine, closing=True)
 
     def _add_gap_locked(self, count: int, kind: str, **details: Any) -> None:
         if kind == "dropped":
@@ -454,8 +453,7 @@ class AuditWriter(ProcessLocalWorker):
             message=message,
             details={kind: count, **details},
         )
-        row = _row(gap, datetime.now(UTC).replace(tzinfo=None))
-        self._enqueue_linked(row, self._link(row))
+        self._add_linked_entry(gap)
 
     # -- statistics ------------------------------------------------------------------------
 
