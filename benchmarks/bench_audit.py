@@ -124,9 +124,13 @@ def writer_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str,
 
 
 def _fresh(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same rows under new ids and a new chain (the table's unique keys)."""
-    chain = str(uuid.uuid4())
-    return [{**row, "id": str(uuid.uuid4()), "chain_id": chain} for row in rows]
+    """The same rows under new ids and new chains (the table's unique keys;
+    the rows may come from several chains, each with its own seq 1, 2, ...)."""
+    chains: dict[str, str] = {}
+    return [
+        {**row, "id": str(uuid.uuid4()), "chain_id": chains.setdefault(row["chain_id"], str(uuid.uuid4()))}
+        for row in rows
+    ]
 
 
 def flush_rows_per_second(url: str, number: int) -> float:
