@@ -11,6 +11,10 @@ created and dropped).
    - our writer (enqueue, background flushes of ``AUDIT_BUFFER_SIZE`` rows);
    - raw psycopg ``COPY`` (the floor: the fastest bulk path there is);
    - one ``INSERT`` + commit per entry (what a synchronous audit log does).
+3. Integrity (``--part integrity``): per-entry cost of the canonical form with
+   SHA-256 and HMAC-SHA-256, beside RFC 8785 (JCS, if ``rfc8785`` is
+   installed); purging last month by dropping its partition vs a batched
+   ``DELETE`` of the same rows (``--purge-rows``).
 """
 
 from __future__ import annotations
@@ -23,17 +27,28 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import sqlalchemy
 from flask import Flask
+from harness import interleaved
 from sqlalchemy import text
 
 from flask_resilience import AuditEventType, Resilience, log_data_change
+from flask_resilience.audit.chain import GENESIS, HASHED, canonical, link_hash
+from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.keys import derive_key
 from flask_resilience.audit.migrate import upgrade
+from flask_resilience.audit.partitions import create_partition, period_start
+from flask_resilience.audit.purge import purge
 from flask_resilience.audit.table import audit_log
+from flask_resilience.audit.writer import _row
 from flask_resilience.state import get_state
+
+_COLUMNS = [column.name for column in audit_log.columns]
 
 
 def scratch_schema(url: str) -> tuple[str, str]:
@@ -109,9 +124,13 @@ def writer_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str,
 
 
 def _fresh(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same rows under new ids and a new chain (the table's unique keys)."""
-    chain = str(uuid.uuid4())
-    return [{**row, "id": str(uuid.uuid4()), "chain_id": chain} for row in rows]
+    """The same rows under new ids and new chains (the table's unique keys;
+    the rows may come from several chains, each with its own seq 1, 2, ...)."""
+    chains: dict[str, str] = {}
+    return [
+        {**row, "id": str(uuid.uuid4()), "chain_id": chains.setdefault(row["chain_id"], str(uuid.uuid4()))}
+        for row in rows
+    ]
 
 
 def flush_rows_per_second(url: str, number: int) -> float:
@@ -170,34 +189,151 @@ def per_row_rows_per_second(dsn: str, schema: str, rows: list[dict[str, Any]]) -
         return len(fresh) / (time.perf_counter() - started)
 
 
+# -- integrity: the chain's per-entry cost, and purging a month -------------------------------
+
+
+def chain_costs_us(number: int) -> dict[str, float]:
+    """Per entry: our canonical form, then with SHA-256 and HMAC-SHA-256, and
+    RFC 8785 (JCS) for comparison."""
+    entry = AuditEntry(
+        event_type="UPDATE",
+        resource="fare",
+        resource_id="7",
+        user_id="1",
+        changes={"price": {"old": 1, "new": 2}},
+    )
+    row = {**_row(entry, datetime.now(UTC).replace(tzinfo=None)), "chain_id": str(uuid.uuid4()), "seq": 7}
+    key = derive_key("bench-secret")
+    contenders: dict[str, Callable[[], Any]] = {
+        "canonical form": lambda: canonical(row),
+        "canonical + SHA-256 (unkeyed)": lambda: link_hash(GENESIS, row, None),
+        "canonical + HMAC-SHA-256 (keyed)": lambda: link_hash(GENESIS, row, key),
+    }
+    try:
+        import rfc8785  # noqa: PLC0415 (optional: only to compare)
+
+        plain = [
+            value.isoformat() if isinstance(value, datetime) else value for value in (row[f] for f in HASHED)
+        ]
+        contenders["RFC 8785 JCS (rfc8785)"] = lambda: rfc8785.dumps(plain)
+    except ImportError:
+        pass
+    return interleaved(contenders, number=number)
+
+
+def _month_rows(month: datetime, number: int, chains: list[str]) -> list[list[Any]]:
+    """``number`` rows spread over ``month``, round-robin over ``chains`` (seq from 1)."""
+    spacing = timedelta(days=27) / number
+    rows = []
+    for index in range(number):
+        at = month + spacing * index
+        values = dict.fromkeys(_COLUMNS)
+        values.update(
+            id=str(uuid.uuid4()), chain_id=chains[index % len(chains)], seq=index // len(chains) + 1,
+            occurred_at=at, logged_at=at, event_type="UPDATE", severity="INFO", status="SUCCESS",
+            prev_hash="0" * 64, entry_hash="0" * 64,
+        )  # fmt: skip
+        rows.append([values[name] for name in _COLUMNS])
+    return rows
+
+
+def _copy_rows(dsn: str, schema: str, rows: list[list[Any]]) -> None:
+    with psycopg.connect(dsn, options=f"-csearch_path={schema}") as connection:
+        with (
+            connection.cursor() as cursor,
+            cursor.copy(f"COPY resilience_audit_log ({', '.join(_COLUMNS)}) FROM STDIN") as copy,
+        ):
+            for values in rows:
+                copy.write_row(values)
+        connection.commit()
+
+
+def purge_seconds(database_url: str, dsn: str, number: int, partitioned: bool) -> float:
+    """Purging last month (``number`` rows in 4 chains, each continuing into this
+    month) by dropping its partition, or by batched DELETE of the same rows."""
+    schema, url = scratch_schema(database_url)
+    engine = sqlalchemy.create_engine(url)
+    this_month = period_start(datetime.now(UTC), "month")
+    last_month = period_start(this_month - timedelta(days=1), "month")
+    try:
+        upgrade(engine, partition="month" if partitioned else "none")
+        if partitioned:
+            with engine.begin() as connection:
+                create_partition(connection, last_month, "month")
+        chains = [str(uuid.uuid4()) for _ in range(4)]
+        _copy_rows(dsn, schema, _month_rows(last_month, number, chains))
+        later = [[*values] for values in _month_rows(this_month, 4, chains)]
+        for values in later:  # each chain goes on this month
+            values[_COLUMNS.index("seq")] += number // len(chains)
+        _copy_rows(dsn, schema, later)
+        with engine.connect() as connection:
+            connection.execute(text("ANALYZE resilience_audit_log"))
+        started = time.perf_counter()
+        deleted, anchors = purge(engine, this_month)
+        elapsed = time.perf_counter() - started
+        assert deleted == number and len(anchors) == len(chains), (deleted, len(anchors))
+        return elapsed
+    finally:
+        engine.dispose()
+        with sqlalchemy.create_engine(database_url).begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def integrity(database_url: str, dsn: str, purge_rows: int) -> None:
+    costs = chain_costs_us(20_000)
+    print(f"{'per entry, chain step':40} {'us':>8}")
+    for name, cost in costs.items():
+        print(f"{name:40} {cost:8.2f}")
+    keyed = costs["canonical + HMAC-SHA-256 (keyed)"] - costs["canonical + SHA-256 (unkeyed)"]
+    print(f"  HMAC over SHA-256 (keyed by default): {keyed:+.2f} us")
+    if "RFC 8785 JCS (rfc8785)" in costs:
+        extra = costs["RFC 8785 JCS (rfc8785)"] - costs["canonical form"]
+        print(f"  RFC 8785 over our canonical form: {extra:+.2f} us per entry [adopt only if <= 1 us]")
+    dropped = purge_seconds(database_url, dsn, purge_rows, partitioned=True)
+    deleted = purge_seconds(database_url, dsn, purge_rows, partitioned=False)
+    print(f"\npurge of last month ({purge_rows} rows, 4 chains), seconds")
+    print(f"{'drop the month partition':40} {dropped:8.3f}")
+    print(f"{'batched DELETE (1000 per batch)':40} {deleted:8.3f}")
+    print(f"  ratio DELETE / drop: {deleted / dropped:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--purge-rows", type=int, default=200_000)
+    parser.add_argument("--part", choices=["all", "writer", "integrity"], default="all")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    schema, url = scratch_schema(args.database_url)
-    engine = sqlalchemy.create_engine(url)
-    upgrade(engine)
     dsn = (
         sqlalchemy.engine.make_url(args.database_url)
         .set(drivername="postgresql")
         .render_as_string(hide_password=False)
     )
+    if args.part in ("all", "integrity"):
+        integrity(args.database_url, dsn, args.purge_rows)
+    if args.part in ("all", "writer"):
+        writer(args.database_url, dsn, args.rows)
+
+
+def writer(database_url: str, dsn: str, number: int) -> None:
+    schema, url = scratch_schema(database_url)
+    engine = sqlalchemy.create_engine(url)
+    upgrade(engine)
     try:
         enqueue = enqueue_cost_us(url, 5000)
         enqueue_memory = enqueue_cost_us(url, 5000, journal="off")
-        ours, rows = writer_rows_per_second(url, args.rows)
-        flush_only = flush_rows_per_second(url, args.rows)
+        ours, rows = writer_rows_per_second(url, number)
+        flush_only = flush_rows_per_second(url, number)
         copy = copy_rows_per_second(dsn, schema, rows)
         per_row = per_row_rows_per_second(dsn, schema, rows[:2000])
     finally:
-        with sqlalchemy.create_engine(args.database_url).begin() as connection:
+        with sqlalchemy.create_engine(database_url).begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
         shutil.rmtree(JOURNALS, ignore_errors=True)
 
-    print(f"request-thread cost of one audit call, journal (fsync never): {enqueue:.1f} us  [target <= 8]")
+    print(f"\nrequest-thread cost of one audit call, journal (fsync never): {enqueue:.1f} us  [target <= 8]")
     print(f"request-thread cost of one audit call, memory only:           {enqueue_memory:.1f} us")
     print(f"\n{'into PostgreSQL':40} {'rows/s':>10}")
     print(f"{'flask-resilience, enqueue to stored':40} {ours:10.0f}")

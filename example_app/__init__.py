@@ -49,9 +49,14 @@ def _database_url(instance_path: str) -> str:
     return url
 
 
+def secret_key() -> str:
+    """The app's SECRET_KEY (it also keys the audit log's hash chains)."""
+    return os.environ.get("SECRET_KEY", "dev-only-secret-change-me")
+
+
 def _settings(instance_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
     settings: dict[str, Any] = {
-        "SECRET_KEY": os.environ.get("SECRET_KEY", "dev-only-secret-change-me"),
+        "SECRET_KEY": secret_key(),
         "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
         # Seconds the provider's breaker stays open before a trial call.
         "EXAMPLE_BREAKER_OPEN_SECONDS": float(os.environ.get("EXAMPLE_BREAKER_OPEN_SECONDS", "10")),

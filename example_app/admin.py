@@ -7,8 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import Problem, Resilience, audit_blueprint
-from flask_resilience.audit.verify import verify
-from flask_resilience.config import AUDIT_HMAC_KEY
+from flask_resilience.audit.cli import verify_app_log
 from flask_resilience.health.auth import check_admin
 
 from .flights import provider_client
@@ -56,12 +55,9 @@ def charges() -> ResponseReturnValue:
 def verify_audit_log() -> ResponseReturnValue:
     """What ``flask resilience audit verify`` checks, as JSON."""
     resilience: Resilience = current_app.extensions["example_resilience"]
-    state = resilience.state()
-    state.audit.writer.flush()
-    key = state.config[AUDIT_HMAC_KEY]
-    reports = verify(state.audit.engine(), key.encode() if key else None)
+    reports, _ = verify_app_log(resilience.state().audit.engine())
     chains = [
-        {"chain_id": report.chain_id, "rows": report.rows, "ok": report.ok, "gaps": report.gaps}
+        {"chain_id": report.chain_id, "rows": report.rows, "ok": report.ok, "report": report.lines()}
         for report in reports
     ]
     return jsonify(intact=all(report.ok for report in reports), chains=chains)

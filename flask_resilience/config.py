@@ -329,7 +329,43 @@ AUDIT_HMAC_KEY = Setting(
     "RESILIENCE_AUDIT_HMAC_KEY",
     None,
     optional_str,
-    "Key for HMAC-SHA-256 entry hashes; unset: plain SHA-256.",
+    "Key for HMAC-SHA-256 entry hashes; unset: derived from SECRET_KEY (HKDF); neither: plain SHA-256.",
+)
+AUDIT_PREVIOUS_HMAC_KEYS = Setting[tuple[str, ...]](
+    "RESILIENCE_AUDIT_PREVIOUS_HMAC_KEYS",
+    (),
+    string_list,
+    "Retired audit HMAC keys that verify still accepts (key rotation).",
+)
+AUDIT_CHECKPOINT_INTERVAL = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_INTERVAL",
+    1000,
+    positive_int,
+    "Entries between two signed checkpoints of a chain's head.",
+)
+AUDIT_CHECKPOINT_SECONDS = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_SECONDS",
+    60.0,
+    positive_number,
+    "Seconds between two signed checkpoints (also while idle: verify treats a chain as live for twice this).",
+)
+AUDIT_CHECKPOINT_DATABASE_URI = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_DATABASE_URI",
+    None,
+    database_url,
+    "SQLAlchemy URL of a second database for the checkpoint table; unset: the audit database.",
+)
+AUDIT_CHECKPOINT_SINK = Setting(
+    "RESILIENCE_AUDIT_CHECKPOINT_SINK",
+    None,
+    optional_callable,
+    "Callable (or 'module:function') also given each signed checkpoint as a dict.",
+)
+AUDIT_PARTITION = Setting(
+    "RESILIENCE_AUDIT_PARTITION",
+    "none",
+    one_of("none", "month", "day"),
+    "PostgreSQL range partitions of the audit table on occurred_at: none, month or day.",
 )
 AUDIT_REDACT_KEYS = Setting[tuple[str, ...]](
     "RESILIENCE_AUDIT_REDACT_KEYS",
@@ -451,6 +487,12 @@ SETTINGS: tuple[Setting[Any], ...] = (
     AUDIT_SPILL_MAX_BYTES,
     AUDIT_JOURNAL_FSYNC,
     AUDIT_HMAC_KEY,
+    AUDIT_PREVIOUS_HMAC_KEYS,
+    AUDIT_CHECKPOINT_INTERVAL,
+    AUDIT_CHECKPOINT_SECONDS,
+    AUDIT_CHECKPOINT_DATABASE_URI,
+    AUDIT_CHECKPOINT_SINK,
+    AUDIT_PARTITION,
     AUDIT_REDACT_KEYS,
     AUDIT_REDACTOR,
     AUDIT_MAX_BODY_BYTES,

@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, Response, request
 
 from . import config as cfg
-from .audit.cli import resilience as resilience_cli
+from .audit.cli import register as register_audit_commands
 from .audit.events import AuditEventType
+from .audit.keys import app_keyring, warn_if_unkeyed
 from .audit.service import AppAudit
 from .audit.views import audit_blueprint, record_request
 from .breaker.breaker import CircuitBreaker
@@ -26,6 +27,7 @@ from .breaker.shared import RedisSharing
 from .breaker.states import State as CircuitState
 from .cache.data import DataCache
 from .cache.service import AppCache
+from .cli import resilience as resilience_cli
 from .context import begin_request, finish_request
 from .health import health_blueprint
 from .health.blueprint import raise_routing_problem
@@ -41,6 +43,8 @@ from .stores.redis import RedisStore, build_client
 from .stores.sql import Database
 
 logger = logging.getLogger("flask_resilience")
+
+register_audit_commands(resilience_cli)
 
 PrincipalLoader = Callable[[], "str | int | None"]
 AdminCheck = Callable[[], bool]
@@ -84,7 +88,9 @@ class Resilience:
         redis_store = _redis_store(config)
         app_cache = AppCache.from_config(config, redis_store)
         database = Database(config[cfg.DATABASE_URI])
-        app_audit = AppAudit.from_config(config, database, Path(app.instance_path))
+        keyring = app_keyring(app, config)
+        warn_if_unkeyed(keyring, debug=app.debug, testing=app.testing)
+        app_audit = AppAudit.from_config(config, database, Path(app.instance_path), keyring)
         state = ResilienceState(
             extension=self,
             config=config,

@@ -9,12 +9,24 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import create_engine
+from flask_resilience.migrations.include import VERSION_TABLE
+from sqlalchemy import Connection, create_engine, inspect, text
 
 from flask_resilience.audit.table import metadata
 
-VERSION_TABLE = "resilience_alembic_version"
 config = context.config
+# Revision ids before they were made unique (an app's own "0001" collided with ours).
+RENAMED = {"0001": "fr_0001_audit_log"}
+
+
+def _rename_old_revisions(connection: Connection) -> None:
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return
+    for old, new in RENAMED.items():
+        connection.execute(
+            text(f"UPDATE {VERSION_TABLE} SET version_num = :new WHERE version_num = :old"),  # noqa: S608
+            {"new": new, "old": old},
+        )
 
 
 def _url() -> str:
@@ -35,18 +47,21 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def _run_on(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE)
+    with context.begin_transaction():
+        _rename_old_revisions(connection)
+        context.run_migrations()
+
+
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run_on(connection)
         return
     engine = create_engine(_url())
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run_on(connection)
     engine.dispose()
 
 

@@ -25,6 +25,7 @@ def migrated(url: str) -> str:
     upgrade(engine)
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM resilience_audit_log"))
+        connection.execute(text("DELETE FROM resilience_audit_checkpoint"))  # of earlier tests' chains
     engine.dispose()
     return url
 
@@ -43,13 +44,18 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return migrated(request.getfixturevalue("postgres_url"))
 
 
-def stored(url: str) -> list[dict[str, Any]]:
+LIFECYCLE = ("CHAIN_OPENED", "CHAIN_CLOSED")
+
+
+def stored(url: str, *, lifecycle: bool = False) -> list[dict[str, Any]]:
+    """The stored rows by chain and seq; without the writers' own CHAIN_OPENED /
+    CHAIN_CLOSED records unless ``lifecycle`` (verify checks those)."""
     engine = sqlalchemy.create_engine(url)
+    query = select(audit_log).order_by(audit_log.c.chain_id, audit_log.c.seq)
+    if not lifecycle:
+        query = query.where(audit_log.c.event_type.not_in(LIFECYCLE))
     with engine.connect() as connection:
-        rows = [
-            dict(row._mapping)
-            for row in connection.execute(select(audit_log).order_by(audit_log.c.chain_id, audit_log.c.seq))
-        ]
+        rows = [dict(row._mapping) for row in connection.execute(query)]
     engine.dispose()
     return rows
 

@@ -69,12 +69,17 @@ def audit_app(make_app: MakeApp, database_url: str) -> tuple[Flask, Resilience]:
     return make_app(RESILIENCE_AUDIT_DATABASE_URI=database_url, RESILIENCE_ADMIN_TOKEN=TOKEN)
 
 
+LIFECYCLE = ("CHAIN_OPENED", "CHAIN_CLOSED")  # a chain's own records, around the app's entries
+RECORDED = audit_log.c.event_type.not_in(LIFECYCLE)
+
+
 def rows(app: Flask) -> list[dict[str, Any]]:
+    """The app's entries (without the chain's lifecycle records)."""
     audit = get_state(app).audit
     audit.writer.flush()
     with audit.engine().connect() as connection:
-        result = connection.execute(select(audit_log).order_by(audit_log.c.chain_id, audit_log.c.seq))
-        return [dict(row._mapping) for row in result]
+        query = select(audit_log).where(RECORDED).order_by(audit_log.c.chain_id, audit_log.c.seq)
+        return [dict(row._mapping) for row in connection.execute(query)]
 
 
 # -- the seed functions -------------------------------------------------------------------
@@ -106,7 +111,7 @@ def test_every_seed_function_records(audit_app: tuple[Flask, Resilience]) -> Non
     assert (login["user_id"], login["user_email"], login["status"]) == ("7", "ana@example.com", "SUCCESS")
     assert stored[4]["changes"] == {"seats": {"old": 1, "new": 2}}
     assert stored[5]["severity"] == "WARNING"
-    assert [row["seq"] for row in stored] == [1, 2, 3, 4, 5, 6]
+    assert [row["seq"] for row in stored] == [2, 3, 4, 5, 6, 7]  # seq 1: CHAIN_OPENED
     assert len({row["chain_id"] for row in stored}) == 1
 
 
@@ -116,7 +121,9 @@ def test_security_alerts_are_written_at_once(audit_app: tuple[Flask, Resilience]
         log_security_alert("token reuse detected")
         engine = get_state(app).audit.engine()
         with engine.connect() as connection:  # no flush: it must already be there
-            assert connection.execute(select(audit_log.c.event_type)).scalars().all() == ["SECURITY_ALERT"]
+            assert connection.execute(select(audit_log.c.event_type).where(RECORDED)).scalars().all() == [
+                "SECURITY_ALERT"
+            ]
 
 
 def test_start_and_stop_flushing(audit_app: tuple[Flask, Resilience]) -> None:
@@ -127,7 +134,9 @@ def test_start_and_stop_flushing(audit_app: tuple[Flask, Resilience]) -> None:
         stop_audit_log_flushing()
         engine = get_state(app).audit.engine()
         with engine.connect() as connection:
-            assert connection.execute(select(audit_log.c.event_type)).scalars().all() == ["LOGOUT"]
+            assert connection.execute(select(audit_log.c.event_type).where(RECORDED)).scalars().all() == [
+                "LOGOUT"
+            ]
 
 
 def test_request_fields_are_filled_in(audit_app: tuple[Flask, Resilience]) -> None:
@@ -305,9 +314,9 @@ def test_flush_when_the_buffer_is_full(make_app: MakeApp, database_url: str) -> 
     )
     audit = get_state(app).audit
     with app.app_context():
-        for user in range(4):
+        for user in range(3):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
-        assert audit.writer.queue_size() == 4
+        assert audit.writer.queue_size() == 4  # the chain's CHAIN_OPENED waits with them
         log_auth_event(AuditEventType.LOGIN, user_id=5)
     assert eventually(lambda: audit.writer.counts()["written"] == 5)
 
@@ -322,7 +331,7 @@ def test_flush_on_the_interval(make_app: MakeApp, database_url: str) -> None:
     with app.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=1)
     # Far below the buffer size: only the interval can have flushed it.
-    assert eventually(lambda: audit.writer.counts()["written"] == 1)
+    assert eventually(lambda: audit.writer.counts()["written"] == 2)  # and CHAIN_OPENED
     assert audit.writer.queue_size() == 0
 
 
@@ -432,8 +441,9 @@ def test_export_formats(audit_app: tuple[Flask, Resilience]) -> None:
     runner = app.test_cli_runner()
     jsonl = runner.invoke(args=["resilience", "audit", "export", "--format", "jsonl"])
     assert jsonl.exit_code == 0, jsonl.output
-    assert [json.loads(line)["event_type"] for line in jsonl.output.splitlines()] == ["LOGIN", "LOGOUT"]
+    exported = [json.loads(line)["event_type"] for line in jsonl.output.splitlines()]
+    assert exported == ["CHAIN_OPENED", "LOGIN", "LOGOUT"]
     csv_out = runner.invoke(args=["resilience", "audit", "export", "--format", "csv", "--since", "1d"])
     lines = csv_out.output.splitlines()
     assert lines[0].startswith("id,chain_id,seq")
-    assert len(lines) == 3
+    assert len(lines) == 4

@@ -194,7 +194,8 @@ KILLED_CHILD = """
     from flask import Flask
     from flask_resilience import AuditEventType, Resilience, log_data_change
     app = Flask("killed", instance_path=sys.argv[2])
-    app.config.update(RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1], RESILIENCE_AUDIT_BUFFER_SIZE=10**6,
+    app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1],
+                      RESILIENCE_AUDIT_BUFFER_SIZE=10**6,
                       RESILIENCE_AUDIT_FLUSH_INTERVAL=10**8, RESILIENCE_AUDIT_MAX_QUEUE=10**6)
     Resilience(app)
     with app.app_context():
@@ -207,13 +208,13 @@ KILLED_CHILD = """
 def test_sigkill_of_a_writer_process_loses_nothing(make_app: MakeApp, database: str, tmp_path: Path) -> None:
     child = run_child(KILLED_CHILD, database, str(tmp_path / "instance"), "250")
     assert child.returncode == -signal.SIGKILL
-    before = len(stored(database))  # its thread's first flush may have stored a few
-    assert before < 250
+    before = len(stored(database, lifecycle=True))  # its thread's first flush may have stored a few
+    assert before < 251  # the 250 and its chain's CHAIN_OPENED
     app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database)  # the same instance folder
     with app.app_context():
         get_state(app).audit.engine()  # as the first entry of a new worker would
         get_state(app).audit.writer.flush()
-        assert get_state(app).audit.writer.counts()["replayed"] == 250 - before
+        assert get_state(app).audit.writer.counts()["replayed"] == 251 - before
         get_state(app).audit.writer.flush()
     rows = stored(database)
     assert sorted(int(row["resource_id"]) for row in rows) == list(range(250))
@@ -227,7 +228,7 @@ DURABLE_CHILD = """
     from flask import Flask
     from flask_resilience import Resilience, log_security_alert
     app = Flask("durable", instance_path=sys.argv[2])
-    app.config.update(RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1])
+    app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1])
     Resilience(app)
     with app.test_request_context("/pay"):
         while True:
@@ -274,7 +275,8 @@ LATE_ENTRY_CHILD = """
     terminations = []
     signal.signal(signal.SIGTERM, lambda *_: terminations.append(1))  # as gunicorn's worker does
     app = Flask("late", instance_path=sys.argv[2])
-    app.config.update(RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1], RESILIENCE_AUDIT_FLUSH_INTERVAL=10**8)
+    app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1],
+                      RESILIENCE_AUDIT_FLUSH_INTERVAL=10**8)
     Resilience(app)
     with app.test_request_context("/late"):
         log_auth_event(AuditEventType.LOGIN, user_id=1)
@@ -298,7 +300,17 @@ def test_shutdown_is_idempotent_and_keeps_its_services(make_app: MakeApp, databa
         extension.shutdown()
         log_auth_event(AuditEventType.LOGOUT, user_id=1)  # recorded after the first shutdown
     extension.shutdown()  # what atexit does
-    assert [row["event_type"] for row in stored(database)] == ["LOGIN", "LOGOUT"]
+    rows = sorted(stored(database), key=lambda row: row["occurred_at"])
+    assert [row["event_type"] for row in rows] == ["LOGIN", "LOGOUT"]
+    # The entry recorded after the first shutdown opened a new chain, closed by the second.
+    chains: dict[str, list[str]] = {}
+    for row in stored(database, lifecycle=True):
+        chains.setdefault(row["chain_id"], []).append(row["event_type"])
+    assert sorted(chains.values()) == [
+        ["CHAIN_OPENED", "LOGIN", "CHAIN_CLOSED"],
+        ["CHAIN_OPENED", "LOGOUT", "CHAIN_CLOSED"],
+    ]
+    verify_ok(app)
 
 
 # -- 4 and 5. outages, replays and the chain ---------------------------------------------------------------

@@ -26,6 +26,7 @@ from flask_resilience import AuditEventType, Resilience, log_data_change, log_se
 
 def create_app():
     app = Flask("load", instance_path=os.environ["AUDIT_INSTANCE"])
+    app.config["SECRET_KEY"] = "test-secret-key"  # the key the verifying test app derives
     app.config["RESILIENCE_AUDIT_DATABASE_URI"] = os.environ["AUDIT_URL"]
     Resilience(app)
 

@@ -27,6 +27,8 @@ from flask_resilience.audit.writer import _row
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
+WITH_USER = audit_log.c.user_id.is_not(None)  # the app's entries, not the chains' lifecycle records
+
 # -- redaction -----------------------------------------------------------------------------------
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
@@ -84,10 +86,12 @@ def writer_role(postgres_url: str) -> Any:
     schema = str(options).split("search_path=")[-1] if options else None
     with admin.begin() as connection:
         connection.execute(text("DELETE FROM resilience_audit_log"))
+        connection.execute(text("DELETE FROM resilience_audit_checkpoint"))
         connection.execute(text(f'CREATE ROLE "{role}" LOGIN'))
         if schema:
             connection.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
         connection.execute(text(f'GRANT SELECT, INSERT ON resilience_audit_log TO "{role}"'))
+        connection.execute(text(f'GRANT SELECT, INSERT ON resilience_audit_checkpoint TO "{role}"'))
     url = sqlalchemy.engine.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
 
     class Role:
@@ -109,7 +113,9 @@ def writer_role(postgres_url: str) -> Any:
     yield Role()
     with admin.begin() as connection:
         connection.execute(text("DELETE FROM resilience_audit_log"))
+        connection.execute(text("DELETE FROM resilience_audit_checkpoint"))
         connection.execute(text(f'REVOKE ALL ON resilience_audit_log FROM "{role}"'))
+        connection.execute(text(f'REVOKE ALL ON resilience_audit_checkpoint FROM "{role}"'))
         if schema:
             connection.execute(text(f'REVOKE ALL ON SCHEMA "{schema}" FROM "{role}"'))
     with admin.connect() as connection:
@@ -129,7 +135,7 @@ def test_database_outage_spills_then_replays_without_loss_or_duplicates(
         for user in range(10):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
         writer.flush()
-        assert writer_role.count() == 10
+        assert writer_role.count() == 11  # and CHAIN_OPENED
 
         writer_role.deny()
         for user in range(10, 35):
@@ -137,7 +143,7 @@ def test_database_outage_spills_then_replays_without_loss_or_duplicates(
         writer.flush()
         log_data_change(AuditEventType.UPDATE, "seat", 1, {"row": 3})
         writer.flush()
-        assert writer_role.count() == 10
+        assert writer_role.count() == 11  # and CHAIN_OPENED
         assert writer.counts()["spilled"] == 26
         assert _spilled_lines(spill) == 26
 
@@ -146,7 +152,7 @@ def test_database_outage_spills_then_replays_without_loss_or_duplicates(
             log_auth_event(AuditEventType.LOGIN, user_id=user)
         writer.flush()
     assert _spilled_lines(spill) == 0
-    assert writer_role.count() == 41  # 10 before, 26 spilled and replayed, 5 after
+    assert writer_role.count() == 42  # CHAIN_OPENED and 10 before, 26 spilled and replayed, 5 after
     # The 5 recorded before the writer saw the database back waited in the journal too.
     assert writer.counts()["replayed"] == 31
     result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
@@ -177,7 +183,9 @@ def test_replaying_rows_already_written_adds_no_duplicates(make_app: MakeApp, tm
         log_auth_event(AuditEventType.LOGOUT, user_id=1)
         get_state(later).audit.writer.flush()
         with engine.connect() as connection:
-            assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == 6
+            # 5 entries and CHAIN_OPENED once, the later process's CHAIN_OPENED and LOGOUT, and
+            # its CHAIN_CLOSED recording the adoption of the dead file's chain
+            assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == 9
     assert not dead.exists()
 
 
@@ -192,7 +200,7 @@ def test_full_queue_without_spill_drops_counts_and_records_a_gap(make_app: MakeA
     with app.app_context():
         for user in range(5):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
-        assert writer.counts()["dropped"] == 2
+        assert writer.counts()["dropped"] == 3
         writer.flush()
         engine = get_state(app).audit.engine()
         with engine.connect() as connection:
@@ -200,8 +208,9 @@ def test_full_queue_without_spill_drops_counts_and_records_a_gap(make_app: MakeA
                 select(audit_log.c.event_type, audit_log.c.details).order_by(audit_log.c.seq)
             )
             recorded = [(kind, details) for kind, details in kinds]
-    assert [kind for kind, _ in recorded[:3]] == ["LOGIN"] * 3
-    assert recorded[3] == ("AUDIT_GAP", {"dropped": 2})  # told once the database takes rows
+    # The queue bound counts the chain's CHAIN_OPENED: two of the five logins fit.
+    assert [kind for kind, _ in recorded[:3]] == ["CHAIN_OPENED", "LOGIN", "LOGIN"]
+    assert recorded[3] == ("AUDIT_GAP", {"dropped": 3})  # told once the database takes rows
 
 
 def test_full_queue_with_spill_keeps_everything(make_app: MakeApp, tmp_path: Path) -> None:
@@ -216,7 +225,7 @@ def test_full_queue_with_spill_keeps_everything(make_app: MakeApp, tmp_path: Pat
             log_auth_event(AuditEventType.LOGIN, user_id=user)
         get_state(app).audit.writer.flush()
         with get_state(app).audit.engine().connect() as connection:
-            users = connection.execute(select(audit_log.c.user_id)).scalars().all()
+            users = connection.execute(select(audit_log.c.user_id).where(WITH_USER)).scalars().all()
     assert sorted(users, key=int) == [str(user) for user in range(8)]
     assert app.test_cli_runner().invoke(args=["resilience", "audit", "verify"]).exit_code == 0
 
@@ -262,7 +271,8 @@ def test_sigterm_flushes_the_buffer(tmp_path: Path) -> None:
             child.stdout.close()
     assert child.returncode == 128 + signal.SIGTERM  # it still ends on the signal, after flushing
     with engine.connect() as connection:
-        assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == 50
+        # the 50 entries between the chain's CHAIN_OPENED and CHAIN_CLOSED
+        assert connection.execute(select(func.count()).select_from(audit_log)).scalar_one() == 52
     engine.dispose()
 
 
@@ -271,7 +281,10 @@ def test_sigterm_flushes_the_buffer(tmp_path: Path) -> None:
 
 def _writer_process(url: str, instance: str, count: int) -> None:
     app = Flask(f"writer-{os.getpid()}", instance_path=instance)
-    app.config.update(RESILIENCE_AUDIT_DATABASE_URI=url, RESILIENCE_AUDIT_BUFFER_SIZE=25)
+    # The verifying app's SECRET_KEY: the chains are keyed with the key derived from it.
+    app.config.update(
+        RESILIENCE_AUDIT_DATABASE_URI=url, RESILIENCE_AUDIT_BUFFER_SIZE=25, SECRET_KEY="test-secret-key"
+    )
     extension = Resilience(app)
     with app.app_context():
         for index in range(count):
@@ -286,6 +299,7 @@ def test_four_processes_write_at_once_and_every_chain_verifies(
     upgrade(admin)
     with admin.begin() as connection:
         connection.execute(text("DELETE FROM resilience_audit_log"))
+        connection.execute(text("DELETE FROM resilience_audit_checkpoint"))
     context = multiprocessing.get_context("spawn")
     writers = [
         context.Process(target=_writer_process, args=(postgres_url, str(tmp_path / f"w{i}"), 200))
@@ -302,13 +316,14 @@ def test_four_processes_write_at_once_and_every_chain_verifies(
                 audit_log.c.chain_id
             )
         ).all()
-    assert sorted((count, last) for _, count, last in chains) == [(200, 200)] * 4
+    assert sorted((count, last) for _, count, last in chains) == [(202, 202)] * 4  # opened, closed
     app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=postgres_url)
     result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
     assert result.exit_code == 0, result.output
     assert "4 chains checked, all intact" in result.output
     with admin.begin() as connection:
         connection.execute(text("DELETE FROM resilience_audit_log"))
+        connection.execute(text("DELETE FROM resilience_audit_checkpoint"))
     admin.dispose()
 
 
@@ -407,7 +422,7 @@ def test_a_dead_workers_spill_file_is_adopted_and_a_live_ones_is_not(
         timeout=60,
     )
     assert child.returncode == 0
-    assert _spilled_lines(spill) == 7
+    assert _spilled_lines(spill) == 8  # CHAIN_OPENED and 7 entries
 
     database = f"sqlite:///{tmp_path / 'audit.db'}"
     upgrade(sqlalchemy.create_engine(database))
@@ -416,13 +431,14 @@ def test_a_dead_workers_spill_file_is_adopted_and_a_live_ones_is_not(
     with live.app_context():
         log_auth_event(AuditEventType.LOGOUT, user_id=99)
         get_state(live).audit.writer.flush()
-    assert _spilled_lines(spill) == 8
+    assert _spilled_lines(spill) == 10
 
     healthy, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
     with healthy.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=100)
         get_state(healthy).audit.writer.flush()
         with get_state(healthy).audit.engine().connect() as connection:
-            users = sorted(connection.execute(select(audit_log.c.user_id)).scalars().all(), key=int)
+            stored = connection.execute(select(audit_log.c.user_id).where(WITH_USER)).scalars().all()
+            users = sorted(stored, key=int)
     assert users == [str(user) for user in range(7)] + ["100"]  # the dead child's rows, not the live worker's
-    assert _spilled_lines(spill) == 1  # the live worker's entry waits for its own database
+    assert _spilled_lines(spill) == 2  # the live worker's entries wait for its own database

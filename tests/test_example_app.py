@@ -12,18 +12,23 @@ import pytest
 from example_app import create_app, shutdown
 from example_app.demo import run_demo
 from tests.example_server import Running, serve
+from tests.test_audit_migrations import scratch_schema
 
 
 @pytest.fixture(params=["embedded", "redis+postgres"])
-def services(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The environment the app reads: nothing, or Redis and PostgreSQL."""
-    if request.param == "redis+postgres":
-        monkeypatch.setenv("RESILIENCE_REDIS_URL", request.getfixturevalue("redis_url"))
-        monkeypatch.setenv("RESILIENCE_KEY_PREFIX", request.getfixturevalue("key_prefix"))
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("postgres_url"))
-    else:
+def services(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The environment the app reads: nothing, or Redis and PostgreSQL (a
+    schema of its own: the demo verifies every audit chain it finds, and other
+    tests leave chains of other keys, and unclosed ones, in the shared schema)."""
+    if request.param != "redis+postgres":
         monkeypatch.delenv("DATABASE_URL", raising=False)
-    return str(request.param)
+        yield str(request.param)
+        return
+    monkeypatch.setenv("RESILIENCE_REDIS_URL", request.getfixturevalue("redis_url"))
+    monkeypatch.setenv("RESILIENCE_KEY_PREFIX", request.getfixturevalue("key_prefix"))
+    with scratch_schema(request.getfixturevalue("postgres_url"), "rt_example") as url:
+        monkeypatch.setenv("DATABASE_URL", url)
+        yield str(request.param)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from example_app.demo import run_demo
 from flask_resilience.audit.migrate import upgrade
 from tests.clock import eventually
 from tests.gunicorn_server import Server, gunicorn
+from tests.test_audit_migrations import scratch_schema
 
 
 @pytest.fixture
@@ -87,26 +88,29 @@ def test_sigterm_leaves_every_audit_entry_stored(server: Server, audit_url: str)
     server.stop()  # the entries sit in the workers' buffers (5 s interval); exiting must flush them
     assert server.process.returncode == 0
     engine = sqlalchemy.create_engine(audit_url)
+    kinds = "SELECT event_type, count(*) FROM resilience_audit_log GROUP BY event_type"
     with engine.connect() as connection:
-        count = connection.execute(
-            sqlalchemy.text("SELECT count(*) FROM resilience_audit_log WHERE event_type = 'CREATE'")
-        ).scalar_one()
+        counts: dict[str, int] = dict(connection.execute(sqlalchemy.text(kinds)).all())
     engine.dispose()
-    assert count == 6
+    assert counts["CREATE"] == 6
+    assert counts["CHAIN_OPENED"] >= 1
+    assert counts.get("CHAIN_CLOSED") == counts["CHAIN_OPENED"]  # every worker's chain closed cleanly
 
 
 def test_demo_behaves_the_same_on_several_workers_with_redis_and_postgres(
     redis_url: str, key_prefix: str, postgres_url: str, tmp_path: Path
 ) -> None:
-    env = {
-        "RESILIENCE_REDIS_URL": redis_url,
-        "RESILIENCE_KEY_PREFIX": key_prefix,
-        "DATABASE_URL": postgres_url,
-        "RESILIENCE_AUDIT_SPILL_PATH": str(tmp_path / "spill.jsonl"),
-        "RESILIENCE_AUDIT_FLUSH_INTERVAL": "500",
-        "EXAMPLE_BREAKER_OPEN_SECONDS": "1",
-    }
     lines: list[str] = []
-    with gunicorn(env) as running:
-        passed = run_demo(running.url, lines.append)
+    # A schema of its own: the demo verifies every audit chain it finds.
+    with scratch_schema(postgres_url, "rt_demo") as database_url:
+        env = {
+            "RESILIENCE_REDIS_URL": redis_url,
+            "RESILIENCE_KEY_PREFIX": key_prefix,
+            "DATABASE_URL": database_url,
+            "RESILIENCE_AUDIT_SPILL_PATH": str(tmp_path / "spill.jsonl"),
+            "RESILIENCE_AUDIT_FLUSH_INTERVAL": "500",
+            "EXAMPLE_BREAKER_OPEN_SECONDS": "1",
+        }
+        with gunicorn(env) as running:
+            passed = run_demo(running.url, lines.append)
     assert passed, "\n".join(lines)

@@ -1,8 +1,17 @@
 """Tamper evidence: each writer process keeps a hash chain of its entries.
 
-``entry_hash = SHA-256(prev_hash || canonical entry)`` (HMAC-SHA-256 with a
-key when one is configured, so only its holder can forge a chain). Changing
-a row breaks its link; deleting one leaves a gap in ``seq``.
+``entry_hash = HMAC-SHA-256(key, prev_hash || canonical entry)`` (plain
+SHA-256 when the log is unkeyed); ``key_id`` names the key. Changing a row
+breaks its link; deleting one leaves a gap in ``seq``. A chain starts with a
+``CHAIN_OPENED`` entry and a clean shutdown ends it with ``CHAIN_CLOSED``, so a
+cut tail shows (see ``checkpoints.py`` for the signed heads that prove it).
+
+The canonical form (README.rst, "Canonical form") is a JSON array of the
+``HASHED`` fields in that order, as ``json.dumps(values, sort_keys=True,
+separators=(",", ":"), ensure_ascii=True)`` writes it: no whitespace, object
+keys sorted, non-ASCII as ``\\uXXXX`` escapes, timestamps as naive-UTC ISO 8601
+(``YYYY-MM-DDTHH:MM:SS`` plus ``.ffffff`` unless the microseconds are 0).
+``tests/test_audit_canonical.py`` holds a test vector.
 """
 
 from __future__ import annotations
@@ -11,21 +20,26 @@ import hashlib
 import hmac
 import json
 import operator
+import os
+import socket
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
+from .events import AuditEntry, AuditEventType
+from .keys import key_id
+
 GENESIS = "0" * 64
-_HASHED = (
+HASHED = (
     "id", "chain_id", "seq", "occurred_at", "logged_at", "event_type", "severity", "status",
     "user_id", "user_email", "resource", "resource_id", "method", "path", "endpoint",
     "http_status", "ip", "user_agent", "request_id", "changes", "details", "message",
 )  # fmt: skip
 
 
-_values = operator.itemgetter(*_HASHED)
+_values = operator.itemgetter(*HASHED)
 # json.dumps(values, sort_keys=True, separators=(",", ":"), default=str), without
 # building an encoder per call (this runs on the request thread, once per entry):
 # the C encoder JSONEncoder would build, made once (same bytes).
@@ -43,7 +57,7 @@ def _encode(values: list[Any]) -> str:
     return _PY_ENCODE(values)  # pragma: no cover - a Python without the C accelerator
 
 
-_OCCURRED, _LOGGED = _HASHED.index("occurred_at"), _HASHED.index("logged_at")
+_OCCURRED, _LOGGED = HASHED.index("occurred_at"), HASHED.index("logged_at")
 
 
 def _stamp(value: Any) -> Any:
@@ -64,7 +78,7 @@ def canonical(row: Mapping[str, Any]) -> bytes:
 
 def from_canonical(data: bytes) -> dict[str, Any]:
     """The hashed fields of a row back from :func:`canonical` (times as naive UTC datetimes)."""
-    row = dict(zip(_HASHED, json.loads(data), strict=True))
+    row = dict(zip(HASHED, json.loads(data), strict=True))
     for name in ("occurred_at", "logged_at"):
         if row[name] is not None:
             row[name] = datetime.fromisoformat(row[name])
@@ -87,9 +101,11 @@ class Chain:
 
     def __init__(self, key: bytes | None) -> None:
         self.key = key
+        self.key_id = key_id(key) if key else None
         self.chain_id = str(uuid.uuid4())
         self.seq = 0
         self.prev_hash = GENESIS
+        self.closed = False
 
     def link(self, row: dict[str, Any]) -> dict[str, Any]:
         """Give ``row`` its place in the chain (mutates and returns it)."""
@@ -103,6 +119,37 @@ class Chain:
         row["chain_id"] = self.chain_id
         row["seq"] = self.seq
         row["prev_hash"] = self.prev_hash
+        row["key_id"] = self.key_id  # names the key; not hashed
         encoded = canonical(row)
         row["entry_hash"] = self.prev_hash = _digest(self.prev_hash, encoded, self.key)
         return encoded
+
+
+def opening_entry(chain: Chain, opened_at: datetime) -> AuditEntry:
+    """The first entry of every chain (``opened_at``: its first entry's time, so
+    the record sorts first by time as well as by ``seq``)."""
+    return AuditEntry(
+        event_type=AuditEventType.CHAIN_OPENED,
+        occurred_at=opened_at,
+        message="audit chain opened",
+        details={"chain_id": chain.chain_id, "pid": os.getpid(), "host": socket.gethostname()},
+    )
+
+
+def closing_entry(chain: Chain, reason: str = "clean shutdown") -> AuditEntry:
+    """The last entry of a chain whose writer stopped cleanly."""
+    return AuditEntry(
+        event_type=AuditEventType.CHAIN_CLOSED,
+        message=f"audit chain closed ({reason})",
+        details={"chain_id": chain.chain_id, "pid": os.getpid(), "reason": reason},
+    )
+
+
+def adoption_entry(dead_chain_id: str, last_seq: int, adopted: int) -> AuditEntry:
+    """Recorded (in the adopter's own chain) when a writer takes over the
+    entries a dead process left behind: that chain ended in a known crash."""
+    return AuditEntry(
+        event_type=AuditEventType.CHAIN_CLOSED,
+        message="audit chain of a dead writer closed by adoption",
+        details={"closes_chain": dead_chain_id, "last_seq": last_seq, "adopted": adopted, "reason": "crash"},
+    )

@@ -1,4 +1,5 @@
-"""``flask resilience audit verify|purge|export`` and ``flask resilience db upgrade|downgrade``."""
+"""``flask resilience audit verify|purge|export``; :func:`register` adds them
+(and ``db``) to the ``flask resilience`` group."""
 
 from __future__ import annotations
 
@@ -8,21 +9,30 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import AUDIT_HMAC_KEY
+from ..config import AUDIT_CHECKPOINT_SECONDS
 from ..state import get_state
+from .db_cli import db
 from .events import AuditEventType
-from .migrate import downgrade, upgrade
-from .service import current_audit, table_exists
-from .verify import PURGE_KEY, as_csv, as_jsonl, count_rows, export_rows, purge, verify
+from .export import as_csv, as_jsonl, count_rows, export_rows
+from .keys import Keyring, app_keyring
+from .purge import PURGE_KEY, plan, purge
+from .service import current_audit
+from .table import missing_tables
+from .verify import ChainReport, verify
 
-resilience = AppGroup("resilience", help="Flask-Resilience commands.")
 audit = AppGroup("audit", help="Verify, purge and export the audit log.")
-db = AppGroup("db", help="Apply Flask-Resilience's database migrations.")
-resilience.add_command(audit)
-resilience.add_command(db)
+
+
+def register(root: click.Group) -> None:
+    """Add the audit feature's command groups to ``flask resilience``."""
+    root.add_command(audit)
+    root.add_command(db)
+
 
 _AGE = re.compile(r"^(\d+)([dhm])$")
 
@@ -40,7 +50,7 @@ def parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.now(UTC).replace(tzinfo=None) - parse_age(value)
+        return _utcnow() - parse_age(value)
     except click.BadParameter:
         pass
     try:
@@ -50,53 +60,58 @@ def parse_since(value: str | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def _audit_engine() -> Engine:
-    """The audit database, with its table (the SQLite fallback migrates itself);
-    a clear error instead of a traceback when the table was never created."""
+    """The audit database, with its tables (the SQLite fallback migrates itself);
+    a clear error instead of a traceback when they were never created."""
     app_audit = current_audit()
     engine = app_audit.engine()
-    if not table_exists(engine):
-        if app_audit.writer.prepare is None:
-            raise click.ClickException("there is no audit table yet: run 'flask resilience db upgrade'")
-        app_audit.writer.prepare(engine)
+    if missing_tables(engine):
+        if app_audit.database.engine() is not None:
+            raise click.ClickException("the audit tables are missing: run 'flask resilience db upgrade'")
+        prepare = app_audit.writer.prepare
+        assert prepare is not None  # set with the instance-folder SQLite, which migrates itself
+        prepare(engine)
     return engine
 
 
-@db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-def db_upgrade(revision: str) -> None:
-    """Create or update the audit table."""
-    upgrade(current_audit().engine(), revision)
-    click.echo(f"flask-resilience tables at {revision}")
-
-
-@db.command("downgrade")
-@click.option("--revision", default="base", show_default=True)
-def db_downgrade(revision: str) -> None:
-    """Undo migrations (base drops the audit table)."""
-    downgrade(current_audit().engine(), revision)
-    click.echo(f"flask-resilience tables at {revision}")
+def verify_app_log(engine: Engine, *, allow_unkeyed: bool = False) -> tuple[list[ChainReport], Keyring]:
+    """Verify the current app's audit log with its keys and checkpoints (what
+    ``audit verify`` prints); raises SQLAlchemyError when the checkpoints cannot be read."""
+    state = get_state()
+    state.audit.writer.flush()
+    keyring = app_keyring(current_app, state.config)
+    store = state.audit.writer.checkpoints
+    checkpoints = store.latest(engine) if store is not None else {}
+    live_window = timedelta(seconds=2 * state.config[AUDIT_CHECKPOINT_SECONDS])
+    reports = verify(
+        engine, keyring, checkpoints, now=_utcnow(), live_window=live_window, allow_unkeyed=allow_unkeyed
+    )
+    return reports, keyring
 
 
 @audit.command("verify")
-def audit_verify() -> None:
-    """Check every chain; exit 1 on a broken link or a gap."""
-    state = get_state()
+@click.option(
+    "--allow-unkeyed", is_flag=True, help="Accept unkeyed entries (written before the log was keyed)."
+)
+def audit_verify(allow_unkeyed: bool) -> None:
+    """Check every chain; exit 1 on a broken link, a gap, a truncated or missing chain."""
     engine = _audit_engine()
-    state.audit.writer.flush()
-    key = state.config[AUDIT_HMAC_KEY]
-    reports = verify(engine, key.encode() if key else None)
-    failed = False
+    try:
+        reports, keyring = verify_app_log(engine, allow_unkeyed=allow_unkeyed)
+    except SQLAlchemyError:
+        raise click.ClickException(
+            "the checkpoint table cannot be read: run 'flask resilience db upgrade'"
+        ) from None
+    if not keyring.keyed:
+        click.echo("warning: the log is unkeyed; a chain rewritten as a whole cannot be detected")
     for report in reports:
-        if report.ok:
-            seqs = f"seq {report.first_seq}-{report.last_seq}"
-            click.echo(f"chain {report.chain_id}: ok ({report.rows} entries, {seqs})")
-            continue
-        failed = True
-        if report.broken_at is not None:
-            click.echo(f"chain {report.chain_id}: BROKEN at seq {report.broken_at}")
-        for start, end in report.gaps:
-            click.echo(f"chain {report.chain_id}: GAP, seq {start}-{end} missing")
+        for line in report.lines():
+            click.echo(line)
+    failed = not all(report.ok for report in reports)
     click.echo(f"{len(reports)} chains checked, {'problems found' if failed else 'all intact'}")
     if failed:
         sys.exit(1)
@@ -104,12 +119,24 @@ def audit_verify() -> None:
 
 @audit.command("purge")
 @click.option("--older-than", "older_than", required=True, help="Age such as 90d, 12h.")
-def audit_purge(older_than: str) -> None:
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted, per chain, and delete nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
     """Delete entries older than the given age, keeping chains verifiable."""
-    before = datetime.now(UTC).replace(tzinfo=None) - parse_age(older_than)
+    before = _utcnow() - parse_age(older_than)
     app_audit = current_audit()
     engine = _audit_engine()
     app_audit.writer.flush()
+    if dry_run or (not yes and interactive()):
+        cuts = plan(engine, before)
+        for cut in cuts:
+            click.echo(f"chain {cut.chain_id}: {cut.rows} entries (seq 1-{cut.last_seq})")
+        click.echo(
+            f"{sum(cut.rows for cut in cuts)} entries older than {before.isoformat()}Z in {len(cuts)} chains"
+        )
+        if dry_run:
+            return
+        click.confirm("delete them?", abort=True)
     deleted, anchors = purge(engine, before)
     if deleted:
         app_audit.record(
@@ -121,6 +148,11 @@ def audit_purge(older_than: str) -> None:
             durable=True,
         )
     click.echo(f"deleted {deleted} entries older than {before.isoformat()}Z")
+
+
+def interactive() -> bool:
+    """Whether a person is at the terminal to confirm."""
+    return sys.stdin.isatty()
 
 
 @audit.command("export")

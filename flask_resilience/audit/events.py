@@ -64,6 +64,8 @@ class AuditEventType(enum.StrEnum):
     CIRCUIT_CLOSED = "CIRCUIT_CLOSED"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
     AUDIT_GAP = "AUDIT_GAP"
+    CHAIN_OPENED = "CHAIN_OPENED"
+    CHAIN_CLOSED = "CHAIN_CLOSED"
 
 
 class Severity(enum.StrEnum):

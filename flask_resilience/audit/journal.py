@@ -7,6 +7,8 @@ as long as it lives. One line per record, written with one ``write()``:
 - an entry: ``<crc32> E <entry_hash> <prev_hash> <canonical JSON>``, the very
   bytes the hash chain hashed (see :func:`chain.canonical`), so an entry is
   encoded once, linked once, and replays carry their chain place with them;
+- a keyed entry: ``<crc32> K <key_id> <entry_hash> <prev_hash> <canonical JSON>``
+  (the key id is not hashed, so it travels beside the canonical bytes);
 - a commit mark: ``<crc32> C <offset>``: every entry before ``offset`` is stored.
 
 The flush thread stores entries and then commits their offset; when nothing
@@ -54,6 +56,9 @@ Stored = list[tuple[dict[str, Any], int]]  # rows, each with the offset just pas
 def entry_record(row: dict[str, Any], encoded: bytes) -> bytes:
     """The journal line of a linked row (``encoded``: its canonical bytes)."""
     body = b"E " + row["entry_hash"].encode() + b" " + row["prev_hash"].encode() + b" " + encoded
+    kid = row.get("key_id")
+    if kid:
+        body = b"K " + kid.encode() + b" " + body[2:]
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -91,13 +96,22 @@ def parse(data: bytes, base: int = 0) -> tuple[Stored, int]:
     rows: Stored = []
     committed = 0
     for kind, payload, end in _records(data, base):
-        if kind == b"E":
-            row = from_canonical(payload[130:])
-            row["entry_hash"], row["prev_hash"] = payload[:64].decode(), payload[65:129].decode()
-            rows.append((row, end))
+        if kind in (b"E", b"K"):
+            rows.append((_entry(kind, payload), end))
         elif kind == b"C":
             committed = max(committed, int(payload))
     return [(row, end) for row, end in rows if end > committed], committed
+
+
+def _entry(kind: bytes, payload: bytes) -> dict[str, Any]:
+    kid = None
+    if kind == b"K":
+        kid_bytes, _, payload = payload.partition(b" ")
+        kid = kid_bytes.decode()
+    row = from_canonical(payload[130:])
+    row["entry_hash"], row["prev_hash"] = payload[:64].decode(), payload[65:129].decode()
+    row["key_id"] = kid
+    return row
 
 
 def _chunks(fd: int, size: int) -> Iterator[tuple[bytes, int]]:
@@ -247,7 +261,7 @@ class Journal:
         kept = b"".join(
             record
             for record in tail.splitlines(keepends=True)
-            if record[9:10] == b"E"  # commit marks speak of the old file's offsets
+            if record[9:10] in (b"E", b"K")  # commit marks speak of the old file's offsets
         )
         old = self._path, self._fd, self.end, self.committed
         self._fd = None

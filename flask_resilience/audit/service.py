@@ -16,11 +16,14 @@ from ..context import current_principal, current_request_id
 from ..state import get_state
 from ..stores.sql import Database
 from . import transaction
+from .checkpoints import store_from_config
 from .events import AuditEntry, AuditStatus
 from .journal import Journal
+from .keys import Keyring
+from .partitions import PartitionKeeper
 from .redact import Redactor
 from .storable import storable
-from .table import TABLE_NAME
+from .table import TABLE_NAME, check_tables, missing_tables
 from .writer import AuditWriter
 
 _MAX_TRACKED = 1000  # distinct users / resources counted one by one; the rest as "(other)"
@@ -120,7 +123,10 @@ class AppAudit:
         self._engine_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: cfg.Config, database: Database, instance_path: Path) -> AppAudit:
+    def from_config(
+        cls, config: cfg.Config, database: Database, instance_path: Path, keyring: Keyring | None = None
+    ) -> AppAudit:
+        """``keyring``: the app's (``keys.app_keyring``); None: only the configured key."""
         spill = config[cfg.AUDIT_SPILL_PATH]
         journal = None
         if spill is None or spill.lower() != "off":
@@ -129,15 +135,19 @@ class AppAudit:
                 fsync=config[cfg.AUDIT_JOURNAL_FSYNC],
                 max_bytes=config[cfg.AUDIT_SPILL_MAX_BYTES],
             )
-        key = config[cfg.AUDIT_HMAC_KEY]
+        if keyring is None:
+            key = config[cfg.AUDIT_HMAC_KEY]
+            keyring = Keyring.of(key.encode() if key else None)
         redact_keys: tuple[str, ...] = config[cfg.AUDIT_REDACT_KEYS]
         writer = AuditWriter(
             buffer_size=config[cfg.AUDIT_BUFFER_SIZE],
             flush_interval=config[cfg.AUDIT_FLUSH_INTERVAL] / 1000,
             max_queue=config[cfg.AUDIT_MAX_QUEUE],
             journal=journal,
-            hmac_key=key.encode() if key else None,
+            hmac_key=keyring.signing,
         )
+        writer.checkpoints = store_from_config(config)
+        writer.partitions = PartitionKeeper(config[cfg.AUDIT_PARTITION])
         return cls(
             enabled=config[cfg.AUDIT_ENABLED],
             database=database,
@@ -161,6 +171,8 @@ class AppAudit:
                         self.fallback_sqlite.parent.mkdir(parents=True, exist_ok=True)
                         engine = create_engine(f"sqlite:///{self.fallback_sqlite}", hide_parameters=True)
                         self.writer.prepare = _migrate_if_missing
+                    else:  # integrity hook: one clear error when the tables were never created
+                        self.writer.prepare = check_tables
                     self.writer.engine = engine
         return self.writer.engine
 
@@ -248,7 +260,7 @@ def table_exists(engine: Engine) -> bool:
 def _migrate_if_missing(engine: Engine) -> None:
     from .migrate import upgrade  # noqa: PLC0415 (Alembic is only needed here)
 
-    if not table_exists(engine):
+    if missing_tables(engine):
         upgrade(engine)
 
 

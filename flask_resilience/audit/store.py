@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
+from .partitions import is_partitioned
 from .table import audit_log
 
 _COLUMNS = [column.name for column in audit_log.columns]
@@ -57,12 +58,14 @@ def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
         raise DBAPIError.instance(_COPY, None, exc, driver_error) from exc
 
 
-def insert_ignoring_duplicates(engine: Engine) -> Insert:
+def insert_ignoring_duplicates(engine: Engine, *, partitioned: bool = False) -> Insert:
     """An INSERT that skips rows whose id is already stored (safe replays),
-    and fails on anything else wrong with a row."""
+    and fails on anything else wrong with a row. ``partitioned``: a PostgreSQL
+    partitioned table, whose primary key is ``(id, occurred_at)``."""
     dialect = engine.dialect.name
     if dialect == "postgresql":
-        return pg_insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
+        key = ["id", "occurred_at"] if partitioned else ["id"]
+        return pg_insert(audit_log).on_conflict_do_nothing(index_elements=key)
     if dialect == "sqlite":
         return sqlite_insert(audit_log).on_conflict_do_nothing(index_elements=["id"])
     if dialect in ("mysql", "mariadb"):
@@ -87,8 +90,10 @@ def _write(engine: Engine, rows: list[dict[str, Any]], fresh: bool) -> None:
         if fresh and engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
             _copy(connection, rows)
             return
+        # The idempotent path (replays, bisection) is rare: one catalog look per batch.
+        partitioned = engine.dialect.name == "postgresql" and is_partitioned(connection)
         try:
-            connection.execute(insert_ignoring_duplicates(engine), rows)
+            connection.execute(insert_ignoring_duplicates(engine, partitioned=partitioned), rows)
         except DBAPIError as exc:
             if _mysql_code(exc) == _MYSQL_PACKET_TOO_LARGE:
                 # The server closed this connection: back in the pool it would

@@ -1,22 +1,41 @@
-"""Checking the hash chains, purging old entries without breaking them, exporting."""
+"""Checking the hash chains against themselves, their keys, their checkpoints
+and their purge anchors.
+
+A chain is intact when every link holds (each ``entry_hash`` recomputes under
+the key its ``key_id`` names), ``seq`` has no gap, it starts at seq 1 or at a
+trusted purge anchor, its head reaches its last signed checkpoint, and it
+ended with ``CHAIN_CLOSED``, or its writer is alive, or a later writer recorded
+adopting it after a crash. Every checkpointed chain must exist.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select
+from sqlalchemy import Engine, select
 
 from .chain import GENESIS, link_hash
+from .checkpoints import Checkpoint
 from .events import AuditEventType
+from .keys import Keyring
+from .purge import PURGE_KEY
 from .table import audit_log
 
-PURGE_KEY = "audit_purge"
+
+@dataclass(frozen=True)
+class Anchor:
+    """A purge record: ``chain_id`` now starts at ``first_seq``, whose
+    ``prev_hash`` is given; stated by entry ``host_seq`` of chain ``host_chain``."""
+
+    chain_id: str
+    first_seq: int
+    prev_hash: str
+    host_chain: str
+    host_seq: int
 
 
 @dataclass
@@ -27,138 +46,231 @@ class ChainReport:
     last_seq: int | None = None
     broken_at: int | None = None
     gaps: list[tuple[int, int]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # each makes the chain fail
+    notes: list[str] = field(default_factory=list)
+    anchor: Anchor | None = None  # the purge anchor the chain starts from
+    closed: bool = False
+    legacy: bool = False  # written before entries were keyed and lifecycle-recorded
+    hashes: dict[int, str] = field(default_factory=dict)  # entry_hash at checkpointed seqs
+    last_logged_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
-        return self.broken_at is None and not self.gaps
+        return self.broken_at is None and not self.gaps and not self.problems
+
+    def lines(self) -> list[str]:
+        """What ``flask resilience audit verify`` prints for this chain."""
+        name = f"chain {self.chain_id}"
+        if self.ok:
+            span = f", seq {self.first_seq}-{self.last_seq}" if self.rows else ""
+            extra = "".join(f"; {note}" for note in self.notes)
+            return [f"{name}: ok ({self.rows} entries{span}{extra})"]
+        lines = [f"{name}: BROKEN at seq {self.broken_at}"] if self.broken_at is not None else []
+        lines += [f"{name}: GAP, seq {start}-{end} missing" for start, end in self.gaps]
+        return lines + [f"{name}: {problem}" for problem in self.problems]
 
 
-def _anchors(engine: Engine) -> dict[str, tuple[int, str]]:
-    """Where each purged chain's retained part starts, from the purge records."""
-    anchors: dict[str, tuple[int, str]] = {}
-    query = select(audit_log.c.details).where(audit_log.c.event_type == AuditEventType.ADMIN)
-    with engine.connect() as connection:
-        for (details,) in connection.execute(query):
-            if isinstance(details, dict) and isinstance(details.get(PURGE_KEY), dict):
-                for chain_id, start in details[PURGE_KEY].items():
-                    anchors[chain_id] = (int(start["first_seq"]), str(start["prev_hash"]))
-    return anchors
+@dataclass(frozen=True)
+class Context:
+    keyring: Keyring
+    checkpoints: Mapping[str, tuple[Checkpoint, datetime]]
+    now: datetime  # naive UTC
+    live_window: timedelta
+    allow_unkeyed: bool = False
 
 
-def verify(engine: Engine, key: bytes | None) -> list[ChainReport]:
-    """One report per chain: the first broken link and any gaps in ``seq``."""
-    anchors = _anchors(engine)
-    reports: list[ChainReport] = []
-    report: ChainReport | None = None
-    expected_prev = GENESIS
+def verify(
+    engine: Engine,
+    keyring: Keyring,
+    checkpoints: Mapping[str, tuple[Checkpoint, datetime]] | None = None,
+    *,
+    now: datetime,
+    live_window: timedelta,
+    allow_unkeyed: bool = False,
+) -> list[ChainReport]:
+    """One report per chain (and per checkpointed chain that has no entries)."""
+    context = Context(keyring, checkpoints or {}, now, live_window, allow_unkeyed)
+    anchors = _anchor_candidates(engine)
+    reports = {report.chain_id: report for report in _scan(engine, anchors, context)}
+    for chain_id, report in list(reports.items()):
+        if report.anchor is not None and not _trusted(report.anchor, reports, keyring.keyed):
+            rejected = report.anchor
+            reports[chain_id] = next(iter(_scan(engine, {}, context, chain_id)))
+            host = f"entry seq {rejected.host_seq} of chain {rejected.host_chain}"
+            reports[chain_id].problems.append(f"purge anchor rejected: {host} does not verify")
+    for chain_id, (checkpoint, _) in context.checkpoints.items():
+        report = reports.setdefault(chain_id, ChainReport(chain_id))
+        _check_checkpoint(report, checkpoint, anchors.get(chain_id, []), reports, context)
+    adopters = _adoptions(engine)
+    for report in reports.values():
+        _check_ending(report, adopters.get(report.chain_id), context)
+    return sorted(reports.values(), key=lambda report: report.chain_id)
+
+
+def _scan(
+    engine: Engine, anchors: Mapping[str, list[Anchor]], context: Context, chain_id: str | None = None
+) -> Iterator[ChainReport]:
     query = (
         select(audit_log).order_by(audit_log.c.chain_id, audit_log.c.seq).execution_options(yield_per=1000)
     )
+    if chain_id is not None:
+        query = query.where(audit_log.c.chain_id == chain_id)
     with engine.connect() as connection:
-        for row in connection.execute(query):
-            data = dict(row._mapping)
-            if report is None or report.chain_id != data["chain_id"]:
-                report = ChainReport(data["chain_id"], first_seq=data["seq"])
-                reports.append(report)
-                anchor_seq, anchor_prev = anchors.get(report.chain_id, (1, GENESIS))
-                expected_prev = anchor_prev if data["seq"] == anchor_seq else GENESIS
-                if data["seq"] != anchor_seq:
-                    report.gaps.append((1 if data["seq"] > anchor_seq else data["seq"], data["seq"] - 1))
-            elif data["seq"] != (report.last_seq or 0) + 1:
-                report.gaps.append(((report.last_seq or 0) + 1, data["seq"] - 1))
-            report.rows += 1
-            report.last_seq = data["seq"]
-            if report.broken_at is None and (
-                data["prev_hash"] != expected_prev
-                or data["entry_hash"] != link_hash(data["prev_hash"], data, key)
-            ):
-                report.broken_at = data["seq"]
-            expected_prev = data["entry_hash"]
-    return reports
+        rows = (dict(row._mapping) for row in connection.execute(query))
+        for found_id, chain_rows in itertools.groupby(rows, key=lambda row: str(row["chain_id"])):
+            yield _check_chain(found_id, chain_rows, anchors.get(found_id, []), context)
 
 
-def purge(engine: Engine, before: datetime, batch: int = 1000) -> tuple[int, dict[str, dict[str, Any]]]:
-    """Delete whole chain prefixes older than ``before`` (naive UTC), in
-    batches; returns how many rows went and the anchors to record."""
-    deleted = 0
-    anchors: dict[str, dict[str, Any]] = {}
-    with engine.connect() as connection:
-        cuts = connection.execute(
-            select(audit_log.c.chain_id, func.max(audit_log.c.seq))
-            .where(audit_log.c.occurred_at < before)
-            .group_by(audit_log.c.chain_id)
-        ).all()
-    for chain_id, last_old in cuts:
-        with engine.connect() as connection:
-            first_kept = connection.execute(
-                select(audit_log.c.seq, audit_log.c.prev_hash)
-                .where(and_(audit_log.c.chain_id == chain_id, audit_log.c.seq > last_old))
-                .order_by(audit_log.c.seq)
-                .limit(1)
-            ).first()
-        while True:
-            with engine.begin() as connection:
-                ids = (
-                    connection.execute(
-                        select(audit_log.c.id)
-                        .where(and_(audit_log.c.chain_id == chain_id, audit_log.c.seq <= last_old))
-                        .limit(batch)
-                    )
-                    .scalars()
-                    .all()
-                )
-                if not ids:
-                    break
-                connection.execute(delete(audit_log).where(audit_log.c.id.in_(ids)))
-                deleted += len(ids)
-        if first_kept is not None:
-            anchors[chain_id] = {"first_seq": first_kept.seq, "prev_hash": first_kept.prev_hash}
-    return deleted, anchors
-
-
-EXPORT_FIELDS = [column.name for column in audit_log.columns]
-
-
-def export_rows(engine: Engine, since: datetime | None) -> Iterator[dict[str, Any]]:
-    query = (
-        select(audit_log).order_by(audit_log.c.occurred_at, audit_log.c.id).execution_options(yield_per=1000)
+def _check_chain(
+    chain_id: str, rows: Iterable[dict[str, Any]], anchors: list[Anchor], context: Context
+) -> ChainReport:
+    report = ChainReport(chain_id, legacy=True)
+    checkpoint = context.checkpoints.get(chain_id)
+    watched = checkpoint[0].seq if checkpoint is not None else None
+    expected_prev = GENESIS
+    last: dict[str, Any] = {}
+    for row in rows:
+        seq = row["seq"]
+        if report.first_seq is None:
+            report.first_seq = seq
+            expected_prev = _start(report, row, anchors)
+        elif seq != (report.last_seq or 0) + 1:
+            report.gaps.append(((report.last_seq or 0) + 1, seq - 1))
+            expected_prev = row["prev_hash"]  # the gap is the finding; go on from here
+        report.rows += 1
+        report.last_seq = seq
+        report.legacy = report.legacy and row["key_id"] is None
+        if report.broken_at is None and (row["prev_hash"] != expected_prev or not _hash_ok(row, context)):
+            report.broken_at = seq
+        if seq == watched:
+            report.hashes[seq] = row["entry_hash"]
+        expected_prev = row["entry_hash"]
+        last = row
+    report.closed = last.get("event_type") == AuditEventType.CHAIN_CLOSED and "closes_chain" not in (
+        last.get("details") or {}
     )
-    if since is not None:
-        query = query.where(audit_log.c.occurred_at >= since)
+    report.last_logged_at = last.get("logged_at")
+    return report
+
+
+def _start(report: ChainReport, row: dict[str, Any], anchors: list[Anchor]) -> str:
+    """The ``prev_hash`` the first stored entry must have."""
+    if row["seq"] == 1:
+        return GENESIS
+    for anchor in anchors:
+        if anchor.first_seq == row["seq"]:
+            report.anchor = anchor
+            return anchor.prev_hash
+    report.gaps.append((1, row["seq"] - 1))
+    return str(row["prev_hash"])
+
+
+def _hash_ok(row: dict[str, Any], context: Context) -> bool:
+    kid = row["key_id"]
+    if kid is None and context.keyring.keyed and not context.allow_unkeyed:
+        return False  # an unkeyed entry in a keyed log: anyone could have written it
+    try:
+        key = context.keyring.key_for(kid)
+    except KeyError:
+        return False  # signed by a key this verify does not hold
+    return bool(row["entry_hash"] == link_hash(row["prev_hash"], row, key))
+
+
+def _anchor_candidates(engine: Engine) -> dict[str, list[Anchor]]:
+    """Every purge record's anchors, by purged chain (trusted only once verified)."""
+    anchors: dict[str, list[Anchor]] = {}
+    query = select(audit_log.c.chain_id, audit_log.c.seq, audit_log.c.details).where(
+        audit_log.c.event_type == AuditEventType.ADMIN
+    )
     with engine.connect() as connection:
-        for row in connection.execute(query):
-            yield dict(row._mapping)
+        for host_chain, host_seq, details in connection.execute(query):
+            stated = details.get(PURGE_KEY) if isinstance(details, dict) else None
+            if not isinstance(stated, dict):
+                continue
+            for chain_id, start in stated.items():
+                if isinstance(start, dict) and {"first_seq", "prev_hash"} <= start.keys():
+                    anchor = Anchor(
+                        chain_id, int(start["first_seq"]), str(start["prev_hash"]), host_chain, host_seq
+                    )
+                    anchors.setdefault(chain_id, []).append(anchor)
+    return anchors
 
 
-def as_jsonl(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=_plain, separators=(",", ":")) + "\n"
+def _trusted(
+    anchor: Anchor, reports: Mapping[str, ChainReport], keyed: bool, seen: frozenset[str] = frozenset()
+) -> bool:
+    """An anchor counts only when the entry stating it verifies in its own chain:
+    its link and hash hold (keyed, its HMAC proves a key holder wrote it), and
+    unkeyed, its chain verifies from seq 1 or from an anchor trusted in turn."""
+    host = reports.get(anchor.host_chain)
+    if host is None or host.first_seq is None:
+        return False
+    if host.broken_at is not None and host.broken_at <= anchor.host_seq:
+        return False
+    if any(start <= anchor.host_seq for start, _ in host.gaps):
+        return False
+    if keyed or host.first_seq == 1:
+        return True
+    if host.anchor is None or host.chain_id in seen:
+        return False
+    return _trusted(host.anchor, reports, keyed, seen | {host.chain_id})
 
 
-def as_csv(row: dict[str, Any] | None) -> str:
-    """A CSV line of ``row`` (JSON for structured fields); None gives the header."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    if row is None:
-        writer.writerow(EXPORT_FIELDS)
-    else:
-        writer.writerow(
-            [
-                json.dumps(row[name]) if isinstance(row[name], (dict, list)) else _plain(row[name])
-                for name in EXPORT_FIELDS
-            ]
+def _check_checkpoint(
+    report: ChainReport,
+    checkpoint: Checkpoint,
+    anchors: list[Anchor],
+    reports: Mapping[str, ChainReport],
+    context: Context,
+) -> None:
+    at = f"seq {checkpoint.seq} ({checkpoint.created_at.isoformat()}Z)"
+    unsigned_allowed = context.allow_unkeyed and checkpoint.key_id is None
+    if not (checkpoint.signature_ok(context.keyring) or unsigned_allowed):
+        report.problems.append(f"FORGED checkpoint at {at}: its signature does not verify")
+    elif report.rows == 0:
+        purged = any(
+            a.first_seq > checkpoint.seq and _trusted(a, reports, context.keyring.keyed) for a in anchors
         )
-    return out.getvalue()
+        if purged:
+            report.notes.append(f"purged whole, last checkpoint at {at}")
+            report.closed = True
+        else:
+            report.problems.append(f"MISSING: no entries, but a signed checkpoint at {at}")
+    elif report.last_seq is not None and report.last_seq < checkpoint.seq:
+        report.problems.append(
+            f"TRUNCATED: entries end at seq {report.last_seq}, a signed checkpoint at {at}"
+        )
+    elif checkpoint.seq in report.hashes and report.hashes[checkpoint.seq] != checkpoint.head_hash:
+        report.problems.append(f"entry seq {checkpoint.seq} differs from its signed checkpoint")
+        if report.broken_at is None or report.broken_at > checkpoint.seq:
+            report.broken_at = checkpoint.seq
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat() + "Z"
-    return "" if value is None else value
-
-
-def count_rows(engine: Engine, since: datetime | None) -> int:
-    query = select(func.count()).select_from(audit_log)
-    if since is not None:
-        query = query.where(audit_log.c.occurred_at >= since)
+def _adoptions(engine: Engine) -> dict[str, str]:
+    """Chains a later writer recorded as ended by a crash: chain id -> adopter's chain id."""
+    query = select(audit_log.c.chain_id, audit_log.c.details).where(
+        audit_log.c.event_type == AuditEventType.CHAIN_CLOSED
+    )
     with engine.connect() as connection:
-        return int(connection.execute(query).scalar_one())
+        return {
+            str(details["closes_chain"]): str(adopter)
+            for adopter, details in connection.execute(query)
+            if isinstance(details, dict) and details.get("closes_chain")
+        }
+
+
+def _check_ending(report: ChainReport, adopter: str | None, context: Context) -> None:
+    if report.closed or report.rows == 0 or report.problems:
+        return
+    checkpoint = context.checkpoints.get(report.chain_id)
+    if checkpoint is not None and checkpoint[0].closing:
+        return  # closed per its signed checkpoint; truncation is checked against it
+    heard = max(filter(None, (checkpoint[1] if checkpoint else None, report.last_logged_at)))
+    if adopter is not None:
+        report.notes.append(f"ended without close: a crash, adopted by chain {adopter}")
+    elif context.now - heard <= context.live_window:
+        report.notes.append("open, writer live")
+    elif report.legacy and context.allow_unkeyed:
+        report.notes.append("written before chains were closed")
+    else:
+        report.problems.append("ENDED without close (crash or truncation)")

@@ -15,6 +15,7 @@ database refuses is isolated and quarantined; the log never stops for it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -26,10 +27,13 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ..lifecycle import ProcessLocalWorker, no_exit, terminating
-from .chain import Chain
+from .chain import Chain, adoption_entry, closing_entry, opening_entry
+from .checkpoints import CheckpointStore
 from .events import AuditEntry, AuditEventType, AuditStatus, Severity
 from .journal import Journal, entry_record
+from .partitions import PartitionKeeper
 from .store import store
+from .table import describe_error
 
 logger = logging.getLogger("flask_resilience.audit")
 
@@ -42,6 +46,13 @@ def _naive_utc(value: datetime) -> datetime:
     if value.tzinfo is UTC:
         return value.replace(tzinfo=None)
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _note_adopted(adopted: dict[str, tuple[int, int]], rows: list[dict[str, Any]]) -> None:
+    """Count a dead writer's rows by chain: (its last seq, entries adopted)."""
+    for row in rows:
+        last, count = adopted.get(row["chain_id"], (0, 0))
+        adopted[row["chain_id"]] = (max(last, row["seq"]), count + 1)
 
 
 def _row(entry: AuditEntry, logged_at: datetime) -> dict[str, Any]:
@@ -78,6 +89,10 @@ class AuditWriter(ProcessLocalWorker):
         self._prepared = False
         self._counts: Counter[str] = Counter()
         self.last_flush: datetime | None = None
+        # Where chain heads are checkpointed, and PostgreSQL partitions kept
+        # ahead (set by AppAudit.from_config).
+        self.checkpoints: CheckpointStore | None = None
+        self.partitions: PartitionKeeper | None = None
         self.reset_process()
 
     def reset_process(self) -> None:
@@ -94,6 +109,7 @@ class AuditWriter(ProcessLocalWorker):
         self._journal_failing = False
         self._outage = False
         self.chain = Chain(self._hmac_key)  # one chain per writer process
+        self._stored_head: tuple[str, int, str] | None = None  # (chain, seq, hash) last stored
         if self.journal is not None:
             self.journal.forget()
 
@@ -113,8 +129,28 @@ class AuditWriter(ProcessLocalWorker):
         return accepted
 
     def _link(self, row: dict[str, Any]) -> bytes:
-        """The one place an entry joins the chain: once, as it enters the journal."""
+        """The one place an entry joins the chain: once, as it enters the journal.
+        A chain's first entry (or the first after a clean close) is preceded by
+        CHAIN_OPENED, linked as its seq 1."""
+        self._open_chain_if_due(row["occurred_at"])
         return self.chain.link_encoded(row)
+
+    def _open_chain_if_due(self, opened_at: datetime) -> None:
+        if self.chain.seq and not self.chain.closed:
+            return
+        if self.chain.closed:  # entries recorded after a clean stop open a new chain
+            self.chain = Chain(self._hmac_key)
+        opening = _row(opening_entry(self.chain, opened_at), datetime.now(UTC).replace(tzinfo=None))
+        self._enqueue_linked(opening, self.chain.link_encoded(opening))
+
+    def _enqueue_linked(self, row: dict[str, Any], encoded: bytes) -> None:
+        """Journal and queue a linked row the writer adds itself (never dropped:
+        memory may exceed ``max_queue`` by these few)."""
+        on_disk = self.journal is not None and self._journal_append(self.journal, entry_record(row, encoded))
+        if on_disk and self._disk_only:
+            self._on_disk_only += 1
+        else:
+            self._queue.append((row, on_disk))
 
     def _accept(self, row: dict[str, Any]) -> bool:
         journal = self.journal
@@ -123,6 +159,7 @@ class AuditWriter(ProcessLocalWorker):
         if (memory_full and not disk_usable) or (journal is not None and journal.end >= journal.max_bytes):
             self._drop(1)
             return False
+        self._open_chain_if_due(row["occurred_at"])  # kept even if this entry is taken back
         saved = self.chain.seq, self.chain.prev_hash
         encoded = self._link(row)
         on_disk = journal is not None and self._journal_append(journal, entry_record(row, encoded))
@@ -214,6 +251,10 @@ class AuditWriter(ProcessLocalWorker):
         (what could not be stored stays there for the next process)."""
         self._adopted_at = -_ADOPT_EVERY  # a last look for dead siblings' journals
         super().stop(flush=flush, timeout=timeout)
+        if flush:
+            self._close_chain()
+        if self.checkpoints is not None:
+            self.checkpoints.dispose()
         if self.journal is not None:
             with self._lock:
                 try:
@@ -245,7 +286,9 @@ class AuditWriter(ProcessLocalWorker):
         written = 0
         try:
             engine = self._engine()
-            written += self._adopt(engine)
+            adopted = self._adopt(engine)
+            written += adopted
+            rows = []
             if from_disk and self.journal is not None:
                 rows = [row for row, _ in self.journal.read(committed, end)]
                 store(engine, rows, fresh=False, reject=self._reject)
@@ -254,6 +297,7 @@ class AuditWriter(ProcessLocalWorker):
             memory = [row for row, on_disk in items if not (from_disk and on_disk)]
             store(engine, memory, fresh=not from_disk, reject=self._reject)
             written += len(memory)
+            self._note_stored(rows, memory)
         except BaseException as exc:  # even an interrupt must not lose the batch taken
             self._failed(items, exc)
             if not isinstance(exc, Exception):
@@ -267,7 +311,8 @@ class AuditWriter(ProcessLocalWorker):
                 self._add_gap_locked(gap, "dropped")
         self._counts["written"] += written
         self._recovered()
-        return written + (self._flush() if gap else 0)
+        self._after_write()
+        return written + (self._flush() if gap or adopted else 0)
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -281,8 +326,18 @@ class AuditWriter(ProcessLocalWorker):
     def _adopt(self, engine: Engine) -> int:
         if self.journal is None or time.monotonic() - self._adopted_at < _ADOPT_EVERY:
             return 0
-        adopted = self.journal.adopt(lambda rows: store(engine, rows, fresh=False, reject=self._reject))
+        dead_chains: dict[str, tuple[int, int]] = {}  # chain -> (last seq, entries adopted)
+
+        def store_dead(rows: list[dict[str, Any]]) -> None:
+            store(engine, rows, fresh=False, reject=self._reject)
+            _note_adopted(dead_chains, rows)
+
+        adopted = self.journal.adopt(store_dead)
         self._adopted_at = time.monotonic()
+        if dead_chains:  # recorded in our chain: each of those chains ended in a known crash
+            with self._lock:
+                for chain_id, (last_seq, count) in dead_chains.items():
+                    self._add_linked_entry(adoption_entry(chain_id, last_seq, count))
         if adopted:
             self._counts["replayed"] += adopted
             logger.info("audit: stored %d entries from dead processes' journals", adopted)
@@ -305,7 +360,10 @@ class AuditWriter(ProcessLocalWorker):
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
         if not self._outage:
-            logger.error("audit entries cannot be stored (%s); they wait in the journal and memory", error)
+            logger.error(  # the error's kind and first line, never its SQL or bind parameters
+                "audit entries cannot be stored (%s); they wait in the journal and memory",
+                describe_error(error),
+            )
             self._outage = True
 
     def _recovered(self) -> None:
@@ -329,6 +387,59 @@ class AuditWriter(ProcessLocalWorker):
         with self._lock:
             self._add_gap_locked(1, "rejected", reason=reason, entry_id=row.get("id"), seq=row.get("seq"))
 
+    def _add_linked_entry(self, entry: AuditEntry) -> None:
+        """Link, journal and queue an entry of the writer's own (lock held)."""
+        row = _row(entry, datetime.now(UTC).replace(tzinfo=None))
+        self._enqueue_linked(row, self._link(row))
+
+    # -- integrity: chain lifecycle records and signed checkpoints ------------------------
+
+    def _note_stored(self, *batches: list[dict[str, Any]]) -> None:
+        """Remember the furthest stored entry of this process's chain (what a checkpoint may sign)."""
+        own = self.chain.chain_id
+        for rows in batches:
+            for row in rows:
+                if row["chain_id"] == own and (
+                    self._stored_head is None or row["seq"] > self._stored_head[1]
+                ):
+                    self._stored_head = (own, row["seq"], row["entry_hash"])
+
+    def _stored_chain(self) -> Chain | None:
+        """This process's chain as far as it is stored (linking runs ahead of storing)."""
+        head = self._stored_head
+        if head is None or head[0] != self.chain.chain_id:
+            return None
+        stored = copy.copy(self.chain)
+        stored.seq, stored.prev_hash = head[1], head[2]
+        return stored
+
+    def _after_write(self) -> None:
+        """After each successful flush (an idle one too: the heartbeat): keep
+        partitions created ahead, and checkpoint the stored head when due."""
+        if self.engine is None:
+            return
+        if self.partitions is not None:
+            self.partitions.keep_ahead(self.engine)
+        stored = self._stored_chain()
+        if self.checkpoints is not None and stored is not None and self.checkpoints.due(stored):
+            self.checkpoints.record(stored, self.engine)
+
+    def _close_chain(self) -> None:
+        """At a clean stop: end an opened chain with CHAIN_CLOSED and a closing
+        checkpoint, once everything before it is stored."""
+        with self._lock:
+            chain = self.chain
+            if self.engine is None or not chain.seq or chain.closed:
+                return
+            self._add_linked_entry(closing_entry(chain))
+            # Closed at once: an entry recorded meanwhile opens a new chain rather
+            # than following CHAIN_CLOSED (a close not stored yet is in the journal).
+            chain.closed = True
+        self.flush()
+        stored = self._stored_head == (chain.chain_id, chain.seq, chain.prev_hash)
+        if stored and self.checkpoints is not None:
+            self.checkpoints.record(chain, self.engine, closing=True)
+
     def _add_gap_locked(self, count: int, kind: str, **details: Any) -> None:
         if kind == "dropped":
             self._dropped = 0
@@ -342,13 +453,7 @@ class AuditWriter(ProcessLocalWorker):
             message=message,
             details={kind: count, **details},
         )
-        row = _row(gap, datetime.now(UTC).replace(tzinfo=None))
-        encoded = self._link(row)
-        on_disk = self.journal is not None and self._journal_append(self.journal, entry_record(row, encoded))
-        if on_disk and self._disk_only:
-            self._on_disk_only += 1
-        else:
-            self._queue.append((row, on_disk))
+        self._add_linked_entry(gap)
 
     # -- statistics ------------------------------------------------------------------------
 

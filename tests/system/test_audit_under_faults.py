@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 import requests
 import sqlalchemy
+from flask import Flask
 
-from flask_resilience.audit.verify import verify
+from example_app import secret_key
+from flask_resilience import Resilience
+from flask_resilience.audit.cli import verify_app_log
 from tests.system.harness import (
     Answer,
     Load,
@@ -55,11 +58,19 @@ def duplicated_request_ids(database_url: str) -> int:
 
 
 def chains_intact(database_url: str) -> bool:
+    """``flask resilience audit verify`` as the app would run it: its key
+    (derived from its SECRET_KEY) and its checkpoints."""
+    app = Flask("verify-audit-log")
+    app.config.update(SECRET_KEY=secret_key(), RESILIENCE_AUDIT_DATABASE_URI=database_url)
+    extension = Resilience(app)
     engine = sqlalchemy.create_engine(database_url)
     try:
-        return all(report.ok for report in verify(engine, None))
+        with app.app_context():
+            reports, _ = verify_app_log(engine)
+        return bool(reports) and all(report.ok for report in reports)
     finally:
         engine.dispose()
+        extension.shutdown()
 
 
 def login_load(stack: Stack, seconds: float) -> Load:

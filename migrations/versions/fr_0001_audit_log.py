@@ -1,6 +1,6 @@
 """Create the audit log table.
 
-Revision ID: 0001
+Revision ID: fr_0001_audit_log (was 0001, renamed by env.py on upgrade)
 Revises:
 Create Date: 2026-11-29
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-revision = "0001"
+revision = "fr_0001_audit_log"
 down_revision = None
 branch_labels = ("flask_resilience",)
 depends_on = None
