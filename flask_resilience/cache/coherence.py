@@ -62,16 +62,22 @@ class Coherence:
     # -- the operations -------------------------------------------------------------------
 
     def invalidate_resource(self, resource: str) -> None:
-        """Every variant of ``resource`` (hosts, users, Vary values), everywhere."""
+        """Every variant of ``resource`` (hosts, users, Vary values), everywhere.
+        Raises StoreUnavailableError when L2 cannot be told (this process's L1
+        is dropped first).
+
+        L2 is always tried, also while reads skip it after an error: a skipped
+        invalidation would leave the old entry in L2 for its whole TTL.
+        """
         layered = self.layered
         layered.stats.count("deletes")
-        l2 = layered.usable_l2()
-        if l2 is not None:
+        self._drop_l1(lambda candidate: candidate == resource)
+        if layered.l2 is not None:
             try:
-                l2.invalidate_resource(resource)
+                layered.l2.invalidate_resource(resource)
             except StoreUnavailableError as exc:
                 layered.l2_failed("delete", exc)
-        self._drop_l1(lambda candidate: candidate == resource)
+                raise
         self._publish({"op": "key", "key": resource})
 
     def invalidate_tag(self, tag: str) -> int:
