@@ -71,3 +71,34 @@ def test_key_invalidation_that_cannot_reach_redis_raises(
     server.wait(10)
     with writer.app_context(), pytest.raises(StoreUnavailableError):
         invalidate_cache("cache:/price")  # the caller must learn the entry may survive
+
+
+@pytest.mark.parametrize(
+    "control", ["Private", "NO-STORE", "No-Cache", "S-MaxAge=0", "s-maxage=abc", "s-maxage=0x10"]
+)
+def test_cache_control_directives_are_case_insensitive_and_invalid_ages_are_not_stored(
+    make_app: MakeApp, control: str
+) -> None:
+    app, _ = make_app()
+
+    @app.get("/me")
+    @cached(60)
+    def me() -> Response:
+        return Response(f"secret-{next(RUNS)}", headers={"Cache-Control": control})
+
+    client = app.test_client()
+    first = client.get("/me")
+    assert "not-stored" in first.headers["Cache-Status"]
+    assert client.get("/me").get_data() != first.get_data()
+
+
+def test_a_request_cache_control_no_store_in_any_case_is_honoured(make_app: MakeApp) -> None:
+    app, _ = make_app()
+
+    @app.get("/page")
+    @cached(60)
+    def page() -> Response:
+        return Response(f"page-{next(RUNS)}")
+
+    response = app.test_client().get("/page", headers={"Cache-Control": "No-Store"})
+    assert "detail=request-no-store" in response.headers["Cache-Status"]

@@ -14,7 +14,7 @@ from ..responses import StoredResponse
 from .entry import CacheEntry, Stamp
 from .flight import wait_for_holder
 from .keys import custom_resource_key, full_key, request_resource, variant, vary_values
-from .rules import etag_matches, response_refusal, strong_etag
+from .rules import etag_matches, request_control, response_refusal, strong_etag
 from .service import AppCache
 
 CACHE_ID = "flask-resilience"
@@ -83,7 +83,7 @@ class Plan:
         self.revalidate = (
             cache.honors_no_cache
             and "HTTP_CACHE_CONTROL" in current.environ
-            and bool(current.cache_control.no_cache)
+            and bool(request_control(current).no_cache)
         )
         self.since = cache.layered.trusted_since()
         if self.since is None:

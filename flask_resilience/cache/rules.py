@@ -14,7 +14,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from flask import Request, Response
-from werkzeug.http import parse_date, unquote_etag
+from werkzeug.datastructures import RequestCacheControl, ResponseCacheControl
+from werkzeug.http import parse_cache_control_header, parse_date, unquote_etag
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -47,7 +48,7 @@ def request_bypass(
         return "method"
     environ = request.environ
     # Raw environ checks first: parsing Cache-Control and cookies costs more than a hit.
-    if "HTTP_CACHE_CONTROL" in environ and request.cache_control.no_store:
+    if "HTTP_CACHE_CONTROL" in environ and request_control(request).no_store:
         return "request-no-store"
     private = next((name for key, name in credentials.environ_keys if key in environ), None)
     if private is None and "HTTP_COOKIE" in environ:
@@ -72,7 +73,7 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
         return "set-cookie"
     # Parse Cache-Control and Vary only when present: most responses have neither.
     if "Cache-Control" in headers:
-        refusal = _cache_control_refusal(response)
+        refusal = _cache_control_refusal(headers["Cache-Control"])
         if refusal is not None:
             return refusal
     if "Pragma" in headers and "no-cache" in headers["Pragma"].lower():
@@ -89,15 +90,24 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
     return None
 
 
-def _cache_control_refusal(response: Response) -> str | None:
-    control = response.cache_control
+def request_control(request: Request) -> RequestCacheControl:
+    """The request's Cache-Control; directive names are case-insensitive
+    (RFC 9111 §5.2), werkzeug's parser is not."""
+    return parse_cache_control_header(
+        request.environ.get("HTTP_CACHE_CONTROL", "").lower(), None, RequestCacheControl
+    )
+
+
+def _cache_control_refusal(value: str) -> str | None:
+    control = parse_cache_control_header(value.lower(), None, ResponseCacheControl)
     if control.private:
         return "private"
     if control.no_store:
         return "no-store"
     if control.no_cache:
         return "no-cache"
-    if control.s_maxage is not None and int(control.s_maxage) <= 0:
+    # An s-maxage that is not a number means "stale already" (RFC 9111 §4.2.1).
+    if "s-maxage" in control and (control.s_maxage is None or int(control.s_maxage) <= 0):
         return "s-maxage-0"
     return None
 
