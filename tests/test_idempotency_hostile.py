@@ -1,0 +1,84 @@
+"""Regressions found by a hostile review of idempotency: process copies that
+must not outlive an invalidation racing the read that made them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import count
+from typing import Any
+
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+
+from flask_resilience import idempotent, invalidate_idempotency_key
+from flask_resilience.state import get_state
+from tests.conftest import MakeApp
+
+RUNS = count(1)
+
+
+def _app(make_app: MakeApp, redis_url: str) -> Flask:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+
+    @app.post("/pay")
+    @idempotent()
+    def pay() -> ResponseReturnValue:
+        return jsonify(run=next(RUNS))
+
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening()
+    return app
+
+
+def _after(method: Callable[..., Any], then: Callable[[], None]) -> Callable[..., Any]:
+    """``method``, followed (once) by ``then``: another thread's work scheduled
+    at the exact point the race needs it."""
+    pending = [then]
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = method(*args, **kwargs)
+        while pending:
+            pending.pop()()
+        return result
+
+    return wrapped
+
+
+def test_a_replay_read_before_an_invalidation_leaves_no_copy_behind(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    app = _app(make_app, redis_url)
+    client = app.test_client()
+    headers = {"Idempotency-Key": "k-race"}
+    first = client.post("/pay", json={}, headers=headers).json
+    service = get_state(app).idempotency
+    service.memory.clear()  # a process that has not replayed this key yet
+
+    def invalidate() -> None:
+        with app.app_context():
+            assert invalidate_idempotency_key("k-race") == 1
+
+    # A retry reads the completed record; the key is invalidated before it keeps a copy.
+    service.records.claim = _after(service.records.claim, invalidate)  # type: ignore[method-assign]
+    assert client.post("/pay", json={}, headers=headers).json == first
+    # The record is gone everywhere: the next request runs the view again.
+    again = client.post("/pay", json={}, headers=headers)
+    assert again.headers["X-Idempotency-Replayed"] == "false"
+    assert again.json != first
+
+
+def test_a_completion_racing_an_invalidation_leaves_no_copy_behind(make_app: MakeApp, redis_url: str) -> None:
+    app = _app(make_app, redis_url)
+    client = app.test_client()
+    headers = {"Idempotency-Key": "k-race-2"}
+    service = get_state(app).idempotency
+
+    def invalidate() -> None:
+        with app.app_context():
+            assert invalidate_idempotency_key("k-race-2") == 1
+
+    service.records.complete = _after(service.records.complete, invalidate)  # type: ignore[method-assign]
+    first = client.post("/pay", json={}, headers=headers).json
+    again = client.post("/pay", json={}, headers=headers)
+    assert again.headers["X-Idempotency-Replayed"] == "false"
+    assert again.json != first
