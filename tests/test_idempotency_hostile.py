@@ -1,18 +1,23 @@
 """Regressions found by a hostile review of idempotency: process copies that
-must not outlive an invalidation racing the read that made them."""
+must not outlive an invalidation racing the read that made them, and a Redis
+that may evict records."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from itertools import count
+from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import idempotent, invalidate_idempotency_key
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
+from tests.services import free_port, start_redis_server
 
 RUNS = count(1)
 
@@ -82,3 +87,23 @@ def test_a_completion_racing_an_invalidation_leaves_no_copy_behind(make_app: Mak
     again = client.post("/pay", json={}, headers=headers)
     assert again.headers["X-Idempotency-Replayed"] == "false"
     assert again.json != first
+
+
+@pytest.mark.parametrize(
+    ("policy", "warned"), [("volatile-lru", True), ("allkeys-lru", True), ("noeviction", False)]
+)
+def test_a_redis_that_may_evict_idempotency_records_is_warned_about(
+    make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str, warned: bool
+) -> None:
+    # Every record has a TTL, so volatile-* policies evict them as readily as
+    # allkeys-*: a retry then runs the request a second time.
+    port = free_port()
+    server = start_redis_server(str(tmp_path), port, "--maxmemory", "50mb", "--maxmemory-policy", policy)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flask_resilience.idempotency"):
+            make_app(RESILIENCE_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        ours = [r.getMessage() for r in caplog.records if r.name == "flask_resilience.idempotency"]
+        assert any(f"maxmemory-policy is {policy}" in message for message in ours) is warned
+    finally:
+        server.kill()
+        server.wait(10)
