@@ -64,20 +64,24 @@ class Coherence:
     def invalidate_resource(self, resource: str) -> None:
         """Every variant of ``resource`` (hosts, users, Vary values), everywhere.
         Raises StoreUnavailableError when L2 cannot be told (this process's L1
-        is dropped first).
+        is dropped all the same).
 
         L2 is always tried, also while reads skip it after an error: a skipped
         invalidation would leave the old entry in L2 for its whole TTL.
         """
         layered = self.layered
         layered.stats.count("deletes")
-        self._drop_l1(lambda candidate: candidate == resource)
+        failure = None
         if layered.l2 is not None:
             try:
                 layered.l2.invalidate_resource(resource)
             except StoreUnavailableError as exc:
                 layered.l2_failed("delete", exc)
-                raise
+                failure = exc
+        # After L2: a lookup between the two cannot refill L1 from the old entry.
+        self._drop_l1(lambda candidate: candidate == resource)
+        if failure is not None:
+            raise failure
         self._publish({"op": "key", "key": resource})
 
     def invalidate_tag(self, tag: str) -> int:
