@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from flask import Flask, Response
 
-from flask_resilience import cached, invalidate_cache
+from flask_resilience import cached, invalidate_cache, warmup_view
 from flask_resilience.stores.redis import StoreUnavailableError
 from tests.conftest import MakeApp
 from tests.services import free_port, start_redis_server
@@ -102,3 +102,19 @@ def test_a_request_cache_control_no_store_in_any_case_is_honoured(make_app: Make
 
     response = app.test_client().get("/page", headers={"Cache-Control": "No-Store"})
     assert "detail=request-no-store" in response.headers["Cache-Status"]
+
+
+def test_warmup_view_fills_the_entry_the_public_host_reads(make_app: MakeApp) -> None:
+    # With vary_host (the default) the host is part of the key: an entry
+    # rendered for "localhost" would never serve api.example.com.
+    app, _ = make_app()
+
+    @app.get("/deals")
+    @cached(60)
+    def deals() -> Response:
+        return Response(f"deals-{next(RUNS)}")
+
+    with app.app_context():
+        assert warmup_view("/deals", base_url="https://api.example.com") == 200
+    served = app.test_client().get("/deals", base_url="https://api.example.com")
+    assert served.headers["X-Cache"] == "HIT"
