@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from flask import Flask, Response
 
-from flask_resilience import cached, invalidate_cache, warmup_view
+from flask_resilience import cached, invalidate_cache, warmup_cache, warmup_view
+from flask_resilience.state import get_state
 from flask_resilience.stores.redis import StoreUnavailableError
 from tests.conftest import MakeApp
 from tests.services import free_port, start_redis_server
@@ -118,3 +119,27 @@ def test_warmup_view_fills_the_entry_the_public_host_reads(make_app: MakeApp) ->
         assert warmup_view("/deals", base_url="https://api.example.com") == 200
     served = app.test_client().get("/deals", base_url="https://api.example.com")
     assert served.headers["X-Cache"] == "HIT"
+
+
+@pytest.mark.parametrize("with_redis", [False, True])
+def test_invalidating_a_long_resource_key_drops_it(
+    make_app: MakeApp, redis_url: str, with_redis: bool
+) -> None:
+    # Resources over keys.MAX_RESOURCE characters are stored cut and hashed;
+    # invalidate_cache takes the resource as the docs spell it.
+    app, _ = make_app(**({"RESILIENCE_REDIS_URL": redis_url} if with_redis else {}))
+
+    @app.get("/search")
+    @cached(60)
+    def search() -> Response:
+        return Response(f"results-{next(RUNS)}")
+
+    term = "x" * 300
+    client = app.test_client()
+    stale = client.get(f"/search?q={term}").get_data()
+    with app.app_context():
+        invalidate_cache(f"cache:/search?q={term}")
+        warmup_cache("k" * 300, "old")
+        invalidate_cache("k" * 300)
+        assert get_state().cache.data.get("k" * 300) is None
+    assert client.get(f"/search?q={term}").get_data() != stale
