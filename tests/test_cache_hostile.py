@@ -143,3 +143,18 @@ def test_invalidating_a_long_resource_key_drops_it(
         invalidate_cache("k" * 300)
         assert get_state().cache.data.get("k" * 300) is None
     assert client.get(f"/search?q={term}").get_data() != stale
+
+
+def test_flask_logins_remember_cookie_under_its_configured_name_bypasses(make_app: MakeApp) -> None:
+    app, _ = make_app(REMEMBER_COOKIE_NAME="stay_in")
+
+    @app.get("/home")
+    @cached(60)
+    def home() -> Response:
+        return Response(f"home-{next(RUNS)}")
+
+    client = app.test_client()
+    client.get("/home")  # the shared entry
+    client.set_cookie("stay_in", "user-7|signature")
+    response = client.get("/home")
+    assert "detail=credential-cookie" in response.headers["Cache-Status"]

@@ -43,6 +43,7 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
         has_principal=principal is not None,
         condition=policy.condition,
         session_cookie=current_app.config.get("SESSION_COOKIE_NAME", "session"),
+        remember_cookie=current_app.config.get("REMEMBER_COOKIE_NAME"),  # Flask-Login's, when renamed
     )
     if bypass is not None:
         return _bypassed(cache, bypass, run())

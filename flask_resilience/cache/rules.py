@@ -37,12 +37,19 @@ class Credentials:
 
 
 def request_bypass(
-    request: Request, *, per_user: bool, has_principal: bool, credentials: Credentials, session_cookie: str
+    request: Request,
+    *,
+    per_user: bool,
+    has_principal: bool,
+    credentials: Credentials,
+    session_cookie: str,
+    remember_cookie: str | None = None,
 ) -> str | None:
     """Why this request must not use the shared cache, or None.
 
-    A request carrying credentials (a private header or cookie) is served
-    from the cache only by a view cached ``per_user`` that knows the caller.
+    A request carrying credentials (a private header or cookie, including
+    the app's ``REMEMBER_COOKIE_NAME``) is served from the cache only by a
+    view cached ``per_user`` that knows the caller.
     """
     if request.method not in CACHEABLE_METHODS:
         return "method"
@@ -55,7 +62,7 @@ def request_bypass(
         cookies = request.cookies
         if session_cookie in cookies:
             private = "session-cookie"
-        elif any(name in cookies for name in credentials.cookies):
+        elif remember_cookie in cookies or any(name in cookies for name in credentials.cookies):
             private = "credential-cookie"
     if private is not None and (not per_user or not has_principal):
         return private
