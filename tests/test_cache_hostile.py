@@ -11,7 +11,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-from flask import Flask, Response
+from flask import Flask, Response, after_this_request
 
 from flask_resilience import cached, invalidate_cache, warmup_cache, warmup_view
 from flask_resilience.state import get_state
@@ -158,3 +158,26 @@ def test_flask_logins_remember_cookie_under_its_configured_name_bypasses(make_ap
     client.set_cookie("stay_in", "user-7|signature")
     response = client.get("/home")
     assert "detail=credential-cookie" in response.headers["Cache-Status"]
+
+
+def test_a_cookie_set_through_after_this_request_keeps_the_response_out(make_app: MakeApp) -> None:
+    # The cookie is added after the view returns; the response still sets a
+    # per-client cookie and must not be shared, exactly as if the view set it.
+    app, _ = make_app()
+
+    @app.get("/visit")
+    @cached(60)
+    def visit() -> Response:
+        visitor = f"visitor-{next(RUNS)}"
+
+        @after_this_request
+        def remember(response: Response) -> Response:
+            response.set_cookie("visitor", visitor)
+            return response
+
+        return Response(f"welcome {visitor}")
+
+    client = app.test_client()
+    first = client.get("/visit")
+    assert "detail=not-stored-after-this-request" in first.headers["Cache-Status"]
+    assert app.test_client().get("/visit").get_data() != first.get_data()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from flask import Request, Response, current_app, request, session
+from flask.globals import request_ctx
 
 from ..context import current_principal
 from ..responses import StoredResponse
@@ -170,6 +171,10 @@ class Plan:
         refusal = response_refusal(response, self.policy.statuses, self.cache.max_body_bytes)
         if refusal is None and session.modified:
             refusal = "session-modified"
+        if refusal is None and request_ctx._after_request_functions:
+            # after_this_request changes the response after this point (a
+            # Set-Cookie, most often): what is stored would not be the response.
+            refusal = "after-this-request"
         if refusal is None and request.method == "HEAD" and not response.get_data():
             refusal = "head-without-body"  # the view answered HEAD itself: no GET body to keep
         if refusal is not None:
