@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from flask_resilience import idempotent, invalidate_idempotency_key
+from flask_resilience import current_principal, idempotent, invalidate_idempotency_key
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 from tests.services import free_port, start_redis_server
@@ -107,3 +107,36 @@ def test_a_redis_that_may_evict_idempotency_records_is_warned_about(
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_a_principal_asked_for_before_the_apps_auth_hook_is_not_frozen_as_anonymous(
+    make_app: MakeApp,
+) -> None:
+    # An early hook (request logging, an audit of the attempt) asks who is
+    # calling before the app's own auth hook has set g.user.
+    app, extension = make_app()
+
+    @extension.principal_loader
+    def load() -> str | None:
+        user: str | None = g.get("user")
+        return user
+
+    @app.before_request
+    def log_caller() -> None:
+        current_principal()
+
+    @app.before_request
+    def authenticate() -> None:
+        g.user = request.headers.get("X-User")
+
+    @app.post("/orders")
+    @idempotent()
+    def orders() -> ResponseReturnValue:
+        return jsonify(owner=g.user, run=next(RUNS))
+
+    client = app.test_client()
+    alice = client.post("/orders", json={}, headers={"Idempotency-Key": "o-1", "X-User": "alice"})
+    bob = client.post("/orders", json={}, headers={"Idempotency-Key": "o-1", "X-User": "bob"})
+    assert alice.json is not None and alice.json["owner"] == "alice"
+    assert bob.json is not None and bob.json["owner"] == "bob"
+    assert bob.headers["X-Idempotency-Replayed"] == "false"
