@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from itertools import count
-from pathlib import Path
 
 import pytest
 from flask import Flask, Response, after_this_request
@@ -17,21 +15,6 @@ from flask_resilience import cached, invalidate_cache, warmup_cache, warmup_view
 from flask_resilience.state import get_state
 from flask_resilience.stores.redis import StoreUnavailableError
 from tests.conftest import MakeApp
-from tests.services import free_port, start_redis_server
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    server = start_redis_server(str(tmp_path), port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0", server
-    finally:
-        if server.poll() is None:
-            os.kill(server.pid, signal.SIGCONT)
-            server.kill()
-        server.wait(10)
-
 
 RUNS = count(1)  # shared by every app of a test: each computed value is unique
 
@@ -48,9 +31,9 @@ def _app(make_app: MakeApp, url: str) -> Flask:
 
 
 def test_key_invalidation_right_after_a_redis_hiccup_still_reaches_redis(
-    make_app: MakeApp, own_redis: tuple[str, subprocess.Popen[bytes]]
+    make_app: MakeApp, throwaway_redis: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
-    url, server = own_redis
+    url, server = throwaway_redis
     writer, reader = _app(make_app, url), _app(make_app, url)
     stale = reader.test_client().get("/price").get_data()  # stored in L2
     os.kill(server.pid, signal.SIGSTOP)  # Redis stops answering for a moment
@@ -63,9 +46,9 @@ def test_key_invalidation_right_after_a_redis_hiccup_still_reaches_redis(
 
 
 def test_key_invalidation_that_cannot_reach_redis_raises(
-    make_app: MakeApp, own_redis: tuple[str, subprocess.Popen[bytes]]
+    make_app: MakeApp, throwaway_redis: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
-    url, server = own_redis
+    url, server = throwaway_redis
     writer = _app(make_app, url)
     writer.test_client().get("/price")
     server.kill()
