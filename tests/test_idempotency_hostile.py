@@ -5,6 +5,7 @@ that may evict records."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from itertools import count
 from pathlib import Path
@@ -16,6 +17,7 @@ from flask.typing import ResponseReturnValue
 
 from flask_resilience import current_principal, idempotent, invalidate_idempotency_key
 from flask_resilience.state import get_state
+from tests.clock import FakeClock
 from tests.conftest import MakeApp
 from tests.services import free_port, start_redis_server
 
@@ -140,3 +142,33 @@ def test_a_principal_asked_for_before_the_apps_auth_hook_is_not_frozen_as_anonym
     assert alice.json is not None and alice.json["owner"] == "alice"
     assert bob.json is not None and bob.json["owner"] == "bob"
     assert bob.headers["X-Idempotency-Replayed"] == "false"
+
+
+def test_waiting_for_a_running_request_is_bounded_when_the_wall_clock_steps_back(make_app: MakeApp) -> None:
+    # wait= is real elapsed time: a wall clock stepped back (NTP) or frozen
+    # must not keep a duplicate request, and its worker, waiting.
+    app, _ = make_app()
+    started, release = threading.Event(), threading.Event()
+
+    @app.post("/slow")
+    @idempotent(wait=50)
+    def slow() -> ResponseReturnValue:
+        started.set()
+        release.wait(10)
+        return jsonify(run=next(RUNS))
+
+    get_state(app).idempotency.clock = FakeClock(1_700_000_000)  # never moves
+    headers = {"Idempotency-Key": "slow-1"}
+    first = threading.Thread(target=lambda: app.test_client().post("/slow", json={}, headers=headers))
+    first.start()
+    assert started.wait(10)
+    answers: list[int] = []
+    duplicate = threading.Thread(
+        target=lambda: answers.append(app.test_client().post("/slow", json={}, headers=headers).status_code),
+        daemon=True,  # on the defect it never returns
+    )
+    duplicate.start()
+    duplicate.join(5)
+    release.set()
+    first.join(10)
+    assert answers == [409]

@@ -331,8 +331,9 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, read_a
 
 def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> Completed | None:
     pause = threading.Event()
-    deadline = service.clock() + wait_ms / 1000
-    while service.clock() < deadline:
+    # Elapsed time, not the (injectable, steppable) wall clock records expire by.
+    deadline = time.monotonic() + wait_ms / 1000
+    while time.monotonic() < deadline:
         pause.wait(0.01)
         try:
             found = service.records.get(where)
