@@ -44,12 +44,11 @@ class Principal:
 
 
 class _RequestInfo:
-    __slots__ = ("principal", "principal_resolved", "request_id")
+    __slots__ = ("principal", "request_id")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.principal: Principal | None = None
-        self.principal_resolved = False
 
 
 def _request_info() -> _RequestInfo:
@@ -79,12 +78,16 @@ def current_principal() -> Principal | None:
 
     Order: the extension's ``@principal_loader``, ``RESILIENCE_PRINCIPAL_LOADER``,
     the Flask-Login user, then a hash of the ``Authorization`` header.
+
+    Only a user is kept for the rest of the request: asked before the app's
+    auth hook has run (by an early hook), the answer is "anonymous" or a
+    credential, and freezing it would put every caller in one scope.
     """
     info = _request_info()
-    if not info.principal_resolved:
-        info.principal = _resolve_principal()
-        info.principal_resolved = True
-    return info.principal
+    principal = info.principal
+    if principal is None or principal.kind != "user":
+        principal = info.principal = _resolve_principal()
+    return principal
 
 
 def _resolve_principal() -> Principal | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +31,9 @@ from tests.services import (
     find_mysql,
     find_or_start_postgres,
     find_or_start_redis,
+    free_port,
     redis_cluster,
+    start_redis_server,
 )
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -148,3 +152,17 @@ def make_app(tmp_path: Path, key_prefix: str) -> Iterator[MakeApp]:
     yield factory
     for extension in extensions:
         extension.shutdown()
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of the test's own, to stop (SIGSTOP), kill or fill: ``(url, process)``."""
+    port = free_port()
+    process = start_redis_server(str(tmp_path), port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait(10)

@@ -23,7 +23,6 @@ from flask_resilience.signals import idempotency_conflict, idempotency_mismatch
 from flask_resilience.state import get_state
 from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
-from tests.services import start_redis_server
 
 USERS = {"Bearer alice": "alice", "Bearer bob": "bob"}
 
@@ -295,21 +294,6 @@ def test_a_live_request_keeps_its_key_longer_than_three_leases(
 
 
 # -- §2 Redis failing after the view ran -------------------------------------------------------
-
-
-@pytest.fixture
-def throwaway_redis(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    from tests.services import free_port
-
-    port = free_port()
-    process = start_redis_server(str(tmp_path), port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0", process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.wait(10)
 
 
 def test_completion_is_retried_when_redis_fails_after_the_view_ran(

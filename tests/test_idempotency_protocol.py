@@ -64,6 +64,15 @@ def test_repeated_parameters_keep_their_order_names_do_not() -> None:
     assert canonical_query("") == ""
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("%61=1&a=2", "a=2&%61=1"), ("a+b=1&a%20b=2", "a%20b=2&a+b=1")],
+)
+def test_spellings_of_one_parameter_name_keep_their_order(first: str, second: str) -> None:
+    # '%61' is 'a': the view sees a=[1, 2] for one and a=[2, 1] for the other.
+    assert canonical_query(first) != canonical_query(second)
+
+
 def test_fingerprint_covers_method_path_query_media_type_and_body() -> None:
     base = fingerprint("POST", "/p", "", "application/json", b'{"a":1}')
     others = [

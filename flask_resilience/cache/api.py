@@ -57,9 +57,14 @@ def warmup_cache(key: str, data: Any, ttl: int | None = None, tags: list[str] | 
     _cache().data.set(key, data, ttl, tags)
 
 
-def warmup_view(path: str, query: dict[str, str] | None = None) -> int:
+def warmup_view(path: str, query: dict[str, str] | None = None, *, base_url: str | None = None) -> int:
     """Render the view at ``path`` through the app so that ``@cached`` stores
-    it, as an anonymous GET; returns the status code."""
+    it, as an anonymous GET; returns the status code.
+
+    ``base_url`` (``"https://api.example.com"``) is the scheme and host the
+    entry is for: they are part of the key unless ``vary_host=False``, and
+    the default is ``SERVER_NAME`` or ``http://localhost``.
+    """
     with current_app.test_client() as client:
-        response = client.get(path, query_string=query)
+        response = client.get(path, query_string=query, base_url=base_url)
         return response.status_code

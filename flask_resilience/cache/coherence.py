@@ -23,7 +23,7 @@ import redis
 
 from ..stores.redis import RedisStore, StoreUnavailableError
 from .backends import PatternsNeedRedis
-from .keys import resource_of
+from .keys import bound_resource, resource_of
 from .layered import LayeredCache
 from .tags import EVERYTHING
 
@@ -62,16 +62,28 @@ class Coherence:
     # -- the operations -------------------------------------------------------------------
 
     def invalidate_resource(self, resource: str) -> None:
-        """Every variant of ``resource`` (hosts, users, Vary values), everywhere."""
+        """Every variant of ``resource`` (hosts, users, Vary values), everywhere.
+        Raises StoreUnavailableError when L2 cannot be told (this process's L1
+        is dropped all the same).
+
+        L2 is always tried, also while reads skip it after an error: a skipped
+        invalidation would leave the old entry in L2 for its whole TTL.
+        """
         layered = self.layered
         layered.stats.count("deletes")
-        l2 = layered.usable_l2()
-        if l2 is not None:
+        names = _stored_names(resource)
+        failure = None
+        if layered.l2 is not None:
             try:
-                l2.invalidate_resource(resource)
+                for name in names:
+                    layered.l2.invalidate_resource(name)
             except StoreUnavailableError as exc:
                 layered.l2_failed("delete", exc)
-        self._drop_l1(lambda candidate: candidate == resource)
+                failure = exc
+        # After L2: a lookup between the two cannot refill L1 from the old entry.
+        self._drop_l1(lambda candidate: candidate in names)
+        if failure is not None:
+            raise failure
         self._publish({"op": "key", "key": resource})
 
     def invalidate_tag(self, tag: str) -> int:
@@ -152,8 +164,8 @@ class Coherence:
         self.layered.stats.count("invalidations_received")
         operation = message.get("op")
         if operation == "key":
-            resource = str(message["key"])
-            self._drop_l1(lambda candidate: candidate == resource)
+            names = _stored_names(str(message["key"]))
+            self._drop_l1(lambda candidate: candidate in names)
         elif operation == "tag":
             self.layered.tags.learn(str(message["tag"]), int(message["version"]))
         elif operation == "glob":
@@ -163,6 +175,12 @@ class Coherence:
         elif operation == "clear":
             self.layered.l1_changes += 1
             self.layered.l1.clear()
+
+
+def _stored_names(resource: str) -> frozenset[str]:
+    """Where ``resource`` may be stored: as given (data keys), and cut to its
+    bounded form (view resources longer than ``keys.MAX_RESOURCE``)."""
+    return frozenset((resource, bound_resource(resource)))
 
 
 def warn_on_eviction_policy(store: RedisStore) -> str | None:

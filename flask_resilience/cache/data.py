@@ -3,11 +3,13 @@ and write-behind, over the same two layers as the response cache."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..stores.redis import StoreUnavailableError
 from .entry import CacheEntry, Stamp
 from .keys import DATA_VARIANT, full_key
 from .layered import Lookup
@@ -134,7 +136,9 @@ class DataCache:
         try:
             result = persist(value)
         except BaseException:
-            self.delete(key)
+            # persist's own error is the one to raise; a Redis outage is counted.
+            with contextlib.suppress(StoreUnavailableError):
+                self.delete(key)
             raise
         self.set(key, value, ttl, tags)
         return result

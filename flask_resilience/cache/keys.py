@@ -60,15 +60,17 @@ def resource_key(prefix: str, path: str, query: Sequence[tuple[str, str]]) -> st
     if query:
         ordered = sorted(query, key=lambda pair: pair[0])  # stable: values keep their order
         key += "?" + "&".join(f"{encode_part(name)}={encode_part(value)}" for name, value in ordered)
-    return _bounded(key)
+    return bound_resource(key)
 
 
 def custom_resource_key(prefix: str, value: str) -> str:
     """``prefix:value`` for a view's ``key_func`` result."""
-    return _bounded(f"{encode_part(prefix)}:{encode_path(value)}")
+    return bound_resource(f"{encode_part(prefix)}:{encode_path(value)}")
 
 
-def _bounded(key: str) -> str:
+def bound_resource(key: str) -> str:
+    """``key`` as stored: cut and completed by its digest when longer than
+    :data:`MAX_RESOURCE` (view resources are stored so)."""
     if len(key) <= MAX_RESOURCE:
         return key
     # '#' never occurs in an encoded key, so a cut key cannot equal a short one.

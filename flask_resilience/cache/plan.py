@@ -8,13 +8,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from flask import Request, Response, current_app, request, session
+from flask.globals import request_ctx
 
 from ..context import current_principal
 from ..responses import StoredResponse
 from .entry import CacheEntry, Stamp
 from .flight import wait_for_holder
 from .keys import custom_resource_key, full_key, request_resource, variant, vary_values
-from .rules import etag_matches, response_refusal, strong_etag
+from .rules import etag_matches, request_control, response_refusal, strong_etag
 from .service import AppCache
 
 CACHE_ID = "flask-resilience"
@@ -43,6 +44,7 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
         has_principal=principal is not None,
         condition=policy.condition,
         session_cookie=current_app.config.get("SESSION_COOKIE_NAME", "session"),
+        remember_cookie=current_app.config.get("REMEMBER_COOKIE_NAME"),  # Flask-Login's, when renamed
     )
     if bypass is not None:
         return _bypassed(cache, bypass, run())
@@ -83,7 +85,7 @@ class Plan:
         self.revalidate = (
             cache.honors_no_cache
             and "HTTP_CACHE_CONTROL" in current.environ
-            and bool(current.cache_control.no_cache)
+            and bool(request_control(current).no_cache)
         )
         self.since = cache.layered.trusted_since()
         if self.since is None:
@@ -169,6 +171,10 @@ class Plan:
         refusal = response_refusal(response, self.policy.statuses, self.cache.max_body_bytes)
         if refusal is None and session.modified:
             refusal = "session-modified"
+        if refusal is None and request_ctx._after_request_functions:
+            # after_this_request changes the response after this point (a
+            # Set-Cookie, most often): what is stored would not be the response.
+            refusal = "after-this-request"
         if refusal is None and request.method == "HEAD" and not response.get_data():
             refusal = "head-without-body"  # the view answered HEAD itself: no GET body to keep
         if refusal is not None:

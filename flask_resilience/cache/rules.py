@@ -14,7 +14,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from flask import Request, Response
-from werkzeug.http import parse_date, unquote_etag
+from werkzeug.datastructures import RequestCacheControl, ResponseCacheControl
+from werkzeug.http import parse_cache_control_header, parse_date, unquote_etag
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -36,25 +37,32 @@ class Credentials:
 
 
 def request_bypass(
-    request: Request, *, per_user: bool, has_principal: bool, credentials: Credentials, session_cookie: str
+    request: Request,
+    *,
+    per_user: bool,
+    has_principal: bool,
+    credentials: Credentials,
+    session_cookie: str,
+    remember_cookie: str | None = None,
 ) -> str | None:
     """Why this request must not use the shared cache, or None.
 
-    A request carrying credentials (a private header or cookie) is served
-    from the cache only by a view cached ``per_user`` that knows the caller.
+    A request carrying credentials (a private header or cookie, including
+    the app's ``REMEMBER_COOKIE_NAME``) is served from the cache only by a
+    view cached ``per_user`` that knows the caller.
     """
     if request.method not in CACHEABLE_METHODS:
         return "method"
     environ = request.environ
     # Raw environ checks first: parsing Cache-Control and cookies costs more than a hit.
-    if "HTTP_CACHE_CONTROL" in environ and request.cache_control.no_store:
+    if "HTTP_CACHE_CONTROL" in environ and request_control(request).no_store:
         return "request-no-store"
     private = next((name for key, name in credentials.environ_keys if key in environ), None)
     if private is None and "HTTP_COOKIE" in environ:
         cookies = request.cookies
         if session_cookie in cookies:
             private = "session-cookie"
-        elif any(name in cookies for name in credentials.cookies):
+        elif remember_cookie in cookies or any(name in cookies for name in credentials.cookies):
             private = "credential-cookie"
     if private is not None and (not per_user or not has_principal):
         return private
@@ -72,7 +80,7 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
         return "set-cookie"
     # Parse Cache-Control and Vary only when present: most responses have neither.
     if "Cache-Control" in headers:
-        refusal = _cache_control_refusal(response)
+        refusal = _cache_control_refusal(headers["Cache-Control"])
         if refusal is not None:
             return refusal
     if "Pragma" in headers and "no-cache" in headers["Pragma"].lower():
@@ -89,15 +97,24 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
     return None
 
 
-def _cache_control_refusal(response: Response) -> str | None:
-    control = response.cache_control
+def request_control(request: Request) -> RequestCacheControl:
+    """The request's Cache-Control; directive names are case-insensitive
+    (RFC 9111 §5.2), werkzeug's parser is not."""
+    return parse_cache_control_header(
+        request.environ.get("HTTP_CACHE_CONTROL", "").lower(), None, RequestCacheControl
+    )
+
+
+def _cache_control_refusal(value: str) -> str | None:
+    control = parse_cache_control_header(value.lower(), None, ResponseCacheControl)
     if control.private:
         return "private"
     if control.no_store:
         return "no-store"
     if control.no_cache:
         return "no-cache"
-    if control.s_maxage is not None and int(control.s_maxage) <= 0:
+    # An s-maxage that is not a number means "stale already" (RFC 9111 §4.2.1).
+    if "s-maxage" in control and (control.s_maxage is None or int(control.s_maxage) <= 0):
         return "s-maxage-0"
     return None
 

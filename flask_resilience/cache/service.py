@@ -106,6 +106,7 @@ class AppCache:
         has_principal: bool,
         condition: Callable[[Request], bool] | None,
         session_cookie: str,
+        remember_cookie: str | None = None,
     ) -> str | None:
         """Why ``request`` must not use the shared cache, or None."""
         if not self.enabled:
@@ -118,6 +119,7 @@ class AppCache:
             has_principal=has_principal,
             credentials=self.credentials,
             session_cookie=session_cookie,
+            remember_cookie=remember_cookie,
         )
 
     def stats(self) -> CacheStatsSnapshot:

@@ -33,7 +33,7 @@ class Copies(Protocol):
 
     def get(self, record_key: str) -> Completed | None: ...
 
-    def put(self, record_key: str, record: Completed) -> None: ...
+    def put(self, record_key: str, record: Completed, read_at: float) -> None: ...
 
     def forget(self, pattern: str) -> None: ...
 
@@ -54,7 +54,7 @@ class NoCopies:
     def get(self, record_key: str) -> Completed | None:
         return None
 
-    def put(self, record_key: str, record: Completed) -> None:
+    def put(self, record_key: str, record: Completed, read_at: float) -> None:
         return None
 
     def forget(self, pattern: str) -> None:
@@ -76,7 +76,7 @@ class NoCopies:
 @dataclass(frozen=True)
 class _Copy:
     record: Completed
-    stored_at: float  # time.monotonic(), compared with the listener's confirmation
+    stored_at: float  # time.monotonic() before the record was read, compared with the confirmation
 
 
 class ProcessCopies:
@@ -100,6 +100,7 @@ class ProcessCopies:
             max_bytes=max_bytes,
             sizeof=lambda copy: len(copy.record.response.body),
         )
+        self._dropped_at = 0.0  # time.monotonic() of the last invalidation seen here
 
     def get(self, record_key: str) -> Completed | None:
         since = self._redis.subscriber.listening_since()
@@ -114,12 +115,16 @@ class ProcessCopies:
             return None
         return copy.record
 
-    def put(self, record_key: str, record: Completed) -> None:
-        if self._redis.subscriber.listening_since() is None:
-            return  # it could miss an invalidation: keep nothing
+    def put(self, record_key: str, record: Completed, read_at: float) -> None:
+        """Keep a copy of ``record``, read from the store at ``read_at``
+        (``time.monotonic()`` taken before the read): not if an invalidation
+        was seen since, as it may have removed the record after that read."""
+        since = self._redis.subscriber.listening_since()
+        if since is None or read_at < since or read_at <= self._dropped_at:
+            return  # it could have missed an invalidation: keep nothing
         remaining = record.expires_at - self.clock()
         if remaining > 0:
-            self._memory.set(record_key, _Copy(record, time.monotonic()), remaining)
+            self._memory.set(record_key, _Copy(record, read_at), remaining)
 
     def forget(self, pattern: str) -> None:
         """Drop matching copies here, and tell every other process to."""
@@ -134,12 +139,13 @@ class ProcessCopies:
             self._drop(str(json.loads(raw)["pattern"]))
 
         def forget_all() -> None:
-            self._memory.clear()
+            self.clear()
 
         self._redis.subscriber.on_gap(forget_all)
         self._redis.subscribe(self._channel, handle)
 
     def clear(self) -> None:
+        self._dropped_at = time.monotonic()
         self._memory.clear()
 
     def keys(self) -> Iterator[str]:
@@ -149,4 +155,5 @@ class ProcessCopies:
         return len(self._memory)
 
     def _drop(self, pattern: str) -> None:
+        self._dropped_at = time.monotonic()  # first: a put of an earlier read is refused
         self._memory.delete_where(lambda key: fnmatch.fnmatchcase(key, pattern))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 from flask import Response
@@ -131,6 +132,7 @@ class Flight:
         record = Completed(self.fingerprint, stored.created_at + self.ttl, stored)
         value = completed_value(record)
         keeper.drop(lease)  # before completing: a renewal racing the completion is not a lost lease
+        written_at = time.monotonic()  # an invalidation after this must not leave a copy
         try:
             kept = service.records.complete(self.record_key, lease.claimed, value, self.ttl)
         except StoreUnavailableError as exc:
@@ -141,7 +143,7 @@ class Flight:
             keeper.complete_later(lease, value, self.ttl)
             return
         if kept:
-            service.memory.put(self.record_key, record)
+            service.memory.put(self.record_key, record, written_at)
         else:
             service.counters.count("lease_lost", self.endpoint)
 

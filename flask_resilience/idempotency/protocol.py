@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 if TYPE_CHECKING:
     from ..responses import StoredResponse
@@ -82,11 +83,15 @@ def user_pattern(user_id: str | None, key: str) -> str:
 
 def canonical_query(query: str) -> str:
     """The query with parameters grouped by name (names in any order mean the
-    same) while each name's values keep the order they were sent in."""
+    same) while each name's values keep the order they were sent in.
+
+    Pairs are grouped by the name the app reads (decoded: ``%61`` and ``a``
+    are one name), and kept as sent.
+    """
     if not query:
         return ""
     pairs = query.split("&")
-    return "&".join(sorted(pairs, key=lambda pair: pair.partition("=")[0]))
+    return "&".join(sorted(pairs, key=lambda pair: unquote_plus(pair.partition("=")[0], errors="replace")))
 
 
 def canonical_json(body: bytes) -> bytes | None:

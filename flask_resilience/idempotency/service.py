@@ -189,3 +189,27 @@ def warn_unless_persistent(redis: RedisStore) -> None:
             "will not survive a Redis restart, and a retry after one runs the request again",
             redis.prefix,
         )
+    _warn_on_eviction(redis)
+
+
+def _warn_on_eviction(redis: RedisStore) -> None:
+    """Every record has a TTL, so any policy but ``noeviction`` (volatile-*
+    as much as allkeys-*) may evict one under memory pressure: a retry then
+    runs the request again. ``noeviction`` makes Redis refuse the claim
+    instead (a 503: nothing runs)."""
+    try:
+        policy = redis.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        limit = redis.client.config_get("maxmemory").get("maxmemory")
+    except Exception:  # a managed Redis may refuse CONFIG: nothing to check then
+        return
+    if policy is None or limit is None or str(limit).strip() == "0":
+        return  # no memory limit: nothing is evicted
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if str(policy) != "noeviction":
+        logger.warning(
+            "Redis at %s: maxmemory-policy is %s: it may evict idempotency records under memory "
+            "pressure, and a retry then runs the request again; use noeviction (README: Redis requirements)",
+            redis.prefix,
+            policy,
+        )

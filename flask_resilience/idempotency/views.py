@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -262,13 +263,14 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
     service.counters.count("requests", endpoint)
     remembered = service.memory.get(flight.record_key)
     if remembered is not None:
-        return _answer(flight, options, remembered, from_memory=True)
+        return _answer(flight, options, remembered, read_at=None)
     return _claim(flight, options)
 
 
 def _claim(flight: Flight, options: Options) -> Flight | Response | None:
     """Claim the key in the store: the flight, an answer, or None (fail open)."""
     service, endpoint = flight.service, flight.endpoint
+    read_at = time.monotonic()  # before the read: a copy of it must not outlive a later invalidation
     try:
         claim = service.records.claim(flight.record_key, flight.fingerprint, service.lease)
     except StoreUnavailableError as exc:
@@ -285,14 +287,15 @@ def _claim(flight: Flight, options: Options) -> Flight | Response | None:
             headers={"Retry-After": "5", options.header: flight.key},
         ) from None
     if claim.owner is None:
-        return _answer(flight, options, claim.existing, from_memory=False)
+        return _answer(flight, options, claim.existing, read_at=read_at)
     service.counters.count("first_executions", endpoint)
     flight.claimed(claim.claimed)
     return flight
 
 
-def _answer(flight: Flight, options: Options, existing: Record | None, *, from_memory: bool) -> Response:
-    """A replay, or raise the 409/422 problem, for a key another request holds."""
+def _answer(flight: Flight, options: Options, existing: Record | None, *, read_at: float | None) -> Response:
+    """A replay, or raise the 409/422 problem, for a key another request holds
+    (``read_at``: when the store was read; None for a record from memory)."""
     service = flight.service
     decision = decide(existing, flight.fingerprint, service.clock())
     if decision is Decision.IN_PROGRESS and options.wait:
@@ -302,8 +305,8 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, from_m
     if decision is Decision.REPLAY:
         assert isinstance(existing, Completed)
         service.counters.count("replays", flight.endpoint)
-        if not from_memory:
-            service.memory.put(flight.record_key, existing)
+        if read_at is not None:
+            service.memory.put(flight.record_key, existing, read_at)
         return replay(existing, options.header, flight.key)
     if decision is Decision.MISMATCH:
         service.refused(422, flight.endpoint, flight.scope)
@@ -328,8 +331,9 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, from_m
 
 def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> Completed | None:
     pause = threading.Event()
-    deadline = service.clock() + wait_ms / 1000
-    while service.clock() < deadline:
+    # Elapsed time, not the (injectable, steppable) wall clock records expire by.
+    deadline = time.monotonic() + wait_ms / 1000
+    while time.monotonic() < deadline:
         pause.wait(0.01)
         try:
             found = service.records.get(where)
