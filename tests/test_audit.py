@@ -303,6 +303,26 @@ def test_circuit_changes_are_audited(audit_app: tuple[Flask, Resilience]) -> Non
     assert closed["event_type"] == "CIRCUIT_CLOSED"
 
 
+def test_shared_circuit_changes_are_audited_once_by_the_deciding_process(
+    make_app: MakeApp, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    app, extension = make_app(
+        RESILIENCE_AUDIT_DATABASE_URI=database_url,
+        RESILIENCE_REDIS_URL=redis_url,
+        RESILIENCE_KEY_PREFIX=key_prefix,
+        RESILIENCE_BREAKER_STORAGE="redis",
+    )
+    breaker = extension.circuit_breaker("shared-partner", failure_threshold=1)
+
+    def fail() -> None:
+        raise OSError("down")
+
+    with pytest.raises(OSError, match="down"):
+        breaker.call(fail)
+    breaker.reset()
+    assert [row["event_type"] for row in rows(app)] == ["CIRCUIT_OPENED", "CIRCUIT_CLOSED"]
+
+
 # -- buffering ------------------------------------------------------------------------------------
 
 

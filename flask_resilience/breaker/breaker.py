@@ -265,8 +265,9 @@ class CircuitBreaker(Protection, OperatorControls):
         self._needs_sync = True
         self._fast = False
 
-    def adopt(self, state: State, until: float, fresh: Callable[[], bool]) -> None:
-        """Mirror a state decided in shared storage, if ``fresh()`` agrees."""
+    def adopt(self, state: State, until: float, fresh: Callable[[], bool], source: str = "shared") -> None:
+        """Mirror a state decided in shared storage, if ``fresh()`` agrees;
+        ``source`` is ``"local"`` when this process's own call decided it."""
         changes: list[tuple[State, State]] = []
         with self._lock:
             if not fresh():
@@ -275,7 +276,7 @@ class CircuitBreaker(Protection, OperatorControls):
                 self._open_until = until
             if state is not self._state:
                 changes.append(self._transition(state, self._clock()))
-        announce(self, self.name, changes, "shared")
+        announce(self, self.name, changes, source)
 
     # -- transitions -----------------------------------------------------------------
 

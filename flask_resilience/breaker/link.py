@@ -44,9 +44,10 @@ class Mirror(Protocol):
     @property
     def config(self) -> BreakerConfig: ...
 
-    def adopt(self, state: State, until: float, fresh: Callable[[], bool]) -> None:
-        """Take on a state decided elsewhere, if ``fresh()`` (asked under the
-        breaker's lock) says it is not older than one already taken."""
+    def adopt(self, state: State, until: float, fresh: Callable[[], bool], source: str = "shared") -> None:
+        """Take on a state decided in shared storage, if ``fresh()`` (asked under
+        the breaker's lock) says it is not older than one already taken.
+        ``source`` is ``"local"`` when this process's own call decided it."""
 
     def mark_stale(self) -> None:
         """Read the shared state again before the next call."""

@@ -28,7 +28,9 @@ local function change(new_state, until_ms)
     redis.call('DEL', KEYS[2])
     redis.call('HDEL', KEYS[1], 'lf')
   end
-  local message = {name = ARGV[2], s = new_state, u = until_ms, v = version, e = epoch}
+  -- The last argument names the calling process, which mirrors the change from
+  -- the reply and skips its own message (so it alone announces it as decided here).
+  local message = {name = ARGV[2], s = new_state, u = until_ms, v = version, e = epoch, o = ARGV[#ARGV]}
   redis.call('PUBLISH', ARGV[1], cjson.encode(message))
   return {new_state, tostring(until_ms), version, epoch}
 end

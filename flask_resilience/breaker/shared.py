@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..lifecycle import fork_generation
 from ..stores.redis import RedisStore, StoreUnavailableError
 from . import scripts
 from .config import Outcome
@@ -73,6 +74,15 @@ class RedisSharing:
         self.set_state = store.script(scripts.SET_STATE)
         self._links: dict[str, RedisLink] = {}
         self._healthy = True
+        self._origin = ""
+        self._origin_generation = -1
+
+    @property
+    def origin(self) -> str:
+        """This process's name in published changes (new in every forked child)."""
+        if self._origin_generation != fork_generation():
+            self._origin, self._origin_generation = uuid.uuid4().hex, fork_generation()
+        return self._origin
 
     def link(self, breaker: Mirror) -> Link:
         link = RedisLink(self, breaker)
@@ -107,7 +117,7 @@ class RedisSharing:
         def handle(message: bytes) -> None:
             data = json.loads(message)
             link = self._links.get(str(data["name"]))
-            if link is not None:
+            if link is not None and data.get("o") != self.origin:
                 state, until, version = State(data["s"]), float(data["u"]) / 1000, int(data["v"])
                 link.apply(Verdict(state, until, version, str(data.get("e", ""))))
 
@@ -134,8 +144,11 @@ class RedisLink:
         self._epoch: str | None = None
         self._unreported = 0  # successful calls not yet sent (rate rules only)
 
-    def apply(self, verdict: Verdict) -> None:
-        """Mirror ``verdict`` unless a newer one of the same epoch was seen."""
+    def apply(self, verdict: Verdict, source: str = "shared") -> None:
+        """Mirror ``verdict`` unless a newer one of the same epoch was seen;
+        ``source="local"`` for the answer to this process's own script, so the
+        change is announced (and audited) by the process that decided it and
+        heard as "shared" by the others."""
 
         def fresh() -> bool:
             if verdict.epoch == self._epoch and verdict.version < self._version:
@@ -143,7 +156,7 @@ class RedisLink:
             self._epoch, self._version = verdict.epoch, verdict.version
             return True
 
-        self.breaker.adopt(verdict.state, verdict.until, fresh)
+        self.breaker.adopt(verdict.state, verdict.until, fresh, source)
 
     def _run(self, script: Any, args: list[Any]) -> Verdict | None:
         keys = self.sharing.keys(self.breaker.name)
@@ -151,7 +164,7 @@ class RedisLink:
         if reply is None:
             return None
         verdict = Verdict.from_reply(reply)
-        self.apply(verdict)
+        self.apply(verdict, "local")
         return verdict
 
     def sync(self) -> None:
@@ -173,7 +186,7 @@ class RedisLink:
         token = uuid.uuid4().hex
         config = self.breaker.config
         args = [self.sharing.channel, self.breaker.name, _ms(now), config.half_open_max_calls,
-                _ms(config.timeout), token]  # fmt: skip
+                _ms(config.timeout), token, self.sharing.origin]  # fmt: skip
         keys = self.sharing.keys(self.breaker.name)
         reply = self.sharing.run(
             self.breaker, lambda: self.sharing.store.run_script(self.sharing.acquire, keys, args)
@@ -182,7 +195,7 @@ class RedisLink:
             return None
         admission, *rest = reply
         verdict = Verdict.from_reply(rest)
-        self.apply(verdict)
+        self.apply(verdict, "local")
         return Decision(_ADMISSIONS[int(admission)], token, verdict.state, verdict.retry_after(now))
 
     def record(self, now: float, outcome: Outcome, slow: bool, bad: bool, hold: float | None) -> bool:
@@ -200,6 +213,7 @@ class RedisLink:
             config.minimum_calls,
             -1 if config.slow_call_duration is None else config.slow_call_rate_threshold,
             _ms(config.timeout), -1 if hold is None else _ms(hold), _ms(config.reset_timeout),
+            self.sharing.origin,
         ]  # fmt: skip
         return self._run(self.sharing.report, args) is not None
 
@@ -208,7 +222,7 @@ class RedisLink:
         config = self.breaker.config
         args = [
             self.sharing.channel, self.breaker.name, _ms(now), token, result, config.success_threshold,
-            _ms(config.timeout), -1 if hold is None else _ms(hold),
+            _ms(config.timeout), -1 if hold is None else _ms(hold), self.sharing.origin,
         ]  # fmt: skip
         return self._run(self.sharing.finish, args) is not None
 
@@ -219,6 +233,7 @@ class RedisLink:
             self.breaker.name,
             state.value,
             _ms(until) if state is State.OPEN else 0,
+            self.sharing.origin,
         ]
         return self._run(self.sharing.set_state, args) is not None
 
