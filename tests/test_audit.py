@@ -220,6 +220,24 @@ def test_large_and_non_json_bodies_are_recorded_by_size(make_app: MakeApp, datab
     assert png["details"]["body_omitted"] == {"bytes": 8, "content_type": "image/png", "reason": "not JSON"}
 
 
+def test_audited_async_views_record_their_outcome(audit_app: tuple[Flask, Resilience]) -> None:
+    app, _ = audit_app
+
+    @app.post("/async/<int:number>")
+    @audited(AuditEventType.CREATE, resource="thing", resource_id_from="number")
+    async def create(number: int) -> ResponseReturnValue:
+        if number == 0:
+            abort(403)
+        return jsonify(created=number), 201
+
+    client = app.test_client()
+    assert client.post("/async/7").status_code == 201
+    assert client.post("/async/0").status_code == 403
+    created, refused = rows(app)
+    assert (created["resource_id"], created["http_status"], created["status"]) == ("7", 201, "SUCCESS")
+    assert (refused["http_status"], refused["status"]) == (403, "FAILURE")
+
+
 def test_audit_blueprint_records_every_view(audit_app: tuple[Flask, Resilience]) -> None:
     app, _ = audit_app
     admin = Blueprint("admin", __name__, url_prefix="/api/admin")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, Response, make_response, request
+from flask import Blueprint, Response, current_app, make_response, request
 from werkzeug.exceptions import HTTPException
 
 from . import transaction
@@ -67,26 +66,12 @@ def audited(
                 return kwargs
             return {**kwargs, _TRANSACTIONS_ENDED: transaction.transactions_ended(transaction.app_session())}
 
-        if inspect.iscoroutinefunction(view):
-
-            @functools.wraps(view)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Response:
-                seen = before(kwargs)
-                try:
-                    response = make_response(await view(*args, **kwargs))
-                except BaseException as exc:
-                    record(seen, _status_of(exc), exc)
-                    raise
-                record(seen, response.status_code, None)
-                return response
-
-            return cast(F, async_wrapper)
-
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Response:
             seen = before(kwargs)
             try:
-                response = make_response(view(*args, **kwargs))
+                # Async views run through Flask's own route (ensure_sync): one wrapper for both.
+                response = make_response(current_app.ensure_sync(view)(*args, **kwargs))
             except BaseException as exc:
                 record(seen, _status_of(exc), exc)
                 raise
