@@ -385,7 +385,17 @@ class AuditWriter(ProcessLocalWorker):
             except OSError as exc:
                 logger.error("audit quarantine file cannot be written (%s): entry %r lost", exc, row)
         with self._lock:
-            self._add_gap_locked(1, "rejected", reason=reason, entry_id=row.get("id"), seq=row.get("seq"))
+            # Naming the row's place and hash lets verify account for its seq
+            # and check the next row's link across it.
+            self._add_gap_locked(
+                1,
+                "rejected",
+                reason=reason,
+                entry_id=row.get("id"),
+                chain_id=row.get("chain_id"),
+                seq=row.get("seq"),
+                entry_hash=row.get("entry_hash"),
+            )
 
     def _add_linked_entry(self, entry: AuditEntry) -> None:
         """Link, journal and queue an entry of the writer's own (lock held)."""
