@@ -3,15 +3,18 @@ each test here failed before its fix."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 import sqlalchemy
 from sqlalchemy import text, update
 
 from flask_resilience import AuditEventType, log_auth_event, log_data_change
 from flask_resilience.audit.table import audit_log
 from flask_resilience.state import get_state
-from tests.audit_support import database, hostile_app, stored, verify_ok
+from tests.audit_support import database, hostile_app, migrated, run_child, stored, verify_ok
 from tests.conftest import MakeApp
-from tests.test_audit_faults import _poison
+from tests.test_audit_faults import KILLED_CHILD, _poison
 
 __all__ = ["database"]  # a fixture, for pytest
 
@@ -75,3 +78,26 @@ def test_verify_rejects_a_forged_quarantine_record(make_app: MakeApp, database: 
     engine.dispose()
     code, output = _verify_output(app)
     assert code != 0 and "quarantine record rejected" in output, output
+
+
+def test_two_apps_in_one_instance_folder_adopt_only_their_own_journals(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    database_a = migrated(f"sqlite:///{tmp_path / 'a.db'}")
+    database_b = migrated(f"sqlite:///{tmp_path / 'b.db'}")
+    child = run_child(KILLED_CHILD, database_a, str(tmp_path / "instance"), "40")
+    assert child.returncode == -signal.SIGKILL
+    before = len(stored(database_a, lifecycle=True))  # its thread's first flush may have stored a few
+    app_b, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database_b)  # the same instance folder
+    with app_b.app_context():
+        get_state(app_b).audit.engine()
+        get_state(app_b).audit.writer.flush()
+        assert get_state(app_b).audit.writer.counts()["replayed"] == 0
+    assert [row for row in stored(database_b) if row["resource"] == "fare"] == []
+    app_a, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database_a)
+    with app_a.app_context():
+        get_state(app_a).audit.engine()
+        get_state(app_a).audit.writer.flush()
+        assert get_state(app_a).audit.writer.counts()["replayed"] == 41 - before
+    assert sorted(int(row["resource_id"]) for row in stored(database_a)) == list(range(40))
+    verify_ok(app_a)

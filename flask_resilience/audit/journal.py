@@ -175,6 +175,15 @@ class Journal:
         self.committed = 0  # entries before this offset are stored
         self._dirty = False
 
+    def rebase(self, base: Path) -> None:
+        """Name this journal after ``base`` instead; only before its file is
+        opened (an open file keeps its name: its entries are already there)."""
+        if self._fd is not None and self._generation == fork_generation():
+            logger.warning("audit journal %s is open; it keeps its name", self._path)
+            return
+        self.base = base
+        self.rejected_path = base.with_name(base.name + ".rejected.jsonl")
+
     # -- this process's file ---------------------------------------------------------
 
     def _open(self) -> int:
