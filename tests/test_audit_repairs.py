@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy
 from sqlalchemy import text, update
 
 from flask_resilience import AuditEventType, log_auth_event, log_data_change
+from flask_resilience.audit import journal as journal_module
+from flask_resilience.audit import writer as writer_module
+from flask_resilience.audit.store import store
 from flask_resilience.audit.table import audit_log
 from flask_resilience.state import get_state
 from tests.audit_support import database, hostile_app, migrated, run_child, stored, verify_ok
@@ -101,3 +106,47 @@ def test_two_apps_in_one_instance_folder_adopt_only_their_own_journals(
         assert get_state(app_a).audit.writer.counts()["replayed"] == 41 - before
     assert sorted(int(row["resource_id"]) for row in stored(database_a)) == list(range(40))
     verify_ok(app_a)
+
+
+def _rename_table(url: str, old: str, new: str) -> None:
+    """The audit table gone and back: an outage (every write fails, not a row's fault)."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+    engine.dispose()
+
+
+def test_replay_after_an_outage_goes_a_chunk_at_a_time(
+    make_app: MakeApp, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "journal" / "audit.journal"
+    app = hostile_app(
+        make_app, database, RESILIENCE_AUDIT_SPILL_PATH=str(journal), RESILIENCE_AUDIT_FLUSH_INTERVAL=10**8
+    )
+    writer = get_state(app).audit.writer
+    with app.app_context():
+        log_auth_event(AuditEventType.LOGIN, user_id=0)
+        writer.flush()
+        _rename_table(database, "resilience_audit_log", "resilience_audit_away")
+        for number in range(1, 121):
+            log_data_change(AuditEventType.UPDATE, "fare", number, {"price": number})
+        writer.flush()
+    _rename_table(database, "resilience_audit_away", "resilience_audit_log")
+    monkeypatch.setattr(journal_module, "ADOPT_CHUNK_BYTES", 8192)
+    replays: list[tuple[int, int]] = []  # (rows, the commit mark when they were stored)
+
+    def watched_store(engine: Any, rows: list[dict[str, Any]], **options: Any) -> None:
+        if not options["fresh"] and rows:
+            assert writer.journal is not None
+            replays.append((len(rows), writer.journal.committed))
+        store(engine, rows, **options)
+
+    monkeypatch.setattr(writer_module, "store", watched_store)
+    with app.app_context():
+        writer.flush()
+    assert len(replays) > 2 and max(count for count, _ in replays) < 40
+    marks = [mark for _, mark in replays]
+    assert marks == sorted(marks) and len(set(marks)) == len(marks)  # advanced after each chunk
+    fares = [row for row in stored(database) if row["resource"] == "fare"]
+    assert sorted(int(row["resource_id"]) for row in fares) == list(range(1, 121))
+    verify_ok(app)
