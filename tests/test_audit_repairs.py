@@ -4,16 +4,19 @@ each test here failed before its fix."""
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy
+from freezegun import freeze_time
 from sqlalchemy import text, update
 
 from flask_resilience import AuditEventType, log_auth_event, log_data_change
 from flask_resilience.audit import journal as journal_module
 from flask_resilience.audit import writer as writer_module
+from flask_resilience.audit.api import create_audit_log
 from flask_resilience.audit.store import store
 from flask_resilience.audit.table import audit_log
 from flask_resilience.state import get_state
@@ -149,4 +152,33 @@ def test_replay_after_an_outage_goes_a_chunk_at_a_time(
     assert marks == sorted(marks) and len(set(marks)) == len(marks)  # advanced after each chunk
     fares = [row for row in stored(database) if row["resource"] == "fare"]
     assert sorted(int(row["resource_id"]) for row in fares) == list(range(1, 121))
+    verify_ok(app)
+
+
+def test_purge_keeps_recent_entries_when_one_is_backdated(make_app: MakeApp, database: str) -> None:
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database)
+    writer = get_state(app).audit.writer
+    with freeze_time(datetime.now(UTC) - timedelta(days=200)), app.app_context():
+        for number in range(3):
+            log_data_change(AuditEventType.UPDATE, "old", number, {"price": number})
+        writer.flush()
+    with app.app_context():
+        log_data_change(AuditEventType.UPDATE, "recent", 1, {"price": 1})
+        # the caller's occurred_at says 2020: it was logged just now all the same
+        create_audit_log(
+            {
+                "event_type": "UPDATE",
+                "resource": "recent",
+                "resource_id": "2",
+                "occurred_at": datetime(2020, 1, 1, tzinfo=UTC),
+            }
+        )
+        log_data_change(AuditEventType.UPDATE, "recent", 3, {"price": 3})
+        writer.flush()
+    runner = app.test_cli_runner()
+    purged = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"])
+    assert purged.exit_code == 0, purged.output
+    rows = stored(database)
+    kept = [(row["resource"], row["resource_id"]) for row in rows if row["event_type"] == "UPDATE"]
+    assert sorted(kept) == [("recent", "1"), ("recent", "2"), ("recent", "3")], kept
     verify_ok(app)
