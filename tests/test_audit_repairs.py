@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+from flask import Flask
 from freezegun import freeze_time
 from sqlalchemy import text, update
 
@@ -27,38 +28,36 @@ from tests.test_audit_faults import KILLED_CHILD, _poison
 __all__ = ["database"]  # a fixture, for pytest
 
 
-def _verify_output(app: object) -> tuple[int, str]:
-    result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])  # type: ignore[attr-defined]
+def _verify_output(app: Flask) -> tuple[int, str]:
+    result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
     return result.exit_code, result.output
 
 
-def test_verify_explains_a_quarantined_row_by_its_gap_entry(make_app: MakeApp, database: str) -> None:
-    app = hostile_app(make_app, database)
-    poison = _poison(database)
+def _app_with_a_quarantined_row(make_app: MakeApp, url: str, logins_after: int) -> Flask:
+    """A login, a row the database refuses, then ``logins_after`` logins (user ids 2..), stored."""
+    app = hostile_app(make_app, url)
+    poison = _poison(url)
     with app.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=1)
         log_data_change(AuditEventType.UPDATE, "poison", 1, {"value": poison})
-        log_auth_event(AuditEventType.LOGIN, user_id=2)
+        for number in range(2, 2 + logins_after):
+            log_auth_event(AuditEventType.LOGIN, user_id=number)
         writer = get_state(app).audit.writer
         writer.flush()
-        writer.flush()
+        writer.flush()  # and the AUDIT_GAP entry recorded by the first
         assert writer.counts()["rejected"] == 1
+    return app
+
+
+def test_verify_explains_a_quarantined_row_by_its_gap_entry(make_app: MakeApp, database: str) -> None:
+    app = _app_with_a_quarantined_row(make_app, database, 1)
     verify_ok(app)
     code, output = _verify_output(app)
     assert code == 0 and "quarantined" in output, output
 
 
 def test_verify_still_fails_on_a_gap_no_entry_explains(make_app: MakeApp, database: str) -> None:
-    app = hostile_app(make_app, database)
-    poison = _poison(database)
-    with app.app_context():
-        log_auth_event(AuditEventType.LOGIN, user_id=1)
-        log_data_change(AuditEventType.UPDATE, "poison", 1, {"value": poison})
-        for number in range(2, 5):
-            log_auth_event(AuditEventType.LOGIN, user_id=number)
-        writer = get_state(app).audit.writer
-        writer.flush()
-        writer.flush()
+    app = _app_with_a_quarantined_row(make_app, database, 3)
     engine = sqlalchemy.create_engine(database)
     login = next(row for row in stored(database) if row["user_id"] == "3")
     with engine.begin() as connection:  # an entry removed behind the log's back
@@ -69,15 +68,7 @@ def test_verify_still_fails_on_a_gap_no_entry_explains(make_app: MakeApp, databa
 
 
 def test_verify_rejects_a_forged_quarantine_record(make_app: MakeApp, database: str) -> None:
-    app = hostile_app(make_app, database)
-    poison = _poison(database)
-    with app.app_context():
-        log_auth_event(AuditEventType.LOGIN, user_id=1)
-        log_data_change(AuditEventType.UPDATE, "poison", 1, {"value": poison})
-        log_auth_event(AuditEventType.LOGIN, user_id=2)
-        writer = get_state(app).audit.writer
-        writer.flush()
-        writer.flush()
+    app = _app_with_a_quarantined_row(make_app, database, 1)
     gap = next(row for row in stored(database) if row["event_type"] == "AUDIT_GAP")
     engine = sqlalchemy.create_engine(database)
     with engine.begin() as connection:  # the record edited without the key
