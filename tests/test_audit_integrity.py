@@ -375,7 +375,9 @@ def test_purge_keeps_chains_verifiable(chained_app: Flask) -> None:
     with engine.begin() as connection:
         old = sqlalchemy.func.datetime("2020-01-01") if engine.dialect.name == "sqlite" else None
         assert old is not None
-        connection.execute(update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old))
+        connection.execute(
+            update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old, logged_at=old)
+        )
     runner = chained_app.test_cli_runner()
     result = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d"])
     assert result.exit_code == 0, result.output

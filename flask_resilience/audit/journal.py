@@ -114,15 +114,16 @@ def _entry(kind: bytes, payload: bytes) -> dict[str, Any]:
     return row
 
 
-def _chunks(fd: int, size: int) -> Iterator[tuple[bytes, int]]:
-    """``(data, offset)``: the file in pieces of about ADOPT_CHUNK_BYTES, each
-    ending at the end of a record (a torn last line is left out)."""
-    offset = 0
+def _chunks(fd: int, size: int, start: int = 0) -> Iterator[tuple[bytes, int]]:
+    """``(data, offset)``: the file from ``start`` to ``size`` in pieces of about
+    ADOPT_CHUNK_BYTES, each ending at the end of a record (a torn last line is
+    left out)."""
+    offset = start
     while offset < size:
         data = os.pread(fd, min(ADOPT_CHUNK_BYTES, size - offset), offset)
         cut = data.rfind(b"\n") + 1
         while not cut:  # a record longer than a chunk
-            more = os.pread(fd, ADOPT_CHUNK_BYTES, offset + len(data))
+            more = os.pread(fd, min(ADOPT_CHUNK_BYTES, size - offset - len(data)), offset + len(data))
             if not more:
                 return
             data += more
@@ -174,6 +175,15 @@ class Journal:
         self.end = 0  # bytes in the file
         self.committed = 0  # entries before this offset are stored
         self._dirty = False
+
+    def rebase(self, base: Path) -> None:
+        """Name this journal after ``base`` instead; only before its file is
+        opened (an open file keeps its name: its entries are already there)."""
+        if self._fd is not None and self._generation == fork_generation():
+            logger.warning("audit journal %s is open; it keeps its name", self._path)
+            return
+        self.base = base
+        self.rejected_path = base.with_name(base.name + ".rejected.jsonl")
 
     # -- this process's file ---------------------------------------------------------
 
@@ -237,8 +247,19 @@ class Journal:
         rows, _ = parse(os.pread(self._fd, stop - start, start), start)
         return rows
 
-    def commit(self, offset: int) -> None:
-        """Entries before ``offset`` are stored: truncate, mark or compact."""
+    def read_chunks(self, start: int, stop: int) -> Iterator[Stored]:
+        """The entries between two offsets of this process's file, a chunk of
+        about ADOPT_CHUNK_BYTES at a time (a long outage's journal is never
+        held in memory whole)."""
+        if self._fd is None:
+            return
+        for data, base in _chunks(self._fd, stop, start):
+            rows, _ = parse(data, base)
+            yield rows
+
+    def commit(self, offset: int, *, compact: bool = True) -> None:
+        """Entries before ``offset`` are stored: truncate, mark or compact
+        (not with ``compact=False``: offsets read before stay valid)."""
         if self._fd is None or offset <= self.committed:
             return
         if offset >= self.end:
@@ -251,7 +272,7 @@ class Journal:
             logger.warning("audit journal commit mark not written (%s)", exc)
             return
         self.committed = offset
-        if self.committed >= COMPACT_AFTER:
+        if compact and self.committed >= COMPACT_AFTER:
             self._compact()
 
     def _compact(self) -> None:

@@ -1,7 +1,9 @@
 """Retention: deleting old entries without breaking the chains they belong to.
 
-Only a chain's prefix goes (every entry up to its last one older than the
-cutoff), so what stays is still a chain; the purge then records, in a
+Only a chain's prefix goes (every entry before its first one logged at or
+after the cutoff, by the writer-set ``logged_at``: a caller's backdated
+``occurred_at`` never takes recent entries with it), so what stays is still a
+chain; the purge then records, in a
 ``durable`` audit entry of its own, where each purged chain now starts (its
 first kept ``seq`` and that entry's ``prev_hash``): the anchor ``verify``
 starts from, accepted only when the entry holding it verifies itself.
@@ -33,21 +35,35 @@ class ChainCut:
     last_seq: int
 
 
-def plan(engine: Engine, before: datetime) -> list[ChainCut]:
-    """Per chain, the prefix a purge at ``before`` (naive UTC) deletes."""
-    old = audit_log.c.occurred_at < before
+def plan(engine: Engine, before: datetime, *, by_occurrence: bool = False) -> list[ChainCut]:
+    """Per chain, the prefix a purge at ``before`` (naive UTC) deletes: up to
+    the seq before its first entry logged at or after ``before``.
+    ``by_occurrence``: by ``occurred_at`` instead, as dropped partitions
+    (ranges of ``occurred_at``) delete, so the chains' cuts cover them."""
+    when = audit_log.c.occurred_at if by_occurrence else audit_log.c.logged_at
+    old = when < before
     with engine.connect() as connection:
         cuts = connection.execute(
             select(audit_log.c.chain_id, func.max(audit_log.c.seq)).where(old).group_by(audit_log.c.chain_id)
         ).all()
         result = []
-        for chain_id, last_old in cuts:
+        for chain_id, oldest_last in cuts:
+            last_old = oldest_last
+            if not by_occurrence:  # an entry logged late (backdated) ends the prefix
+                first_recent = connection.execute(
+                    select(func.min(audit_log.c.seq)).where(
+                        and_(audit_log.c.chain_id == chain_id, when >= before)
+                    )
+                ).scalar_one()
+                if first_recent is not None:
+                    last_old = min(last_old, first_recent - 1)
             rows = connection.execute(
                 select(func.count())
                 .select_from(audit_log)
                 .where(and_(audit_log.c.chain_id == chain_id, audit_log.c.seq <= last_old))
             ).scalar_one()
-            result.append(ChainCut(chain_id, int(rows), int(last_old)))
+            if rows:  # nothing before the first recent entry is left (an earlier purge)
+                result.append(ChainCut(chain_id, int(rows), int(last_old)))
     return sorted(result, key=lambda cut: cut.chain_id)
 
 
@@ -84,7 +100,7 @@ def purge(engine: Engine, before: datetime, batch: int = 1000) -> tuple[int, dic
                 before = max((_end(name) for name in dropped), default=before)
     deleted = 0
     anchors: dict[str, dict[str, Any]] = {}
-    cuts = plan(engine, before)
+    cuts = plan(engine, before, by_occurrence=bool(dropped))
     for cut in cuts:
         anchors[cut.chain_id] = anchor_after(engine, cut)
     if dropped:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from datetime import datetime
@@ -95,6 +96,14 @@ class AuditStatsSnapshot(TypedDict):
     enabled: bool
 
 
+def default_journal(instance_path: Path, engine: Engine) -> Path:
+    """``<instance>/resilience-audit.<hash of the database URL>.journal``
+    (the password masked: it may change, the database stays the same)."""
+    url = engine.url.render_as_string(hide_password=True)
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return instance_path / f"resilience-audit.{digest}.journal"
+
+
 def _bounded(counter: Counter[str], key: str) -> None:
     if key in counter or len(counter) < _MAX_TRACKED:
         counter[key] += 1
@@ -119,6 +128,10 @@ class AppAudit:
         self.redactor = redactor
         self.max_body_bytes = max_body_bytes
         self.fallback_sqlite = fallback_sqlite
+        # The default journal (no RESILIENCE_AUDIT_SPILL_PATH) is named after the
+        # database once it is known: apps sharing an instance folder must never
+        # adopt each other's journals into the wrong database.
+        self.journal_named_by_database = False
         self.counters = AuditStats()
         self._engine_lock = threading.Lock()
 
@@ -148,7 +161,7 @@ class AppAudit:
         )
         writer.checkpoints = store_from_config(config)
         writer.partitions = PartitionKeeper(config[cfg.AUDIT_PARTITION])
-        return cls(
+        app_audit = cls(
             enabled=config[cfg.AUDIT_ENABLED],
             database=database,
             writer=writer,
@@ -156,6 +169,8 @@ class AppAudit:
             max_body_bytes=config[cfg.AUDIT_MAX_BODY_BYTES],
             fallback_sqlite=instance_path / "resilience-audit.db",
         )
+        app_audit.journal_named_by_database = journal is not None and spill is None
+        return app_audit
 
     # -- the engine ---------------------------------------------------------------
 
@@ -173,6 +188,8 @@ class AppAudit:
                         self.writer.prepare = _migrate_if_missing
                     else:  # integrity hook: one clear error when the tables were never created
                         self.writer.prepare = check_tables
+                    if self.journal_named_by_database and self.writer.journal is not None:
+                        self.writer.journal.rebase(default_journal(self.fallback_sqlite.parent, engine))
                     self.writer.engine = engine
         return self.writer.engine
 

@@ -2,19 +2,21 @@
 and their purge anchors.
 
 A chain is intact when every link holds (each ``entry_hash`` recomputes under
-the key its ``key_id`` names), ``seq`` has no gap, it starts at seq 1 or at a
-trusted purge anchor, its head reaches its last signed checkpoint, and it
-ended with ``CHAIN_CLOSED``, or its writer is alive, or a later writer recorded
-adopting it after a crash. Every checkpointed chain must exist.
+the key its ``key_id`` names), ``seq`` has no gap (seqs of entries the database
+refused count when a verified AUDIT_GAP entry names each with its hash, and the
+next entry links to that hash), it starts at seq 1 or at a trusted purge
+anchor, its head reaches its last signed checkpoint, and it ended with
+``CHAIN_CLOSED``, or its writer is alive, or a later writer recorded adopting
+it after a crash. Every checkpointed chain must exist.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, select
 
@@ -38,6 +40,29 @@ class Anchor:
     host_seq: int
 
 
+@dataclass(frozen=True)
+class Quarantine:
+    """An AUDIT_GAP record: entry ``seq`` of ``chain_id``, whose ``entry_hash``
+    is given, was refused by the database and quarantined; stated by entry
+    ``host_seq`` of chain ``host_chain``."""
+
+    chain_id: str
+    seq: int
+    entry_hash: str
+    host_chain: str
+    host_seq: int
+
+
+class _Statement(Protocol):
+    """A record one entry makes about a chain (a purge anchor, a quarantine)."""
+
+    @property
+    def host_chain(self) -> str: ...
+
+    @property
+    def host_seq(self) -> int: ...
+
+
 @dataclass
 class ChainReport:
     chain_id: str
@@ -49,6 +74,7 @@ class ChainReport:
     problems: list[str] = field(default_factory=list)  # each makes the chain fail
     notes: list[str] = field(default_factory=list)
     anchor: Anchor | None = None  # the purge anchor the chain starts from
+    quarantined: list[Quarantine] = field(default_factory=list)  # the records explaining missing seqs
     closed: bool = False
     legacy: bool = False  # written before entries were keyed and lifecycle-recorded
     hashes: dict[int, str] = field(default_factory=dict)  # entry_hash at checkpointed seqs
@@ -77,6 +103,7 @@ class Context:
     now: datetime  # naive UTC
     live_window: timedelta
     allow_unkeyed: bool = False
+    quarantines: Mapping[str, Mapping[int, Quarantine]] = field(default_factory=dict)
 
 
 def verify(
@@ -89,9 +116,12 @@ def verify(
     allow_unkeyed: bool = False,
 ) -> list[ChainReport]:
     """One report per chain (and per checkpointed chain that has no entries)."""
-    context = Context(keyring, checkpoints or {}, now, live_window, allow_unkeyed)
+    context = Context(
+        keyring, checkpoints or {}, now, live_window, allow_unkeyed, _quarantine_candidates(engine)
+    )
     anchors = _anchor_candidates(engine)
     reports = {report.chain_id: report for report in _scan(engine, anchors, context)}
+    _check_quarantines(engine, reports, anchors, context)
     for chain_id, report in list(reports.items()):
         if report.anchor is not None and not _trusted(report.anchor, reports, keyring.keyed):
             rejected = report.anchor
@@ -133,10 +163,9 @@ def _check_chain(
         seq = row["seq"]
         if report.first_seq is None:
             report.first_seq = seq
-            expected_prev = _start(report, row, anchors)
+            expected_prev = _start(report, row, anchors, context)
         elif seq != (report.last_seq or 0) + 1:
-            report.gaps.append(((report.last_seq or 0) + 1, seq - 1))
-            expected_prev = row["prev_hash"]  # the gap is the finding; go on from here
+            expected_prev = _across_gap(report, (report.last_seq or 0) + 1, row, context)
         report.rows += 1
         report.last_seq = seq
         report.legacy = report.legacy and row["key_id"] is None
@@ -153,7 +182,7 @@ def _check_chain(
     return report
 
 
-def _start(report: ChainReport, row: dict[str, Any], anchors: list[Anchor]) -> str:
+def _start(report: ChainReport, row: dict[str, Any], anchors: list[Anchor], context: Context) -> str:
     """The ``prev_hash`` the first stored entry must have."""
     if row["seq"] == 1:
         return GENESIS
@@ -161,7 +190,19 @@ def _start(report: ChainReport, row: dict[str, Any], anchors: list[Anchor]) -> s
         if anchor.first_seq == row["seq"]:
             report.anchor = anchor
             return anchor.prev_hash
-    report.gaps.append((1, row["seq"] - 1))
+    return _across_gap(report, 1, row, context)
+
+
+def _across_gap(report: ChainReport, first: int, row: dict[str, Any], context: Context) -> str:
+    """The ``prev_hash`` ``row`` must have after seqs ``first`` to ``row["seq"] - 1``
+    are missing: the hash of the last when each was quarantined, else the
+    gap is the finding and the check goes on from the row's own link."""
+    claims = context.quarantines.get(report.chain_id, {})
+    missing = range(first, row["seq"])
+    if all(seq in claims for seq in missing):
+        report.quarantined += [claims[seq] for seq in missing]
+        return claims[missing[-1]].entry_hash
+    report.gaps.append((first, row["seq"] - 1))
     return str(row["prev_hash"])
 
 
@@ -196,10 +237,48 @@ def _anchor_candidates(engine: Engine) -> dict[str, list[Anchor]]:
     return anchors
 
 
+def _quarantine_candidates(engine: Engine) -> dict[str, dict[int, Quarantine]]:
+    """Every AUDIT_GAP record of a quarantined entry, by the entry's chain and seq
+    (trusted only once the record's own entry verifies)."""
+    claims: dict[str, dict[int, Quarantine]] = {}
+    query = select(audit_log.c.chain_id, audit_log.c.seq, audit_log.c.details).where(
+        audit_log.c.event_type == AuditEventType.AUDIT_GAP
+    )
+    with engine.connect() as connection:
+        for host_chain, host_seq, details in connection.execute(query):
+            if not isinstance(details, dict) or details.get("rejected") != 1:
+                continue
+            chain_id, seq, entry_hash = (details.get(key) for key in ("chain_id", "seq", "entry_hash"))
+            if isinstance(chain_id, str) and isinstance(seq, int) and isinstance(entry_hash, str):
+                claim = Quarantine(chain_id, seq, entry_hash, host_chain, host_seq)
+                claims.setdefault(chain_id, {})[seq] = claim
+    return claims
+
+
+def _check_quarantines(
+    engine: Engine, reports: dict[str, ChainReport], anchors: Mapping[str, list[Anchor]], context: Context
+) -> None:
+    """Missing seqs count as quarantined only when each record saying so
+    verifies; otherwise the chain is checked again without them."""
+    for chain_id, report in list(reports.items()):
+        untrusted = [q for q in report.quarantined if not _trusted(q, reports, context.keyring.keyed)]
+        if untrusted:
+            bare = replace(context, quarantines={})
+            reports[chain_id] = next(iter(_scan(engine, anchors, bare, chain_id)))
+            for claim in untrusted:
+                host = f"entry seq {claim.host_seq} of chain {claim.host_chain}"
+                reports[chain_id].problems.append(f"quarantine record rejected: {host} does not verify")
+        else:
+            report.notes += [f"seq {claim.seq} quarantined" for claim in report.quarantined]
+
+
 def _trusted(
-    anchor: Anchor, reports: Mapping[str, ChainReport], keyed: bool, seen: frozenset[str] = frozenset()
+    anchor: _Statement,
+    reports: Mapping[str, ChainReport],
+    keyed: bool,
+    seen: frozenset[str] = frozenset(),
 ) -> bool:
-    """An anchor counts only when the entry stating it verifies in its own chain:
+    """An anchor (or a quarantine record) counts only when the entry stating it verifies in its own chain:
     its link and hash hold (keyed, its HMAC proves a key holder wrote it), and
     unkeyed, its chain verifies from seq 1 or from an anchor trusted in turn."""
     host = reports.get(anchor.host_chain)

@@ -283,21 +283,17 @@ class AuditWriter(ProcessLocalWorker):
         if self.engine is None:
             return 0  # a process that never audited has nothing to store
         items, from_disk, committed, end = self._take()
-        written = 0
+        written = replayed = 0
         try:
             engine = self._engine()
             adopted = self._adopt(engine)
             written += adopted
-            rows = []
             if from_disk and self.journal is not None:
-                rows = [row for row, _ in self.journal.read(committed, end)]
-                store(engine, rows, fresh=False, reject=self._reject)
-                self._counts["replayed"] += len(rows)
-                written += len(rows)
+                replayed = self._replay(engine, committed, end)  # counts itself
             memory = [row for row, on_disk in items if not (from_disk and on_disk)]
             store(engine, memory, fresh=not from_disk, reject=self._reject)
             written += len(memory)
-            self._note_stored(rows, memory)
+            self._note_stored(memory)
         except BaseException as exc:  # even an interrupt must not lose the batch taken
             self._failed(items, exc)
             if not isinstance(exc, Exception):
@@ -312,7 +308,25 @@ class AuditWriter(ProcessLocalWorker):
         self._counts["written"] += written
         self._recovered()
         self._after_write()
-        return written + (self._flush() if gap or adopted else 0)
+        return written + replayed + (self._flush() if gap or adopted else 0)
+
+    def _replay(self, engine: Engine, start: int, stop: int) -> int:
+        """Store this process's journaled entries between two offsets a chunk
+        at a time, advancing the commit mark after each: memory stays bounded
+        and a failure (or a kill) mid-replay repeats at most one chunk."""
+        replayed = 0
+        assert self.journal is not None
+        for chunk in self.journal.read_chunks(start, stop):
+            rows = [row for row, _ in chunk]
+            store(engine, rows, fresh=False, reject=self._reject)
+            self._note_stored(rows)
+            self._counts["replayed"] += len(rows)
+            self._counts["written"] += len(rows)  # counted even if a later chunk fails
+            replayed += len(rows)
+            if chunk:
+                with self._lock:  # no compaction until the replay ends: offsets stay valid
+                    self.journal.commit(chunk[-1][1], compact=False)
+        return replayed
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -385,7 +399,17 @@ class AuditWriter(ProcessLocalWorker):
             except OSError as exc:
                 logger.error("audit quarantine file cannot be written (%s): entry %r lost", exc, row)
         with self._lock:
-            self._add_gap_locked(1, "rejected", reason=reason, entry_id=row.get("id"), seq=row.get("seq"))
+            # Naming the row's place and hash lets verify account for its seq
+            # and check the next row's link across it.
+            self._add_gap_locked(
+                1,
+                "rejected",
+                reason=reason,
+                entry_id=row.get("id"),
+                chain_id=row.get("chain_id"),
+                seq=row.get("seq"),
+                entry_hash=row.get("entry_hash"),
+            )
 
     def _add_linked_entry(self, entry: AuditEntry) -> None:
         """Link, journal and queue an entry of the writer's own (lock held)."""
