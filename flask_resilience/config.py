@@ -309,7 +309,8 @@ AUDIT_SPILL_PATH = Setting(
     None,
     optional_str,
     "Base path of the per-process audit journals (write-ahead, and where entries wait while the "
-    "database is down); default <instance>/resilience-audit.journal; 'off' keeps entries in memory only.",
+    "database is down); default <instance>/resilience-audit.<hash of the database URL>.journal; 'off' "
+    "keeps entries in memory only.",
 )
 AUDIT_SPILL_MAX_BYTES = Setting(
     "RESILIENCE_AUDIT_SPILL_MAX_BYTES",
