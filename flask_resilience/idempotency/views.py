@@ -47,6 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("flask_resilience.idempotency")
 
 _G_OPTIONS = "_resilience_idempotency"
+_blueprints_protected = False  # set once any blueprint is protected, in this process
 _DISPATCH_MARK = "_resilience_idempotency_dispatch"
 _DECORATED_MARK = "_resilience_idempotent"
 
@@ -125,12 +126,14 @@ def protect_blueprint(blueprint: Blueprint, **settings: Any) -> Blueprint:
     The blueprint's hook only marks the request; the protection itself runs
     at dispatch, after every ``before_request`` hook of the app and blueprint.
     """
+    global _blueprints_protected  # noqa: PLW0603 (tells dispatch whether to look at all)
     options = Options(**settings)
 
     def mark() -> None:
         setattr(g, _G_OPTIONS, options)
 
     blueprint.before_request(mark)
+    _blueprints_protected = True
     return blueprint
 
 
@@ -142,6 +145,8 @@ def protect_dispatch(app: Flask, prefixes: list[tuple[str, Options]]) -> None:
         return
 
     def dispatch_request() -> Any:
+        if not (prefixes or _blueprints_protected):
+            return dispatch()  # nothing is protected wholesale: every request pays only this test
         options: Options | None = g.__dict__.pop(_G_OPTIONS, None)
         if options is None and prefixes:
             path = request.path
