@@ -222,6 +222,13 @@ class LayeredCache:
             if changes != self.l1_changes:  # one raced the set: it counts before it deletes
                 self.l1.delete(key)
 
+    def keep_in_l1(self, key: str, entry: CacheEntry, since: tuple[int, float]) -> bool:
+        """Keep ``entry`` in L1 only (``since``: :meth:`mark` taken before its
+        lookup); False when an invalidation or the listening state forbade it."""
+        changes, began = since
+        self._fill_l1(key, entry, began, changes)
+        return key in self.l1
+
     def put(
         self,
         key: str,

@@ -14,6 +14,7 @@ from ..context import current_principal
 from ..responses import StoredResponse
 from .entry import CacheEntry, Stamp
 from .flight import wait_for_holder
+from .front import IDENTITY_ENVIRON, OFFER_ENVIRON, Offer, Route, front_key
 from .keys import custom_resource_key, full_key, request_resource, variant, vary_values
 from .rules import etag_matches, request_control, response_refusal, strong_etag
 from .service import AppCache
@@ -32,6 +33,13 @@ class ViewPolicy:
     query_args: tuple[str, ...] | None
     statuses: frozenset[int]
     vary_host: bool
+    front: bool | None = None  # None: RESILIENCE_CACHE_FRONT decides
+
+    def allows_front(self, everywhere: bool) -> bool:
+        """Whether the front tier may answer for this view: opted in, and
+        nothing about the caller or the request decides its answer."""
+        wanted = everywhere if self.front is None else self.front
+        return wanted and not self.per_user and self.condition is None and self.key_func is None
 
 
 def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> Response:
@@ -49,6 +57,12 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
     if bypass is not None:
         return _bypassed(cache, bypass, run())
     plan = Plan(cache, policy, current, None if principal is None else principal.key)
+    front = cache.front
+    if front.enabled and policy.allows_front(front.everywhere):
+        front.armed = True  # from now on the middleware notes request identities
+        environ = current.environ
+        if IDENTITY_ENVIRON in environ and current.method == "GET" and front.request_eligible(environ):
+            plan.front_mark = cache.layered.mark()
     if not plan.revalidate and plan.since is not None:
         found = plan.lookup_l1()
         if found is not None:
@@ -93,6 +107,7 @@ class Plan:
         self.token = ""  # set when this request holds the cross-process lock
         self.lock_key = self.key
         self.miss: tuple[Stamp, str | None, tuple[int, float]] | None = None
+        self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
         return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary)
@@ -203,13 +218,26 @@ class Plan:
         if not stored:
             return _mark_miss(response, "not-stored-invalidated")
         response = _mark_miss(response, "stored")
+        if self.front_mark is not None:
+            self._offer_front(entry, mark)
         if entry.etag and etag_matches(request, entry.etag):
             return _not_modified(entry, response.headers.items())
         return response
 
+    def _offer_front(self, entry: CacheEntry, mark: tuple[int, float]) -> None:
+        """Leave ``entry`` for the middleware, which keeps the final response."""
+        variant_text = self._variant()
+        route = Route(
+            self.resource, variant_text, front_key(variant_text, self.resource), False, self.endpoint
+        )
+        offer = Offer(route, entry.stamp, entry.created_at, entry.expires_at, mark)
+        self.request.environ[OFFER_ENVIRON] = offer
+
     def _respond(self, entry: CacheEntry, layer: str) -> Response:
         now = self.cache.layered.clock()
         assert entry.response is not None
+        if self.front_mark is not None:
+            self._offer_front(entry, self.front_mark)
         extra = (
             ("X-Cache", "HIT"),
             ("Cache-Status", f"{CACHE_ID}; hit; ttl={max(0, int(entry.expires_at - now))}; detail={layer}"),

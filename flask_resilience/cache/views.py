@@ -36,6 +36,7 @@ def cached(
     query_args: Sequence[str] | None = None,
     statuses: Collection[int] = (200,),
     vary_host: bool = True,
+    front: bool | None = None,
     strategy: CacheStrategy = CacheStrategy.CACHE_ASIDE,
     invalidation: InvalidationStrategy = InvalidationStrategy.TTL,
 ) -> Callable[[F], F]:
@@ -49,6 +50,9 @@ def cached(
     ``vary_host=False`` leaves scheme and host out of the key (only for apps
     that pin ``SERVER_NAME``/trusted hosts). On a hit the view does not run:
     authorize in ``before_request`` or in a decorator placed above this one.
+    ``front=True`` serves hits before Flask dispatches (no app code runs:
+    public responses only; None follows ``RESILIENCE_CACHE_FRONT``; see
+    docs/front-tier.rst).
     """
     check_ttl(ttl)
     if CacheStrategy(strategy) not in VIEW_STRATEGIES:
@@ -68,6 +72,7 @@ def cached(
         query_args=None if query_args is None else tuple(query_args),
         statuses=frozenset(statuses),
         vary_host=vary_host,
+        front=front,
     )
 
     def decorator(view: F) -> F:
