@@ -19,6 +19,7 @@ nothing is remembered and the tier stays idle.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,19 @@ class Offer:
     mark: tuple[int, float]
 
 
+_tiers: weakref.WeakSet[FrontTier] = weakref.WeakSet()
+_declared = False
+
+
+def declare() -> None:
+    """A view opted in (``@cached(front=True)``): every app's tier starts noting
+    request identities, so the first response of such a view is kept already."""
+    global _declared  # noqa: PLW0603 (one flag per process, set at import time)
+    _declared = True
+    for tier in list(_tiers):
+        tier.armed = tier.enabled
+
+
 class FrontTier:
     """One app's front tier: the remembered identities and the hit path."""
 
@@ -125,10 +139,12 @@ class FrontTier:
         self.header_policy = header_policy
         self.session_cookie = "session"
         self.remember_cookie: str | None = None
-        self.armed = False  # a front-eligible view was seen: the middleware notes identities
+        # A view may opt in: the middleware notes request identities.
+        self.armed = enabled and (everywhere or _declared)
         self.max_routes = max_routes
         self.routes: dict[Identity, Route] = {}
         self._lock = threading.Lock()
+        _tiers.add(self)
 
     # -- eligibility ---------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-from flask import Request, Response, current_app, request, session
+from flask import Request, Response, current_app, request
 from flask.globals import request_ctx
 
 from ..context import current_principal
@@ -184,7 +184,7 @@ class Plan:
         layered = self.cache.layered
         layered.stats.count("misses", self.endpoint)
         refusal = response_refusal(response, self.policy.statuses, self.cache.max_body_bytes)
-        if refusal is None and session.modified:
+        if refusal is None and _session_modified():
             refusal = "session-modified"
         if refusal is None and request_ctx._after_request_functions:
             # after_this_request changes the response after this point (a
@@ -247,6 +247,14 @@ class Plan:
         if entry.etag and etag_matches(self.request, entry.etag):
             return _not_modified(entry, headers)
         return Response(entry.body, status=entry.response.status, headers=headers)
+
+
+def _session_modified() -> bool:
+    """Whether the view modified the session, without marking it accessed
+    (reading ``flask.session`` would, and Flask then adds ``Vary: Cookie``)."""
+    ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    opened = ctx.__dict__.get("_session", ctx.__dict__.get("session"))
+    return bool(getattr(opened, "modified", False))
 
 
 def _mark_miss(response: Response, detail: str) -> Response:

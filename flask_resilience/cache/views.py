@@ -17,6 +17,7 @@ from flask import Request, Response, current_app, make_response, request
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
+from .front import declare as declare_front
 from .plan import ViewPolicy, serve
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
 from .tags import validate_tags
@@ -74,6 +75,9 @@ def cached(
         vary_host=vary_host,
         front=front,
     )
+
+    if front:
+        declare_front()
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
