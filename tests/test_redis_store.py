@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -233,3 +234,18 @@ def test_redis_errors_do_not_leak_redis_exceptions(key_prefix: str) -> None:
         list(store.scan("*"))
     assert isinstance(excinfo.value.__cause__, redis.RedisError)
     store.close()
+
+
+def test_scripts_run_by_sha_and_survive_a_script_flush(
+    throwaway_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, _process = throwaway_redis
+    client = redis.Redis.from_url(url)
+    store = RedisStore(client, "t:")
+    script = store.script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    assert store.run_script(script, ["t:n"], [2]) == 2  # not loaded yet: EVAL, which caches it
+    assert client.script_exists(script.sha) == [True]
+    client.script_flush()  # the server forgets it (a restart or a failover does too)
+    assert store.run_script(script, ["t:n"], [3]) == 5
+    assert store.run_script(script, ["t:n"], [1]) == 6
+    client.close()

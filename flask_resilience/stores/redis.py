@@ -10,6 +10,7 @@ same code runs on a single Redis and on a Redis Cluster.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .pubsub import Subscriber
@@ -38,6 +39,25 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+class LuaScript:
+    """A Lua script run by its SHA-1 (``EVALSHA``), loaded again when the
+    server answers NOSCRIPT (a restart, ``SCRIPT FLUSH``, a failover)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def run(self, client: RedisClient, keys: list[str], args: list[Any]) -> Any:
+        # The client's evalsha directly: redis-py's Script object adds a
+        # registry lookup and a hash check per call.
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)  # also caches it on the server
 
 
 class StoreUnavailableError(RuntimeError):
@@ -170,12 +190,16 @@ class RedisStore:
             removed += self.delete(*chunk)
         return removed
 
-    def script(self, source: str) -> Script:
-        """A Lua script registered once and run by its SHA."""
-        return self.client.register_script(source)
+    def script(self, source: str) -> LuaScript:
+        """A Lua script, run by its SHA through :meth:`run_script`."""
+        return LuaScript(source)
 
-    def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        return self._run(lambda: script(keys=keys, args=args))
+    def run_script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        """One ``EVALSHA`` (``EVAL`` once when the server lost the script)."""
+        try:
+            return script.run(self.client, keys, args)
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
 
     def ping(self) -> float:
         """Round-trip time in seconds; raises when Redis does not answer."""
