@@ -414,3 +414,12 @@ def test_checking_the_session_does_not_add_vary_cookie(make_app: MakeApp) -> Non
     not mark the session accessed (Flask then adds ``Vary: Cookie``)."""
     app, _ = front_app(make_app)
     assert "Vary" not in app.test_client().get("/plain").headers
+
+
+def test_an_undecodable_query_string_is_not_a_server_error(make_app: MakeApp) -> None:
+    app, _ = front_app(make_app)
+    client = app.test_client()
+    first = client.get("/plain", environ_overrides={"QUERY_STRING": "q=\xe9"})
+    assert first.status_code == 200
+    assert client.get("/plain", environ_overrides={"QUERY_STRING": "q=\xe9"}).headers["X-Cache"] == "HIT"
+    assert client.get("/plain", environ_overrides={"QUERY_STRING": "q=%C3%A9"}).headers["X-Cache"] == "MISS"
