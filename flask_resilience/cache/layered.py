@@ -73,6 +73,7 @@ class LayeredCache:
         self.stats = CacheStats()
         self.tags = TagVersions(self._fetch_versions if l2 is not None else None, l1_max_ttl)
         self.l1_changes = 0  # bumped by every L1 invalidation: a fill racing one is dropped
+        self.l1_fills = 0  # bumped by every L1 fill: a reader that saw it unchanged need not look again
         self._l2_down_until = 0.0
         self._down_lock = threading.Lock()
 
@@ -219,6 +220,7 @@ class LayeredCache:
             ttl = min(ttl, self.l1_max_ttl)
         if ttl > 0:
             self.l1.set(key, (entry, began), ttl)
+            self.l1_fills += 1
             if changes != self.l1_changes:  # one raced the set: it counts before it deletes
                 self.l1.delete(key)
 

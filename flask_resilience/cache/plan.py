@@ -64,6 +64,7 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
         if IDENTITY_ENVIRON in environ and current.method == "GET" and front.request_eligible(environ):
             plan.front_mark = cache.layered.mark()
     if not plan.revalidate and plan.since is not None:
+        plan.l1_fills = cache.layered.l1_fills
         found = plan.lookup_l1()
         if found is not None:
             return found
@@ -107,6 +108,7 @@ class Plan:
         self.token = ""  # set when this request holds the cross-process lock
         self.lock_key = self.key
         self.miss: tuple[Stamp, str | None, tuple[int, float]] | None = None
+        self.l1_fills = -1  # layered.l1_fills when this request looked in L1 (-1: it did not)
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
@@ -170,8 +172,10 @@ class Plan:
                     if found is not None:
                         layered.stats.count("collapsed", self.endpoint)
                 if found is None and not self.revalidate:
-                    # A flight that ended just before this one began may have stored it.
-                    found = (self.lookup_l1() if self.since is not None else None) or self.lookup_l2()
+                    # A flight that ended after this request's lookup may have stored it.
+                    if leader and self.since is not None and self.l1_fills != layered.l1_fills:
+                        found = self.lookup_l1()
+                    found = found or self.lookup_l2()
                 if found is None and self.miss is None:
                     self._miss_without_l2()
                 yield found
