@@ -260,7 +260,11 @@ def _install_middleware(app: Flask, state: ResilienceState) -> None:
     front.session_cookie = app.config.get("SESSION_COOKIE_NAME", "session")
     front.remember_cookie = app.config.get("REMEMBER_COOKIE_NAME")
     app.wsgi_app = RequestMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, id_header=state.config[cfg.REQUEST_ID_HEADER], redis=state.redis, front=front
+        app.wsgi_app,
+        id_header=state.config[cfg.REQUEST_ID_HEADER],
+        redis=state.redis,
+        front=front,
+        views=app.view_functions,
     )
 
 

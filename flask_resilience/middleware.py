@@ -30,7 +30,13 @@ class RequestMiddleware:
     """``app.wsgi_app = RequestMiddleware(app.wsgi_app, ...)`` (``init_app`` does it)."""
 
     def __init__(
-        self, wsgi_app: WsgiApp, *, id_header: str, redis: RedisStore | None, front: FrontTier
+        self,
+        wsgi_app: WsgiApp,
+        *,
+        id_header: str,
+        redis: RedisStore | None,
+        front: FrontTier,
+        views: dict[str, Callable[..., Any]],
     ) -> None:
         self.wsgi_app = wsgi_app
         self.id_header = id_header
@@ -38,6 +44,8 @@ class RequestMiddleware:
         self._id_environ = "HTTP_" + id_header.upper().replace("-", "_")
         self.redis = redis
         self.front = front
+        self.views = views  # the app's view functions (Flask adds to this very dict)
+        self._views_seen = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request_id = environ[REQUEST_ID_ENVIRON] = request_id_from(environ.get(self._id_environ))
@@ -47,6 +55,9 @@ class RequestMiddleware:
             if not subscriber.is_running():  # a worker forked after subscriptions were made
                 subscriber.ensure_running()
         front = self.front
+        if not front.armed and len(self.views) != self._views_seen:  # views added: did one opt in?
+            self._views_seen = len(self.views)
+            front.arm_for(self.views.values())
         if front.armed:
             if front.routes:
                 answered = front.serve(environ, start_response, self.id_header, request_id)

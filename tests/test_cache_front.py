@@ -423,3 +423,19 @@ def test_an_undecodable_query_string_is_not_a_server_error(make_app: MakeApp) ->
     assert first.status_code == 200
     assert client.get("/plain", environ_overrides={"QUERY_STRING": "q=\xe9"}).headers["X-Cache"] == "HIT"
     assert client.get("/plain", environ_overrides={"QUERY_STRING": "q=%C3%A9"}).headers["X-Cache"] == "MISS"
+
+
+def test_an_app_without_front_views_never_notes_identities(make_app: MakeApp) -> None:
+    front_app(make_app)  # another app in this process opted in
+    app, _ = make_app()
+
+    @app.get("/view")
+    @cached(ttl=300)
+    def view() -> ResponseReturnValue:
+        return jsonify(ok=True)
+
+    client = app.test_client()
+    for _ in range(3):
+        client.get("/view")
+    tier = get_state(app).cache.front
+    assert not tier.armed and not tier.routes

@@ -19,7 +19,6 @@ nothing is remembered and the tier stays idle.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -106,17 +105,8 @@ class Offer:
     mark: tuple[int, float]
 
 
-_tiers: weakref.WeakSet[FrontTier] = weakref.WeakSet()
-_declared = False
-
-
-def declare() -> None:
-    """A view opted in (``@cached(front=True)``): every app's tier starts noting
-    request identities, so the first response of such a view is kept already."""
-    global _declared  # noqa: PLW0603 (one flag per process, set at import time)
-    _declared = True
-    for tier in list(_tiers):
-        tier.armed = tier.enabled
+FRONT_MARK = "_resilience_front"
+"""Set on a view decorated ``@cached(front=True)``: its app's tier notes request identities."""
 
 
 class FrontTier:
@@ -139,12 +129,17 @@ class FrontTier:
         self.header_policy = header_policy
         self.session_cookie = "session"
         self.remember_cookie: str | None = None
-        # A view may opt in: the middleware notes request identities.
-        self.armed = enabled and (everywhere or _declared)
+        # Set once the app has a view that may opt in (the middleware looks):
+        # only then does it note request identities.
+        self.armed = False
         self.max_routes = max_routes
         self.routes: dict[Identity, Route] = {}
         self._lock = threading.Lock()
-        _tiers.add(self)
+
+    def arm_for(self, views: Iterable[object]) -> None:
+        """Arm the tier when one of ``views`` opted in (or the app's setting opts every view in)."""
+        if self.enabled and not self.armed:
+            self.armed = self.everywhere or any(getattr(view, FRONT_MARK, False) for view in views)
 
     # -- eligibility ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from flask import Request, Response, current_app, make_response, request
 from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
-from .front import declare as declare_front
+from .front import FRONT_MARK
 from .plan import ViewPolicy, serve
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
 from .tags import validate_tags
@@ -76,9 +76,6 @@ def cached(
         front=front,
     )
 
-    if front:
-        declare_front()
-
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Response:
@@ -87,6 +84,8 @@ def cached(
 
             return serve(get_state().cache, policy, run)
 
+        if front:
+            setattr(wrapper, FRONT_MARK, True)
         return cast(F, wrapper)
 
     return decorator
