@@ -3,7 +3,7 @@
 Every request pays only for what every request needs: its id (read from the
 environ, echoed through ``start_response``, so errors, problem+json and
 responses Flask makes itself carry it too) and, with Redis, a check that
-this process's pub/sub listener runs. Flask hooks are registered by the
+this process's pub/sub listener was started once in this process. Flask hooks are registered by the
 features that need them (URL-prefix auditing, the health blueprint's routing
 problems), not here.
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from .cache.front import IDENTITY_ENVIRON, OFFER_ENVIRON, FrontTier, Offer, identity_of
 from .context import REQUEST_ID_ENVIRON, request_id_from
+from .lifecycle import fork_generation
 from .stores.redis import RedisStore
 
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
@@ -46,14 +47,12 @@ class RequestMiddleware:
         self.front = front
         self.views = views  # the app's view functions (Flask adds to this very dict)
         self._views_seen = 0
+        self._generation = -1
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request_id = environ[REQUEST_ID_ENVIRON] = request_id_from(environ.get(self._id_environ))
-        redis = self.redis
-        if redis is not None:
-            subscriber = redis.subscriber
-            if not subscriber.is_running():  # a worker forked after subscriptions were made
-                subscriber.ensure_running()
+        if self._generation != fork_generation():
+            self._in_new_process()
         front = self.front
         if not front.armed and len(self.views) != self._views_seen:  # views added: did one opt in?
             self._views_seen = len(self.views)
@@ -67,14 +66,24 @@ class RequestMiddleware:
             if identity is not None:
                 environ[IDENTITY_ENVIRON] = identity
                 return self._keeping(environ, start_response, request_id)
-        id_header, id_lower = self.id_header, self._id_lower
+        echoed, id_lower = (self.id_header, request_id), self._id_lower
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: ExcInfo = None) -> Any:
-            headers = [pair for pair in headers if pair[0].lower() != id_lower]
-            headers.append((id_header, request_id))
+            for name, _value in headers:
+                if name.lower() == id_lower:  # the app set one itself: ours replaces it
+                    headers = [pair for pair in headers if pair[0].lower() != id_lower]
+                    break
+            headers.append(echoed)
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, start)
+
+    def _in_new_process(self) -> None:
+        """First request in this process (a forked worker): start the pub/sub
+        listener subscriptions were made for before the fork."""
+        self._generation = fork_generation()
+        if self.redis is not None:
+            self.redis.subscriber.ensure_running()
 
     def _keeping(self, environ: dict[str, Any], start_response: Any, request_id: str) -> Iterable[bytes]:
         """Run the app; when the view-level cache offered this request to the

@@ -439,3 +439,13 @@ def test_an_app_without_front_views_never_notes_identities(make_app: MakeApp) ->
         client.get("/view")
     tier = get_state(app).cache.front
     assert not tier.armed and not tier.routes
+
+
+def test_a_stored_header_with_a_line_break_reads_as_a_miss() -> None:
+    from flask_resilience.cache.entry import CacheEntry, Stamp, UnreadableEntry, decode
+    from flask_resilience.responses import StoredResponse
+
+    stored = StoredResponse(200, (("X-Evil", "a\r\nSet-Cookie: s=1"),), b"{}", 1.0)
+    data = CacheEntry("response", b"{}", 1.0, 2.0, Stamp("e"), stored).encode()
+    with pytest.raises(UnreadableEntry):
+        decode(data)

@@ -18,6 +18,7 @@ The key is ``variant-digest:resource``; a resource longer than
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -104,8 +105,13 @@ def variant(
 
 def full_key(variant_text: str, resource: str) -> str:
     """The key of one stored entry: its variant's digest and its resource."""
-    digest = hashlib.blake2b(variant_text.encode(), digest_size=DIGEST_LENGTH // 2).hexdigest()
-    return f"{digest}:{resource}"
+    return f"{_variant_digest(variant_text)}:{resource}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _variant_digest(variant_text: str) -> str:
+    # Most requests share a handful of variants (scheme, host, anonymous).
+    return hashlib.blake2b(variant_text.encode(), digest_size=DIGEST_LENGTH // 2).hexdigest()
 
 
 def resource_of(key: str) -> str:
