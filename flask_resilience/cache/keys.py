@@ -139,6 +139,8 @@ def query_pairs(query_string: str) -> list[tuple[str, str]] | None:
 def _decodable(query_string: str) -> bool:
     """Whether werkzeug can build ``request.args``: the raw bytes must be UTF-8
     (percent-encoded bytes that are not are kept encoded by its parser)."""
+    if query_string.isascii():
+        return True
     try:
         query_string.encode("latin-1").decode()
     except UnicodeError:  # bad input from the client, not a failure here
