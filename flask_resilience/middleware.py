@@ -3,7 +3,7 @@
 Every request pays only for what every request needs: its id (read from the
 environ, echoed through ``start_response``, so errors, problem+json and
 responses Flask makes itself carry it too) and, with Redis, a check that
-this process's pub/sub listener was started once in this process. Flask hooks are registered by the
+this process's pub/sub listener thread runs (a cheap check). Flask hooks are registered by the
 features that need them (URL-prefix auditing, the health blueprint's routing
 problems), not here.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from .cache.front import IDENTITY_ENVIRON, OFFER_ENVIRON, FrontTier, Offer, identity_of
 from .context import REQUEST_ID_ENVIRON, request_id_from
-from .lifecycle import fork_generation
+from .stores.pubsub import Subscriber
 from .stores.redis import RedisStore
 
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
@@ -47,12 +47,13 @@ class RequestMiddleware:
         self.front = front
         self.views = views  # the app's view functions (Flask adds to this very dict)
         self._views_seen = 0
-        self._generation = -1
+        self._subscriber: Subscriber | None = None if redis is None else redis.subscriber
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request_id = environ[REQUEST_ID_ENVIRON] = request_id_from(environ.get(self._id_environ))
-        if self._generation != fork_generation():
-            self._in_new_process()
+        subscriber = self._subscriber
+        if subscriber is not None and not subscriber.is_running():
+            subscriber = self._listen()
         front = self.front
         if not front.armed and len(self.views) != self._views_seen:  # views added: did one opt in?
             self._views_seen = len(self.views)
@@ -77,13 +78,6 @@ class RequestMiddleware:
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, start)
-
-    def _in_new_process(self) -> None:
-        """First request in this process (a forked worker): start the pub/sub
-        listener subscriptions were made for before the fork."""
-        self._generation = fork_generation()
-        if self.redis is not None:
-            self.redis.subscriber.ensure_running()
 
     def _keeping(self, environ: dict[str, Any], start_response: Any, request_id: str) -> Iterable[bytes]:
         """Run the app; when the view-level cache offered this request to the
@@ -114,3 +108,11 @@ class RequestMiddleware:
             identity = environ[IDENTITY_ENVIRON]
             self.front.keep(offer, environ, identity=identity, status=sent[0], headers=sent[1], body=data)
         return [data]
+
+    def _listen(self) -> Subscriber:
+        """(Re)start this process's pub/sub listener: in a worker forked after
+        subscriptions were made, or after its thread ended."""
+        assert self.redis is not None
+        subscriber = self._subscriber = self.redis.subscriber  # a new one after the store was closed
+        subscriber.ensure_running()
+        return subscriber
