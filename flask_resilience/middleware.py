@@ -2,10 +2,9 @@
 
 Every request pays only for what every request needs: its id (read from the
 environ, echoed through ``start_response``, so errors, problem+json and
-responses Flask makes itself carry it too) and, with Redis, a check that
-this process's pub/sub listener thread runs (a cheap check). Flask hooks are registered by the
-features that need them (URL-prefix auditing, the health blueprint's routing
-problems), not here.
+responses Flask makes itself carry it too) and, with Redis, a cheap check
+that this process's pub/sub listener thread runs. Flask hooks are
+registered by the features that need them (URL-prefix auditing), not here.
 
 With the front tier in use it also answers cache hits before Flask
 dispatches, and keeps the final response of requests the view-level cache
