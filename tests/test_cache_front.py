@@ -225,17 +225,23 @@ def test_responses_an_after_request_hook_made_private_are_not_kept(make_app: Mak
             response.set_cookie("tracking", "1")
         if request.path == "/private":
             response.headers["Cache-Control"] = "private"
+        if request.path == "/pragma":
+            response.headers["Pragma"] = "no-cache"
+        if request.path == "/expired":
+            response.headers["Expires"] = "0"
         return response
 
     @app.get("/cookie")
     @app.get("/private", endpoint="private")
+    @app.get("/pragma", endpoint="pragma")
+    @app.get("/expired", endpoint="expired")
     @cached(ttl=300, front=True)
     def view() -> ResponseReturnValue:
         runs.append(1)
         return jsonify(ok=True)
 
     client = app.test_client()
-    for path in ("/cookie", "/private"):
+    for path in ("/cookie", "/private", "/pragma", "/expired"):
         for _ in range(3):
             assert detail(client.get(path)) != "front"
 

@@ -19,11 +19,12 @@ nothing is remembered and the tier stays idle.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from werkzeug.http import HTTP_STATUS_CODES, parse_cookie, parse_etags, unquote_etag
+from werkzeug.http import HTTP_STATUS_CODES, parse_cookie, parse_date, parse_etags, unquote_etag
 
 from ..responses import HeaderPolicy, StoredResponse
 from .entry import CacheEntry, Stamp
@@ -214,21 +215,10 @@ class FrontTier:
         when it is not one a shared cache may replay to anyone."""
         if not status.startswith("200 "):
             return False
-        kept: WsgiHeaders = []
-        etag = None
-        for name, value in self.header_policy.keep(headers):
-            lower = name.lower()
-            if lower in _PER_SERVE:
-                continue
-            if lower == "cache-control" and cache_control_refusal(value) is not None:
-                return False
-            if lower == "vary" and {v.strip().lower() for v in value.split(",")} - {"accept-encoding"}:
-                return False
-            if lower == "etag":
-                etag = value
-            kept.append((name, value))
-        if any(name.lower() == "set-cookie" for name, _ in headers):
+        kept = replayable_headers(self.header_policy, headers)
+        if kept is None:
             return False
+        etag = next((value for name, value in kept if name.lower() == "etag"), None)
         route = offer.route
         varies = any(name.lower() == "vary" for name, _ in kept)
         if varies != route.vary_encoding:
@@ -246,6 +236,32 @@ class FrontTier:
                 self.routes.clear()  # bounded: forgetting only costs a trip through Flask
             self.routes[identity] = route
         return True
+
+
+def replayable_headers(policy: HeaderPolicy, headers: WsgiHeaders) -> WsgiHeaders | None:
+    """The final response's headers a shared cache replays (``policy`` and the
+    per-serve ones removed), or None when the response must not be replayed
+    to anyone: ``Set-Cookie``, a refusing ``Cache-Control``, ``Pragma:
+    no-cache``, an expired ``Expires``, ``Vary`` beyond ``Accept-Encoding``."""
+    if any(name.lower() == "set-cookie" for name, _ in headers):
+        return None
+    kept: WsgiHeaders = []
+    for name, value in policy.keep(headers):
+        lower = name.lower()
+        if lower in _PER_SERVE:
+            continue
+        if lower == "cache-control" and cache_control_refusal(value) is not None:
+            return None
+        if lower == "vary" and {v.strip().lower() for v in value.split(",")} - {"accept-encoding"}:
+            return None
+        if lower == "pragma" and "no-cache" in value.lower():
+            return None
+        if lower == "expires":
+            expires = parse_date(value)  # unparsable: already expired (RFC 9111 §5.3)
+            if expires is None or expires.timestamp() <= time.time():
+                return None
+        kept.append((name, value))
+    return kept
 
 
 def _etag_matches(environ: Mapping[str, Any], etag: str) -> bool:
