@@ -258,8 +258,8 @@ class _StoredHeaders(Headers):
     """Headers of a stored entry: validated by werkzeug when the response was
     made, so a hit does not validate every value again (half its cost)."""
 
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self._list = pairs
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._list = list(pairs)  # a copy: Headers.copy() builds one from our list
 
 
 def _session_modified() -> bool:
