@@ -494,7 +494,9 @@ def test_mariadb_with_a_latin1_default_keeps_any_text(make_app: MakeApp, mysql_u
     database = f"{url.database}_latin1"
     admin = sqlalchemy.create_engine(url)
     with admin.begin() as connection:
-        connection.execute(text(f"CREATE DATABASE `{database}` CHARACTER SET latin1 COLLATE latin1_swedish_ci"))
+        connection.execute(
+            text(f"CREATE DATABASE `{database}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+        )
     latin1_url = url.set(database=database).render_as_string(hide_password=False)
     engine = sqlalchemy.create_engine(latin1_url)
     try:
@@ -502,7 +504,9 @@ def test_mariadb_with_a_latin1_default_keeps_any_text(make_app: MakeApp, mysql_u
         app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=latin1_url)
         words = "Zoë → 東京 😀 \u0394"
         with app.app_context():
-            log_data_change(AuditEventType.UPDATE, "fare", 1, {"note": {"old": "a", "new": words}}, user_id=words)
+            log_data_change(
+                AuditEventType.UPDATE, "fare", 1, {"note": {"old": "a", "new": words}}, user_id=words
+            )
         (row,) = rows(app)
         assert row["changes"] == {"note": {"old": "a", "new": words}}
         assert row["user_id"] == words
