@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, insert, select
+from sqlalchemy import Engine, and_, create_engine, delete, func, insert, select
 
 from .. import config as cfg
 from ..lifecycle import fork_generation
@@ -172,6 +172,37 @@ class CheckpointStore:
             ):
                 result[checkpoint.chain_id] = (checkpoint, last_heard[checkpoint.chain_id])
         return result
+
+    # -- retention (purge) ----------------------------------------------------------------
+
+    def prune(self, audit_engine: Engine, before: datetime, batch: int = 1000) -> int:
+        """Delete checkpoints created before ``before`` (naive UTC) that
+        ``verify`` no longer reads: it reads each chain's furthest checkpoint
+        and its newest, which always stay. Returns how many went; raises
+        SQLAlchemyError where the role may not delete (the table is meant to
+        be insert-only for the app)."""
+        table = audit_checkpoint
+        pruned = 0
+        with self.engine(audit_engine).connect() as connection:
+            chains = connection.execute(
+                select(table.c.chain_id, func.max(table.c.created_at))
+                .group_by(table.c.chain_id)
+                .having(func.min(table.c.created_at) < before)
+            ).all()
+        for chain_id, newest in chains:
+            this_chain = table.c.chain_id == chain_id
+            with self.engine(audit_engine).begin() as connection:
+                furthest = connection.execute(
+                    select(table.c.id)
+                    .where(this_chain)
+                    .order_by(table.c.seq.desc(), table.c.closing.desc(), table.c.created_at.desc())
+                    .limit(1)
+                ).scalar_one()
+                prunable = and_(this_chain, table.c.created_at < min(before, newest), table.c.id != furthest)
+                while ids := connection.execute(select(table.c.id).where(prunable).limit(batch)).scalars().all():
+                    connection.execute(delete(table).where(table.c.id.in_(ids)))
+                    pruned += len(ids)
+        return pruned
 
     def dispose(self) -> None:
         with self._lock:
