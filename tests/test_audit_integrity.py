@@ -463,7 +463,9 @@ def test_purge_prunes_old_checkpoints_but_keeps_what_verify_needs(make_app: Make
         written = connection.execute(select(func.count()).select_from(audit_checkpoint)).scalar_one()
         assert written >= 12
         connection.execute(update(audit_checkpoint).values(created_at=old))
-        connection.execute(update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old, logged_at=old))
+        connection.execute(
+            update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old, logged_at=old)
+        )
     runner = app.test_cli_runner()
     result = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"])
     assert result.exit_code == 0, result.output

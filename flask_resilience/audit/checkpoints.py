@@ -199,7 +199,8 @@ class CheckpointStore:
                     .limit(1)
                 ).scalar_one()
                 prunable = and_(this_chain, table.c.created_at < min(before, newest), table.c.id != furthest)
-                while ids := connection.execute(select(table.c.id).where(prunable).limit(batch)).scalars().all():
+                oldest = select(table.c.id).where(prunable).limit(batch)
+                while ids := connection.execute(oldest).scalars().all():
                     connection.execute(delete(table).where(table.c.id.in_(ids)))
                     pruned += len(ids)
         return pruned
