@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -25,7 +26,7 @@ from sqlalchemy.engine import URL
 
 # MySQL / MariaDB: utf8mb4 whatever the database's default (a latin1 table
 # refuses an emoji or a CJK name); binary collation, so lookups are exact.
-MYSQL_TEXT = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+MYSQL_TEXT: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 # Naive UTC with microseconds everywhere (MySQL/MariaDB DATETIME defaults to
 # whole seconds, which would break the hash chain on the way back).
