@@ -41,7 +41,7 @@ def _check(items: Any, *, inside_repeat: bool) -> None:
         if op in (_constants.GROUPREF, _constants.GROUPREF_EXISTS):
             raise ValueError("back references are not allowed")
         if op in _REPEATS:
-            low, high, body = value
+            _low, high, body = value
             repeats = high is _constants.MAXREPEAT or high > 1
             if repeats and inside_repeat:
                 raise ValueError("a repeat inside a repeat can backtrack for ever; simplify the pattern")
