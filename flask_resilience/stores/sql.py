@@ -10,18 +10,31 @@ Flask-SQLAlchemy), else none.
 from __future__ import annotations
 
 import threading
+import weakref
 
 from flask import current_app
 from sqlalchemy import Engine, create_engine, text
 
-from ..lifecycle import fork_generation
+from ..lifecycle import on_fork
+
+# Every engine this process handed out, its own or the app's Flask-SQLAlchemy
+# one: a forked child (a gunicorn --preload worker) drops their pooled
+# connections, which are the parent's sockets, before anything can use them.
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_parent_connections() -> None:
+    for engine in list(_engines):
+        engine.dispose(close=False)  # close=False: the parent's sockets stay the parent's
+
+
+on_fork(_forget_parent_connections)
 
 
 class Database:
     def __init__(self, uri: str | None) -> None:
         self.uri = uri
         self._engine: Engine | None = None
-        self._generation = fork_generation()
         self._lock = threading.Lock()
 
     def engine(self) -> Engine | None:
@@ -31,6 +44,7 @@ class Database:
             sqlalchemy_ext = current_app.extensions.get("sqlalchemy")
             if sqlalchemy_ext is not None:
                 engine: Engine = sqlalchemy_ext.engine
+                _engines.add(engine)
                 return engine
             uri = current_app.config.get("SQLALCHEMY_DATABASE_URI") or None
             if uri is None:
@@ -38,10 +52,7 @@ class Database:
         with self._lock:
             if self._engine is None:
                 self._engine = create_engine(uri, pool_pre_ping=True, hide_parameters=True)
-            elif self._generation != fork_generation():
-                # A forked worker must not share the parent's sockets.
-                self._engine.dispose(close=False)
-            self._generation = fork_generation()
+                _engines.add(self._engine)
             return self._engine
 
     def ping(self) -> bool:
