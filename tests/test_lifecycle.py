@@ -99,6 +99,7 @@ def test_a_forked_child_starts_its_own_thread(worker: Collector) -> None:
 def _backend_pid(app: Any, queue: multiprocessing.queues.Queue[int]) -> None:
     with app.app_context():
         engine = get_state(app).database.engine()
+        assert engine is not None
         with engine.connect() as connection:
             queue.put(int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one()))
 
