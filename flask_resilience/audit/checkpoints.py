@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, delete, func, insert, select
+from sqlalchemy import Engine, and_, delete, func, insert, select
 
 from .. import config as cfg
-from ..lifecycle import fork_generation
+from ..stores.sql import process_safe_engine
 from .chain import Chain
 from .events import new_id
 from .keys import Keyring, key_id
@@ -105,7 +105,6 @@ class CheckpointStore:
         self.sink = sink
         self._clock = clock
         self._own_engine: Engine | None = None
-        self._generation = fork_generation()
         self._lock = threading.Lock()
         self._last: dict[
             str, tuple[int, float]
@@ -116,11 +115,8 @@ class CheckpointStore:
             return audit_engine
         with self._lock:
             if self._own_engine is None:
-                self._own_engine = create_engine(self.database_uri, pool_pre_ping=True)
+                self._own_engine = process_safe_engine(self.database_uri, pool_pre_ping=True)
                 audit_checkpoint.create(self._own_engine, checkfirst=True)
-            elif self._generation != fork_generation():
-                self._own_engine.dispose(close=False)  # a forked worker must not share the parent's sockets
-            self._generation = fork_generation()
             return self._own_engine
 
     # -- writing (called by the audit writer's flush thread) -----------------------

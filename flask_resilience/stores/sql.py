@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import Engine, create_engine, text
@@ -29,6 +30,13 @@ def _forget_parent_connections() -> None:
 
 
 on_fork(_forget_parent_connections)
+
+
+def process_safe_engine(url: str, **options: Any) -> Engine:
+    """``create_engine(url, **options)``, its pool dropped in a forked child."""
+    engine = create_engine(url, **options)
+    _engines.add(engine)
+    return engine
 
 
 class Database:
@@ -51,8 +59,7 @@ class Database:
                 return None
         with self._lock:
             if self._engine is None:
-                self._engine = create_engine(uri, pool_pre_ping=True, hide_parameters=True)
-                _engines.add(self._engine)
+                self._engine = process_safe_engine(uri, pool_pre_ping=True, hide_parameters=True)
             return self._engine
 
     def ping(self) -> bool:
