@@ -485,3 +485,37 @@ def test_export_formats(audit_app: tuple[Flask, Resilience]) -> None:
     lines = csv_out.output.splitlines()
     assert lines[0].startswith("id,chain_id,seq")
     assert len(lines) == 4
+
+
+def test_mariadb_with_a_latin1_default_keeps_any_text(make_app: MakeApp, mysql_url: str) -> None:
+    """A database created with a latin1 default (MySQL 5.7's, many hosted
+    MariaDBs') must not quarantine an entry whose text is not latin1."""
+    url = sqlalchemy.engine.make_url(mysql_url)
+    database = f"{url.database}_latin1"
+    admin = sqlalchemy.create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(
+            text(f"CREATE DATABASE `{database}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+        )
+    latin1_url = url.set(database=database).render_as_string(hide_password=False)
+    engine = sqlalchemy.create_engine(latin1_url)
+    try:
+        upgrade(engine)
+        app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=latin1_url)
+        words = "Zoë → 東京 😀 \u0394"
+        with app.app_context():
+            log_data_change(
+                AuditEventType.UPDATE, "fare", 1, {"note": {"old": "a", "new": words}}, user_id=words
+            )
+        (row,) = rows(app)
+        assert row["changes"] == {"note": {"old": "a", "new": words}}
+        assert row["user_id"] == words
+        result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+        assert result.exit_code == 0, result.output
+        assert "quarantined" not in result.output
+        extension.shutdown()  # its closing entries go to this database, dropped below
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP DATABASE `{database}`"))
+        admin.dispose()

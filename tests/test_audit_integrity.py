@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +445,71 @@ def test_a_dead_workers_spill_file_is_adopted_and_a_live_ones_is_not(
             users = sorted(stored, key=int)
     assert users == [str(user) for user in range(7)] + ["100"]  # the dead child's rows, not the live worker's
     assert _spilled_lines(spill) == 2  # the live worker's entries wait for its own database
+
+
+def test_purge_prunes_old_checkpoints_but_keeps_what_verify_needs(make_app: MakeApp) -> None:
+    """The heartbeat adds a checkpoint row every few seconds per live chain;
+    purge must prune old ones, keeping each chain's furthest and latest."""
+    from flask_resilience.audit.table import audit_checkpoint
+
+    app, _ = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key", RESILIENCE_AUDIT_CHECKPOINT_INTERVAL=1)
+    with app.app_context():
+        for index in range(12):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+            get_state(app).audit.writer.flush()
+    engine = get_state(app).audit.engine()
+    old = datetime(2020, 1, 1)
+    with engine.begin() as connection:
+        written = connection.execute(select(func.count()).select_from(audit_checkpoint)).scalar_one()
+        assert written >= 12
+        connection.execute(update(audit_checkpoint).values(created_at=old))
+        connection.execute(
+            update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old, logged_at=old)
+        )
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"])
+    assert result.exit_code == 0, result.output
+    with engine.connect() as connection:
+        kept = connection.execute(select(audit_checkpoint.c.seq)).scalars().all()
+    chain = get_state(app).audit.writer.chain
+    # The purge's own entry was checkpointed (now): every old one can go.
+    assert f"pruned {written} checkpoints" in result.output
+    assert kept == [chain.seq]
+    verified = runner.invoke(args=["resilience", "audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.delete(audit_log).where(audit_log.c.seq > chain.seq - 2))
+    tampered = runner.invoke(args=["resilience", "audit", "verify"])
+    assert tampered.exit_code == 1
+    assert "TRUNCATED" in tampered.output
+
+
+def test_pruning_keeps_an_idle_chains_newest_checkpoint(make_app: MakeApp) -> None:
+    from flask_resilience.audit.table import audit_checkpoint
+
+    app, extension = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key", RESILIENCE_AUDIT_CHECKPOINT_INTERVAL=1)
+    with app.app_context():
+        for index in range(3):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+            get_state(app).audit.writer.flush()
+    chain = get_state(app).audit.writer.chain
+    store = get_state(app).audit.writer.checkpoints
+    assert store is not None
+    engine = get_state(app).audit.engine()
+    for _ in range(5):  # idle heartbeats: the same seq again and again
+        store.record(chain, engine)
+    with engine.begin() as connection:
+        ids = connection.execute(select(audit_checkpoint.c.id).order_by(audit_checkpoint.c.created_at)).all()
+        for age, (checkpoint_id,) in enumerate(reversed(ids)):
+            connection.execute(
+                update(audit_checkpoint)
+                .where(audit_checkpoint.c.id == checkpoint_id)
+                .values(created_at=datetime(2020, 1, 1, 0, 0, 59 - age))
+            )
+    # The newest heartbeat is also the furthest: the one row verify reads.
+    assert store.prune(engine, datetime(2026, 1, 1)) == len(ids) - 1
+    with engine.connect() as connection:
+        kept = connection.execute(select(audit_checkpoint.c.seq, audit_checkpoint.c.created_at)).all()
+    assert [tuple(row) for row in kept] == [(chain.seq, datetime(2020, 1, 1, 0, 0, 59))]
+    assert store.prune(engine, datetime(2026, 1, 1)) == 0
+    extension.shutdown()

@@ -131,7 +131,7 @@ def test_without_the_filter_autogenerate_would_drop_our_tables(empty_url: str, t
 def test_revision_ids_are_our_own() -> None:
     versions = (script_location() / "versions").glob("*.py")
     names = sorted(path.stem for path in versions if path.stem != "__init__")
-    assert names == ["fr_0001_audit_log", "fr_0002_audit_integrity"]
+    assert names == ["fr_0001_audit_log", "fr_0002_audit_integrity", "fr_0003_utf8mb4"]
 
 
 def test_a_database_at_the_old_revision_id_upgrades(empty_url: str) -> None:
@@ -142,7 +142,7 @@ def test_a_database_at_the_old_revision_id_upgrades(empty_url: str) -> None:
     upgrade(engine)
     with engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM resilience_alembic_version")).scalar_one()
-    assert version == "fr_0002_audit_integrity"
+    assert version == "fr_0003_utf8mb4"
     assert not missing_tables(engine)
     engine.dispose()
 
@@ -159,9 +159,10 @@ def test_db_current_history_stamp_and_offline_sql(make_app: MakeApp, empty_url: 
     upgraded = runner.invoke(args=["resilience", "db", "upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
     assert f"migrating {engine.url.render_as_string(hide_password=True)}" in upgraded.output
-    assert "fr_0002_audit_integrity (head)" in runner.invoke(args=["resilience", "db", "current"]).output
+    assert "fr_0003_utf8mb4 (head)" in runner.invoke(args=["resilience", "db", "current"]).output
     history = runner.invoke(args=["resilience", "db", "history"]).output
-    assert "fr_0001_audit_log -> fr_0002_audit_integrity (flask_resilience) (head)" in history
+    assert "fr_0002_audit_integrity -> fr_0003_utf8mb4 (flask_resilience) (head)" in history
+    assert "fr_0001_audit_log -> fr_0002_audit_integrity (flask_resilience)" in history
     stamped = runner.invoke(args=["resilience", "db", "stamp", "fr_0001_audit_log"])
     assert stamped.exit_code == 0, stamped.output
     assert "fr_0001_audit_log" in runner.invoke(args=["resilience", "db", "current"]).output

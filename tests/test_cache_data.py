@@ -309,6 +309,36 @@ def test_cache_reset_clear_and_invalidate_endpoints(admin_client: FlaskClient) -
         assert response.content_type == "application/problem+json"
 
 
+@pytest.mark.parametrize(
+    "regex",
+    [
+        "(a+)+$",  # nested repeats: exponential backtracking on "aaaa...b"
+        "(a*)*b",
+        "(a|aa)+$",  # a repeated alternation
+        "(.*a){20}",
+        r"(a)\1+",  # a back reference
+        "a" * 513,  # too long
+    ],
+)
+def test_an_admin_regex_that_could_backtrack_forever_is_refused(
+    admin_client: FlaskClient, regex: str
+) -> None:
+    """One request must not pin every worker's CPU: the regex is matched
+    against every key in L2 and, through pub/sub, in every process's L1."""
+    response = admin_client.post("/api/health/cache/invalidate", json={"regex": regex}, headers=ADMIN)
+    assert response.status_code == 400, response.json
+    assert response.content_type == "application/problem+json"
+    assert response.json is not None and "regular expression" in response.json["title"].lower()
+
+
+@pytest.mark.parametrize(
+    "regex", ["^cache:/cit", "cache:/(cities|towns)/[0-9]+$", r"\?page=\d{1,3}", "a+b*c?"]
+)
+def test_an_ordinary_admin_regex_is_accepted(admin_client: FlaskClient, regex: str) -> None:
+    response = admin_client.post("/api/health/cache/invalidate", json={"regex": regex}, headers=ADMIN)
+    assert response.status_code == 200, response.json
+
+
 def test_dashboard_includes_the_cache(admin_client: FlaskClient) -> None:
     body = admin_client.get("/api/health/dashboard", headers=ADMIN).json
     assert body is not None and "hit_rate" in body["features"]["cache"]

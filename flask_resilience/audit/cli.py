@@ -148,6 +148,14 @@ def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
             durable=True,
         )
     click.echo(f"deleted {deleted} entries older than {before.isoformat()}Z")
+    store = app_audit.writer.checkpoints
+    if store is not None:
+        try:
+            pruned = store.prune(engine, before)
+        except SQLAlchemyError as exc:
+            click.echo(f"old checkpoints kept: they cannot be deleted here ({type(exc).__name__})")
+        else:
+            click.echo(f"pruned {pruned} checkpoints older than {before.isoformat()}Z")
 
 
 def interactive() -> bool:

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
 from flask import has_request_context, request
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, inspect
 
 from .. import config as cfg
 from ..context import current_principal, current_request_id
 from ..state import get_state
-from ..stores.sql import Database
+from ..stores.sql import Database, process_safe_engine
 from . import transaction
 from .checkpoints import store_from_config
 from .events import AuditEntry, AuditStatus
@@ -184,7 +184,9 @@ class AppAudit:
                     if engine is None:
                         # A bare machine: SQLite in the instance folder, migrated by us.
                         self.fallback_sqlite.parent.mkdir(parents=True, exist_ok=True)
-                        engine = create_engine(f"sqlite:///{self.fallback_sqlite}", hide_parameters=True)
+                        engine = process_safe_engine(
+                            f"sqlite:///{self.fallback_sqlite}", hide_parameters=True
+                        )
                         self.writer.prepare = _migrate_if_missing
                     else:  # integrity hook: one clear error when the tables were never created
                         self.writer.prepare = check_tables

@@ -7,6 +7,7 @@ import re
 from flask import Response, jsonify
 
 from ..cache.backends import PatternsNeedRedis
+from ..cache.regex import compile_guarded
 from ..cache.tags import validate_tags
 from ..problems import Problem
 from ..state import get_state
@@ -75,8 +76,8 @@ def invalidate() -> Response:
             removed = None
         else:
             try:
-                pattern: str | re.Pattern[str] = value if kind == "pattern" else re.compile(value)
-            except re.error as exc:
+                pattern: str | re.Pattern[str] = value if kind == "pattern" else compile_guarded(value)
+            except ValueError as exc:
                 raise Problem(400, "invalid-body", "Invalid regular expression", str(exc)) from None
             removed = coherence.invalidate_pattern(pattern)
     except PatternsNeedRedis as exc:
