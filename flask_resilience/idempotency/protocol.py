@@ -66,13 +66,19 @@ def _route_digest(route: str) -> str:
     return digest(route)[:16]
 
 
+@functools.lru_cache(maxsize=4096)
+def _scope_digest(scope: str) -> str:
+    # The same callers come back: their scope is hashed once, not per request.
+    return digest(scope)[:32]
+
+
 def record_key(scope: str, key: str, route: str) -> str:
     """Where a key's record lives: the caller's scope, the key and the route.
 
     The method is not part of it: the same key on another method is the same
     key reused for a different request (422), as the draft says.
     """
-    return f"{digest(scope)[:32]}:{digest(key)[:32]}:{_route_digest(route)}"
+    return f"{_scope_digest(scope)}:{digest(key)[:32]}:{_route_digest(route)}"
 
 
 def user_pattern(user_id: str | None, key: str) -> str:

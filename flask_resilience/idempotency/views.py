@@ -353,11 +353,21 @@ def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> C
 
 def replay(record: Completed, header: str, key: str) -> Response:
     """The stored response, byte for byte, marked as a replay."""
-    response = record.response.to_response()
-    response.headers[header] = key
-    response.headers["X-Idempotency-Replayed"] = "true"
-    response.headers["X-Original-Timestamp"] = _timestamp(record.response.created_at)
-    return response
+    stored = record.response
+    replaced = _replaced(header)
+    headers = [
+        *((name, value) for name, value in stored.headers if name.lower() not in replaced),
+        (header, key),
+        ("X-Idempotency-Replayed", "true"),
+        ("X-Original-Timestamp", _timestamp(stored.created_at)),
+    ]
+    return Response(stored.body, status=stored.status, headers=headers)  # headers validated once
+
+
+@functools.lru_cache(maxsize=16)
+def _replaced(header: str) -> frozenset[str]:
+    """The headers a replay sets (any stored ones of those names are dropped)."""
+    return frozenset({header.lower(), "x-idempotency-replayed", "x-original-timestamp"})
 
 
 @functools.lru_cache(maxsize=256)
