@@ -305,6 +305,40 @@ def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis
     assert client.post("/payments/p1", json={}, headers={"Idempotency-Key": "x" * 10_000}).status_code == 400
 
 
+def test_replays_from_memory_are_the_replay_from_redis_and_share_no_headers(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    client = build(app).test_client()
+    hooked = Counter[str]()
+
+    @app.after_request
+    def stamp(response: Response) -> Response:  # a hook that changes every response
+        hooked["n"] += 1
+        response.headers.add("X-Hook", str(hooked["n"]))
+        return response
+
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening()
+    first = client.post("/payments/p1", json={}, headers=key())
+    get_state(app).idempotency.memory.clear()
+    from_redis = client.post("/payments/p1", json={}, headers=key())
+    for full_key in list(store.scan("idem:*")):
+        store.delete(full_key)  # from now on only this process's copy can answer
+    from_memory = [client.post("/payments/p1", json={}, headers=key()) for _ in range(3)]
+
+    def shown(response: Any) -> list[tuple[str, str]]:
+        return [(name, value) for name, value in response.headers if name not in ("X-Request-ID", "X-Hook")]
+
+    for replayed in from_memory:
+        assert replayed.get_data() == from_redis.get_data() == first.get_data()
+        assert replayed.status_code == from_redis.status_code == 201
+        assert shown(replayed) == shown(from_redis)
+        assert len(replayed.headers.getlist("X-Hook")) == 1  # nothing left over from the last replay
+    assert len({replayed.headers["X-Hook"] for replayed in from_memory}) == 3
+    assert RUNS["pay"] == 1
+
+
 def test_ttl_expiry_follows_the_injected_clock(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_IDEMPOTENCY_TTL=60)
     client = build(app).test_client()
