@@ -11,7 +11,9 @@ the rounds):
   in-request cost of one Redis command, the unit the others are measured in;
 - a first protected request (a new key each time: claim, run, store);
 - a replay from Redis (the process's memory layer emptied before each);
-- a replay from the in-process memory layer.
+- a replay from the in-process memory layer;
+- the floor of any replay served inside Flask: the extension on, a view
+  returning a response built once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
 from harness import Figure, interleaved, print_figures
 
@@ -64,6 +66,26 @@ def ours_app(redis_url: str) -> Flask:
     )
     Resilience(app)
     app.post("/charge")(idempotent()(charge))
+    return app
+
+
+def floor_app(redis_url: str) -> Flask:
+    """The extension on (as in ``ours_app``), a view answering a response built
+    once: what no replay served inside Flask can go below."""
+    app = Flask("floor")
+    app.config.update(
+        RESILIENCE_REDIS_URL=redis_url,
+        RESILIENCE_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}:",
+        RESILIENCE_AUDIT_ENABLED=False,
+    )
+    Resilience(app)
+    with app.app_context():
+        body = jsonify(charged=True, amount=42).get_data()
+
+    @app.post("/charge")
+    def prebuilt() -> ResponseReturnValue:
+        return Response(body, status=201, mimetype="application/json")
+
     return app
 
 
@@ -121,6 +143,7 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
     replayed()  # now kept in this process's memory layer
     memory = state.idempotency.memory
     first = poster(ours, lambda: f"k-{next(numbers)}")
+    floor = floor_app(redis_url)
 
     def replay_redis() -> None:
         memory.clear()
@@ -134,6 +157,7 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
                 "first protected POST": first,
                 "replay from Redis": replay_redis,
                 "replay from memory": replayed,
+                "floor: extension, pre-built response": poster(floor),
             },
             number,
             rounds=rounds,
@@ -141,6 +165,7 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
     finally:
         state.redis.delete_matching("*")
         state.extension.shutdown()
+        get_state(floor).extension.shutdown()
 
 
 def rows(timings: dict[str, float]) -> list[Figure]:
@@ -174,6 +199,15 @@ def rows(timings: dict[str, float]) -> list[Figure]:
             memory / bare,
             "<= 1.05",
             memory / bare <= 1.05,
+        ),
+        Figure(
+            "floor: extension on, view returning a pre-built response",
+            timings["floor: extension, pre-built response"],
+            bare,
+            timings["floor: extension, pre-built response"] / bare,
+            "-",
+            None,
+            note="no replay answered inside Flask can cost less than this",
         ),
     ]
 

@@ -170,6 +170,31 @@ def test_same_key_with_another_request_is_422(
     assert RUNS["pay"] == 1
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"CONTENT_LENGTH": "0"}, {"CONTENT_LENGTH": "1", "body": b"x"}),
+        ({"CONTENT_LENGTH": "1", "body": b"x"}, {"CONTENT_LENGTH": "0"}),
+        ({"CONTENT_LENGTH": "0"}, {"CONTENT_LENGTH": "0", "CONTENT_TYPE": "text/plain"}),
+        ({}, {"CONTENT_LENGTH": "0", "CONTENT_TYPE": "text/plain"}),
+    ],
+    ids=["empty-then-body", "body-then-empty", "content-type-added", "no-length-then-type"],
+)
+def test_an_empty_body_is_told_from_a_body_and_from_another_content_type(
+    client: FlaskClient, first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    def post(sent: dict[str, Any]) -> Any:
+        environ = {name: value for name, value in sent.items() if name != "body"}
+        return client.post(
+            "/payments/p1", data=sent.get("body", b""), headers=key(), environ_overrides=environ
+        )
+
+    assert post(first).status_code == 201
+    assert post(first).headers["X-Idempotency-Replayed"] == "true"
+    assert post(second).status_code == 422
+    assert RUNS["pay"] == 1
+
+
 @pytest.mark.parametrize("bad", ["", "a" * 256, "tab\tkey", "ünïcode", '"unterminated', '"bad\\x"'])
 def test_malformed_keys_are_400(client: FlaskClient, bad: str) -> None:
     response = client.post("/payments/p1", json={}, headers={"Idempotency-Key": bad})

@@ -250,12 +250,13 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
     principal = current_principal()
     scope = principal.key if principal is not None else None
     route = req.url_rule.rule if req.url_rule is not None else req.path
+    environ = req.environ
     print_ = fingerprint(
         req.method,
         req.path,
         req.query_string.decode("latin-1"),
-        req.headers.get("Content-Type"),
-        req.get_data(cache=True),
+        environ.get("CONTENT_TYPE"),  # what req.headers.get("Content-Type") reads, without its lookups
+        b"" if environ.get("CONTENT_LENGTH") == "0" else req.get_data(cache=True),
         mode=options.fingerprint,
     )
     flight = Flight(
