@@ -573,3 +573,22 @@ def test_prefix_protection_keeps_a_propagated_exception_as_the_outcome(
         client.post("/api/rerunnable", headers=key())
     assert client.post("/api/rerunnable", headers=key()).status_code == 200
     assert runs == [1, 1, 1]
+
+
+def test_a_custom_key_header_is_read_whatever_its_case(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    runs = Counter[str]()
+
+    @app.post("/orders")
+    @idempotent(header="X-Order-Key", required=True)
+    def order() -> ResponseReturnValue:
+        runs["order"] += 1
+        return jsonify(run=runs["order"]), 201
+
+    client = app.test_client()
+    first = client.post("/orders", headers={"x-order-key": "o-1"})
+    again = client.post("/orders", headers={"X-ORDER-KEY": "o-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.headers["X-Idempotency-Replayed"] == "true" and again.headers["X-Order-Key"] == "o-1"
+    assert client.post("/orders", headers={"Idempotency-Key": "o-1"}).status_code == 400  # not its header
+    assert runs["order"] == 1

@@ -218,7 +218,7 @@ def _error_response(error: HTTPException) -> Response:
 def _key(service: AppIdempotency, options: Options, req: Request, endpoint: str) -> str | None:
     """The request's key (sent, or generated), or None to run unprotected;
     raises the 400 problems."""
-    raw = options.key_func(req) if options.key_func else req.headers.get(options.header)
+    raw = options.key_func(req) if options.key_func else req.environ.get(_environ_key(options.header))
     if raw is not None:
         try:
             return parse_key(raw)
@@ -387,6 +387,13 @@ def _replay_headers(record: Completed, header: str, key: str) -> list[tuple[str,
         ("X-Idempotency-Replayed", "true"),
         ("X-Original-Timestamp", _timestamp(stored.created_at)),
     ]
+
+
+@functools.lru_cache(maxsize=64)
+def _environ_key(header: str) -> str:
+    """Where WSGI puts ``header`` (what ``request.headers.get(header)`` reads)."""
+    name = header.upper().replace("-", "_")
+    return name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"
 
 
 @functools.lru_cache(maxsize=16)
