@@ -168,6 +168,17 @@ def loadavg() -> str:
         return "unknown"
 
 
+def busy(load: str) -> bool:
+    """Whether the 1-minute load average says other work shared the cores."""
+    try:
+        return float(load.split(maxsplit=1)[0]) > 0.5 * (os.cpu_count() or 1)
+    except (ValueError, IndexError):
+        return False
+
+
+BUSY = "WARNING: the machine was busy (load average over half the cores): these figures are not comparable"
+
+
 def machine(redis_url: str, postgres_dsn: str) -> list[str]:
     return [
         f"- machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores",
@@ -186,6 +197,7 @@ def write(path: Path, rows: list[Row], command: str, loads: tuple[str, str], abo
         *about,
         f"- load average (1, 5, 15 min): {loads[0]} before, {loads[1]} after",
         "",
+        *([BUSY, ""] if busy(loads[0]) or busy(loads[1]) else []),
         *markdown(rows),
     ]
     extra = notes(rows)
@@ -229,6 +241,8 @@ def main() -> None:
     if extra:
         print("\nnotes:\n" + "\n".join(extra))
     print(f"\nload average after: {after}")
+    if busy(before) or busy(after):
+        print(BUSY)
     if args.write is not None:
         write(args.write, rows, command, (before, after), machine(args.redis_url, args.postgres))
         print(f"written to {args.write}")
