@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 import sqlalchemy
 from flask import Flask
-from harness import interleaved
+from harness import Figure, interleaved, print_figures
 from sqlalchemy import text
 
 from flask_resilience import AuditEventType, Resilience, log_data_change
@@ -133,7 +133,7 @@ def _fresh(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def flush_rows_per_second(url: str, number: int) -> float:
+def flush_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str, Any]]]:
     """The writer's own rate: entries already queued, one flush (chain + COPY)."""
     app, extension = app_for(
         url,
@@ -150,8 +150,11 @@ def flush_rows_per_second(url: str, number: int) -> float:
         started = time.perf_counter()
         writer.flush()
         elapsed = time.perf_counter() - started
+        with get_state(app).audit.engine().connect() as connection:
+            query = sqlalchemy.select(audit_log).order_by(audit_log.c.seq.desc()).limit(number)
+            rows = [dict(row._mapping) for row in connection.execute(query)]
     extension.shutdown()
-    return number / elapsed
+    return number / elapsed, rows
 
 
 def copy_rows_per_second(dsn: str, schema: str, rows: list[dict[str, Any]]) -> float:
@@ -297,19 +300,81 @@ def integrity(database_url: str, dsn: str, purge_rows: int) -> None:
     print(f"  ratio DELETE / drop: {deleted / dropped:.1f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--purge-rows", type=int, default=200_000)
-    parser.add_argument("--part", choices=["all", "writer", "integrity"], default="all")
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    dsn = (
-        sqlalchemy.engine.make_url(args.database_url)
+DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _dsn(database_url: str) -> str:
+    return (
+        sqlalchemy.engine.make_url(database_url)
         .set(drivername="postgresql")
         .render_as_string(hide_password=False)
     )
+
+
+def writer_against_copy(url: str, dsn: str, schema: str, number: int, rounds: int) -> tuple[float, float]:
+    """Rows/s of the writer alone (a flush of queued entries) and of raw COPY
+    of the same rows, taking turns, best of ``rounds`` each."""
+    flush = copy = 0.0
+    for _ in range(rounds):
+        rate, rows = flush_rows_per_second(url, number)
+        flush = max(flush, rate)
+        copy = max(copy, copy_rows_per_second(dsn, schema, rows))
+    return flush, copy
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    """The producer's cost per entry, and the writer alone against raw COPY."""
+    logging.disable(logging.WARNING)
+    dsn = _dsn(DATABASE_URL)
+    schema, url = scratch_schema(DATABASE_URL)
+    engine = sqlalchemy.create_engine(url)
+    upgrade(engine)
+    entries, rows = (1000, 2000) if quick else (5000, 20_000)
+    try:
+        producer = enqueue_cost_us(url, entries)
+        producer_memory = enqueue_cost_us(url, entries, journal="off")
+        flush, copy = writer_against_copy(url, dsn, schema, rows, 2 if quick else 3)
+    finally:
+        engine.dispose()
+        with sqlalchemy.create_engine(DATABASE_URL).begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        shutil.rmtree(JOURNALS, ignore_errors=True)
+    return [
+        Figure(
+            "audit producer cost per entry (journal on)",
+            producer,
+            None,
+            None,
+            "<= 8 us",
+            producer <= 8,
+            note="log_data_change, caller's thread: build, redact, storable, count, link, journal, queue",
+        ),
+        Figure("audit producer cost per entry (journal off)", producer_memory, None, None, "-", None),
+        Figure(
+            "audit writer alone vs raw COPY (PostgreSQL)",
+            flush,
+            copy,
+            flush / copy,
+            ">= 0.75",
+            flush / copy >= 0.75,
+            "rows/s",
+            f"{rows} queued entries stored by one flush, beside psycopg COPY of the same rows",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DATABASE_URL)
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--purge-rows", type=int, default=200_000)
+    parser.add_argument("--part", choices=["all", "writer", "integrity", "figures"], default="all")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    if args.part == "figures":
+        print_figures(figures())
+        return
+    dsn = _dsn(args.database_url)
     if args.part in ("all", "integrity"):
         integrity(args.database_url, dsn, args.purge_rows)
     if args.part in ("all", "writer"):
@@ -324,7 +389,7 @@ def writer(database_url: str, dsn: str, number: int) -> None:
         enqueue = enqueue_cost_us(url, 5000)
         enqueue_memory = enqueue_cost_us(url, 5000, journal="off")
         ours, rows = writer_rows_per_second(url, number)
-        flush_only = flush_rows_per_second(url, number)
+        flush_only, _rows = flush_rows_per_second(url, number)
         copy = copy_rows_per_second(dsn, schema, rows)
         per_row = per_row_rows_per_second(dsn, schema, rows[:2000])
     finally:

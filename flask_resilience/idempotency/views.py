@@ -14,12 +14,14 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, make_response, request
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from ..context import current_principal
@@ -216,7 +218,7 @@ def _error_response(error: HTTPException) -> Response:
 def _key(service: AppIdempotency, options: Options, req: Request, endpoint: str) -> str | None:
     """The request's key (sent, or generated), or None to run unprotected;
     raises the 400 problems."""
-    raw = options.key_func(req) if options.key_func else req.headers.get(options.header)
+    raw = options.key_func(req) if options.key_func else req.environ.get(_environ_key(options.header))
     if raw is not None:
         try:
             return parse_key(raw)
@@ -248,12 +250,13 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
     principal = current_principal()
     scope = principal.key if principal is not None else None
     route = req.url_rule.rule if req.url_rule is not None else req.path
+    environ = req.environ
     print_ = fingerprint(
         req.method,
         req.path,
         req.query_string.decode("latin-1"),
-        req.headers.get("Content-Type"),
-        req.get_data(cache=True),
+        environ.get("CONTENT_TYPE"),  # what req.headers.get("Content-Type") reads, without its lookups
+        b"" if environ.get("CONTENT_LENGTH") == "0" else req.get_data(cache=True),
         mode=options.fingerprint,
     )
     flight = Flight(
@@ -312,7 +315,7 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, read_a
         service.counters.count("replays", flight.endpoint)
         if read_at is not None:
             service.memory.put(flight.record_key, existing, read_at)
-        return replay(existing, options.header, flight.key)
+        return replay(existing, options.header, flight.key, reused=read_at is None)
     if decision is Decision.MISMATCH:
         service.refused(422, flight.endpoint, flight.scope)
         raise Problem(
@@ -351,13 +354,52 @@ def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> C
     return None
 
 
-def replay(record: Completed, header: str, key: str) -> Response:
-    """The stored response, byte for byte, marked as a replay."""
-    response = record.response.to_response()
-    response.headers[header] = key
-    response.headers["X-Idempotency-Replayed"] = "true"
-    response.headers["X-Original-Timestamp"] = _timestamp(record.response.created_at)
-    return response
+def replay(record: Completed, header: str, key: str, *, reused: bool = False) -> Response:
+    """The stored response, byte for byte, marked as a replay.
+
+    ``reused``: the record is the memory layer's, replayed again and again:
+    its headers are built and checked once, then copied for each replay.
+    """
+    stored = record.response
+    built = _built.get(id(record)) if reused else None
+    if built is None or built[0]() is not record or built[1] != header or built[2] != key:
+        headers = Headers(_replay_headers(record, header, key))  # checks every value once
+        if not reused:
+            return Response(stored.body, status=stored.status, headers=headers)
+        if len(_built) >= 1024:
+            _built.clear()
+        built = _built[id(record)] = (weakref.ref(record), header, key, headers)
+    headers = Headers()
+    headers._list = built[3]._list.copy()  # checked values, in werkzeug's own storage
+    return Response(stored.body, status=stored.status, headers=headers)
+
+
+# id(record) -> (the record, weakly; header; key; its replay headers, checked)
+_built: dict[int, tuple[weakref.ref[Completed], str, str, Headers]] = {}
+
+
+def _replay_headers(record: Completed, header: str, key: str) -> list[tuple[str, str]]:
+    stored = record.response
+    replaced = _replaced(header)
+    return [
+        *((name, value) for name, value in stored.headers if name.lower() not in replaced),
+        (header, key),
+        ("X-Idempotency-Replayed", "true"),
+        ("X-Original-Timestamp", _timestamp(stored.created_at)),
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _environ_key(header: str) -> str:
+    """Where WSGI puts ``header`` (what ``request.headers.get(header)`` reads)."""
+    name = header.upper().replace("-", "_")
+    return name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"
+
+
+@functools.lru_cache(maxsize=16)
+def _replaced(header: str) -> frozenset[str]:
+    """The headers a replay sets (any stored ones of those names are dropped)."""
+    return frozenset({header.lower(), "x-idempotency-replayed", "x-original-timestamp"})
 
 
 @functools.lru_cache(maxsize=256)

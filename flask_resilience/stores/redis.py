@@ -10,6 +10,7 @@ same code runs on a single Redis and on a Redis Cluster.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .pubsub import Subscriber
@@ -42,6 +43,39 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 class StoreUnavailableError(RuntimeError):
     """Redis did not answer (refused, timed out, or errored)."""
+
+
+class LuaScript:
+    """A Lua script run with ``EVALSHA`` straight on the client.
+
+    Cheaper than redis-py's ``Script`` objects (no per-call encoder and
+    pipeline checks). A server that does not know the script yet (restarted,
+    flushed, a new cluster node) answers NOSCRIPT: the script is loaded
+    (``SCRIPT LOAD``, on every primary of a cluster) and run again once.
+    """
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+
+    def run(self, client: RedisClient, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` as ``(7, 0, 15)``; parts that are not numbers end it."""
+    parts: list[int] = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 def build_client(
@@ -85,6 +119,7 @@ class RedisStore:
         self.is_cluster = isinstance(client, RedisCluster)
         self._subscriber: Subscriber | None = None
         self._lock = threading.Lock()
+        self._version: tuple[int, ...] | None = None
 
     # -- naming ------------------------------------------------------------
 
@@ -170,12 +205,37 @@ class RedisStore:
             removed += self.delete(*chunk)
         return removed
 
-    def script(self, source: str) -> Script:
-        """A Lua script registered once and run by its SHA."""
-        return self.client.register_script(source)
+    def set_absent_or_get(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        """``SET key value NX PX ttl GET`` (Redis >= 7.0, see :meth:`server_version`):
+        None when ``value`` was stored, else the value already there (untouched)."""
+        px = max(1, int(ttl * 1000))
+        command = self.client.execute_command
+        return self._run(lambda: command("SET", key, value, "NX", "PX", px, "GET", get=True))  # type: ignore[no-any-return,no-untyped-call]
 
-    def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        return self._run(lambda: script(keys=keys, args=args))
+    def script(self, source: str) -> LuaScript:
+        """A Lua script, run by its SHA (see :class:`LuaScript`)."""
+        return LuaScript(source)
+
+    def run_script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        return self._run(lambda: script.run(self.client, keys, args))
+
+    def server_version(self) -> tuple[int, ...]:
+        """The Redis server's version (``INFO server``), asked once per store.
+
+        On a cluster, the oldest node's. ``()`` when the server does not say
+        (a proxy that refuses ``INFO``): callers then assume the oldest server.
+        Raises :class:`StoreUnavailableError` (and asks again next time) when
+        Redis does not answer.
+        """
+        if self._version is None:
+            try:
+                info = self._run(lambda: self.client.info("server"))
+            except StoreUnavailableError as exc:
+                if not isinstance(exc.__cause__, redis.ResponseError):
+                    raise
+                info = {}
+            self._version = _oldest_version(info)
+        return self._version
 
     def ping(self) -> float:
         """Round-trip time in seconds; raises when Redis does not answer."""
@@ -214,3 +274,13 @@ class RedisStore:
             return command()
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
+
+
+def _oldest_version(info: Any) -> tuple[int, ...]:
+    """The version in an ``INFO server`` answer (a dict per node on a cluster)."""
+    if not isinstance(info, dict):
+        return ()
+    if "redis_version" in info:
+        return parse_version(str(info["redis_version"]))
+    versions = [_oldest_version(node) for node in info.values() if isinstance(node, dict)]
+    return min(versions) if versions and all(versions) else ()
