@@ -30,6 +30,7 @@ from flask.typing import ResponseReturnValue
 from harness import interleaved
 
 from flask_resilience import Resilience, idempotent
+from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
 
 
@@ -121,7 +122,7 @@ def main() -> None:
     assert state.redis is not None
     state.redis.subscriber.wait_until_listening()
     replayed()  # now kept in this process's memory layer
-    memory = state.idempotency.memory
+    memory = AppIdempotency.of(ours).memory
     first = poster(ours, lambda: f"k-{next(numbers)}")
 
     def replay_redis() -> None:
@@ -139,7 +140,7 @@ def main() -> None:
         args.number,
     )
     state.redis.delete_matching("*")
-    state.extension.shutdown()
+    state.shutdown()
 
     print(f"{'per request (raw WSGI)':36} {'us':>8}")
     for name, value in timings.items():

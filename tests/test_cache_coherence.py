@@ -21,6 +21,7 @@ from flask_resilience import (
     invalidate_cache_by_pattern,
     invalidate_cache_by_tag,
 )
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.cache_worker import Worker
 from tests.clock import eventually
@@ -95,7 +96,7 @@ def test_lost_subscription_empties_l1(setup: tuple[Flask, Worker], raw_redis: re
     app, _ = setup
     client = app.test_client()
     client.get("/flights")
-    layered = get_state(app).cache.layered
+    layered = AppCache.of(app).layered
     assert len(layered.l1) == 1
     raw_redis.client_kill_filter(_type="pubsub")
     assert eventually(lambda: len(layered.l1) == 0)

@@ -9,12 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
-from flask import has_request_context, request
+from flask import Flask, has_request_context, request
 from sqlalchemy import Engine, create_engine, inspect
 
 from .. import config as cfg
 from ..context import current_principal, current_request_id
-from ..state import get_state
+from ..state import ResilienceState, get_state
 from ..stores.sql import Database
 from . import transaction
 from .checkpoints import store_from_config
@@ -109,6 +109,9 @@ def _bounded(counter: Counter[str], key: str) -> None:
         counter[key] += 1
     else:
         counter["(other)"] += 1
+
+
+FEATURE = "audit"
 
 
 class AppAudit:
@@ -249,6 +252,17 @@ class AppAudit:
             return {"body_omitted": {"bytes": length, "content_type": content_type, "reason": "not JSON"}}
         return {"body": body}
 
+    @classmethod
+    def of(cls, app: Flask | None = None) -> AppAudit:
+        """The audit log of ``app`` (default: the current app)."""
+        return cast("AppAudit", get_state(app).features[FEATURE])
+
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s audit log: its stats, its background work."""
+        state.features[FEATURE] = self
+        state.stats_providers["audit"] = self.stats
+        state.add_background(self)
+
     def stats(self, include_users: bool = False) -> AuditStatsSnapshot:
         """Counts of recorded entries and the writer's figures; per-user ones
         only with ``include_users`` (the caller is an admin)."""
@@ -282,4 +296,4 @@ def _migrate_if_missing(engine: Engine) -> None:
 
 
 def current_audit() -> AppAudit:
-    return get_state().audit
+    return AppAudit.of()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from flask import Request
+from flask import Flask, Request
 
 from .. import config as cfg
 from ..responses import HeaderPolicy
+from ..state import ResilienceState, get_state
 from ..stores.redis import RedisStore
 from .backends import FlaskCachingBackend, L2Backend, RedisBackend
 from .coherence import Coherence, warn_on_eviction_policy
@@ -18,6 +19,8 @@ from .layered import LayeredCache
 from .rules import Credentials, request_bypass
 from .stats import CacheStatsSnapshot
 from .writeback import WriteBehindQueue
+
+FEATURE = "cache"
 
 
 class AppCache:
@@ -90,6 +93,18 @@ class AppCache:
         if serializer is not None:
             app_cache.data.serializer = cast(Serializer, serializer)
         return app_cache
+
+    @classmethod
+    def of(cls, app: Flask | None = None) -> AppCache:
+        """The cache of ``app`` (default: the current app)."""
+        return cast("AppCache", get_state(app).features[FEATURE])
+
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s cache: its stats, its background work, started."""
+        state.features[FEATURE] = self
+        state.stats_providers["cache"] = lambda _private: self.stats()
+        state.add_background(self)
+        self.start()
 
     def start(self) -> None:
         """Listen for other processes' invalidations (the thread starts with

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypedDict, cast
 
-from flask import current_app
+from flask import Flask, current_app
 
 from .. import config as cfg
 from ..responses import HeaderPolicy
 from ..signals import idempotency_conflict, idempotency_mismatch
+from ..state import ResilienceState, get_state
 from ..stats import Counters
 from ..stores.redis import RedisStore
 from .copies import Copies, NoCopies, ProcessCopies
@@ -62,6 +63,9 @@ class IdempotencyStats(TypedDict):
     endpoints: dict[str, dict[str, int]]
     memory_entries: int
     enabled: bool
+
+
+FEATURE = "idempotency"
 
 
 class AppIdempotency:
@@ -151,6 +155,19 @@ class AppIdempotency:
         removed = self.records.delete_matching(pattern)
         self.memory.forget(pattern)
         return removed
+
+    @classmethod
+    def of(cls, app: Flask | None = None) -> AppIdempotency:
+        """The idempotency service of ``app`` (default: the current app)."""
+        return cast("AppIdempotency", get_state(app).features[FEATURE])
+
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s idempotency service: its stats, its listener,
+        its background work."""
+        state.features[FEATURE] = self
+        state.stats_providers["replay_protection"] = self.stats
+        self.listen()
+        state.add_background(self)
 
     def listen(self) -> None:
         """Keep the memory layer coherent with other processes' invalidations."""

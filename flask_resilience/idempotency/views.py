@@ -24,7 +24,6 @@ from werkzeug.exceptions import HTTPException
 
 from ..context import current_principal
 from ..problems import Problem
-from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
 from .flight import Flight
@@ -171,7 +170,7 @@ def _decorated(app: Flask, req: Request) -> bool:
 def run_protected(options: Options, view: Callable[[], Any]) -> Any:
     """The one policy: claim the key (or answer for the view), run the view,
     keep its outcome as the key's outcome."""
-    service = get_state().idempotency
+    service = AppIdempotency.of()
     if not service.enabled or request.method not in options.methods:
         return view()
     flight = _begin(service, options)
