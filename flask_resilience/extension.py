@@ -22,6 +22,7 @@ from .audit.service import AppAudit
 from .audit.views import audit_blueprint, record_request
 from .breaker.api import FEATURE as BREAKERS
 from .breaker.breaker import CircuitBreaker
+from .breaker.config import defaults_from_config
 from .breaker.link import LocalSharing, Sharing
 from .breaker.registry import BreakerRegistry
 from .breaker.shared import RedisSharing
@@ -89,6 +90,7 @@ class Resilience:
                 f"Flask-Resilience is already registered on the app {app.name!r}; call init_app once per app."
             )
         config = cfg.resolve(app.config, self._options)
+        breaker_defaults = defaults_from_config(config)
         redis_store = _redis_store(config)
         app_cache = AppCache.from_config(config, redis_store)
         database = Database(config[cfg.DATABASE_URI])
@@ -108,7 +110,6 @@ class Resilience:
                 "RESILIENCE_ADMIN_TOKEN is an example value from the documentation: anyone who read "
                 "it can use the admin endpoints; set a random one, e.g. secrets.token_urlsafe(32)."
             )
-        breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
         self.breakers.configure(
             breaker_defaults, _breaker_sharing(config, state.redis), disabled=not config[cfg.BREAKER_ENABLED]
         )
