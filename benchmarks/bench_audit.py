@@ -40,13 +40,13 @@ from sqlalchemy import text
 from flask_resilience import AuditEventType, Resilience, log_data_change
 from flask_resilience.audit.chain import GENESIS, HASHED, canonical, link_hash
 from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.keys import derive_key
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.partitions import create_partition, period_start
 from flask_resilience.audit.purge import purge
 from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log
-from flask_resilience.audit.writer import _row
 
 _COLUMNS = [column.name for column in audit_log.columns]
 
@@ -202,7 +202,11 @@ def chain_costs_us(number: int) -> dict[str, float]:
         user_id="1",
         changes={"price": {"old": 1, "new": 2}},
     )
-    row = {**_row(entry, datetime.now(UTC).replace(tzinfo=None)), "chain_id": str(uuid.uuid4()), "seq": 7}
+    row = {
+        **entry_row(entry, datetime.now(UTC).replace(tzinfo=None)),
+        "chain_id": str(uuid.uuid4()),
+        "seq": 7,
+    }
     key = derive_key("bench-secret")
     contenders: dict[str, Callable[[], Any]] = {
         "canonical form": lambda: canonical(row),

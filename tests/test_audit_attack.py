@@ -103,10 +103,10 @@ from pathlib import Path
 from flask_resilience.audit.chain import Chain
 from flask_resilience.audit.events import AuditEntry
 from flask_resilience.audit.journal import Journal, entry_record, parse
-from flask_resilience.audit.writer import _row
+from flask_resilience.audit.intake import entry_row
 
 def append(journal, chain, number):
-    row = _row(AuditEntry(event_type="UPDATE", resource_id=str(number)), datetime(2026, 1, 1))
+    row = entry_row(AuditEntry(event_type="UPDATE", resource_id=str(number)), datetime(2026, 1, 1))
     journal.append(entry_record(row, chain.link_encoded(row)))
     return journal.end
 

@@ -19,12 +19,12 @@ from sqlalchemy import func, select, text, update
 
 from flask_resilience import AuditEventType, Resilience, log_auth_event, log_data_change
 from flask_resilience.audit.chain import canonical
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.journal import entry_record
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.redact import MASK, Redactor, luhn_valid
 from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log
-from flask_resilience.audit.writer import _row
 from tests.conftest import MakeApp
 
 WITH_USER = audit_log.c.user_id.is_not(None)  # the app's entries, not the chains' lifecycle records
@@ -390,7 +390,7 @@ def test_purge_keeps_chains_verifiable(chained_app: Flask) -> None:
 def test_row_helper_keeps_naive_utc() -> None:
     from flask_resilience.audit.events import AuditEntry
 
-    row = _row(AuditEntry(event_type="LOGIN"), logged_at=__import__("datetime").datetime(2026, 1, 1))
+    row = entry_row(AuditEntry(event_type="LOGIN"), logged_at=__import__("datetime").datetime(2026, 1, 1))
     assert row["occurred_at"].tzinfo is None
 
 
@@ -399,7 +399,7 @@ CRASHING_CHILD = textwrap.dedent(
     import os, sys
     from flask import Flask
     from flask_resilience import AuditEventType, Resilience, log_auth_event
-    from flask_resilience.state import get_state
+    from flask_resilience.audit.service import AppAudit
     app = Flask("crashing-child", instance_path=sys.argv[2])
     app.config.update(RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1], RESILIENCE_AUDIT_SPILL_PATH=sys.argv[3])
     Resilience(app)

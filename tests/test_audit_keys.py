@@ -21,12 +21,12 @@ from flask_resilience import Resilience
 from flask_resilience.audit import cli as audit_cli
 from flask_resilience.audit.chain import GENESIS, HASHED, Chain, canonical, link_hash
 from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.keys import Keyring, derive_key, hkdf_sha256, key_id
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_checkpoint, audit_log
 from flask_resilience.audit.verify import Context, _check_chain
-from flask_resilience.audit.writer import _row
 from tests.conftest import MakeApp
 from tests.test_audit_tamper import rows_of, verify, write_entries
 
@@ -252,7 +252,9 @@ def _linked_rows(count: int, key: bytes) -> list[dict[str, Any]]:
     chain = Chain(key)
     now = datetime(2026, 11, 30, 8, 0, 0)
     return [
-        chain.link(_row(AuditEntry(event_type="UPDATE", resource_id=str(index), details={"n": index}), now))
+        chain.link(
+            entry_row(AuditEntry(event_type="UPDATE", resource_id=str(index), details={"n": index}), now)
+        )
         for index in range(count)
     ]
 

@@ -215,7 +215,7 @@ CRASHING_WRITER = textwrap.dedent(
     import os, sys
     from flask import Flask
     from flask_resilience import AuditEventType, Resilience, log_auth_event
-    from flask_resilience.state import get_state
+    from flask_resilience.audit.service import AppAudit
     app = Flask("crashing-writer", instance_path=sys.argv[2])
     app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1],
                       RESILIENCE_AUDIT_SPILL_PATH=sys.argv[3])
@@ -267,7 +267,7 @@ KILLED_WRITER = textwrap.dedent(
     import sys, time
     from flask import Flask
     from flask_resilience import AuditEventType, Resilience, log_auth_event
-    from flask_resilience.state import get_state
+    from flask_resilience.audit.service import AppAudit
     app = Flask("killed-writer", instance_path=sys.argv[2])
     app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1])
     Resilience(app)
