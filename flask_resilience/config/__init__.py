@@ -12,8 +12,9 @@ key, like Flask's ``from_prefixed_env``), the seed's un-prefixed environment var
 After ``init_app``, ``app.config`` holds the parsed, typed value of every key.
 
 Each section's keys live in a module of their own (``general``, ``health``,
-``breaker``, ``cache``, ``audit``, ``idempotency``); ``table`` holds the one
-``SETTINGS`` table and ``resolve()``. Every name is importable from here.
+``context``, ``breaker``, ``cache``, ``audit``, ``idempotency``), each ending
+with its ``SECTION``; ``table`` joins them into the one ``SETTINGS`` table
+and holds ``resolve()``. Every name is importable from here.
 """
 
 from __future__ import annotations
@@ -56,19 +57,18 @@ from .cache import (
     CACHE_STORED_HEADERS,
     CACHE_WRITE_BEHIND_QUEUE,
 )
+from .context import PRINCIPAL_LOADER, REQUEST_ID_HEADER
 from .general import (
-    ADMIN_TOKEN,
     DATABASE_URI,
     KEY_PREFIX,
-    PRINCIPAL_LOADER,
     READ_SEED_ENV,
     REDIS_CLUSTER,
     REDIS_CONNECT_TIMEOUT,
     REDIS_SOCKET_TIMEOUT,
     REDIS_URL,
-    REQUEST_ID_HEADER,
 )
 from .health import (
+    ADMIN_TOKEN,
     HEALTH_CHECK_TIMEOUT,
     HEALTH_CRITICAL,
     HEALTH_ENABLED,

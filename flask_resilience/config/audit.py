@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..validators import (
     boolean,
     database_url,
@@ -123,4 +125,24 @@ AUDIT_MAX_BODY_BYTES = Setting(
     4096,
     positive_int,
     "Captured request bodies larger than this are recorded by size and type only.",
+)
+
+SECTION: tuple[Setting[Any], ...] = (
+    AUDIT_ENABLED,
+    AUDIT_BUFFER_SIZE,
+    AUDIT_FLUSH_INTERVAL,
+    AUDIT_MAX_QUEUE,
+    AUDIT_SPILL_PATH,
+    AUDIT_SPILL_MAX_BYTES,
+    AUDIT_JOURNAL_FSYNC,
+    AUDIT_HMAC_KEY,
+    AUDIT_PREVIOUS_HMAC_KEYS,
+    AUDIT_CHECKPOINT_INTERVAL,
+    AUDIT_CHECKPOINT_SECONDS,
+    AUDIT_CHECKPOINT_DATABASE_URI,
+    AUDIT_CHECKPOINT_SINK,
+    AUDIT_PARTITION,
+    AUDIT_REDACT_KEYS,
+    AUDIT_REDACTOR,
+    AUDIT_MAX_BODY_BYTES,
 )

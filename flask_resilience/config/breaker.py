@@ -26,3 +26,9 @@ BREAKER_STORAGE = Setting(
     one_of("local", "redis"),
     "'redis' shares circuit state across processes and hosts (needs RESILIENCE_REDIS_URL).",
 )
+
+SECTION: tuple[Setting[Any], ...] = (
+    BREAKER_ENABLED,
+    BREAKER_DEFAULTS,
+    BREAKER_STORAGE,
+)

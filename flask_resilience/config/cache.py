@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..validators import (
     boolean,
     flask_caching_cache,
@@ -105,4 +107,22 @@ CACHE_SERIALIZER = Setting[object | None](
     None,
     serializer,
     "Serializer of the data cache (dumps/loads); default JSON. Never pickle by default.",
+)
+
+SECTION: tuple[Setting[Any], ...] = (
+    CACHE_ENABLED,
+    CACHE_DEFAULT_TTL,
+    CACHE_L1_MAX_ENTRIES,
+    CACHE_L1_MAX_BYTES,
+    CACHE_L1_MAX_TTL,
+    CACHE_LOCK_TIMEOUT,
+    CACHE_HONOR_NO_CACHE,
+    CACHE_MAX_BODY_BYTES,
+    CACHE_STORED_HEADERS,
+    CACHE_DENIED_HEADERS,
+    CACHE_PRIVATE_HEADERS,
+    CACHE_PRIVATE_COOKIES,
+    CACHE_WRITE_BEHIND_QUEUE,
+    CACHE_BACKEND,
+    CACHE_SERIALIZER,
 )

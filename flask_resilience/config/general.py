@@ -1,17 +1,15 @@
-"""Settings every feature shares: Redis, the key prefix, the database, admin
-access, the request id and the principal."""
+"""Settings every feature shares: Redis, the key prefix, the database."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..validators import (
     ClusterNodes,
-    admin_token,
     boolean,
     cluster_nodes,
     database_url,
-    header_name,
     key_prefix,
-    optional_callable,
     positive_number,
     redis_url,
 )
@@ -59,22 +57,13 @@ DATABASE_URI = Setting(
     database_url,
     "SQLAlchemy URL for the audit table; unset: the app's Flask-SQLAlchemy engine.",
 )
-ADMIN_TOKEN = Setting(
-    "RESILIENCE_ADMIN_TOKEN",
-    None,
-    admin_token,
-    "Bearer token for admin endpoints (at least 16 characters). Unset and no "
-    "admin check: admin endpoints answer 403.",
-)
-REQUEST_ID_HEADER = Setting(
-    "RESILIENCE_REQUEST_ID_HEADER",
-    "X-Request-ID",
-    header_name,
-    "Header carrying the request id, kept when valid and echoed on every response.",
-)
-PRINCIPAL_LOADER = Setting(
-    "RESILIENCE_PRINCIPAL_LOADER",
-    None,
-    optional_callable,
-    "Callable (or 'module:function') returning the caller's user id, or None.",
+
+SECTION: tuple[Setting[Any], ...] = (
+    READ_SEED_ENV,
+    REDIS_URL,
+    REDIS_CLUSTER,
+    REDIS_SOCKET_TIMEOUT,
+    REDIS_CONNECT_TIMEOUT,
+    KEY_PREFIX,
+    DATABASE_URI,
 )

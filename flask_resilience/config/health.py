@@ -1,8 +1,10 @@
-"""Settings of the health and metrics blueprint."""
+"""Settings of the health and metrics blueprint and its admin access."""
 
 from __future__ import annotations
 
-from ..validators import boolean, optional_string_list, positive_number, url_prefix
+from typing import Any
+
+from ..validators import admin_token, boolean, optional_string_list, positive_number, url_prefix
 from .setting import Setting
 
 HEALTH_ENABLED = Setting(
@@ -42,4 +44,21 @@ HEALTH_CHECK_TIMEOUT = Setting(
     positive_number,
     "Seconds a health check may take before it is reported down (a hanging dependency must "
     "not hold the probe).",
+)
+ADMIN_TOKEN = Setting(
+    "RESILIENCE_ADMIN_TOKEN",
+    None,
+    admin_token,
+    "Bearer token for admin endpoints (at least 16 characters). Unset and no "
+    "admin check: admin endpoints answer 403.",
+)
+
+SECTION: tuple[Setting[Any], ...] = (
+    HEALTH_ENABLED,
+    HEALTH_PREFIX,
+    HEALTH_PUBLIC,
+    HEALTH_CRITICAL,
+    HEALTH_SHOW_VERSION,
+    HEALTH_CHECK_TIMEOUT,
+    ADMIN_TOKEN,
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..validators import boolean, header_names, one_of, positive_int, positive_number
 from .setting import Setting
 
@@ -61,4 +63,16 @@ IDEMPOTENCY_ON_ERROR = Setting(
     "store",
     one_of("store", "release"),
     "Once the view ran: 'store' keeps a 5xx or an exception as the key's outcome; 'release' frees the key.",
+)
+
+SECTION: tuple[Setting[Any], ...] = (
+    IDEMPOTENCY_ENABLED,
+    IDEMPOTENCY_TTL,
+    IDEMPOTENCY_AUTO_GENERATE,
+    IDEMPOTENCY_LEASE,
+    IDEMPOTENCY_MAX_BODY_BYTES,
+    IDEMPOTENCY_STORED_HEADERS,
+    IDEMPOTENCY_MEMORY_ENTRIES,
+    IDEMPOTENCY_MEMORY_BYTES,
+    IDEMPOTENCY_ON_ERROR,
 )
