@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from flask import Flask, current_app, has_app_context
 
@@ -69,9 +69,10 @@ class ResilienceState:
     config: Config
     redis: RedisStore | None
     database: Database
-    features: dict[str, object] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
     """Feature name -> its service for this app; each feature registers
-    itself here in ``init_app`` and reads itself back with ``<Service>.of()``."""
+    itself here in ``init_app`` and reads itself back, typed, with
+    ``<Service>.of()`` (``Any`` so that the per-request accessor needs no cast)."""
     started_monotonic: float = field(default_factory=time.monotonic)
     health_checks: dict[str, BuiltinCheck] = field(default_factory=dict)
     stats_providers: dict[str, StatsProvider] = field(default_factory=dict)

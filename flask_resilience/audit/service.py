@@ -255,7 +255,8 @@ class AppAudit:
     @classmethod
     def of(cls, app: Flask | None = None) -> AppAudit:
         """The audit log of ``app`` (default: the current app)."""
-        return cast("AppAudit", get_state(app).features[FEATURE])
+        service: AppAudit = get_state(app).features[FEATURE]  # set by register()
+        return service
 
     def register(self, state: ResilienceState) -> None:
         """Become ``state``'s audit log: its stats, its background work."""

@@ -97,7 +97,8 @@ class AppCache:
     @classmethod
     def of(cls, app: Flask | None = None) -> AppCache:
         """The cache of ``app`` (default: the current app)."""
-        return cast("AppCache", get_state(app).features[FEATURE])
+        service: AppCache = get_state(app).features[FEATURE]  # set by register()
+        return service
 
     def register(self, state: ResilienceState) -> None:
         """Become ``state``'s cache: its stats, its background work, started."""

@@ -159,7 +159,8 @@ class AppIdempotency:
     @classmethod
     def of(cls, app: Flask | None = None) -> AppIdempotency:
         """The idempotency service of ``app`` (default: the current app)."""
-        return cast("AppIdempotency", get_state(app).features[FEATURE])
+        service: AppIdempotency = get_state(app).features[FEATURE]  # set by register()
+        return service
 
     def register(self, state: ResilienceState) -> None:
         """Become ``state``'s idempotency service: its stats, its listener,
