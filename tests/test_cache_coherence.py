@@ -57,7 +57,7 @@ def setup(redis_url: str, key_prefix: str, raw_redis: redis.Redis) -> Iterator[t
     worker = Worker(functools.partial(worker_app, redis_url, key_prefix, counter_key))
     yield app, worker
     worker.stop()
-    app.extensions["resilience"].extension.shutdown()
+    app.extensions["resilience"].shutdown()
     raw_redis.delete(counter_key)
 
 
@@ -115,7 +115,7 @@ def _racer(redis_url: str, prefix: str, counter_key: str, start: Any, results: A
     redis.Redis.from_url(redis_url).incr(f"{counter_key}:arrived")
     response = client.get("/flights?to=FAO")
     results.put((response.status_code, response.json))
-    app.extensions["resilience"].extension.shutdown()
+    app.extensions["resilience"].shutdown()
 
 
 def test_four_processes_missing_one_key_compute_once(
