@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 from flask import Flask, current_app, has_app_context
 
@@ -120,3 +120,22 @@ def get_state(app: Flask | None = None) -> ResilienceState:
             "Did you forget to call 'resilience.init_app(app)'?"
         ) from None
     return state
+
+
+class Feature:
+    """Base of a feature's per-app service (``AppCache``, ``AppAudit``, ...):
+    :meth:`register` puts it in ``state.features`` under ``feature_name``,
+    :meth:`of` reads it back, typed, with one dict lookup."""
+
+    feature_name: ClassVar[str]
+
+    @classmethod
+    def of(cls, app: Flask | None = None) -> Self:
+        """This feature's service of ``app`` (default: the current app)."""
+        service: Self = get_state(app).features[cls.feature_name]  # set by register()
+        return service
+
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s service for this feature; a feature adds its
+        stats provider and background work."""
+        state.features[self.feature_name] = self

@@ -9,12 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
-from flask import Flask, has_request_context, request
+from flask import has_request_context, request
 from sqlalchemy import Engine, create_engine, inspect
 
 from .. import config as cfg
 from ..context import current_principal, current_request_id
-from ..state import ResilienceState, get_state
+from ..state import Feature, ResilienceState
 from ..stores.sql import Database
 from . import transaction
 from .checkpoints import store_from_config
@@ -114,7 +114,9 @@ def _bounded(counter: Counter[str], key: str) -> None:
 FEATURE = "audit"
 
 
-class AppAudit:
+class AppAudit(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -252,15 +254,9 @@ class AppAudit:
             return {"body_omitted": {"bytes": length, "content_type": content_type, "reason": "not JSON"}}
         return {"body": body}
 
-    @classmethod
-    def of(cls, app: Flask | None = None) -> AppAudit:
-        """The audit log of ``app`` (default: the current app)."""
-        service: AppAudit = get_state(app).features[FEATURE]  # set by register()
-        return service
-
     def register(self, state: ResilienceState) -> None:
         """Become ``state``'s audit log: its stats, its background work."""
-        state.features[FEATURE] = self
+        super().register(state)
         state.stats_providers["audit"] = self.stats
         state.add_background(self)
 

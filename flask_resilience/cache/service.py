@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from flask import Flask, Request
+from flask import Request
 
 from .. import config as cfg
 from ..responses import HeaderPolicy
-from ..state import ResilienceState, get_state
+from ..state import Feature, ResilienceState
 from ..stores.redis import RedisStore
 from .backends import FlaskCachingBackend, L2Backend, RedisBackend
 from .coherence import Coherence, warn_on_eviction_policy
@@ -23,7 +23,9 @@ from .writeback import WriteBehindQueue
 FEATURE = "cache"
 
 
-class AppCache:
+class AppCache(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -94,15 +96,9 @@ class AppCache:
             app_cache.data.serializer = cast(Serializer, serializer)
         return app_cache
 
-    @classmethod
-    def of(cls, app: Flask | None = None) -> AppCache:
-        """The cache of ``app`` (default: the current app)."""
-        service: AppCache = get_state(app).features[FEATURE]  # set by register()
-        return service
-
     def register(self, state: ResilienceState) -> None:
         """Become ``state``'s cache: its stats, its background work, started."""
-        state.features[FEATURE] = self
+        super().register(state)
         state.stats_providers["cache"] = lambda _private: self.stats()
         state.add_background(self)
         self.start()

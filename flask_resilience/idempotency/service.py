@@ -7,12 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypedDict, cast
 
-from flask import Flask, current_app
+from flask import current_app
 
 from .. import config as cfg
 from ..responses import HeaderPolicy
 from ..signals import idempotency_conflict, idempotency_mismatch
-from ..state import ResilienceState, get_state
+from ..state import Feature, ResilienceState
 from ..stats import Counters
 from ..stores.redis import RedisStore
 from .copies import Copies, NoCopies, ProcessCopies
@@ -68,7 +68,9 @@ class IdempotencyStats(TypedDict):
 FEATURE = "idempotency"
 
 
-class AppIdempotency:
+class AppIdempotency(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -156,16 +158,10 @@ class AppIdempotency:
         self.memory.forget(pattern)
         return removed
 
-    @classmethod
-    def of(cls, app: Flask | None = None) -> AppIdempotency:
-        """The idempotency service of ``app`` (default: the current app)."""
-        service: AppIdempotency = get_state(app).features[FEATURE]  # set by register()
-        return service
-
     def register(self, state: ResilienceState) -> None:
         """Become ``state``'s idempotency service: its stats, its listener,
         its background work."""
-        state.features[FEATURE] = self
+        super().register(state)
         state.stats_providers["replay_protection"] = self.stats
         self.listen()
         state.add_background(self)
