@@ -40,13 +40,13 @@ from sqlalchemy import text
 from flask_resilience import AuditEventType, Resilience, log_data_change
 from flask_resilience.audit.chain import GENESIS, HASHED, canonical, link_hash
 from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.keys import derive_key
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.partitions import create_partition, period_start
 from flask_resilience.audit.purge import purge
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log
-from flask_resilience.audit.writer import _row
-from flask_resilience.state import get_state
 
 _COLUMNS = [column.name for column in audit_log.columns]
 
@@ -91,7 +91,7 @@ def enqueue_cost_us(url: str, number: int, journal: str | None = None) -> float:
                     AuditEventType.UPDATE, "fare", index, {"price": {"old": 1, "new": 2}}, user_id=1
                 )
             best = min(best, (time.perf_counter() - started) / number * 1e6)
-        get_state(app).audit.writer._queue.clear()  # not measuring the database here
+        AppAudit.of(app).writer._queue.clear()  # not measuring the database here
     extension.shutdown()
     return best
 
@@ -104,7 +104,7 @@ def writer_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str,
         RESILIENCE_AUDIT_MAX_QUEUE=10**7,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=50,
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         log_data_change(AuditEventType.UPDATE, "fare", -1, {"warm": True})
         writer.flush()
@@ -115,7 +115,7 @@ def writer_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str,
         while writer.counts()["written"] < number + 1:
             pause.wait(0.001)
         elapsed = time.perf_counter() - started
-        with get_state(app).audit.engine().connect() as connection:
+        with AppAudit.of(app).engine().connect() as connection:
             rows = [
                 dict(row._mapping) for row in connection.execute(sqlalchemy.select(audit_log).limit(number))
             ]
@@ -141,7 +141,7 @@ def flush_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str, 
         RESILIENCE_AUDIT_MAX_QUEUE=10**9,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=10**9,
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         log_data_change(AuditEventType.UPDATE, "fare", -1, {"warm": True})
         writer.flush()
@@ -150,7 +150,7 @@ def flush_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str, 
         started = time.perf_counter()
         writer.flush()
         elapsed = time.perf_counter() - started
-        with get_state(app).audit.engine().connect() as connection:
+        with AppAudit.of(app).engine().connect() as connection:
             query = sqlalchemy.select(audit_log).order_by(audit_log.c.seq.desc()).limit(number)
             rows = [dict(row._mapping) for row in connection.execute(query)]
     extension.shutdown()
@@ -205,7 +205,11 @@ def chain_costs_us(number: int) -> dict[str, float]:
         user_id="1",
         changes={"price": {"old": 1, "new": 2}},
     )
-    row = {**_row(entry, datetime.now(UTC).replace(tzinfo=None)), "chain_id": str(uuid.uuid4()), "seq": 7}
+    row = {
+        **entry_row(entry, datetime.now(UTC).replace(tzinfo=None)),
+        "chain_id": str(uuid.uuid4()),
+        "seq": 7,
+    }
     key = derive_key("bench-secret")
     contenders: dict[str, Callable[[], Any]] = {
         "canonical form": lambda: canonical(row),

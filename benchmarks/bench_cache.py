@@ -34,6 +34,7 @@ from flask_resilience import Resilience, cached, invalidate_cache_by_tag
 from flask_resilience.cache.backends import GENERATION_LENGTH, RedisBackend
 from flask_resilience.cache.entry import CacheEntry
 from flask_resilience.cache.keys import DATA_VARIANT, full_key
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from flask_resilience.stores.redis import batched
 
@@ -104,7 +105,7 @@ def missing(app: Flask) -> Callable[[], None]:
 
 def l2_only(app: Flask) -> Callable[[], None]:
     client = app.test_client()
-    l1 = get_state(app).cache.layered.l1
+    l1 = AppCache.of(app).layered.l1
     client.get("/flights")
 
     def request() -> None:
@@ -117,7 +118,7 @@ def l2_only(app: Flask) -> Callable[[], None]:
 
 def tag_invalidation_ms(redis_url: str, keys: int) -> float:
     app = ours_app(redis_url)
-    cache = get_state(app).cache
+    cache = AppCache.of(app)
     layered = cache.layered
     backend = layered.l2
     assert isinstance(backend, RedisBackend)
@@ -144,7 +145,7 @@ def tag_invalidation_ms(redis_url: str, keys: int) -> float:
         # every entry is stale now
         assert cache.data.get("flight:0") is None
     backend.store.delete_matching("{*}:cache:*")
-    get_state(app).extension.shutdown()
+    get_state(app).shutdown()
     return min(timings)
 
 
@@ -193,7 +194,7 @@ def main() -> None:
     for batch in batched(client.scan_iter(match=f"{fc_prefix}*"), 1000):
         client.delete(*batch)
     for app in (ours_redis, ours_l2, ours_memory):
-        get_state(app).extension.shutdown()
+        get_state(app).shutdown()
 
     print(f"{'per request (test client)':40} {'us':>9}")
     for name, value in {**hits, **misses}.items():

@@ -32,6 +32,7 @@ from flask.typing import ResponseReturnValue
 from harness import Figure, interleaved, print_figures
 
 from flask_resilience import Resilience, idempotent
+from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
 
 
@@ -141,7 +142,7 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
     assert state.redis is not None
     state.redis.subscriber.wait_until_listening()
     replayed()  # now kept in this process's memory layer
-    memory = state.idempotency.memory
+    memory = AppIdempotency.of(ours).memory
     first = poster(ours, lambda: f"k-{next(numbers)}")
     floor = floor_app(redis_url)
 
@@ -164,8 +165,8 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
         )
     finally:
         state.redis.delete_matching("*")
-        state.extension.shutdown()
-        get_state(floor).extension.shutdown()
+        state.shutdown()
+        get_state(floor).shutdown()
 
 
 def rows(timings: dict[str, float]) -> list[Figure]:

@@ -20,8 +20,8 @@ from sqlalchemy import text
 
 from flask_resilience import AuditEventType, Resilience, log_auth_event
 from flask_resilience.audit.migrate import script_location, stamp, upgrade
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import missing_tables
-from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
 
@@ -104,7 +104,7 @@ def test_autogenerate_in_the_apps_own_migrations_leaves_our_tables_alone(
     app, db = _flask_migrate_app(empty_url, directory, **filters)
     with app.app_context():
         flask_migrate.init(directory=str(directory))
-        engine = get_state(app).audit.engine()
+        engine = AppAudit.of(app).engine()
         upgrade(engine)  # flask resilience db upgrade
         assert not missing_tables(engine)
         first = _autogenerate(app, directory, "bookings")
@@ -122,7 +122,7 @@ def test_without_the_filter_autogenerate_would_drop_our_tables(empty_url: str, t
     app, db = _flask_migrate_app(empty_url, directory)
     with app.app_context():
         flask_migrate.init(directory=str(directory))
-        upgrade(get_state(app).audit.engine())
+        upgrade(AppAudit.of(app).engine())
         script = _autogenerate(app, directory, "unfiltered")
         db.engine.dispose()
     assert "op.drop_table('resilience_audit_log')" in script
@@ -195,8 +195,8 @@ def test_a_missing_table_is_one_clear_error_without_sql(
         with caplog.at_level(logging.ERROR, logger="flask_resilience"), app.app_context():
             for user in (1, 2):
                 log_auth_event(AuditEventType.LOGIN, user_id=user)
-                get_state(app).audit.writer.flush()
-        get_state(app).audit.engine().dispose()
+                AppAudit.of(app).writer.flush()
+        AppAudit.of(app).engine().dispose()
     logged = [record.getMessage() for record in caplog.records]
     named = [message for message in logged if "flask resilience db upgrade" in message]
     assert len(named) == 1

@@ -26,6 +26,7 @@ from flask_resilience import (
 from flask_resilience.cache.backends import PatternsNeedRedis
 from flask_resilience.cache.entry import CacheEntry, Stamp, decode
 from flask_resilience.cache.keys import DATA_VARIANT, full_key
+from flask_resilience.cache.service import AppCache
 from flask_resilience.responses import StoredResponse
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
@@ -96,7 +97,7 @@ def test_get_or_set_calls_the_loader_once_under_threads(app_and_ext: tuple[Flask
 
 def test_unreadable_l2_value_is_a_miss(app_and_ext: tuple[Flask, Resilience]) -> None:
     app, ext = app_and_ext
-    l2 = get_state(app).cache.layered.l2
+    l2 = AppCache.of(app).layered.l2
     assert l2 is not None
     for key, raw in [
         ("legacy", b"\x80\x04pickled-by-someone-else"),
@@ -147,7 +148,7 @@ def test_write_through_persists_before_caching(app_and_ext: tuple[Flask, Resilie
 
 def test_write_behind_retries_then_persists(app_and_ext: tuple[Flask, Resilience]) -> None:
     app, ext = app_and_ext
-    queue = get_state(app).cache.write_behind
+    queue = AppCache.of(app).write_behind
     queue.retry_delays = (0.0, 0.0, 0.0)
     attempts: list[int] = []
     done = threading.Event()
@@ -170,7 +171,7 @@ def test_write_behind_retries_then_persists(app_and_ext: tuple[Flask, Resilience
 
 def test_write_behind_drops_when_full_and_flushes_on_shutdown(make_app: MakeApp, redis_url: str) -> None:
     app, ext = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_CACHE_WRITE_BEHIND_QUEUE=2)
-    queue = get_state(app).cache.write_behind
+    queue = AppCache.of(app).write_behind
     queue.retry_delays = ()
     blocker = threading.Event()
     started = threading.Event()
@@ -253,7 +254,7 @@ def test_flask_caching_backend_stores_and_invalidates(flask_caching_app: Flask) 
     app = flask_caching_app
     client = app.test_client()
     client.get("/routes")
-    get_state(app).cache.layered.l1.clear()
+    AppCache.of(app).layered.l1.clear()
     hit = client.get("/routes")
     assert hit.headers["Cache-Status"].endswith("detail=l2")
     with app.app_context():

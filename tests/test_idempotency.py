@@ -23,6 +23,7 @@ from flask_resilience import (
     invalidate_idempotency_key,
     reset_replay_protection_stats,
 )
+from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
 from tests.clock import FakeClock
 from tests.conftest import MakeApp
@@ -312,7 +313,7 @@ def test_memory_layer_serves_replays(make_app: MakeApp, redis_url: str) -> None:
     for full_key in list(store.scan("idem:*")):
         store.delete(full_key)  # the shared record is gone; this process still remembers
     assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
-    assert get_state(app).idempotency.stats()["memory_entries"] == 1
+    assert AppIdempotency.of(app).stats()["memory_entries"] == 1
 
 
 def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis_url: str) -> None:
@@ -321,7 +322,7 @@ def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis
     store = get_state(app).redis
     assert store is not None and store.subscriber.wait_until_listening()
     client.post("/payments/p1", json={}, headers=key())
-    memory = get_state(app).idempotency.memory
+    memory = AppIdempotency.of(app).memory
     (record_key,) = list(memory.keys())
     copy = memory.get(record_key)
     for _ in range(3):
@@ -346,7 +347,7 @@ def test_replays_from_memory_are_the_replay_from_redis_and_share_no_headers(
     store = get_state(app).redis
     assert store is not None and store.subscriber.wait_until_listening()
     first = client.post("/payments/p1", json={}, headers=key())
-    get_state(app).idempotency.memory.clear()
+    AppIdempotency.of(app).memory.clear()
     from_redis = client.post("/payments/p1", json={}, headers=key())
     for full_key in list(store.scan("idem:*")):
         store.delete(full_key)  # from now on only this process's copy can answer
@@ -368,7 +369,7 @@ def test_ttl_expiry_follows_the_injected_clock(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_IDEMPOTENCY_TTL=60)
     client = build(app).test_client()
     clock = FakeClock(1_700_000_000)
-    get_state(app).idempotency.clock = clock
+    AppIdempotency.of(app).clock = clock
     client.post("/payments/p1", json={}, headers=key())
     clock.advance(59)
     assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
@@ -387,7 +388,7 @@ def test_store_unavailable_fails_closed_or_open(make_app: MakeApp) -> None:
     assert RUNS["pay"] == 0
     assert client.post("/open", headers=key()).status_code == 200
     assert RUNS["open"] == 1
-    stats = get_state(app).idempotency.stats()
+    stats = AppIdempotency.of(app).stats()
     assert (stats["store_errors"], stats["fail_open"]) == (2, 1)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.lifecycle import ProcessLocalWorker, fork_generation
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
@@ -114,11 +115,11 @@ def own_schema(postgres_url: str) -> Iterator[str]:
 
 
 def _engine_of(app: Any) -> Engine:
-    state = get_state(app)
-    checkpoints = state.audit.writer.checkpoints
+    audit = AppAudit.of(app)
+    checkpoints = audit.writer.checkpoints
     if checkpoints is not None and checkpoints.database_uri is not None:
-        return checkpoints.engine(state.audit.engine())
-    engine = state.database.engine()
+        return checkpoints.engine(audit.engine())
+    engine = get_state(app).database.engine()
     assert engine is not None
     return engine
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, inspect
 
 from .. import config as cfg
 from ..context import current_principal, current_request_id
-from ..state import get_state
+from ..state import Feature, ResilienceState
 from ..stores.sql import Database, process_safe_engine
 from . import transaction
 from .checkpoints import store_from_config
@@ -111,7 +111,12 @@ def _bounded(counter: Counter[str], key: str) -> None:
         counter["(other)"] += 1
 
 
-class AppAudit:
+FEATURE = "audit"
+
+
+class AppAudit(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -251,6 +256,12 @@ class AppAudit:
             return {"body_omitted": {"bytes": length, "content_type": content_type, "reason": "not JSON"}}
         return {"body": body}
 
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s audit log: its stats, its background work."""
+        super().register(state)
+        state.stats_providers["audit"] = self.stats
+        state.add_background(self)
+
     def stats(self, include_users: bool = False) -> AuditStatsSnapshot:
         """Counts of recorded entries and the writer's figures; per-user ones
         only with ``include_users`` (the caller is an admin)."""
@@ -284,4 +295,4 @@ def _migrate_if_missing(engine: Engine) -> None:
 
 
 def current_audit() -> AppAudit:
-    return get_state().audit
+    return AppAudit.of()

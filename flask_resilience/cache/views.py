@@ -14,10 +14,10 @@ from typing import Any, TypeVar, cast
 
 from flask import Request, Response, current_app, make_response, request
 
-from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
 from .plan import ViewPolicy, serve
+from .service import AppCache
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
 from .tags import validate_tags
 
@@ -76,7 +76,7 @@ def cached(
             def run() -> Response:
                 return make_response(current_app.ensure_sync(view)(*args, **kwargs))
 
-            return serve(get_state().cache, policy, run)
+            return serve(AppCache.of(), policy, run)
 
         return cast(F, wrapper)
 
@@ -96,7 +96,7 @@ def invalidates(
     def apply(response: Response) -> Response:
         if not 200 <= response.status_code < 300:
             return response
-        cache = get_state().cache
+        cache = AppCache.of()
         coherence = cache.coherence
         try:
             for tag in tag_list:

@@ -12,6 +12,7 @@ from flask import current_app
 from .. import config as cfg
 from ..responses import HeaderPolicy
 from ..signals import idempotency_conflict, idempotency_mismatch
+from ..state import Feature, ResilienceState
 from ..stats import Counters
 from ..stores.redis import RedisStore
 from .copies import Copies, NoCopies, ProcessCopies
@@ -64,7 +65,12 @@ class IdempotencyStats(TypedDict):
     enabled: bool
 
 
-class AppIdempotency:
+FEATURE = "idempotency"
+
+
+class AppIdempotency(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -151,6 +157,14 @@ class AppIdempotency:
         removed = self.records.delete_matching(pattern)
         self.memory.forget(pattern)
         return removed
+
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s idempotency service: its stats, its listener,
+        its background work."""
+        super().register(state)
+        state.stats_providers["replay_protection"] = self.stats
+        self.listen()
+        state.add_background(self)
 
     def listen(self) -> None:
         """Keep the memory layer coherent with other processes' invalidations."""

@@ -14,19 +14,15 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, make_response, request
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from ..context import current_principal
 from ..problems import Problem
-from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
 from .flight import Flight
@@ -43,6 +39,7 @@ from .protocol import (
     parse_key,
     record_key,
 )
+from .replays import replay
 from .service import AppIdempotency
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -173,7 +170,7 @@ def _decorated(app: Flask, req: Request) -> bool:
 def run_protected(options: Options, view: Callable[[], Any]) -> Any:
     """The one policy: claim the key (or answer for the view), run the view,
     keep its outcome as the key's outcome."""
-    service = get_state().idempotency
+    service = AppIdempotency.of()
     if not service.enabled or request.method not in options.methods:
         return view()
     flight = _begin(service, options)
@@ -354,55 +351,8 @@ def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> C
     return None
 
 
-def replay(record: Completed, header: str, key: str, *, reused: bool = False) -> Response:
-    """The stored response, byte for byte, marked as a replay.
-
-    ``reused``: the record is the memory layer's, replayed again and again:
-    its headers are built and checked once, then copied for each replay.
-    """
-    stored = record.response
-    built = _built.get(id(record)) if reused else None
-    if built is None or built[0]() is not record or built[1] != header or built[2] != key:
-        headers = Headers(_replay_headers(record, header, key))  # checks every value once
-        if not reused:
-            return Response(stored.body, status=stored.status, headers=headers)
-        if len(_built) >= 1024:
-            _built.clear()
-        built = _built[id(record)] = (weakref.ref(record), header, key, headers)
-    headers = Headers()
-    headers._list = built[3]._list.copy()  # checked values, in werkzeug's own storage
-    return Response(stored.body, status=stored.status, headers=headers)
-
-
-# id(record) -> (the record, weakly; header; key; its replay headers, checked)
-_built: dict[int, tuple[weakref.ref[Completed], str, str, Headers]] = {}
-
-
-def _replay_headers(record: Completed, header: str, key: str) -> list[tuple[str, str]]:
-    stored = record.response
-    replaced = _replaced(header)
-    return [
-        *((name, value) for name, value in stored.headers if name.lower() not in replaced),
-        (header, key),
-        ("X-Idempotency-Replayed", "true"),
-        ("X-Original-Timestamp", _timestamp(stored.created_at)),
-    ]
-
-
 @functools.lru_cache(maxsize=64)
 def _environ_key(header: str) -> str:
     """Where WSGI puts ``header`` (what ``request.headers.get(header)`` reads)."""
     name = header.upper().replace("-", "_")
     return name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"
-
-
-@functools.lru_cache(maxsize=16)
-def _replaced(header: str) -> frozenset[str]:
-    """The headers a replay sets (any stored ones of those names are dropped)."""
-    return frozenset({header.lower(), "x-idempotency-replayed", "x-original-timestamp"})
-
-
-@functools.lru_cache(maxsize=256)
-def _timestamp(created_at: float) -> str:
-    """ISO 8601 in UTC; cached, as hot keys replay the same record many times."""
-    return datetime.fromtimestamp(created_at, UTC).isoformat().replace("+00:00", "Z")

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from ..audit.service import FEATURE as AUDIT
+from ..audit.service import AppAudit
+from ..breaker.api import FEATURE as BREAKERS
+from ..breaker.registry import BreakerRegistry
 from ..breaker.states import State
+from ..cache.service import FEATURE as CACHE
+from ..cache.service import AppCache
+from ..idempotency.service import FEATURE as IDEMPOTENCY
+from ..idempotency.service import AppIdempotency
 from ..state import ResilienceState
 
 Labels = tuple[str, ...]
@@ -61,9 +69,9 @@ def _from_table(family: Family, table: Mapping[str, Any], names: Mapping[str, st
 def read(state: ResilienceState) -> Iterator[Family]:
     """The app's figures in this process, family by family."""
     yield from _breakers(state)
-    yield from _cache(state.cache.stats())
-    yield from _audit(state.audit.stats(include_users=False))
-    yield from _idempotency(state.idempotency.stats())
+    yield from _cache(cast("AppCache", state.features[CACHE]).stats())
+    yield from _audit(cast("AppAudit", state.features[AUDIT]).stats(include_users=False))
+    yield from _idempotency(cast("AppIdempotency", state.features[IDEMPOTENCY]).stats())
 
 
 def _breakers(state: ResilienceState) -> Iterator[Family]:
@@ -80,7 +88,7 @@ def _breakers(state: ResilienceState) -> Iterator[Family]:
     slow = Family(
         "resilience_circuit_slow_calls", "counter", "Calls slower than the slow-call limit", ("circuit",)
     )
-    for name, stats in state.extension.breakers.stats().items():
+    for name, stats in cast("BreakerRegistry", state.features[BREAKERS]).stats().items():
         for candidate in State:
             states.add(1.0 if stats["state"] == candidate.value else 0.0, name, candidate.value)
         outcomes = {
