@@ -22,10 +22,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from time import perf_counter_ns
 from typing import Any
 
 from sqlalchemy import Engine
 
+from ..histograms import Batches
 from ..lifecycle import ProcessLocalWorker, no_exit, terminating
 from .chain import Chain, adoption_entry, closing_entry, opening_entry
 from .checkpoints import CheckpointStore
@@ -88,6 +90,7 @@ class AuditWriter(ProcessLocalWorker):
         self.engine: Engine | None = None
         self._prepared = False
         self._counts: Counter[str] = Counter()
+        self.batches = Batches()  # flush durations and sizes (Prometheus histograms)
         self.last_flush: datetime | None = None
         # Where chain heads are checkpointed, and PostgreSQL partitions kept
         # ahead (set by AppAudit.from_config).
@@ -268,7 +271,8 @@ class AuditWriter(ProcessLocalWorker):
         """Store what is queued (and what waits on disk) now."""
         self.in_this_process()
         with no_exit, self._flush_lock:
-            self._flush()
+            began = perf_counter_ns()
+            self.batches.record(began, self._flush())
 
     def _take(self) -> tuple[list[tuple[dict[str, Any], bool]], bool, int, int]:
         with self._lock:

@@ -10,6 +10,7 @@ from typing import Any, TypedDict, cast
 from flask import current_app
 
 from .. import config as cfg
+from ..histograms import Timings
 from ..responses import HeaderPolicy
 from ..signals import idempotency_conflict, idempotency_mismatch
 from ..stats import Counters
@@ -86,6 +87,8 @@ class AppIdempotency:
         self.max_body_bytes = max_body_bytes
         self.headers = headers
         self.counters = Counters()
+        # Time to claim a key, and to wait for the request that holds it (Prometheus histograms).
+        self.lock_wait = {"claim": Timings(), "in_progress": Timings()}
         self.memory: Copies = NoCopies()
         self._clock: Callable[[], float] = time.time
 
