@@ -131,6 +131,19 @@ def test_the_generated_table_documents_the_key(setting: Setting[object]) -> None
     assert setting.doc in row
 
 
+def test_every_key_the_docs_name_exists() -> None:
+    """A renamed or removed key must not live on in the docs (the test
+    suite's own RESILIENCE_TEST_* variables are not configuration keys)."""
+    keys = {setting.key for setting in SETTINGS}
+    named = {
+        (path.name, name)
+        for path in documentation_files()
+        for name in re.findall(r"\bRESILIENCE_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+        if not name.startswith("RESILIENCE_TEST_")
+    }
+    assert {(page, name) for page, name in named if name not in keys} == set()
+
+
 def test_configuration_page_uses_the_generated_table() -> None:
     page = (DOCS / "configuration.rst").read_text()
     assert ".. resilience-config-table::" in page
