@@ -148,19 +148,24 @@ def test_every_call_off_the_lock_free_path_is_timed_on_the_breakers_clock() -> N
     assert next(count for bound, count in snapshot.buckets if bound >= 8.0) == 3
 
 
-def test_failures_count_once(make_app: MakeApp) -> None:
+def test_failures_are_timed_off_the_lock_free_path_only(make_app: MakeApp) -> None:
     app, extension = make_app()
-    breaker = extension.circuit_breaker("failing", failure_threshold=1000)
+    timed = extension.circuit_breaker("failing-timed", failure_threshold=1000, slow_call_duration=10.0)
+    untimed = extension.circuit_breaker("failing-fast", failure_threshold=1000)
 
     def fail() -> None:
         raise OSError("down")
 
-    for _ in range(3 * SAMPLE):
-        with pytest.raises(OSError, match="down"):
-            breaker.call(fail)
-    # Sampled on the lock-free path like successes: 3 samples, each standing for SAMPLE.
+    for breaker in (timed, untimed):
+        for _ in range(5):
+            with pytest.raises(OSError, match="down"):
+                breaker.call(fail)
     family = collected(app)["resilience_circuit_call_duration_seconds"]
-    assert check_shape(family, circuit="failing") == 3 * SAMPLE
+    # A slow-call rule takes every call off the lock-free path: each is timed once.
+    assert check_shape(family, circuit="failing-timed") == 5
+    # On the lock-free path only successes set up the sample (documented).
+    assert not [s for s in family.samples if s.labels.get("circuit") == "failing-fast"]
+    assert untimed.stats()["failures"] == 5
 
 
 # -- the app's histograms, scraped ---------------------------------------------------------
@@ -173,7 +178,7 @@ def app(make_app: MakeApp, redis_url: str, tmp_path: Path) -> Flask:
         RESILIENCE_ADMIN_TOKEN=TOKEN,
         RESILIENCE_AUDIT_SPILL_PATH=str(tmp_path / "audit.journal"),
     )
-    partner = extension.circuit_breaker("partner")
+    partner = extension.circuit_breaker("partner", slow_call_duration=5.0)  # every call timed
 
     @app.get("/fares")
     @cached(60)

@@ -23,7 +23,6 @@ its own.
 from __future__ import annotations
 
 import contextvars
-import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,7 +48,7 @@ class CircuitBreaker(Protection, OperatorControls):
         self._explicit = dict(explicit or {})
         self._lock = threading.Lock()
         self.durations = Timings()  # calls' durations, for the Prometheus histogram
-        self._fast_tick = itertools.count().__next__  # picks the lock-free path's timed sample
+        self._sample_next = False  # the lock-free path times its next call (see wrapping.SAMPLE)
         self._state = State.CLOSED
         self._open_until = 0.0
         self._trials = Trials()

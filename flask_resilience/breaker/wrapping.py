@@ -25,11 +25,12 @@ from .states import CircuitOpenError, State, Trial
 if TYPE_CHECKING:
     from ..histograms import Timings
 
-# One call in SAMPLE on the lock-free path (CLOSED, count-based rules) is
-# timed and stands for SAMPLE calls in the duration histogram: two clock
-# reads on every call would double that path's cost. Calls on every other
-# path are each timed.
-SAMPLE = 8
+# On the lock-free path (CLOSED, count-based rules) the call after every
+# SAMPLE-th success is timed and stands for SAMPLE calls in the duration
+# histogram (an estimate: racing threads may each take the sample); two clock
+# reads on every call would nearly double that path's cost. Failures there
+# are not timed. Calls on every other path are each timed.
+SAMPLE = 32
 _SAMPLE_MASK = SAMPLE - 1  # a power of two: a mask is cheaper than %
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Protection:
         def _admit(self) -> Trial | tuple[str, State, float | None] | None: ...
 
         _count_fast_success: Callable[[], int]
-        _fast_tick: Callable[[], int]
+        _sample_next: bool
         durations: Timings
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -78,15 +79,16 @@ class Protection:
         if self._fast:
             # CLOSED with count-based rules only: a success changes nothing but
             # a counter, so it takes no lock and (but for the timed sample) reads no clock.
-            if self._fast_tick() & _SAMPLE_MASK:
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    self._fast_failure(exc)
-                    raise
-                self._count_fast_success()
-                return result
-            return self._timed_fast_call(fn, *args, **kwargs)
+            if self._sample_next:
+                return self._timed_fast_call(fn, *args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._fast_failure(exc)
+                raise
+            if not self._count_fast_success() & _SAMPLE_MASK:
+                self._sample_next = True
+            return result
         fallback = self._config.fallback
         try:
             trial = self._admit()
@@ -109,6 +111,7 @@ class Protection:
 
     def _timed_fast_call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """The lock-free path's timed sample: its duration stands for SAMPLE calls."""
+        self._sample_next = False
         began = perf_counter_ns()
         try:
             result = fn(*args, **kwargs)
@@ -177,15 +180,16 @@ class Protection:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if self._fast:  # call()'s lock-free path, inlined: decorators are the common use
-                if self._fast_tick() & _SAMPLE_MASK:
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as exc:
-                        self._fast_failure(exc)
-                        raise
-                    self._count_fast_success()
-                    return result
-                return self._timed_fast_call(fn, *args, **kwargs)
+                if self._sample_next:
+                    return self._timed_fast_call(fn, *args, **kwargs)
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._fast_failure(exc)
+                    raise
+                if not self._count_fast_success() & _SAMPLE_MASK:
+                    self._sample_next = True
+                return result
             return self.call(fn, *args, **kwargs)
 
         return wrapper

@@ -84,7 +84,7 @@ def _histograms(state: ResilienceState) -> Iterator[Family]:
     calls = Family(
         "resilience_circuit_call_duration_seconds",
         "histogram",
-        "Duration of calls through each circuit (one in 8 sampled on the lock-free CLOSED path)",
+        "Duration of calls through each circuit (sampled, 1 in 32, on the lock-free CLOSED path)",
         ("circuit",),
     )
     for breaker in state.extension.breakers:
