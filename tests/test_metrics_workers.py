@@ -17,7 +17,7 @@ from tests.clock import eventually
 from tests.gunicorn_server import Server, gunicorn
 
 TOKEN = "metrics-test-admin-token"
-# What README.rst tells gunicorn users to put in gunicorn.conf.py.
+# What docs/health.rst tells gunicorn users to put in gunicorn.conf.py.
 GUNICORN_CONFIG = """
 from prometheus_client import multiprocess
 
