@@ -68,7 +68,7 @@ class LayeredCache:
             clock=clock,
             sizeof=lambda stored: len(stored[0].body) + 200,
         )
-        # Without a second layer nothing else can invalidate: no cap (README, embedded mode).
+        # Without a second layer nothing else can invalidate: no cap (docs/cache.rst, embedded mode).
         self.l1_max_ttl = l1_max_ttl if l2 is not None else None
         self.clock = clock
         self.stats = CacheStats()

@@ -212,7 +212,8 @@ def _warn_on_eviction(redis: RedisStore) -> None:
     if str(policy) != "noeviction":
         logger.warning(
             "Redis at %s: maxmemory-policy is %s: it may evict idempotency records under memory "
-            "pressure, and a retry then runs the request again; use noeviction (README: Redis requirements)",
+            "pressure, and a retry then runs the request again; use noeviction "
+            "(docs/cache.rst: Redis requirements)",
             redis.prefix,
             policy,
         )
