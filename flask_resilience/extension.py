@@ -27,7 +27,7 @@ from .breaker.link import LocalSharing, Sharing
 from .breaker.registry import BreakerRegistry
 from .breaker.shared import RedisSharing
 from .breaker.states import State as CircuitState
-from .cache.data import DataCache
+from .cache.access import CacheAccess
 from .cache.service import AppCache
 from .cli import resilience as resilience_cli
 from .context import begin_request, finish_request
@@ -51,6 +51,7 @@ from .state import (
 from .stores.redis import RedisStore, build_client
 from .stores.sql import Database
 
+_CACHE_ACCESS = CacheAccess()
 logger = logging.getLogger("flask_resilience")
 
 register_audit_commands(resilience_cli)
@@ -169,10 +170,11 @@ class Resilience:
         return register
 
     @property
-    def cache(self) -> DataCache:
+    def cache(self) -> CacheAccess:
         """The current app's data cache: ``get``, ``set``, ``delete``,
-        ``get_or_set``, ``write_through``, ``write_behind``."""
-        return AppCache.of().data
+        ``get_or_set``, ``write_through``, ``write_behind``, ``memoize``,
+        ``delete_memoized`` (``memoize`` works before any app exists)."""
+        return _CACHE_ACCESS
 
     def audit_blueprint(
         self,

@@ -206,7 +206,10 @@ def flask_caching_cache(value: object) -> object | None:
         return None
     # Looked up on the class: Cache.cache is a property that needs an app context.
     if not all(hasattr(type(value), name) for name in ("get", "set", "delete_many", "cache")):
-        raise Invalid("expected a flask_caching.Cache instance")
+        raise Invalid(
+            "expected a flask_caching.Cache instance (Flask-Caching comes with the flask-caching extra: "
+            "pip install 'Flask-Resilience[flask-caching]')"
+        )
     return value
 
 

@@ -63,7 +63,7 @@ VECTOR_CANONICAL = (
 
 
 def test_canonical_form_test_vector() -> None:
-    """The README's worked example: a verifier in any language must get these bytes and hashes."""
+    """The worked example in docs/audit.rst: a verifier in any language must get these bytes and hashes."""
     assert canonical(VECTOR_ROW) == VECTOR_CANONICAL.encode()
     data = GENESIS.encode() + VECTOR_CANONICAL.encode()
     unkeyed = "3e602d77bfdcf750841917288ed55269594d931cbb7a5c5f37aad7b441a3e408"

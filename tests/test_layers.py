@@ -10,7 +10,8 @@ public API, so every module would otherwise sit in one circle with it).
 The layers, bottom to top (a module imports its own layer or lower ones):
 
 0. plumbing: ``stores/``, ``config``, ``validators``, ``times``,
-   ``responses``, ``lifecycle``, ``signals``, ``stats``, ``version``
+   ``responses``, ``lifecycle``, ``signals``, ``stats``, ``histograms``,
+   ``version``
 1. ``state``: per-app state, the features registry and the app's hooks
 2. request plumbing every feature shares: ``context`` (request id,
    principal), ``problems`` (problem+json), ``logs``
@@ -33,7 +34,18 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 MAX_LINES = 400
 
 PLUMBING = frozenset(
-    {"stores", "config", "validators", "times", "responses", "lifecycle", "signals", "stats", "version"}
+    {
+        "stores",
+        "config",
+        "validators",
+        "times",
+        "responses",
+        "lifecycle",
+        "signals",
+        "stats",
+        "histograms",
+        "version",
+    }
 )
 STATE = frozenset({"state"})
 REQUEST = frozenset({"context", "problems", "logs"})

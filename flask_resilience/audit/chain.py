@@ -6,7 +6,7 @@ breaks its link; deleting one leaves a gap in ``seq``. A chain starts with a
 ``CHAIN_OPENED`` entry and a clean shutdown ends it with ``CHAIN_CLOSED``, so a
 cut tail shows (see ``checkpoints.py`` for the signed heads that prove it).
 
-The canonical form (README.rst, "Canonical form") is a JSON array of the
+The canonical form (docs/audit.rst, "Canonical form") is a JSON array of the
 ``HASHED`` fields in that order, as ``json.dumps(values, sort_keys=True,
 separators=(",", ":"), ensure_ascii=True)`` writes it: no whitespace, object
 keys sorted, non-ASCII as ``\\uXXXX`` escapes, timestamps as naive-UTC ISO 8601

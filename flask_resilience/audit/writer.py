@@ -18,10 +18,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from time import perf_counter_ns
 from typing import Any
 
 from sqlalchemy import Engine
 
+from ..histograms import Batches
 from ..lifecycle import no_exit, terminating
 from .chain import Chain, adoption_entry, closing_entry
 from .checkpoints import CheckpointStore
@@ -69,6 +71,7 @@ class AuditWriter(AuditIntake):
         self.prepare: Callable[[Engine], None] | None = None
         self.engine: Engine | None = None
         self._prepared = False
+        self.batches = Batches()  # flush durations and sizes (Prometheus histograms)
         self.last_flush: datetime | None = None
         # Where chain heads are checkpointed, and PostgreSQL partitions kept
         # ahead (set by AppAudit.from_config).
@@ -157,7 +160,8 @@ class AuditWriter(AuditIntake):
         """Store what is queued (and what waits on disk) now."""
         self.in_this_process()
         with no_exit, self._flush_lock:
-            self._flush()
+            began = perf_counter_ns()
+            self.batches.record(began, self._flush())
 
     def _take(self) -> tuple[list[tuple[dict[str, Any], bool]], bool, int, int]:
         with self._lock:

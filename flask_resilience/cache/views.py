@@ -38,8 +38,10 @@ def cached(
     vary_host: bool = True,
     strategy: CacheStrategy = CacheStrategy.CACHE_ASIDE,
     invalidation: InvalidationStrategy = InvalidationStrategy.TTL,
+    timeout: int | None = None,
+    unless: Callable[[], bool] | None = None,
 ) -> Callable[[F], F]:
-    """Cache a GET/HEAD view's response in both layers (see README for the HTTP rules).
+    """Cache a GET/HEAD view's response in both layers (see the docs for the HTTP rules).
 
     ``ttl`` in seconds (default ``RESILIENCE_CACHE_DEFAULT_TTL``); ``tags``
     for :func:`invalidate_cache_by_tag`; ``per_user`` keys on the caller's
@@ -49,7 +51,10 @@ def cached(
     ``vary_host=False`` leaves scheme and host out of the key (only for apps
     that pin ``SERVER_NAME``/trusted hosts). On a hit the view does not run:
     authorize in ``before_request`` or in a decorator placed above this one.
+    Flask-Caching's spellings work too: ``timeout`` is ``ttl``, and
+    ``unless()`` returning True skips the cache (``condition`` returning False).
     """
+    ttl, condition = _flask_caching_spellings(ttl, timeout, condition, unless)
     check_ttl(ttl)
     if CacheStrategy(strategy) not in VIEW_STRATEGIES:
         raise ValueError(
@@ -81,6 +86,25 @@ def cached(
         return cast(F, wrapper)
 
     return decorator
+
+
+def _flask_caching_spellings(
+    ttl: int | None,
+    timeout: int | None,
+    condition: Callable[[Request], bool] | None,
+    unless: Callable[[], bool] | None,
+) -> tuple[int | None, Callable[[Request], bool] | None]:
+    """``ttl`` and ``condition`` from either spelling; both spellings of one is a TypeError."""
+    if timeout is not None:
+        if ttl is not None:
+            raise TypeError("give ttl= or its Flask-Caching spelling timeout=, not both")
+        ttl = timeout
+    if unless is not None:
+        if condition is not None:
+            raise TypeError("give condition= or its Flask-Caching spelling unless=, not both")
+        skip = unless
+        condition = lambda _request: not skip()  # noqa: E731
+    return ttl, condition
 
 
 def invalidates(

@@ -2,7 +2,7 @@
 
 A key is written once, as a :class:`Setting`: its name in ``app.config``, its
 default, the seed's environment variable that may supply it, the parser that
-validates it, and one line of documentation (README.rst lists the same table).
+validates it, and one line of documentation (docs/configuration.rst shows the table, generated from it).
 
 Precedence, highest first: a keyword argument to ``Resilience(...)``, a value
 already in ``app.config``, the environment variable of the same name

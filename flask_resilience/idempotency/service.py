@@ -10,6 +10,7 @@ from typing import Any, TypedDict, cast
 from flask import current_app
 
 from .. import config as cfg
+from ..histograms import Timings
 from ..responses import HeaderPolicy
 from ..signals import idempotency_conflict, idempotency_mismatch
 from ..state import Feature, ResilienceState
@@ -92,6 +93,8 @@ class AppIdempotency(Feature):
         self.max_body_bytes = max_body_bytes
         self.headers = headers
         self.counters = Counters()
+        # Time to claim a key, and to wait for the request that holds it (Prometheus histograms).
+        self.lock_wait = {"claim": Timings(), "in_progress": Timings()}
         self.memory: Copies = NoCopies()
         self._clock: Callable[[], float] = time.time
 
@@ -223,7 +226,8 @@ def _warn_on_eviction(redis: RedisStore) -> None:
     if str(policy) != "noeviction":
         logger.warning(
             "Redis at %s: maxmemory-policy is %s: it may evict idempotency records under memory "
-            "pressure, and a retry then runs the request again; use noeviction (README: Redis requirements)",
+            "pressure, and a retry then runs the request again; use noeviction "
+            "(docs/cache.rst: Redis requirements)",
             redis.prefix,
             policy,
         )

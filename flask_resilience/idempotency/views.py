@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, make_response, request
@@ -277,7 +278,9 @@ def _claim(flight: Flight, options: Options) -> Flight | Response | None:
     service, endpoint = flight.service, flight.endpoint
     read_at = time.monotonic()  # before the read: a copy of it must not outlive a later invalidation
     try:
+        began = perf_counter_ns()
         claim = service.records.claim(flight.record_key, flight.fingerprint, service.lease)
+        service.lock_wait["claim"].since(began)
     except StoreUnavailableError as exc:
         service.counters.count("store_errors", endpoint)
         if options.fail_open:
@@ -304,7 +307,9 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, read_a
     service = flight.service
     decision = decide(existing, flight.fingerprint, service.clock())
     if decision is Decision.IN_PROGRESS and options.wait:
+        began = perf_counter_ns()
         existing = _wait_for_completion(service, flight.record_key, options.wait) or existing
+        service.lock_wait["in_progress"].since(began)
         decision = decide(existing, flight.fingerprint, service.clock())
     headers = {options.header: flight.key}
     if decision is Decision.REPLAY:
