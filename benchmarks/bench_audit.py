@@ -34,19 +34,19 @@ from typing import Any
 import psycopg
 import sqlalchemy
 from flask import Flask
-from harness import interleaved
+from harness import Figure, interleaved, print_figures
 from sqlalchemy import text
 
 from flask_resilience import AuditEventType, Resilience, log_data_change
 from flask_resilience.audit.chain import GENESIS, HASHED, canonical, link_hash
 from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.keys import derive_key
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.partitions import create_partition, period_start
 from flask_resilience.audit.purge import purge
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log
-from flask_resilience.audit.writer import _row
-from flask_resilience.state import get_state
 
 _COLUMNS = [column.name for column in audit_log.columns]
 
@@ -91,7 +91,7 @@ def enqueue_cost_us(url: str, number: int, journal: str | None = None) -> float:
                     AuditEventType.UPDATE, "fare", index, {"price": {"old": 1, "new": 2}}, user_id=1
                 )
             best = min(best, (time.perf_counter() - started) / number * 1e6)
-        get_state(app).audit.writer._queue.clear()  # not measuring the database here
+        AppAudit.of(app).writer._queue.clear()  # not measuring the database here
     extension.shutdown()
     return best
 
@@ -104,7 +104,7 @@ def writer_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str,
         RESILIENCE_AUDIT_MAX_QUEUE=10**7,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=50,
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         log_data_change(AuditEventType.UPDATE, "fare", -1, {"warm": True})
         writer.flush()
@@ -115,7 +115,7 @@ def writer_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str,
         while writer.counts()["written"] < number + 1:
             pause.wait(0.001)
         elapsed = time.perf_counter() - started
-        with get_state(app).audit.engine().connect() as connection:
+        with AppAudit.of(app).engine().connect() as connection:
             rows = [
                 dict(row._mapping) for row in connection.execute(sqlalchemy.select(audit_log).limit(number))
             ]
@@ -133,7 +133,7 @@ def _fresh(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def flush_rows_per_second(url: str, number: int) -> float:
+def flush_rows_per_second(url: str, number: int) -> tuple[float, list[dict[str, Any]]]:
     """The writer's own rate: entries already queued, one flush (chain + COPY)."""
     app, extension = app_for(
         url,
@@ -141,7 +141,7 @@ def flush_rows_per_second(url: str, number: int) -> float:
         RESILIENCE_AUDIT_MAX_QUEUE=10**9,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=10**9,
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         log_data_change(AuditEventType.UPDATE, "fare", -1, {"warm": True})
         writer.flush()
@@ -150,8 +150,11 @@ def flush_rows_per_second(url: str, number: int) -> float:
         started = time.perf_counter()
         writer.flush()
         elapsed = time.perf_counter() - started
+        with AppAudit.of(app).engine().connect() as connection:
+            query = sqlalchemy.select(audit_log).order_by(audit_log.c.seq.desc()).limit(number)
+            rows = [dict(row._mapping) for row in connection.execute(query)]
     extension.shutdown()
-    return number / elapsed
+    return number / elapsed, rows
 
 
 def copy_rows_per_second(dsn: str, schema: str, rows: list[dict[str, Any]]) -> float:
@@ -202,7 +205,11 @@ def chain_costs_us(number: int) -> dict[str, float]:
         user_id="1",
         changes={"price": {"old": 1, "new": 2}},
     )
-    row = {**_row(entry, datetime.now(UTC).replace(tzinfo=None)), "chain_id": str(uuid.uuid4()), "seq": 7}
+    row = {
+        **entry_row(entry, datetime.now(UTC).replace(tzinfo=None)),
+        "chain_id": str(uuid.uuid4()),
+        "seq": 7,
+    }
     key = derive_key("bench-secret")
     contenders: dict[str, Callable[[], Any]] = {
         "canonical form": lambda: canonical(row),
@@ -297,19 +304,81 @@ def integrity(database_url: str, dsn: str, purge_rows: int) -> None:
     print(f"  ratio DELETE / drop: {deleted / dropped:.1f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--purge-rows", type=int, default=200_000)
-    parser.add_argument("--part", choices=["all", "writer", "integrity"], default="all")
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    dsn = (
-        sqlalchemy.engine.make_url(args.database_url)
+DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _dsn(database_url: str) -> str:
+    return (
+        sqlalchemy.engine.make_url(database_url)
         .set(drivername="postgresql")
         .render_as_string(hide_password=False)
     )
+
+
+def writer_against_copy(url: str, dsn: str, schema: str, number: int, rounds: int) -> tuple[float, float]:
+    """Rows/s of the writer alone (a flush of queued entries) and of raw COPY
+    of the same rows, taking turns, best of ``rounds`` each."""
+    flush = copy = 0.0
+    for _ in range(rounds):
+        rate, rows = flush_rows_per_second(url, number)
+        flush = max(flush, rate)
+        copy = max(copy, copy_rows_per_second(dsn, schema, rows))
+    return flush, copy
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    """The producer's cost per entry, and the writer alone against raw COPY."""
+    logging.disable(logging.WARNING)
+    dsn = _dsn(DATABASE_URL)
+    schema, url = scratch_schema(DATABASE_URL)
+    engine = sqlalchemy.create_engine(url)
+    upgrade(engine)
+    entries, rows = (1000, 2000) if quick else (5000, 20_000)
+    try:
+        producer = enqueue_cost_us(url, entries)
+        producer_memory = enqueue_cost_us(url, entries, journal="off")
+        flush, copy = writer_against_copy(url, dsn, schema, rows, 2 if quick else 3)
+    finally:
+        engine.dispose()
+        with sqlalchemy.create_engine(DATABASE_URL).begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        shutil.rmtree(JOURNALS, ignore_errors=True)
+    return [
+        Figure(
+            "audit producer cost per entry (journal on)",
+            producer,
+            None,
+            None,
+            "<= 8 us",
+            producer <= 8,
+            note="log_data_change, caller's thread: build, redact, storable, count, link, journal, queue",
+        ),
+        Figure("audit producer cost per entry (journal off)", producer_memory, None, None, "-", None),
+        Figure(
+            "audit writer alone vs raw COPY (PostgreSQL)",
+            flush,
+            copy,
+            flush / copy,
+            ">= 0.75",
+            flush / copy >= 0.75,
+            "rows/s",
+            f"{rows} queued entries stored by one flush, beside psycopg COPY of the same rows",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DATABASE_URL)
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--purge-rows", type=int, default=200_000)
+    parser.add_argument("--part", choices=["all", "writer", "integrity", "figures"], default="all")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    if args.part == "figures":
+        print_figures(figures())
+        return
+    dsn = _dsn(args.database_url)
     if args.part in ("all", "integrity"):
         integrity(args.database_url, dsn, args.purge_rows)
     if args.part in ("all", "writer"):
@@ -324,7 +393,7 @@ def writer(database_url: str, dsn: str, number: int) -> None:
         enqueue = enqueue_cost_us(url, 5000)
         enqueue_memory = enqueue_cost_us(url, 5000, journal="off")
         ours, rows = writer_rows_per_second(url, number)
-        flush_only = flush_rows_per_second(url, number)
+        flush_only, _rows = flush_rows_per_second(url, number)
         copy = copy_rows_per_second(dsn, schema, rows)
         per_row = per_row_rows_per_second(dsn, schema, rows[:2000])
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 import circuitbreaker
 import pybreaker
 from flask import Flask
-from harness import interleaved
+from harness import Figure, interleaved, print_figures
 
 from flask_resilience import CircuitOpenError, Resilience
 from flask_resilience.breaker.breaker import CircuitBreaker
@@ -99,38 +99,85 @@ def opened_circuitbreaker() -> Callable[[], None]:
     return breaker(noop)  # type: ignore[no-any-return]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--number", type=int, default=100_000)
-    args = parser.parse_args()
-    n = args.number
-    logging.disable(logging.WARNING)  # the forced-open breakers would log their transitions
-
+def closed_overheads(redis_url: str, number: int, rounds: int = 9) -> tuple[float, dict[str, float]]:
+    """The plain call's time and each breaker's CLOSED overhead over it, in ns, one interleaved run."""
     local = ours_local()
-    shared, extension = ours_redis(args.redis_url)
+    shared, extension = ours_redis(redis_url)
     pyb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
     # circuitbreaker checks its state only in the decorator (its call() does
     # not), so the decorated form is the one that protects anything.
     cbk_noop = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60, name="cb")(noop)
     local_noop = local(noop)
-
-    # The plain call goes through the same lambda harness, so only the breaker differs.
-    timings = interleaved(
-        {
-            "plain": lambda: noop(),
-            "flask-resilience (local)": lambda: local.call(noop),
-            "flask-resilience (local, @)": lambda: local_noop(),
-            "flask-resilience (redis)": lambda: shared.call(noop),
-            "pybreaker": lambda: pyb.call(noop),
-            "circuitbreaker (@)": lambda: cbk_noop(),
-        },
-        n,
-        rounds=9,
-        unit=1e9,
-    )
+    try:
+        # The plain call goes through the same lambda harness, so only the breaker differs.
+        timings = interleaved(
+            {
+                "plain": lambda: noop(),
+                "flask-resilience (local)": lambda: local.call(noop),
+                "flask-resilience (local, @)": lambda: local_noop(),
+                "flask-resilience (redis)": lambda: shared.call(noop),
+                "pybreaker": lambda: pyb.call(noop),
+                "circuitbreaker (@)": lambda: cbk_noop(),
+            },
+            number,
+            rounds=rounds,
+            unit=1e9,
+        )
+    finally:
+        extension.shutdown()
     plain = timings.pop("plain")
-    closed = {name: value - plain for name, value in timings.items()}
+    return plain, {name: value - plain for name, value in timings.items()}
+
+
+def closed_figures(closed: dict[str, float]) -> list[Figure]:
+    ours = closed["flask-resilience (local)"]
+    cbk, pyb = closed["circuitbreaker (@)"], closed["pybreaker"]
+    shared = closed["flask-resilience (redis)"]
+    return [
+        Figure(
+            "breaker CLOSED overhead vs circuitbreaker",
+            ours,
+            cbk,
+            ours / cbk,
+            "<= 0.50",
+            ours / cbk <= 0.5,
+            "ns",
+        ),
+        Figure(
+            "breaker CLOSED overhead vs pybreaker", ours, pyb, ours / pyb, "<= 0.25", ours / pyb <= 0.25, "ns"
+        ),
+        Figure(
+            "breaker CLOSED overhead, shared state (Redis) vs local",
+            shared,
+            ours,
+            shared / ours,
+            "-",
+            None,
+            "ns",
+            "a successful CLOSED call sends no Redis command (state mirrored through pub/sub)",
+        ),
+    ]
+
+
+def figures(quick: bool = False) -> list[Figure]:
+    """CLOSED overhead of a protected no-op call, ours beside circuitbreaker and pybreaker."""
+    logging.disable(logging.WARNING)
+    _plain, closed = closed_overheads(REDIS_URL, 10_000 if quick else 100_000, rounds=5 if quick else 9)
+    return closed_figures(closed)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument("--number", type=int, default=100_000)
+    args = parser.parse_args()
+    n = args.number
+    logging.disable(logging.WARNING)  # the forced-open breakers would log their transitions
+
+    plain, closed = closed_overheads(args.redis_url, n)
 
     open_local = ours_local()
     open_local.force_open()
@@ -157,7 +204,6 @@ def main() -> None:
         "flask-resilience (local)": threads_wall(ours_local().call),
         "pybreaker": threads_wall(pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60).call),
     }
-    extension.shutdown()
 
     print(f"plain no-op call through the harness: {plain:.0f} ns\n")
     print(f"{'CLOSED overhead per call':32} {'ns':>8}")
@@ -181,6 +227,9 @@ def main() -> None:
     raised = rejections["flask-resilience (raise)"]
     print(f"  rejection, ours (raise) / pybreaker:    {raised / rejections['pybreaker']:.2f}")
     print(f"  rejection, ours (raise) / circuitbreaker: {raised / rejections['circuitbreaker (@)']:.2f}")
+
+    print()
+    print_figures(closed_figures(closed))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from flask_resilience import Resilience, cached, invalidate_cache_by_tag
 from flask_resilience.cache.backends import GENERATION_LENGTH, RedisBackend
 from flask_resilience.cache.entry import CacheEntry
 from flask_resilience.cache.keys import DATA_VARIANT, full_key
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from flask_resilience.stores.redis import batched
 
@@ -148,7 +149,7 @@ def missing(app: Flask) -> Callable[[], None]:
 
 
 def l2_only(app: Flask) -> Callable[[], None]:
-    l1 = get_state(app).cache.layered.l1
+    l1 = AppCache.of(app).layered.l1
     call(app, dict(BASE_ENVIRON))
 
     def request() -> None:
@@ -160,7 +161,7 @@ def l2_only(app: Flask) -> Callable[[], None]:
 
 def tag_invalidation_ms(redis_url: str, keys: int) -> float:
     app = ours_app(redis_url)
-    cache = get_state(app).cache
+    cache = AppCache.of(app)
     layered = cache.layered
     backend = layered.l2
     assert isinstance(backend, RedisBackend)
@@ -186,7 +187,7 @@ def tag_invalidation_ms(redis_url: str, keys: int) -> float:
             timings.append((time.perf_counter() - started) * 1000)
         assert cache.data.get("flight:0") is None  # every entry is stale now
     backend.store.delete_matching("{*}:cache:*")
-    get_state(app).extension.shutdown()
+    get_state(app).shutdown()
     return min(timings)
 
 
@@ -245,7 +246,7 @@ def figures(quick: bool = False, redis_url: str = REDIS_URL) -> list[Figure]:
         state = get_state(app)
         if state.redis is not None:
             state.redis.delete_matching("*")
-        state.extension.shutdown()
+        state.shutdown()
 
     yardstick = t["one GET"] - t["bare"]
     note = f"1 Redis GET in a request = {yardstick:.1f} us"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import requests
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from flask_resilience import Problem, Resilience, audit_blueprint
+from flask_resilience import Problem, audit_blueprint
 from flask_resilience.audit.cli import verify_app_log
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.health.auth import check_admin
 
 from .flights import provider_client
@@ -54,8 +55,7 @@ def charges() -> ResponseReturnValue:
 @admin_blueprint.get("/audit/verify")
 def verify_audit_log() -> ResponseReturnValue:
     """What ``flask resilience audit verify`` checks, as JSON."""
-    resilience: Resilience = current_app.extensions["example_resilience"]
-    reports, _ = verify_app_log(resilience.state().audit.engine())
+    reports, _ = verify_app_log(AppAudit.of().engine())
     chains = [
         {"chain_id": report.chain_id, "rows": report.rows, "ok": report.ok, "report": report.lines()}
         for report in reports

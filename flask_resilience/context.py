@@ -87,7 +87,7 @@ def current_principal() -> Principal | None:
 
 def _resolve_principal() -> Principal | None:
     state = get_state()
-    loader = state.extension.loaded_principal_loader or state.config[PRINCIPAL_LOADER]
+    loader = state.hooks.principal_loader or state.config[PRINCIPAL_LOADER]
     user_id = loader() if loader is not None else _flask_login_user_id()
     if user_id is not None and user_id != "":
         return Principal("user", str(user_id))

@@ -19,17 +19,18 @@ from .audit.events import AuditEventType
 from .audit.keys import app_keyring, warn_if_unkeyed
 from .audit.service import AppAudit
 from .audit.views import audit_blueprint, record_request
+from .breaker.api import FEATURE as BREAKERS
 from .breaker.breaker import CircuitBreaker
+from .breaker.config import defaults_from_config
 from .breaker.link import LocalSharing, Sharing
 from .breaker.registry import BreakerRegistry
 from .breaker.shared import RedisSharing
 from .breaker.states import State as CircuitState
-from .cache.data import DataCache
+from .cache.access import CacheAccess
 from .cache.service import AppCache
 from .cli import resilience as resilience_cli
 from .health import health_blueprint
 from .health.blueprint import answer_routing_problems
-from .health.checks import HealthCheck
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_dispatch
@@ -37,16 +38,23 @@ from .lifecycle import install_signal_hook
 from .metrics import fleet as fleet_metrics
 from .middleware import RequestMiddleware
 from .signals import circuit_state_changed, idempotency_conflict, idempotency_mismatch
-from .state import EXTENSION_NAME, ResilienceState, get_state
+from .state import (
+    EXTENSION_NAME,
+    AdminCheck,
+    AppHooks,
+    HealthCheck,
+    PrincipalLoader,
+    ResilienceState,
+    get_state,
+)
 from .stores.redis import RedisStore, build_client
 from .stores.sql import Database
 
+_CACHE_ACCESS = CacheAccess()
 logger = logging.getLogger("flask_resilience")
 
 register_audit_commands(resilience_cli)
 
-PrincipalLoader = Callable[[], "str | int | None"]
-AdminCheck = Callable[[], bool]
 L = TypeVar("L", bound=PrincipalLoader)
 A = TypeVar("A", bound=AdminCheck)
 C = TypeVar("C", bound=Callable[[], object])
@@ -65,8 +73,7 @@ class Resilience:
     def __init__(self, app: Flask | None = None, **options: object) -> None:
         cfg.check_options(options)
         self._options = options
-        self.loaded_principal_loader: PrincipalLoader | None = None
-        self.loaded_admin_check: AdminCheck | None = None
+        self.hooks = AppHooks()
         self.breakers = BreakerRegistry()
         self._audited_prefixes: list[tuple[str, str, bool, bool]] = []
         self._idempotent_prefixes: list[tuple[str, IdempotencyOptions]] = []
@@ -74,7 +81,6 @@ class Resilience:
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._prefix_hooked: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._exit_hook_registered = False
-        self.custom_health_checks: dict[str, HealthCheck] = {}
         if app is not None:
             self.init_app(app)
 
@@ -86,21 +92,15 @@ class Resilience:
                 f"Flask-Resilience is already registered on the app {app.name!r}; call init_app once per app."
             )
         config = cfg.resolve(app.config, self._options)
+        breaker_defaults = defaults_from_config(config)
         redis_store = _redis_store(config)
         app_cache = AppCache.from_config(config, redis_store)
         database = Database(config[cfg.DATABASE_URI])
         keyring = app_keyring(app, config)
         warn_if_unkeyed(keyring, debug=app.debug, testing=app.testing)
         app_audit = AppAudit.from_config(config, database, Path(app.instance_path), keyring)
-        state = ResilienceState(
-            extension=self,
-            config=config,
-            redis=redis_store,
-            database=database,
-            cache=app_cache,
-            audit=app_audit,
-            idempotency=AppIdempotency.from_config(config, redis_store),
-        )
+        app_idempotency = AppIdempotency.from_config(config, redis_store)
+        state = ResilienceState(hooks=self.hooks, config=config, redis=redis_store, database=database)
         if state.redis is None and not _warned_no_redis.is_set():
             _warned_no_redis.set()  # once per process, not on every `flask` command
             logger.warning(
@@ -112,22 +112,17 @@ class Resilience:
                 "RESILIENCE_ADMIN_TOKEN is an example value from the documentation: anyone who read "
                 "it can use the admin endpoints; set a random one, e.g. secrets.token_urlsafe(32)."
             )
-        breaker_defaults: dict[str, Any] = config[cfg.BREAKER_DEFAULTS]
         self.breakers.configure(
             breaker_defaults, _breaker_sharing(config, state.redis), disabled=not config[cfg.BREAKER_ENABLED]
         )
         app.extensions[EXTENSION_NAME] = state
         self._states.add(state)
+        state.features[BREAKERS] = self.breakers
         state.stats_providers["circuit_breakers"] = lambda _private: self.breakers.stats()
-        state.stats_providers["cache"] = lambda _private: app_cache.stats()
-        state.add_background(app_cache)
-        app_cache.start()
-        state.stats_providers["audit"] = app_audit.stats
-        state.stats_providers["replay_protection"] = state.idempotency.stats
-        state.idempotency.listen()
-        state.add_background(state.idempotency)
+        app_cache.register(state)
+        app_idempotency.register(state)
         protect_dispatch(app, self._idempotent_prefixes)
-        state.add_background(app_audit)
+        app_audit.register(state)
         if app_audit.enabled:
             state.add_background(_audit_circuit_changes(app, app_audit, self.breakers))
             state.add_background(_IdempotencyAuditing(app, app_audit))
@@ -175,16 +170,17 @@ class Resilience:
             raise ValueError(f"a health check name must match [A-Za-z0-9._-]{{1,64}}, got {name!r}")
 
         def register(check: C) -> C:
-            self.custom_health_checks[name] = HealthCheck(name, check, critical)
+            self.hooks.health_checks[name] = HealthCheck(name, check, critical)
             return check
 
         return register
 
     @property
-    def cache(self) -> DataCache:
+    def cache(self) -> CacheAccess:
         """The current app's data cache: ``get``, ``set``, ``delete``,
-        ``get_or_set``, ``write_through``, ``write_behind``."""
-        return get_state().cache.data
+        ``get_or_set``, ``write_through``, ``write_behind``, ``memoize``,
+        ``delete_memoized`` (``memoize`` works before any app exists)."""
+        return _CACHE_ACCESS
 
     def audit_blueprint(
         self,
@@ -237,12 +233,12 @@ class Resilience:
 
     def principal_loader(self, loader: L) -> L:
         """Decorator: ``loader()`` returns the current caller's user id, or None."""
-        self.loaded_principal_loader = loader
+        self.hooks.principal_loader = loader
         return loader
 
     def admin_check(self, check: A) -> A:
         """Decorator: ``check()`` returns True when the current caller is an admin."""
-        self.loaded_admin_check = check
+        self.hooks.admin_check = check
         return check
 
     def state(self, app: Flask | None = None) -> ResilienceState:
@@ -256,7 +252,7 @@ class Resilience:
 
 
 def _install_middleware(app: Flask, state: ResilienceState) -> None:
-    front = state.cache.front
+    front = AppCache.of(app).front
     front.session_cookie = app.config.get("SESSION_COOKIE_NAME", "session")
     front.remember_cookie = app.config.get("REMEMBER_COOKIE_NAME")
     app.wsgi_app = RequestMiddleware(  # type: ignore[method-assign]

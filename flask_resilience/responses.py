@@ -24,6 +24,8 @@ from typing import Any
 from flask import Response
 
 VERSION = 1
+# json.dumps(header, separators=(",", ":"), ensure_ascii=False), without an encoder built per call.
+_header_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _LENGTH = struct.Struct(">I")
 _PREAMBLE = 4 + _LENGTH.size
 
@@ -117,7 +119,7 @@ class StoredResponse:
 
 def pack(kind: bytes, header: Mapping[str, Any], body: bytes) -> bytes:
     """The envelope for ``kind`` (one byte) holding ``header`` and ``body``."""
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = _header_json(header).encode()
     return b"FR" + kind + bytes((VERSION,)) + _LENGTH.pack(len(raw)) + raw + body
 
 

@@ -27,13 +27,20 @@ class Counters:
         with self._lock:
             self._counts[name] += 1
             if endpoint is not None:
-                self._endpoints.setdefault(endpoint, Counter())[name] += 1
+                self._endpoint(endpoint)[name] += 1
 
     def count_reason(self, table: str, reason: str, endpoint: str | None = None) -> None:
         with self._lock:
             self._reasons[table][reason] += 1
             if endpoint is not None:
-                self._endpoints.setdefault(endpoint, Counter())[table] += 1
+                self._endpoint(endpoint)[table] += 1
+
+    def _endpoint(self, endpoint: str) -> Counter[str]:
+        # Not setdefault(endpoint, Counter()): that builds a Counter on every call.
+        counts = self._endpoints.get(endpoint)
+        if counts is None:
+            counts = self._endpoints[endpoint] = Counter()
+        return counts
 
     def snapshot(self, *always: str) -> dict[str, Any]:
         """Every count (those named in ``always`` even when 0), each reason

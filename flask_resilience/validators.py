@@ -6,10 +6,8 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-from .breaker.config import validate_defaults
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -174,10 +172,11 @@ def optional_callable(value: object) -> Callable[..., Any] | None:
 
 
 def breaker_defaults(value: object) -> dict[str, Any]:
-    try:
-        return validate_defaults(value)
-    except (TypeError, ValueError) as exc:
-        raise Invalid(str(exc)) from None
+    """A mapping of parameter names; the breaker checks the parameters
+    themselves (``breaker.config.defaults_from_config``)."""
+    if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value):
+        raise Invalid("expected a mapping of circuit breaker parameters")
+    return dict(value)
 
 
 def header_names(value: object) -> tuple[str, ...]:
@@ -207,7 +206,10 @@ def flask_caching_cache(value: object) -> object | None:
         return None
     # Looked up on the class: Cache.cache is a property that needs an app context.
     if not all(hasattr(type(value), name) for name in ("get", "set", "delete_many", "cache")):
-        raise Invalid("expected a flask_caching.Cache instance")
+        raise Invalid(
+            "expected a flask_caching.Cache instance (Flask-Caching comes with the flask-caching extra: "
+            "pip install 'Flask-Resilience[flask-caching]')"
+        )
     return value
 
 

@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 
 from flask_resilience import Resilience, cached
 from flask_resilience.cache.layered import LayeredCache
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.clock import eventually
 
@@ -65,7 +66,7 @@ def _serve(make_app: Callable[[], Flask], delay_listening: bool, inbox: Any, out
     else:
         outbox.put(("ready", store.subscriber.wait_until_listening(10)))
     client = app.test_client()
-    layered = get_state(app).cache.layered
+    layered = AppCache.of(app).layered
     while True:
         command, argument = inbox.get(timeout=60)
         if command == "get":
@@ -80,7 +81,7 @@ def _serve(make_app: Callable[[], Flask], delay_listening: bool, inbox: Any, out
             seen = eventually(functools.partial(_received_at_least, layered, int(argument)))
             outbox.put(("received", seen))
         else:
-            get_state(app).extension.shutdown()
+            get_state(app).shutdown()
             return
 
 

@@ -29,9 +29,8 @@ from flask_resilience import (
     stop_audit_log_flushing,
 )
 from flask_resilience.audit.migrate import downgrade, upgrade
-from flask_resilience.audit.service import table_exists
+from flask_resilience.audit.service import AppAudit, table_exists
 from flask_resilience.audit.table import audit_log
-from flask_resilience.state import get_state
 from tests.clock import eventually
 from tests.conftest import MakeApp
 
@@ -75,7 +74,7 @@ RECORDED = audit_log.c.event_type.not_in(LIFECYCLE)
 
 def rows(app: Flask) -> list[dict[str, Any]]:
     """The app's entries (without the chain's lifecycle records)."""
-    audit = get_state(app).audit
+    audit = AppAudit.of(app)
     audit.writer.flush()
     with audit.engine().connect() as connection:
         query = select(audit_log).where(RECORDED).order_by(audit_log.c.chain_id, audit_log.c.seq)
@@ -119,7 +118,7 @@ def test_security_alerts_are_written_at_once(audit_app: tuple[Flask, Resilience]
     app, _ = audit_app
     with app.app_context():
         log_security_alert("token reuse detected")
-        engine = get_state(app).audit.engine()
+        engine = AppAudit.of(app).engine()
         with engine.connect() as connection:  # no flush: it must already be there
             assert connection.execute(select(audit_log.c.event_type).where(RECORDED)).scalars().all() == [
                 "SECURITY_ALERT"
@@ -132,7 +131,7 @@ def test_start_and_stop_flushing(audit_app: tuple[Flask, Resilience]) -> None:
         start_audit_log_flushing()
         log_auth_event(AuditEventType.LOGOUT, user_id=1)
         stop_audit_log_flushing()
-        engine = get_state(app).audit.engine()
+        engine = AppAudit.of(app).engine()
         with engine.connect() as connection:
             assert connection.execute(select(audit_log.c.event_type).where(RECORDED)).scalars().all() == [
                 "LOGOUT"
@@ -350,7 +349,7 @@ def test_flush_when_the_buffer_is_full(make_app: MakeApp, database_url: str) -> 
         RESILIENCE_AUDIT_BUFFER_SIZE=5,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=600_000,
     )
-    audit = get_state(app).audit
+    audit = AppAudit.of(app)
     with app.app_context():
         for user in range(3):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
@@ -365,7 +364,7 @@ def test_flush_on_the_interval(make_app: MakeApp, database_url: str) -> None:
         RESILIENCE_AUDIT_BUFFER_SIZE=1000,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=50,
     )
-    audit = get_state(app).audit
+    audit = AppAudit.of(app)
     with app.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=1)
     # Far below the buffer size: only the interval can have flushed it.
@@ -418,7 +417,7 @@ def test_sqlite_in_the_instance_folder_when_nothing_is_configured(make_app: Make
     app, _ = make_app()
     with app.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=1)
-        engine = get_state(app).audit.engine()
+        engine = AppAudit.of(app).engine()
     assert str(engine.url).endswith("instance/resilience-audit.db")
     assert [row["event_type"] for row in rows(app)] == ["LOGIN"]
 
@@ -485,3 +484,37 @@ def test_export_formats(audit_app: tuple[Flask, Resilience]) -> None:
     lines = csv_out.output.splitlines()
     assert lines[0].startswith("id,chain_id,seq")
     assert len(lines) == 4
+
+
+def test_mariadb_with_a_latin1_default_keeps_any_text(make_app: MakeApp, mysql_url: str) -> None:
+    """A database created with a latin1 default (MySQL 5.7's, many hosted
+    MariaDBs') must not quarantine an entry whose text is not latin1."""
+    url = sqlalchemy.engine.make_url(mysql_url)
+    database = f"{url.database}_latin1"
+    admin = sqlalchemy.create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(
+            text(f"CREATE DATABASE `{database}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+        )
+    latin1_url = url.set(database=database).render_as_string(hide_password=False)
+    engine = sqlalchemy.create_engine(latin1_url)
+    try:
+        upgrade(engine)
+        app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=latin1_url)
+        words = "Zoë → 東京 😀 \u0394"
+        with app.app_context():
+            log_data_change(
+                AuditEventType.UPDATE, "fare", 1, {"note": {"old": "a", "new": words}}, user_id=words
+            )
+        (row,) = rows(app)
+        assert row["changes"] == {"note": {"old": "a", "new": words}}
+        assert row["user_id"] == words
+        result = app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
+        assert result.exit_code == 0, result.output
+        assert "quarantined" not in result.output
+        extension.shutdown()  # its closing entries go to this database, dropped below
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP DATABASE `{database}`"))
+        admin.dispose()

@@ -18,7 +18,7 @@ from flask_resilience.audit import journal as journal_module
 from flask_resilience.audit.api import create_audit_log, log_data_change
 from flask_resilience.audit.events import AuditEventType
 from flask_resilience.audit.journal import Journal
-from flask_resilience.state import get_state
+from flask_resilience.audit.service import AppAudit
 from tests.audit_support import ROOT, any_database, database, hostile_app, migrated, stored, verify_ok
 from tests.conftest import MakeApp
 
@@ -63,8 +63,8 @@ def test_hostile_json_bodies_are_stored_not_quarantined(
     response = Client(app.wsgi_app).post("/api/x", data=body, content_type="application/json")
     assert response.status_code == 200
     with app.app_context():
-        get_state(app).audit.writer.flush()
-        assert get_state(app).audit.writer.counts()["rejected"] == 0
+        AppAudit.of(app).writer.flush()
+        assert AppAudit.of(app).writer.counts()["rejected"] == 0
     rows = stored(any_database)
     assert [row["event_type"] for row in rows] == ["ADMIN"]
     assert rows[0]["details"]["body"] is not None
@@ -103,10 +103,10 @@ from pathlib import Path
 from flask_resilience.audit.chain import Chain
 from flask_resilience.audit.events import AuditEntry
 from flask_resilience.audit.journal import Journal, entry_record, parse
-from flask_resilience.audit.writer import _row
+from flask_resilience.audit.intake import entry_row
 
 def append(journal, chain, number):
-    row = _row(AuditEntry(event_type="UPDATE", resource_id=str(number)), datetime(2026, 1, 1))
+    row = entry_row(AuditEntry(event_type="UPDATE", resource_id=str(number)), datetime(2026, 1, 1))
     journal.append(entry_record(row, chain.link_encoded(row)))
     return journal.end
 
@@ -165,7 +165,7 @@ def test_an_entry_over_max_allowed_packet_is_quarantined_and_the_log_goes_on(
     app = hostile_app(make_app, url)
     huge = {f"field{number}": "x" * 9_000 for number in range(2_000)}  # 18 MB, each string kept
     with app.app_context():
-        writer = get_state(app).audit.writer
+        writer = AppAudit.of(app).writer
         log_data_change(AuditEventType.UPDATE, "document", "1", {"title": {"old": "a", "new": "b"}})
         log_data_change(AuditEventType.UPDATE, "document", "2", huge)
         log_data_change(AuditEventType.UPDATE, "document", "3", {"title": {"old": "b", "new": "c"}})
@@ -212,7 +212,7 @@ def test_text_fields_that_are_not_plain_str_are_made_storable_too(
     with app.app_context():
         create_audit_log({"event_type": "UPDATE", "resource": _Name("r" * 300), "resource_id": 10**300})
         create_audit_log({"event_type": "UPDATE", "user_agent": _Name("nul\x00" * 200)})
-        writer = get_state(app).audit.writer
+        writer = AppAudit.of(app).writer
         writer.flush()
         assert writer.counts()["rejected"] == 0
     rows = stored(any_database)
@@ -269,7 +269,7 @@ def test_on_commit_before_the_app_begins_its_own_transaction(make_app: MakeApp, 
                 pass
             log_data_change(AuditEventType.UPDATE, "seat", 3, {"row": 3}, on_commit=True)
             db.session.remove()  # the request ended without a transaction
-            get_state(app).audit.writer.flush()
+            AppAudit.of(app).writer.flush()
     finally:
         extension.shutdown()
     outcome = {row["resource_id"]: row["status"] for row in stored(url)}
@@ -305,7 +305,7 @@ def test_an_entry_recorded_twice_is_stored_twice_and_verify_stays_intact(
         again = create_audit_log(entry)
         create_audit_log({"event_type": "PAYMENT", "resource_id": "2", "id": "order-42"})
         create_audit_log({"event_type": "PAYMENT", "resource_id": "3", "id": "order-42"})
-        get_state(app).audit.writer.flush()
+        AppAudit.of(app).writer.flush()
     assert again is not None and again.id != entry.id
     assert sorted(row["resource_id"] for row in stored(database)) == ["1", "1", "2", "3"]
     verify_ok(app)

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from werkzeug.test import Client
 
 from flask_resilience import AuditEventType, log_auth_event, log_data_change
-from flask_resilience.state import get_state
+from flask_resilience.audit.service import AppAudit
 from tests.audit_support import (
     ROOT,
     any_database,
@@ -62,7 +62,7 @@ def test_hostile_fields_are_made_storable_and_every_row_is_stored(
         log_data_change(AuditEventType.UPDATE, "surrogate", "\ud800lone", None)
         for number in range(5):
             log_auth_event(AuditEventType.LOGIN, user_id=number)
-        get_state(app).audit.writer.flush()
+        AppAudit.of(app).writer.flush()
     rows = stored(any_database)
     assert len(rows) == 11
     agents = [row["user_agent"] for row in rows if row["user_agent"]]
@@ -74,7 +74,7 @@ def test_hostile_fields_are_made_storable_and_every_row_is_stored(
     change = next(row for row in rows if row["event_type"] == "UPDATE" and len(row["resource"]) > 100)
     assert len(change["resource_id"]) == 255 and len(change["user_id"]) == 255
     assert next(row["resource_id"] for row in rows if row["resource"] == "surrogate") == "\ufffdlone"
-    assert get_state(app).audit.writer.counts()["rejected"] == 0
+    assert AppAudit.of(app).writer.counts()["rejected"] == 0
     verify_ok(app)
 
 
@@ -134,7 +134,7 @@ def test_a_row_the_database_refuses_is_quarantined_and_the_rest_stored(
             log_auth_event(AuditEventType.LOGIN, user_id=number)
             if number == 7:
                 log_data_change(AuditEventType.UPDATE, "poison", 1, {"value": poison})
-        writer = get_state(app).audit.writer
+        writer = AppAudit.of(app).writer
         writer.flush()
         log_auth_event(AuditEventType.LOGOUT, user_id=1)
         writer.flush()
@@ -159,7 +159,7 @@ def test_the_journal_has_a_byte_bound_and_drops_are_recorded(make_app: MakeApp, 
         RESILIENCE_AUDIT_SPILL_MAX_BYTES=8192,
         RESILIENCE_AUDIT_MAX_QUEUE=5,
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         for number in range(200):
             log_data_change(AuditEventType.UPDATE, "fare", number, {"price": number})
@@ -175,7 +175,7 @@ def test_the_journal_has_a_byte_bound_and_drops_are_recorded(make_app: MakeApp, 
 def database_returns_and_drops_are_told(app: Flask, url: str, recorded: int) -> None:
     """Create the missing table, flush: every entry is stored or counted as
     dropped, the drops are told in AUDIT_GAP entries, the chain verifies."""
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     dropped = writer.counts()["dropped"]
     migrated(url)
     with app.app_context():
@@ -212,10 +212,10 @@ def test_sigkill_of_a_writer_process_loses_nothing(make_app: MakeApp, database: 
     assert before < 251  # the 250 and its chain's CHAIN_OPENED
     app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database)  # the same instance folder
     with app.app_context():
-        get_state(app).audit.engine()  # as the first entry of a new worker would
-        get_state(app).audit.writer.flush()
-        assert get_state(app).audit.writer.counts()["replayed"] == 251 - before
-        get_state(app).audit.writer.flush()
+        AppAudit.of(app).engine()  # as the first entry of a new worker would
+        AppAudit.of(app).writer.flush()
+        assert AppAudit.of(app).writer.counts()["replayed"] == 251 - before
+        AppAudit.of(app).writer.flush()
     rows = stored(database)
     assert sorted(int(row["resource_id"]) for row in rows) == list(range(250))
     verify_ok(app)
@@ -333,7 +333,7 @@ def test_long_outage_with_a_tiny_queue_stores_exactly_once_and_verifies(
         RESILIENCE_AUDIT_BUFFER_SIZE=4,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=10**8,
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     recorded = 0
 
     def record(count: int) -> None:
@@ -377,7 +377,7 @@ def test_unwritable_journal_and_database_down_never_fail_a_request(make_app: Mak
         RESILIENCE_AUDIT_BUFFER_SIZE=3,
     )
     client = Client(app.wsgi_app)
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     for number in range(30):
         assert client.get(f"/api/item/{number}").status_code == 200
         if number % 4 == 0:
@@ -395,6 +395,6 @@ def test_journals_vanishing_while_listed_are_tolerated(
     app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_SPILL_PATH=str(journal))
     with app.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=1)
-        get_state(app).audit.writer.flush()
-        get_state(app).audit.writer.flush()
+        AppAudit.of(app).writer.flush()
+        AppAudit.of(app).writer.flush()
     assert len(stored(database)) == 1

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,12 @@ from sqlalchemy import func, select, text, update
 
 from flask_resilience import AuditEventType, Resilience, log_auth_event, log_data_change
 from flask_resilience.audit.chain import canonical
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.journal import entry_record
 from flask_resilience.audit.migrate import upgrade
 from flask_resilience.audit.redact import MASK, Redactor, luhn_valid
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log
-from flask_resilience.audit.writer import _row
-from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
 WITH_USER = audit_log.c.user_id.is_not(None)  # the app's entries, not the chains' lifecycle records
@@ -130,7 +131,7 @@ def test_database_outage_spills_then_replays_without_loss_or_duplicates(
 ) -> None:
     spill = tmp_path / "spill.jsonl"
     app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=writer_role.url, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         for user in range(10):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
@@ -167,12 +168,12 @@ def _spilled_lines(base: Path) -> int:
 def test_replaying_rows_already_written_adds_no_duplicates(make_app: MakeApp, tmp_path: Path) -> None:
     spill = tmp_path / "spill.jsonl"
     app, _ = make_app(RESILIENCE_AUDIT_SPILL_PATH=str(spill))
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         for user in range(5):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
         writer.flush()
-        engine = get_state(app).audit.engine()
+        engine = AppAudit.of(app).engine()
         with engine.connect() as connection:
             stored = [dict(row._mapping) for row in connection.execute(select(audit_log))]
     # As if a writer died after storing its rows but before committing its journal.
@@ -181,7 +182,7 @@ def test_replaying_rows_already_written_adds_no_duplicates(make_app: MakeApp, tm
     later, _ = make_app(RESILIENCE_AUDIT_SPILL_PATH=str(spill))  # the next process adopts the file
     with later.app_context():
         log_auth_event(AuditEventType.LOGOUT, user_id=1)
-        get_state(later).audit.writer.flush()
+        AppAudit.of(later).writer.flush()
         with engine.connect() as connection:
             # 5 entries and CHAIN_OPENED once, the later process's CHAIN_OPENED and LOGOUT, and
             # its CHAIN_CLOSED recording the adoption of the dead file's chain
@@ -196,13 +197,13 @@ def test_full_queue_without_spill_drops_counts_and_records_a_gap(make_app: MakeA
         RESILIENCE_AUDIT_BUFFER_SIZE=100,
         RESILIENCE_AUDIT_FLUSH_INTERVAL=600_000,
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         for user in range(5):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
         assert writer.counts()["dropped"] == 3
         writer.flush()
-        engine = get_state(app).audit.engine()
+        engine = AppAudit.of(app).engine()
         with engine.connect() as connection:
             kinds = connection.execute(
                 select(audit_log.c.event_type, audit_log.c.details).order_by(audit_log.c.seq)
@@ -223,8 +224,8 @@ def test_full_queue_with_spill_keeps_everything(make_app: MakeApp, tmp_path: Pat
     with app.app_context():
         for user in range(8):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
-        get_state(app).audit.writer.flush()
-        with get_state(app).audit.engine().connect() as connection:
+        AppAudit.of(app).writer.flush()
+        with AppAudit.of(app).engine().connect() as connection:
             users = connection.execute(select(audit_log.c.user_id).where(WITH_USER)).scalars().all()
     assert sorted(users, key=int) == [str(user) for user in range(8)]
     assert app.test_cli_runner().invoke(args=["resilience", "audit", "verify"]).exit_code == 0
@@ -333,12 +334,12 @@ def chained_app(make_app: MakeApp, tmp_path: Path) -> Flask:
     with app.app_context():
         for index in range(10):
             log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
-        get_state(app).audit.writer.flush()
+        AppAudit.of(app).writer.flush()
     return app
 
 
 def test_an_edited_row_breaks_the_chain(chained_app: Flask) -> None:
-    engine = get_state(chained_app).audit.engine()
+    engine = AppAudit.of(chained_app).engine()
     with engine.begin() as connection:
         connection.execute(update(audit_log).where(audit_log.c.seq == 4).values(changes={"price": 0}))
     result = chained_app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
@@ -347,7 +348,7 @@ def test_an_edited_row_breaks_the_chain(chained_app: Flask) -> None:
 
 
 def test_a_deleted_row_leaves_a_gap(chained_app: Flask) -> None:
-    engine = get_state(chained_app).audit.engine()
+    engine = AppAudit.of(chained_app).engine()
     with engine.begin() as connection:
         connection.execute(audit_log.delete().where(audit_log.c.seq == 6))
     result = chained_app.test_cli_runner().invoke(args=["resilience", "audit", "verify"])
@@ -358,7 +359,7 @@ def test_a_deleted_row_leaves_a_gap(chained_app: Flask) -> None:
 def test_a_forged_hash_without_the_key_is_detected(chained_app: Flask) -> None:
     from flask_resilience.audit.chain import link_hash
 
-    engine = get_state(chained_app).audit.engine()
+    engine = AppAudit.of(chained_app).engine()
     with engine.begin() as connection:
         row = dict(connection.execute(select(audit_log).where(audit_log.c.seq == 10)).one()._mapping)
         row["changes"] = {"price": 999}
@@ -371,7 +372,7 @@ def test_a_forged_hash_without_the_key_is_detected(chained_app: Flask) -> None:
 
 
 def test_purge_keeps_chains_verifiable(chained_app: Flask) -> None:
-    engine = get_state(chained_app).audit.engine()
+    engine = AppAudit.of(chained_app).engine()
     with engine.begin() as connection:
         old = sqlalchemy.func.datetime("2020-01-01") if engine.dialect.name == "sqlite" else None
         assert old is not None
@@ -390,7 +391,7 @@ def test_purge_keeps_chains_verifiable(chained_app: Flask) -> None:
 def test_row_helper_keeps_naive_utc() -> None:
     from flask_resilience.audit.events import AuditEntry
 
-    row = _row(AuditEntry(event_type="LOGIN"), logged_at=__import__("datetime").datetime(2026, 1, 1))
+    row = entry_row(AuditEntry(event_type="LOGIN"), logged_at=__import__("datetime").datetime(2026, 1, 1))
     assert row["occurred_at"].tzinfo is None
 
 
@@ -399,14 +400,14 @@ CRASHING_CHILD = textwrap.dedent(
     import os, sys
     from flask import Flask
     from flask_resilience import AuditEventType, Resilience, log_auth_event
-    from flask_resilience.state import get_state
+    from flask_resilience.audit.service import AppAudit
     app = Flask("crashing-child", instance_path=sys.argv[2])
     app.config.update(RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1], RESILIENCE_AUDIT_SPILL_PATH=sys.argv[3])
     Resilience(app)
     with app.app_context():
         for user in range(7):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
-        get_state(app).audit.writer.flush()  # no table there: the rows go to this process's spill file
+        AppAudit.of(app).writer.flush()  # no table there: the rows go to this process's spill file
     os._exit(0)  # die without any cleanup, as a killed worker would
     """
 )
@@ -432,15 +433,83 @@ def test_a_dead_workers_spill_file_is_adopted_and_a_live_ones_is_not(
     live, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=no_table, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
     with live.app_context():
         log_auth_event(AuditEventType.LOGOUT, user_id=99)
-        get_state(live).audit.writer.flush()
+        AppAudit.of(live).writer.flush()
     assert _spilled_lines(spill) == 10
 
     healthy, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
     with healthy.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=100)
-        get_state(healthy).audit.writer.flush()
-        with get_state(healthy).audit.engine().connect() as connection:
+        AppAudit.of(healthy).writer.flush()
+        with AppAudit.of(healthy).engine().connect() as connection:
             stored = connection.execute(select(audit_log.c.user_id).where(WITH_USER)).scalars().all()
             users = sorted(stored, key=int)
     assert users == [str(user) for user in range(7)] + ["100"]  # the dead child's rows, not the live worker's
     assert _spilled_lines(spill) == 2  # the live worker's entries wait for its own database
+
+
+def test_purge_prunes_old_checkpoints_but_keeps_what_verify_needs(make_app: MakeApp) -> None:
+    """The heartbeat adds a checkpoint row every few seconds per live chain;
+    purge must prune old ones, keeping each chain's furthest and latest."""
+    from flask_resilience.audit.table import audit_checkpoint
+
+    app, _ = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key", RESILIENCE_AUDIT_CHECKPOINT_INTERVAL=1)
+    with app.app_context():
+        for index in range(12):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+            AppAudit.of(app).writer.flush()
+    engine = AppAudit.of(app).engine()
+    old = datetime(2020, 1, 1)
+    with engine.begin() as connection:
+        written = connection.execute(select(func.count()).select_from(audit_checkpoint)).scalar_one()
+        assert written >= 12
+        connection.execute(update(audit_checkpoint).values(created_at=old))
+        connection.execute(
+            update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old, logged_at=old)
+        )
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"])
+    assert result.exit_code == 0, result.output
+    with engine.connect() as connection:
+        kept = connection.execute(select(audit_checkpoint.c.seq)).scalars().all()
+    chain = AppAudit.of(app).writer.chain
+    # The purge's own entry was checkpointed (now): every old one can go.
+    assert f"pruned {written} checkpoints" in result.output
+    assert kept == [chain.seq]
+    verified = runner.invoke(args=["resilience", "audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.delete(audit_log).where(audit_log.c.seq > chain.seq - 2))
+    tampered = runner.invoke(args=["resilience", "audit", "verify"])
+    assert tampered.exit_code == 1
+    assert "TRUNCATED" in tampered.output
+
+
+def test_pruning_keeps_an_idle_chains_newest_checkpoint(make_app: MakeApp) -> None:
+    from flask_resilience.audit.table import audit_checkpoint
+
+    app, extension = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key", RESILIENCE_AUDIT_CHECKPOINT_INTERVAL=1)
+    with app.app_context():
+        for index in range(3):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+            AppAudit.of(app).writer.flush()
+    chain = AppAudit.of(app).writer.chain
+    store = AppAudit.of(app).writer.checkpoints
+    assert store is not None
+    engine = AppAudit.of(app).engine()
+    for _ in range(5):  # idle heartbeats: the same seq again and again
+        store.record(chain, engine)
+    with engine.begin() as connection:
+        ids = connection.execute(select(audit_checkpoint.c.id).order_by(audit_checkpoint.c.created_at)).all()
+        for age, (checkpoint_id,) in enumerate(reversed(ids)):
+            connection.execute(
+                update(audit_checkpoint)
+                .where(audit_checkpoint.c.id == checkpoint_id)
+                .values(created_at=datetime(2020, 1, 1, 0, 0, 59 - age))
+            )
+    # The newest heartbeat is also the furthest: the one row verify reads.
+    assert store.prune(engine, datetime(2026, 1, 1)) == len(ids) - 1
+    with engine.connect() as connection:
+        kept = connection.execute(select(audit_checkpoint.c.seq, audit_checkpoint.c.created_at)).all()
+    assert [tuple(row) for row in kept] == [(chain.seq, datetime(2020, 1, 1, 0, 0, 59))]
+    assert store.prune(engine, datetime(2026, 1, 1)) == 0
+    extension.shutdown()

@@ -10,14 +10,14 @@ import pytest
 
 from flask_resilience.audit.chain import Chain
 from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.journal import COMPACT_AFTER, Journal, entry_record, parse
-from flask_resilience.audit.writer import _row
 
 
 def records(chain: Chain, count: int) -> list[bytes]:
     lines = []
     for number in range(count):
-        row = _row(AuditEntry(event_type="UPDATE", resource="fare", resource_id=str(number)), _now())
+        row = entry_row(AuditEntry(event_type="UPDATE", resource="fare", resource_id=str(number)), _now())
         lines.append(entry_record(row, chain.link_encoded(row)))
     return lines
 

@@ -21,12 +21,12 @@ from flask_resilience import Resilience
 from flask_resilience.audit import cli as audit_cli
 from flask_resilience.audit.chain import GENESIS, HASHED, Chain, canonical, link_hash
 from flask_resilience.audit.events import AuditEntry
+from flask_resilience.audit.intake import entry_row
 from flask_resilience.audit.keys import Keyring, derive_key, hkdf_sha256, key_id
 from flask_resilience.audit.migrate import upgrade
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_checkpoint, audit_log
 from flask_resilience.audit.verify import Context, _check_chain
-from flask_resilience.audit.writer import _row
-from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 from tests.test_audit_tamper import rows_of, verify, write_entries
 
@@ -63,7 +63,7 @@ VECTOR_CANONICAL = (
 
 
 def test_canonical_form_test_vector() -> None:
-    """The README's worked example: a verifier in any language must get these bytes and hashes."""
+    """The worked example in docs/audit.rst: a verifier in any language must get these bytes and hashes."""
     assert canonical(VECTOR_ROW) == VECTOR_CANONICAL.encode()
     data = GENESIS.encode() + VECTOR_CANONICAL.encode()
     unkeyed = "3e602d77bfdcf750841917288ed55269594d931cbb7a5c5f37aad7b441a3e408"
@@ -82,7 +82,7 @@ def test_hkdf_matches_rfc_5869_test_case_1() -> None:
 
 def test_default_key_is_derived_from_secret_key(make_app: MakeApp) -> None:
     app, _ = make_app()
-    chain = get_state(app).audit.writer.chain
+    chain = AppAudit.of(app).writer.chain
     assert chain.key == derive_key("test-secret-key")
     assert chain.key_id == key_id(derive_key("test-secret-key")) == "6cd60d341c2bd2b6"
 
@@ -156,7 +156,7 @@ def test_checkpoints_go_to_a_second_database_and_a_sink(
     write_entries(app, 3)  # CHAIN_OPENED + 3: the opening checkpoint at seq 4
     write_entries(app, 4)  # seq 8: four more
     write_entries(app, 1)  # not due
-    chain_id = get_state(app).audit.writer.chain.chain_id
+    chain_id = AppAudit.of(app).writer.chain.chain_id
     extension.shutdown()  # CHAIN_CLOSED at seq 10, closing checkpoint
     assert [(item["seq"], item["closing"]) for item in shipped] == [(4, False), (8, False), (10, True)]
     assert all(item["chain_id"] == chain_id and len(item["signature"]) == 64 for item in shipped)
@@ -187,7 +187,7 @@ def aged_chain(
     """A closed chain of ``count`` entries whose ``aged`` rows date from 2020."""
     app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=url)
     write_entries(app, count)
-    chain_id = get_state(app).audit.writer.chain.chain_id
+    chain_id = AppAudit.of(app).writer.chain.chain_id
     extension.shutdown()
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as connection:
@@ -252,7 +252,9 @@ def _linked_rows(count: int, key: bytes) -> list[dict[str, Any]]:
     chain = Chain(key)
     now = datetime(2026, 11, 30, 8, 0, 0)
     return [
-        chain.link(_row(AuditEntry(event_type="UPDATE", resource_id=str(index), details={"n": index}), now))
+        chain.link(
+            entry_row(AuditEntry(event_type="UPDATE", resource_id=str(index), details={"n": index}), now)
+        )
         for index in range(count)
     ]
 

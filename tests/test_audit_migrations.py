@@ -20,8 +20,8 @@ from sqlalchemy import text
 
 from flask_resilience import AuditEventType, Resilience, log_auth_event
 from flask_resilience.audit.migrate import script_location, stamp, upgrade
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import missing_tables
-from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
 
@@ -104,7 +104,7 @@ def test_autogenerate_in_the_apps_own_migrations_leaves_our_tables_alone(
     app, db = _flask_migrate_app(empty_url, directory, **filters)
     with app.app_context():
         flask_migrate.init(directory=str(directory))
-        engine = get_state(app).audit.engine()
+        engine = AppAudit.of(app).engine()
         upgrade(engine)  # flask resilience db upgrade
         assert not missing_tables(engine)
         first = _autogenerate(app, directory, "bookings")
@@ -122,7 +122,7 @@ def test_without_the_filter_autogenerate_would_drop_our_tables(empty_url: str, t
     app, db = _flask_migrate_app(empty_url, directory)
     with app.app_context():
         flask_migrate.init(directory=str(directory))
-        upgrade(get_state(app).audit.engine())
+        upgrade(AppAudit.of(app).engine())
         script = _autogenerate(app, directory, "unfiltered")
         db.engine.dispose()
     assert "op.drop_table('resilience_audit_log')" in script
@@ -131,7 +131,7 @@ def test_without_the_filter_autogenerate_would_drop_our_tables(empty_url: str, t
 def test_revision_ids_are_our_own() -> None:
     versions = (script_location() / "versions").glob("*.py")
     names = sorted(path.stem for path in versions if path.stem != "__init__")
-    assert names == ["fr_0001_audit_log", "fr_0002_audit_integrity"]
+    assert names == ["fr_0001_audit_log", "fr_0002_audit_integrity", "fr_0003_utf8mb4"]
 
 
 def test_a_database_at_the_old_revision_id_upgrades(empty_url: str) -> None:
@@ -142,7 +142,7 @@ def test_a_database_at_the_old_revision_id_upgrades(empty_url: str) -> None:
     upgrade(engine)
     with engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM resilience_alembic_version")).scalar_one()
-    assert version == "fr_0002_audit_integrity"
+    assert version == "fr_0003_utf8mb4"
     assert not missing_tables(engine)
     engine.dispose()
 
@@ -159,9 +159,10 @@ def test_db_current_history_stamp_and_offline_sql(make_app: MakeApp, empty_url: 
     upgraded = runner.invoke(args=["resilience", "db", "upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
     assert f"migrating {engine.url.render_as_string(hide_password=True)}" in upgraded.output
-    assert "fr_0002_audit_integrity (head)" in runner.invoke(args=["resilience", "db", "current"]).output
+    assert "fr_0003_utf8mb4 (head)" in runner.invoke(args=["resilience", "db", "current"]).output
     history = runner.invoke(args=["resilience", "db", "history"]).output
-    assert "fr_0001_audit_log -> fr_0002_audit_integrity (flask_resilience) (head)" in history
+    assert "fr_0002_audit_integrity -> fr_0003_utf8mb4 (flask_resilience) (head)" in history
+    assert "fr_0001_audit_log -> fr_0002_audit_integrity (flask_resilience)" in history
     stamped = runner.invoke(args=["resilience", "db", "stamp", "fr_0001_audit_log"])
     assert stamped.exit_code == 0, stamped.output
     assert "fr_0001_audit_log" in runner.invoke(args=["resilience", "db", "current"]).output
@@ -194,8 +195,8 @@ def test_a_missing_table_is_one_clear_error_without_sql(
         with caplog.at_level(logging.ERROR, logger="flask_resilience"), app.app_context():
             for user in (1, 2):
                 log_auth_event(AuditEventType.LOGIN, user_id=user)
-                get_state(app).audit.writer.flush()
-        get_state(app).audit.engine().dispose()
+                AppAudit.of(app).writer.flush()
+        AppAudit.of(app).engine().dispose()
     logged = [record.getMessage() for record in caplog.records]
     named = [message for message in logged if "flask resilience db upgrade" in message]
     assert len(named) == 1

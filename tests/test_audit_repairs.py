@@ -18,9 +18,9 @@ from flask_resilience import AuditEventType, log_auth_event, log_data_change
 from flask_resilience.audit import journal as journal_module
 from flask_resilience.audit import writer as writer_module
 from flask_resilience.audit.api import create_audit_log
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.store import store
 from flask_resilience.audit.table import audit_log
-from flask_resilience.state import get_state
 from tests.audit_support import database, hostile_app, migrated, run_child, stored, verify_ok
 from tests.conftest import MakeApp
 from tests.test_audit_faults import KILLED_CHILD, _poison
@@ -42,7 +42,7 @@ def _app_with_a_quarantined_row(make_app: MakeApp, url: str, logins_after: int) 
         log_data_change(AuditEventType.UPDATE, "poison", 1, {"value": poison})
         for number in range(2, 2 + logins_after):
             log_auth_event(AuditEventType.LOGIN, user_id=number)
-        writer = get_state(app).audit.writer
+        writer = AppAudit.of(app).writer
         writer.flush()
         writer.flush()  # and the AUDIT_GAP entry recorded by the first
         assert writer.counts()["rejected"] == 1
@@ -89,15 +89,15 @@ def test_two_apps_in_one_instance_folder_adopt_only_their_own_journals(
     before = len(stored(database_a, lifecycle=True))  # its thread's first flush may have stored a few
     app_b, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database_b)  # the same instance folder
     with app_b.app_context():
-        get_state(app_b).audit.engine()
-        get_state(app_b).audit.writer.flush()
-        assert get_state(app_b).audit.writer.counts()["replayed"] == 0
+        AppAudit.of(app_b).engine()
+        AppAudit.of(app_b).writer.flush()
+        assert AppAudit.of(app_b).writer.counts()["replayed"] == 0
     assert [row for row in stored(database_b) if row["resource"] == "fare"] == []
     app_a, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database_a)
     with app_a.app_context():
-        get_state(app_a).audit.engine()
-        get_state(app_a).audit.writer.flush()
-        assert get_state(app_a).audit.writer.counts()["replayed"] == 41 - before
+        AppAudit.of(app_a).engine()
+        AppAudit.of(app_a).writer.flush()
+        assert AppAudit.of(app_a).writer.counts()["replayed"] == 41 - before
     assert sorted(int(row["resource_id"]) for row in stored(database_a)) == list(range(40))
     verify_ok(app_a)
 
@@ -117,7 +117,7 @@ def test_replay_after_an_outage_goes_a_chunk_at_a_time(
     app = hostile_app(
         make_app, database, RESILIENCE_AUDIT_SPILL_PATH=str(journal), RESILIENCE_AUDIT_FLUSH_INTERVAL=10**8
     )
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with app.app_context():
         log_auth_event(AuditEventType.LOGIN, user_id=0)
         writer.flush()
@@ -148,7 +148,7 @@ def test_replay_after_an_outage_goes_a_chunk_at_a_time(
 
 def test_purge_keeps_recent_entries_when_one_is_backdated(make_app: MakeApp, database: str) -> None:
     app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database)
-    writer = get_state(app).audit.writer
+    writer = AppAudit.of(app).writer
     with freeze_time(datetime.now(UTC) - timedelta(days=200)), app.app_context():
         for number in range(3):
             log_data_change(AuditEventType.UPDATE, "old", number, {"price": number})

@@ -22,8 +22,8 @@ from sqlalchemy.sql import Executable
 from flask_resilience import AuditEventType, log_data_change
 from flask_resilience.audit.chain import GENESIS, link_hash
 from flask_resilience.audit.migrate import upgrade
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log, metadata
-from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
 
@@ -51,7 +51,7 @@ def write_entries(app: Flask, count: int, start: int = 0) -> None:
     with app.app_context():
         for index in range(start, start + count):
             log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
-        get_state(app).audit.writer.flush()
+        AppAudit.of(app).writer.flush()
 
 
 def verify(app: Flask) -> Result:
@@ -81,7 +81,7 @@ def closed_chain(make_app: MakeApp, audit_url: str) -> Iterator[tuple[Engine, st
     """One chain of ten entries, written and closed cleanly by its writer."""
     app, extension = make_app(RESILIENCE_AUDIT_DATABASE_URI=audit_url)
     write_entries(app, 10)
-    chain_id = get_state(app).audit.writer.chain.chain_id
+    chain_id = AppAudit.of(app).writer.chain.chain_id
     extension.shutdown()
     engine = sqlalchemy.create_engine(audit_url)
     yield engine, chain_id
@@ -198,7 +198,7 @@ def test_an_unclosed_chain_is_live_while_checkpointed_then_reported_as_ended_wit
 ) -> None:
     writer_app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=audit_url, RESILIENCE_AUDIT_CHECKPOINT_SECONDS=60)
     write_entries(writer_app, 5)  # the writer stays up: no close yet
-    chain_id = get_state(writer_app).audit.writer.chain.chain_id
+    chain_id = AppAudit.of(writer_app).writer.chain.chain_id
     checker, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=audit_url)
     result = verify(checker)
     assert result.exit_code == 0, result.output
@@ -215,7 +215,7 @@ CRASHING_WRITER = textwrap.dedent(
     import os, sys
     from flask import Flask
     from flask_resilience import AuditEventType, Resilience, log_auth_event
-    from flask_resilience.state import get_state
+    from flask_resilience.audit.service import AppAudit
     app = Flask("crashing-writer", instance_path=sys.argv[2])
     app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1],
                       RESILIENCE_AUDIT_SPILL_PATH=sys.argv[3])
@@ -223,8 +223,8 @@ CRASHING_WRITER = textwrap.dedent(
     with app.app_context():
         for user in range(3):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
-        get_state(app).audit.writer.flush()  # no table there: into this process's spill file
-        print(get_state(app).audit.writer.chain.chain_id, flush=True)
+        AppAudit.of(app).writer.flush()  # no table there: into this process's spill file
+        print(AppAudit.of(app).writer.chain.chain_id, flush=True)
     os._exit(0)  # killed: no close
     """
 )
@@ -255,7 +255,7 @@ def test_a_crashed_chain_adopted_by_a_later_writer_is_a_known_crash(
     adopter, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=url, RESILIENCE_AUDIT_SPILL_PATH=str(spill))
     write_entries(adopter, 1)  # replays the dead writer's spill first
     write_entries(adopter, 1)  # and records the adoption
-    adopter_chain = get_state(adopter).audit.writer.chain.chain_id
+    adopter_chain = AppAudit.of(adopter).writer.chain.chain_id
     result = verify(adopter)
     assert result.exit_code == 0, result.output
     known_crash = f"ended without close: a crash, adopted by chain {adopter_chain}"
@@ -267,14 +267,14 @@ KILLED_WRITER = textwrap.dedent(
     import sys, time
     from flask import Flask
     from flask_resilience import AuditEventType, Resilience, log_auth_event
-    from flask_resilience.state import get_state
+    from flask_resilience.audit.service import AppAudit
     app = Flask("killed-writer", instance_path=sys.argv[2])
     app.config.update(SECRET_KEY="test-secret-key", RESILIENCE_AUDIT_DATABASE_URI=sys.argv[1])
     Resilience(app)
     with app.app_context():
         for user in range(5):
             log_auth_event(AuditEventType.LOGIN, user_id=user)
-        get_state(app).audit.writer.flush()
+        AppAudit.of(app).writer.flush()
         for user in range(5, 8):
             log_auth_event(AuditEventType.LOGIN, user_id=user)  # queued, never flushed: lost
     print("ready", flush=True)

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from werkzeug.test import Client
 
 from flask_resilience import AuditEventType, AuditStatus, Resilience, audited, log_data_change
-from flask_resilience.state import get_state
+from flask_resilience.audit.service import AppAudit
 from tests.audit_support import database, stored
 from tests.conftest import MakeApp
 
@@ -51,7 +51,7 @@ def test_on_commit_entries_follow_the_session(make_app: MakeApp, database: str, 
         assert client.post("/fares/1").status_code == 200
         assert client.post("/fares/2").status_code == 200
         with app.app_context():
-            get_state(app).audit.writer.flush()
+            AppAudit.of(app).writer.flush()
     finally:
         extension.shutdown()
         with app.app_context():

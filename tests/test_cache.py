@@ -21,6 +21,7 @@ from flask_resilience import (
     invalidate_cache_by_tag,
     invalidates,
 )
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.clock import FakeClock
 from tests.conftest import MakeApp
@@ -190,7 +191,7 @@ def test_miss_then_hit_with_headers(client: FlaskClient) -> None:
 
 def test_hit_from_l2_after_l1_is_gone(app: Flask, client: FlaskClient) -> None:
     client.get("/flights")
-    get_state(app).cache.layered.l1.clear()
+    AppCache.of(app).layered.l1.clear()
     response = client.get("/flights")
     assert response.headers["X-Cache"] == "HIT"
     assert response.headers["Cache-Status"].endswith("detail=l2")
@@ -201,7 +202,7 @@ def test_age_and_l1_ttl_cap_follow_the_injected_clock(make_app: MakeApp, redis_u
     app, _ = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_CACHE_L1_MAX_TTL=60)
     listening(build(app))
     clock = FakeClock(1_700_000_000)
-    get_state(app).cache.layered.set_clock(clock)
+    AppCache.of(app).layered.set_clock(clock)
     client = app.test_client()
     client.get("/flights")
     clock.advance(59)
@@ -290,7 +291,7 @@ def test_response_is_not_stored(app: Flask, path: str, reason: str) -> None:
     assert second.headers["X-Cache"] == "MISS"
     assert second.headers["Cache-Status"].endswith(f"not-stored-{reason}")
     assert first.headers["Cache-Status"].endswith(f"not-stored-{reason}")
-    assert get_state(app).cache.stats()["not_stored"][reason] == 2
+    assert AppCache.of(app).stats()["not_stored"][reason] == 2
 
 
 def test_configured_statuses_are_stored(client: FlaskClient) -> None:
@@ -465,12 +466,12 @@ def test_redis_at_a_dead_port_still_serves_and_counts_errors(make_app: MakeApp) 
     statuses = [client.get("/flights").status_code for _ in range(5)]
     assert statuses == [200] * 5
     assert client.get("/flights").headers["X-Cache"] == "HIT"  # from L1
-    stats = get_state(app).cache.stats()
+    stats = AppCache.of(app).stats()
     assert sum(stats["errors"].values()) >= 1
     assert stats["l2"]["available"] is False
     # The write itself succeeded: its response must not turn into a 500.
     assert client.post("/flights").status_code == 204
-    assert get_state(app).cache.stats()["errors"]["invalidation_failed"] == 1
+    assert AppCache.of(app).stats()["errors"]["invalidation_failed"] == 1
 
 
 def test_invalidating_with_redis_down_is_an_error_not_silence(make_app: MakeApp) -> None:

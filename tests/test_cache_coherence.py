@@ -21,6 +21,7 @@ from flask_resilience import (
     invalidate_cache_by_pattern,
     invalidate_cache_by_tag,
 )
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.cache_worker import Worker
 from tests.clock import eventually
@@ -56,7 +57,7 @@ def setup(redis_url: str, key_prefix: str, raw_redis: redis.Redis) -> Iterator[t
     worker = Worker(functools.partial(worker_app, redis_url, key_prefix, counter_key))
     yield app, worker
     worker.stop()
-    app.extensions["resilience"].extension.shutdown()
+    app.extensions["resilience"].shutdown()
     raw_redis.delete(counter_key)
 
 
@@ -95,7 +96,7 @@ def test_lost_subscription_empties_l1(setup: tuple[Flask, Worker], raw_redis: re
     app, _ = setup
     client = app.test_client()
     client.get("/flights")
-    layered = get_state(app).cache.layered
+    layered = AppCache.of(app).layered
     assert len(layered.l1) == 1
     raw_redis.client_kill_filter(_type="pubsub")
     assert eventually(lambda: len(layered.l1) == 0)
@@ -114,7 +115,7 @@ def _racer(redis_url: str, prefix: str, counter_key: str, start: Any, results: A
     redis.Redis.from_url(redis_url).incr(f"{counter_key}:arrived")
     response = client.get("/flights?to=FAO")
     results.put((response.status_code, response.json))
-    app.extensions["resilience"].extension.shutdown()
+    app.extensions["resilience"].shutdown()
 
 
 def test_four_processes_missing_one_key_compute_once(

@@ -26,6 +26,7 @@ from flask_resilience import (
 from flask_resilience.cache.backends import PatternsNeedRedis
 from flask_resilience.cache.entry import CacheEntry, Stamp, decode
 from flask_resilience.cache.keys import DATA_VARIANT, full_key
+from flask_resilience.cache.service import AppCache
 from flask_resilience.responses import StoredResponse
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
@@ -96,7 +97,7 @@ def test_get_or_set_calls_the_loader_once_under_threads(app_and_ext: tuple[Flask
 
 def test_unreadable_l2_value_is_a_miss(app_and_ext: tuple[Flask, Resilience]) -> None:
     app, ext = app_and_ext
-    l2 = get_state(app).cache.layered.l2
+    l2 = AppCache.of(app).layered.l2
     assert l2 is not None
     for key, raw in [
         ("legacy", b"\x80\x04pickled-by-someone-else"),
@@ -147,7 +148,7 @@ def test_write_through_persists_before_caching(app_and_ext: tuple[Flask, Resilie
 
 def test_write_behind_retries_then_persists(app_and_ext: tuple[Flask, Resilience]) -> None:
     app, ext = app_and_ext
-    queue = get_state(app).cache.write_behind
+    queue = AppCache.of(app).write_behind
     queue.retry_delays = (0.0, 0.0, 0.0)
     attempts: list[int] = []
     done = threading.Event()
@@ -170,7 +171,7 @@ def test_write_behind_retries_then_persists(app_and_ext: tuple[Flask, Resilience
 
 def test_write_behind_drops_when_full_and_flushes_on_shutdown(make_app: MakeApp, redis_url: str) -> None:
     app, ext = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_CACHE_WRITE_BEHIND_QUEUE=2)
-    queue = get_state(app).cache.write_behind
+    queue = AppCache.of(app).write_behind
     queue.retry_delays = ()
     blocker = threading.Event()
     started = threading.Event()
@@ -253,7 +254,7 @@ def test_flask_caching_backend_stores_and_invalidates(flask_caching_app: Flask) 
     app = flask_caching_app
     client = app.test_client()
     client.get("/routes")
-    get_state(app).cache.layered.l1.clear()
+    AppCache.of(app).layered.l1.clear()
     hit = client.get("/routes")
     assert hit.headers["Cache-Status"].endswith("detail=l2")
     with app.app_context():
@@ -307,6 +308,36 @@ def test_cache_reset_clear_and_invalidate_endpoints(admin_client: FlaskClient) -
         response = admin_client.post("/api/health/cache/invalidate", json=bad, headers=ADMIN)
         assert response.status_code == 400, bad
         assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "regex",
+    [
+        "(a+)+$",  # nested repeats: exponential backtracking on "aaaa...b"
+        "(a*)*b",
+        "(a|aa)+$",  # a repeated alternation
+        "(.*a){20}",
+        r"(a)\1+",  # a back reference
+        "a" * 513,  # too long
+    ],
+)
+def test_an_admin_regex_that_could_backtrack_forever_is_refused(
+    admin_client: FlaskClient, regex: str
+) -> None:
+    """One request must not pin every worker's CPU: the regex is matched
+    against every key in L2 and, through pub/sub, in every process's L1."""
+    response = admin_client.post("/api/health/cache/invalidate", json={"regex": regex}, headers=ADMIN)
+    assert response.status_code == 400, response.json
+    assert response.content_type == "application/problem+json"
+    assert response.json is not None and "regular expression" in response.json["title"].lower()
+
+
+@pytest.mark.parametrize(
+    "regex", ["^cache:/cit", "cache:/(cities|towns)/[0-9]+$", r"\?page=\d{1,3}", "a+b*c?"]
+)
+def test_an_ordinary_admin_regex_is_accepted(admin_client: FlaskClient, regex: str) -> None:
+    response = admin_client.post("/api/health/cache/invalidate", json={"regex": regex}, headers=ADMIN)
+    assert response.status_code == 200, response.json
 
 
 def test_dashboard_includes_the_cache(admin_client: FlaskClient) -> None:

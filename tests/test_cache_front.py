@@ -17,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import Client
 
 from flask_resilience import Resilience, cached, invalidate_cache, invalidate_cache_by_tag
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.cache_worker import Worker
 from tests.conftest import MakeApp
@@ -94,7 +95,7 @@ def test_a_hit_is_answered_before_flask_with_the_final_response(make_app: MakeAp
     third = client.get("/front")
     earlier = (second.headers["X-Request-ID"], first.headers["X-Request-ID"])
     assert third.headers["X-Request-ID"] not in earlier
-    assert get_state(app).cache.stats()["l1_hits"] == 2
+    assert AppCache.of(app).stats()["l1_hits"] == 2
 
 
 def test_before_request_runs_for_every_view_not_opted_in(make_app: MakeApp) -> None:
@@ -357,7 +358,7 @@ def test_no_request_ever_receives_another_requests_response(
             response = client.get(path, query_string=query_string, headers={"Host": host})
             if response.status_code == 200:
                 assert response.json == _expected("x" + name, query, host)
-    get_state(app).extension.shutdown()
+    get_state(app).shutdown()
 
 
 # -- another process -----------------------------------------------------------------
@@ -402,7 +403,7 @@ def test_invalidation_reaches_front_entries_in_another_process(
         assert worker.get("/flights")[2] == {"runs": 2}
         assert worker.get("/flights")[1].endswith("detail=front")
     finally:
-        get_state(app).extension.shutdown()
+        get_state(app).shutdown()
 
 
 def test_the_front_tier_is_skipped_until_the_listener_confirms(make_app: MakeApp, redis_url: str) -> None:
@@ -443,7 +444,7 @@ def test_an_app_without_front_views_never_notes_identities(make_app: MakeApp) ->
     client = app.test_client()
     for _ in range(3):
         client.get("/view")
-    tier = get_state(app).cache.front
+    tier = AppCache.of(app).front
     assert not tier.armed and not tier.routes
 
 

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask, Response, after_this_request
 
 from flask_resilience import cached, invalidate_cache, warmup_cache, warmup_view
-from flask_resilience.state import get_state
+from flask_resilience.cache.service import AppCache
 from flask_resilience.stores.redis import StoreUnavailableError
 from tests.conftest import MakeApp
 
@@ -124,7 +124,7 @@ def test_invalidating_a_long_resource_key_drops_it(
         invalidate_cache(f"cache:/search?q={term}")
         warmup_cache("k" * 300, "old")
         invalidate_cache("k" * 300)
-        assert get_state().cache.data.get("k" * 300) is None
+        assert AppCache.of().data.get("k" * 300) is None
     assert client.get(f"/search?q={term}").get_data() != stale
 
 

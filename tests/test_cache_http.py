@@ -10,6 +10,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import cached
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
@@ -84,7 +85,7 @@ def app(make_app: MakeApp, redis_url: str) -> Flask:
 def test_every_end_to_end_header_is_stored_but_the_deny_list(app: Flask) -> None:
     client = app.test_client()
     client.get("/headers")
-    get_state(app).cache.layered.l1.clear()  # from L2: the stored form
+    AppCache.of(app).layered.l1.clear()  # from L2: the stored form
     hit = client.get("/headers")
     assert hit.headers["X-Cache"] == "HIT"
     assert hit.data == b"\x1f\x8b-gzipped"

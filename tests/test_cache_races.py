@@ -20,6 +20,7 @@ from flask_resilience import (
     invalidate_cache_by_pattern,
     invalidate_cache_by_tag,
 )
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.cache_worker import Worker, race_app
 from tests.clock import eventually
@@ -40,7 +41,7 @@ def cleanup(raw_redis: redis.Redis, key_prefix: str) -> Iterator[list[Flask]]:
     apps: list[Flask] = []
     yield apps
     for app in apps:
-        get_state(app).extension.shutdown()
+        get_state(app).shutdown()
     for key in raw_redis.scan_iter(match=f"{key_prefix}test-*"):
         raw_redis.delete(key)
 
@@ -189,7 +190,7 @@ def test_second_instance_never_serves_what_it_stored_before_listening(
     _listening(second)
     later = second.test_client().get("/item")
     assert later.json == {"version": 2}
-    assert get_state(second).cache.stats()["l1_unsynced"] >= 1
+    assert AppCache.of(second).stats()["l1_unsynced"] >= 1
 
 
 def test_spawned_worker_never_serves_what_it_stored_before_listening(
@@ -239,7 +240,7 @@ def test_after_a_killed_pubsub_connection_nothing_stale_is_served(
         with first.app_context():
             invalidate_cache("api:/item")
         _listening(second)
-        layered = get_state(second).cache.layered
+        layered = AppCache.of(second).layered
 
         def settled() -> bool:
             # Delivered (pub/sub is asynchronous), or lost in a gap that ended after it.
@@ -250,7 +251,7 @@ def test_after_a_killed_pubsub_connection_nothing_stale_is_served(
         assert second.test_client().get("/item").json == {"version": 2}
     finally:
         for app in cleanup:
-            get_state(app).extension.shutdown()
+            get_state(app).shutdown()
         cleanup.clear()
         server.kill()
         server.wait(10)

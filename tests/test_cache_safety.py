@@ -20,6 +20,7 @@ from flask_resilience import (
     invalidate_cache_by_tag,
     warmup_cache,
 )
+from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from tests.clock import FakeClock
 from tests.conftest import MakeApp
@@ -171,14 +172,14 @@ def test_embedded_mode_keeps_the_full_ttl(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_CACHE_L1_MAX_TTL=60)
     build(app)
     clock = FakeClock(1_700_000_000)
-    get_state(app).cache.layered.set_clock(clock)
+    AppCache.of(app).layered.set_clock(clock)
     with app.app_context():
         warmup_cache("rates", {"EUR": 1}, 300)
     _get(app, "/flights")
     clock.advance(61)
     assert _get(app, "/flights").headers["X-Cache"] == "HIT"
     with app.app_context():
-        assert get_state(app).cache.data.get("rates") == {"EUR": 1}
+        assert AppCache.of(app).data.get("rates") == {"EUR": 1}
     clock.advance(240)  # 301 s
     assert _get(app, "/flights").headers["X-Cache"] == "MISS"
 
@@ -199,8 +200,8 @@ def test_a_lost_tag_counter_does_not_revive_invalidated_entries(
     with app.app_context():
         invalidate_cache_by_tag("flights")
     assert _delete_tag_counters(raw_redis, key_prefix, "flights") == 1  # evicted
-    get_state(app).cache.layered.l1.clear()
-    get_state(app).cache.layered.tags.forget()  # as after a restart of this process
+    AppCache.of(app).layered.l1.clear()
+    AppCache.of(app).layered.tags.forget()  # as after a restart of this process
     again = _get(app, "/flights?a=old")
     assert again.headers["X-Cache"] == "MISS"
     assert again.json["run"] == 2
@@ -211,8 +212,8 @@ def test_a_lost_epoch_makes_every_entry_a_miss(app: Flask, raw_redis: redis.Redi
     epoch = [key for key in raw_redis.scan_iter(match=f"{key_prefix}*") if key.endswith(b"epoch")]
     assert len(epoch) == 1
     raw_redis.delete(*epoch)
-    get_state(app).cache.layered.l1.clear()
-    get_state(app).cache.layered.tags.forget()
+    AppCache.of(app).layered.l1.clear()
+    AppCache.of(app).layered.tags.forget()
     assert _get(app, "/flights").headers["X-Cache"] == "MISS"
 
 

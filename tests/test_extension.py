@@ -47,7 +47,7 @@ def test_constructor_app_argument_registers(tmp_path: object) -> None:
     app = Flask("direct")
     extension = Resilience(app)
     try:
-        assert get_state(app).extension is extension
+        assert get_state(app).hooks is extension.hooks
     finally:
         extension.shutdown()
 

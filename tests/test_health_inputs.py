@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_resilience.audit.migrate import upgrade
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.problems import PROBLEM_CONTENT_TYPE
-from flask_resilience.state import get_state
 from flask_resilience.times import parse_moment
 from tests.conftest import MakeApp
 
@@ -208,7 +208,7 @@ def test_audit_since_and_until_convert_offsets_and_accept_ages(make_app: MakeApp
     client = app.test_client()
     marker = "inputs-offsets"
     with app.test_request_context():
-        get_state(app).audit.record({"event_type": "DATA_UPDATED", "user_id": marker})
+        AppAudit.of(app).record({"event_type": "DATA_UPDATED", "user_id": marker})
     assert len(_entries(client, user_id=marker)) == 1
     now = datetime.now(UTC)
     plus_five = timezone_offset(5)

@@ -23,6 +23,7 @@ from flask_resilience import (
     invalidate_idempotency_key,
     reset_replay_protection_stats,
 )
+from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
 from tests.clock import FakeClock
 from tests.conftest import MakeApp
@@ -170,6 +171,31 @@ def test_same_key_with_another_request_is_422(
     assert RUNS["pay"] == 1
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"CONTENT_LENGTH": "0"}, {"CONTENT_LENGTH": "1", "body": b"x"}),
+        ({"CONTENT_LENGTH": "1", "body": b"x"}, {"CONTENT_LENGTH": "0"}),
+        ({"CONTENT_LENGTH": "0"}, {"CONTENT_LENGTH": "0", "CONTENT_TYPE": "text/plain"}),
+        ({}, {"CONTENT_LENGTH": "0", "CONTENT_TYPE": "text/plain"}),
+    ],
+    ids=["empty-then-body", "body-then-empty", "content-type-added", "no-length-then-type"],
+)
+def test_an_empty_body_is_told_from_a_body_and_from_another_content_type(
+    client: FlaskClient, first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    def post(sent: dict[str, Any]) -> Any:
+        environ = {name: value for name, value in sent.items() if name != "body"}
+        return client.post(
+            "/payments/p1", data=sent.get("body", b""), headers=key(), environ_overrides=environ
+        )
+
+    assert post(first).status_code == 201
+    assert post(first).headers["X-Idempotency-Replayed"] == "true"
+    assert post(second).status_code == 422
+    assert RUNS["pay"] == 1
+
+
 @pytest.mark.parametrize("bad", ["", "a" * 256, "tab\tkey", "ünïcode", '"unterminated', '"bad\\x"'])
 def test_malformed_keys_are_400(client: FlaskClient, bad: str) -> None:
     response = client.post("/payments/p1", json={}, headers={"Idempotency-Key": bad})
@@ -287,7 +313,7 @@ def test_memory_layer_serves_replays(make_app: MakeApp, redis_url: str) -> None:
     for full_key in list(store.scan("idem:*")):
         store.delete(full_key)  # the shared record is gone; this process still remembers
     assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
-    assert get_state(app).idempotency.stats()["memory_entries"] == 1
+    assert AppIdempotency.of(app).stats()["memory_entries"] == 1
 
 
 def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis_url: str) -> None:
@@ -296,7 +322,7 @@ def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis
     store = get_state(app).redis
     assert store is not None and store.subscriber.wait_until_listening()
     client.post("/payments/p1", json={}, headers=key())
-    memory = get_state(app).idempotency.memory
+    memory = AppIdempotency.of(app).memory
     (record_key,) = list(memory.keys())
     copy = memory.get(record_key)
     for _ in range(3):
@@ -305,11 +331,45 @@ def test_a_replay_from_memory_does_not_rewrite_the_copy(make_app: MakeApp, redis
     assert client.post("/payments/p1", json={}, headers={"Idempotency-Key": "x" * 10_000}).status_code == 400
 
 
+def test_replays_from_memory_are_the_replay_from_redis_and_share_no_headers(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    client = build(app).test_client()
+    hooked = Counter[str]()
+
+    @app.after_request
+    def stamp(response: Response) -> Response:  # a hook that changes every response
+        hooked["n"] += 1
+        response.headers.add("X-Hook", str(hooked["n"]))
+        return response
+
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening()
+    first = client.post("/payments/p1", json={}, headers=key())
+    AppIdempotency.of(app).memory.clear()
+    from_redis = client.post("/payments/p1", json={}, headers=key())
+    for full_key in list(store.scan("idem:*")):
+        store.delete(full_key)  # from now on only this process's copy can answer
+    from_memory = [client.post("/payments/p1", json={}, headers=key()) for _ in range(3)]
+
+    def shown(response: Any) -> list[tuple[str, str]]:
+        return [(name, value) for name, value in response.headers if name not in ("X-Request-ID", "X-Hook")]
+
+    for replayed in from_memory:
+        assert replayed.get_data() == from_redis.get_data() == first.get_data()
+        assert replayed.status_code == from_redis.status_code == 201
+        assert shown(replayed) == shown(from_redis)
+        assert len(replayed.headers.getlist("X-Hook")) == 1  # nothing left over from the last replay
+    assert len({replayed.headers["X-Hook"] for replayed in from_memory}) == 3
+    assert RUNS["pay"] == 1
+
+
 def test_ttl_expiry_follows_the_injected_clock(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_IDEMPOTENCY_TTL=60)
     client = build(app).test_client()
     clock = FakeClock(1_700_000_000)
-    get_state(app).idempotency.clock = clock
+    AppIdempotency.of(app).clock = clock
     client.post("/payments/p1", json={}, headers=key())
     clock.advance(59)
     assert client.post("/payments/p1", json={}, headers=key()).headers["X-Idempotency-Replayed"] == "true"
@@ -328,7 +388,7 @@ def test_store_unavailable_fails_closed_or_open(make_app: MakeApp) -> None:
     assert RUNS["pay"] == 0
     assert client.post("/open", headers=key()).status_code == 200
     assert RUNS["open"] == 1
-    stats = get_state(app).idempotency.stats()
+    stats = AppIdempotency.of(app).stats()
     assert (stats["store_errors"], stats["fail_open"]) == (2, 1)
 
 
@@ -514,3 +574,22 @@ def test_prefix_protection_keeps_a_propagated_exception_as_the_outcome(
         client.post("/api/rerunnable", headers=key())
     assert client.post("/api/rerunnable", headers=key()).status_code == 200
     assert runs == [1, 1, 1]
+
+
+def test_a_custom_key_header_is_read_whatever_its_case(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    runs = Counter[str]()
+
+    @app.post("/orders")
+    @idempotent(header="X-Order-Key", required=True)
+    def order() -> ResponseReturnValue:
+        runs["order"] += 1
+        return jsonify(run=runs["order"]), 201
+
+    client = app.test_client()
+    first = client.post("/orders", headers={"x-order-key": "o-1"})
+    again = client.post("/orders", headers={"X-ORDER-KEY": "o-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.headers["X-Idempotency-Replayed"] == "true" and again.headers["X-Order-Key"] == "o-1"
+    assert client.post("/orders", headers={"Idempotency-Key": "o-1"}).status_code == 400  # not its header
+    assert runs["order"] == 1

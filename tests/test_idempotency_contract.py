@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, Response, abort, g, jsonify, redirect, reque
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import Resilience, idempotent, invalidate_idempotency_key
+from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.signals import idempotency_conflict, idempotency_mismatch
 from flask_resilience.state import get_state
 from tests.clock import FakeClock, eventually
@@ -290,7 +291,7 @@ def test_a_live_request_keeps_its_key_longer_than_three_leases(
     third = app.test_client().post("/slow-charge", headers=key())
     assert (third.status_code, third.headers["X-Idempotency-Replayed"]) == (201, "true")
     assert runs == [1]
-    assert get_state(app).idempotency.stats()["lease_renewals"] >= 4
+    assert AppIdempotency.of(app).stats()["lease_renewals"] >= 4
 
 
 # -- §2 Redis failing after the view ran -------------------------------------------------------
@@ -317,7 +318,7 @@ def test_completion_is_retried_when_redis_fails_after_the_view_ran(
         assert client.post("/charge", headers=key()).status_code == 201
     finally:
         os.kill(server.pid, signal.SIGCONT)
-    service = get_state(app).idempotency
+    service = AppIdempotency.of(app)
 
     def replayed() -> bool:
         response = client.post("/charge", headers=key())
@@ -439,7 +440,7 @@ def test_memory_copies_expire_with_the_decorators_ttl(
         runs.append(1)
         return jsonify(runs=len(runs)), 201
 
-    service = get_state(app).idempotency
+    service = AppIdempotency.of(app)
     clock = FakeClock(1_700_000_000)
     service.clock = clock
     client = app.test_client()
@@ -463,7 +464,7 @@ def test_memory_mode_is_bounded_and_sweeps_expired_records(make_app: MakeApp) ->
     def note() -> ResponseReturnValue:
         return "", 204
 
-    service = get_state(app).idempotency
+    service = AppIdempotency.of(app)
     clock = FakeClock(1_700_000_000)
     service.clock = clock
     client = app.test_client()

@@ -16,6 +16,7 @@ from flask import Flask, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import current_principal, idempotent, invalidate_idempotency_key
+from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
 from tests.clock import FakeClock
 from tests.conftest import MakeApp
@@ -58,7 +59,7 @@ def test_a_replay_read_before_an_invalidation_leaves_no_copy_behind(
     client = app.test_client()
     headers = {"Idempotency-Key": "k-race"}
     first = client.post("/pay", json={}, headers=headers).json
-    service = get_state(app).idempotency
+    service = AppIdempotency.of(app)
     service.memory.clear()  # a process that has not replayed this key yet
 
     def invalidate() -> None:
@@ -78,7 +79,7 @@ def test_a_completion_racing_an_invalidation_leaves_no_copy_behind(make_app: Mak
     app = _app(make_app, redis_url)
     client = app.test_client()
     headers = {"Idempotency-Key": "k-race-2"}
-    service = get_state(app).idempotency
+    service = AppIdempotency.of(app)
 
     def invalidate() -> None:
         with app.app_context():
@@ -157,7 +158,7 @@ def test_waiting_for_a_running_request_is_bounded_when_the_wall_clock_steps_back
         release.wait(10)
         return jsonify(run=next(RUNS))
 
-    get_state(app).idempotency.clock = FakeClock(1_700_000_000)  # never moves
+    AppIdempotency.of(app).clock = FakeClock(1_700_000_000)  # never moves
     headers = {"Idempotency-Key": "slow-1"}
     first = threading.Thread(target=lambda: app.test_client().post("/slow", json={}, headers=headers))
     first.start()

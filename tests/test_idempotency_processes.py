@@ -76,7 +76,7 @@ def _sender(  # noqa: PLR0917 (a spawned process takes its arguments positionall
         eventually(lambda: int(client.get(f"{counter}:finished") or 0) >= 4)
         post()
     results.put(statuses)
-    get_state(app).extension.shutdown()
+    get_state(app).shutdown()
 
 
 def _four_senders(redis_url: str, prefix: str, counter: str, path: str) -> list[tuple[int, str | None]]:
@@ -114,7 +114,7 @@ def test_twenty_requests_from_four_processes_run_the_view_once(
 def _holder(redis_url: str, prefix: str, counter: str, lease: float = 30.0, key: str = "crashy") -> None:
     app = worker_app(redis_url, prefix, counter, lease=lease)
     app.test_client().post("/charge", headers={"Idempotency-Key": key})  # blocks inside the view
-    get_state(app).extension.shutdown()
+    get_state(app).shutdown()
 
 
 def test_a_killed_worker_frees_the_key_when_its_lease_ends(
@@ -145,7 +145,7 @@ def test_a_killed_worker_frees_the_key_when_its_lease_ends(
     response = client.post("/charge", headers={"Idempotency-Key": "crashy"})
     assert response.status_code == 201
     assert response.json == {"runs": 2}
-    get_state(app).extension.shutdown()
+    get_state(app).shutdown()
     raw_redis.delete(counter, f"{counter}:inside", f"{counter}:arrived", f"{counter}:expected")
 
 
@@ -192,7 +192,7 @@ def test_a_live_worker_keeps_its_key_for_longer_than_three_leases(
         replay = client.post("/charge", headers={"Idempotency-Key": "long"})
         assert (replay.status_code, replay.headers["X-Idempotency-Replayed"]) == (201, "true")
         assert int(raw_redis.get(counter) or 0) == 1
-        get_state(app).extension.shutdown()
+        get_state(app).shutdown()
     finally:
         if holder.is_alive():
             holder.kill()

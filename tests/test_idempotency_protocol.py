@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flask_resilience.idempotency.protocol import (
@@ -15,6 +17,7 @@ from flask_resilience.idempotency.protocol import (
     canonical_json,
     canonical_query,
     decide,
+    digest,
     fingerprint,
     keep,
     parse_key,
@@ -150,3 +153,19 @@ def test_memory_records_bound_completed_records_by_bytes_but_never_evict_claims(
     remaining = len(records)
     assert records.delete_matching("*") == remaining
     assert len(records) == 0
+
+
+# Lone surrogates that surrogateescape encodes (bytes that were not UTF-8).
+_ESCAPED = st.text(alphabet=st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text() | st.binary() | _ESCAPED, max_size=6))
+def test_digest_is_sha256_of_the_parts_each_ended_by_nul(parts: list[str | bytes]) -> None:
+    """Record keys and fingerprints stored by earlier versions keep matching."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+        hasher.update(b"\x00")
+    assert digest(*parts) == hasher.hexdigest()
+    assert digest("a", b"b") == hashlib.sha256(b"a\x00b\x00").hexdigest()

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_resilience import CircuitOpenError, cached, idempotent
+from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.metrics import ResilienceCollector
 from tests.clock import FakeClock
 from tests.conftest import MakeApp
@@ -76,7 +77,7 @@ def test_breaker_outcomes_partition_its_calls_and_slow_calls_count_apart(make_ap
 
 
 def test_idempotency_outcomes_sum_to_the_requests(make_app: MakeApp) -> None:
-    app, extension = make_app()
+    app, _ = make_app()
 
     @app.post("/pay")
     @idempotent()
@@ -98,7 +99,7 @@ def test_idempotency_outcomes_sum_to_the_requests(make_app: MakeApp) -> None:
         dict(labels)["outcome"]: value
         for labels, value in families["resilience_idempotency_requests"].items()
     }
-    assert sum(outcomes.values()) == extension.state(app).idempotency.stats()["requests"] == 3
+    assert sum(outcomes.values()) == AppIdempotency.of(app).stats()["requests"] == 3
     assert (outcomes["first_execution"], outcomes["replay"], outcomes["mismatch"]) == (1.0, 1.0, 1.0)
     lookups = {
         dict(labels)["result"]: value for labels, value in families["resilience_cache_lookups"].items()

@@ -17,7 +17,7 @@ from tests.clock import eventually
 from tests.gunicorn_server import Server, gunicorn
 
 TOKEN = "metrics-test-admin-token"
-# What README.rst tells gunicorn users to put in gunicorn.conf.py.
+# What docs/health.rst tells gunicorn users to put in gunicorn.conf.py.
 GUNICORN_CONFIG = """
 from prometheus_client import multiprocess
 
@@ -26,6 +26,7 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 """
 
+# Counter samples and histogram samples (buckets, count, sum): none may ever go down.
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -62,10 +63,10 @@ def scrape(server: Server) -> tuple[Samples, set[str]]:
     names = set()
     for family in text_string_to_metric_families(answer.text):
         names.add(family.name)
-        if family.type != "counter":
+        if family.type not in ("counter", "histogram"):
             continue
         for sample in family.samples:
-            if sample.name.endswith("_total"):
+            if sample.name.endswith(("_total", "_bucket", "_count", "_sum")):
                 counters[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return counters, names
 
@@ -110,6 +111,13 @@ def test_counters_never_decrease_across_scrapes_served_by_different_workers(
 
     # Summed over every worker, each search was counted exactly once...
     assert eventually(lambda: lookups() == searches, timeout=10), lookups()
+    # The histograms are fleet-wide too: every search looked the cache up, and
+    # the misses called the flights provider through its breaker.
+    final = scrape(server)[0]
+    lookup_counts = "resilience_cache_lookup_duration_seconds_count"
+    timed = sum(value for (name, _), value in final.items() if name == lookup_counts)
+    assert timed >= searches
+    assert final[("resilience_circuit_call_duration_seconds_count", (("circuit", "flights-provider"),))] >= 1
     # ...by several workers (three, and the one replacing the worker that exited).
     publishers = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("counter_*.db")}
     assert len(publishers) >= 3, publishers

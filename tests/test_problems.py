@@ -16,9 +16,9 @@ from werkzeug.exceptions import HTTPException
 
 from flask_resilience import Problem, audited, idempotent
 from flask_resilience.audit.migrate import upgrade
+from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log
 from flask_resilience.problems import PROBLEM_CONTENT_TYPE, TYPE_PREFIX
-from flask_resilience.state import get_state
 from tests.conftest import MakeApp
 
 
@@ -76,7 +76,7 @@ def test_audited_records_a_problem_as_the_answer_it_is(make_app: MakeApp, sqlite
 
     response = app.test_client().post("/guarded")
     assert response.status_code == 403
-    audit = get_state(app).audit
+    audit = AppAudit.of(app)
     audit.writer.flush()
     with audit.engine().connect() as connection:
         # the one entry (its chain's CHAIN_OPENED aside)

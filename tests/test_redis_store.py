@@ -7,7 +7,6 @@ import os
 import queue
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from multiprocessing.connection import Connection
 import pytest
 import redis
 
-from flask_resilience.stores.redis import RedisStore, StoreUnavailableError, build_client
+from flask_resilience.stores.redis import RedisStore, StoreUnavailableError, build_client, parse_version
 from tests.services import free_port, start_redis_server
 
 
@@ -236,16 +235,35 @@ def test_redis_errors_do_not_leak_redis_exceptions(key_prefix: str) -> None:
     store.close()
 
 
-def test_scripts_run_by_sha_and_survive_a_script_flush(
-    throwaway_redis: tuple[str, subprocess.Popen[bytes]],
-) -> None:
+def test_script_runs_by_sha_and_survives_a_flushed_script_cache(throwaway_redis: tuple[str, object]) -> None:
     url, _process = throwaway_redis
-    client = redis.Redis.from_url(url)
-    store = RedisStore(client, "t:")
-    script = store.script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-    assert store.run_script(script, ["t:n"], [2]) == 2  # not loaded yet: EVAL, which caches it
-    assert client.script_exists(script.sha) == [True]
-    client.script_flush()  # the server forgets it (a restart or a failover does too)
-    assert store.run_script(script, ["t:n"], [3]) == 5
-    assert store.run_script(script, ["t:n"], [1]) == 6
-    client.close()
+    own = _store(url, "lua:")
+    script = own.script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    assert own.run_script(script, [own.key("n")], [2]) == 2
+    own.client.script_flush()  # the server forgets it (as after a restart): NOSCRIPT, loaded again
+    assert own.run_script(script, [own.key("n")], [3]) == 5
+    assert own.client.script_exists(script.sha) == [True]
+    own.close()
+
+
+def test_server_version_is_asked_once_and_parsed(store: RedisStore, raw_redis: redis.Redis) -> None:
+    version = store.server_version()
+    expected = tuple(int(part) for part in str(raw_redis.info("server")["redis_version"]).split("."))
+    assert version == expected
+    assert store.server_version() is version
+
+
+def test_set_absent_or_get_claims_once_and_leaves_the_holder_alone(store: RedisStore) -> None:
+    if store.server_version() < (7, 0):
+        pytest.skip("SET NX GET needs Redis 7.0")
+    key = store.key("claim")
+    assert store.set_absent_or_get(key, b"first", 30) is None
+    assert store.set_absent_or_get(key, b"second", 1) == b"first"
+    assert store.get(key) == b"first"
+    assert 29_000 < store.client.pttl(key) <= 30_000  # the loser did not touch the lease
+
+
+def test_parse_version() -> None:
+    assert parse_version("7.0.15") == (7, 0, 15)
+    assert parse_version("6.2.7-rc1") == (6, 2)
+    assert parse_version("") == ()

@@ -6,7 +6,7 @@ breaks its link; deleting one leaves a gap in ``seq``. A chain starts with a
 ``CHAIN_OPENED`` entry and a clean shutdown ends it with ``CHAIN_CLOSED``, so a
 cut tail shows (see ``checkpoints.py`` for the signed heads that prove it).
 
-The canonical form (README.rst, "Canonical form") is a JSON array of the
+The canonical form (docs/audit.rst, "Canonical form") is a JSON array of the
 ``HASHED`` fields in that order, as ``json.dumps(values, sort_keys=True,
 separators=(",", ":"), ensure_ascii=True)`` writes it: no whitespace, object
 keys sorted, non-ASCII as ``\\uXXXX`` escapes, timestamps as naive-UTC ISO 8601
@@ -16,6 +16,7 @@ keys sorted, non-ASCII as ``\\uXXXX`` escapes, timestamps as naive-UTC ISO 8601
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -86,10 +87,16 @@ def from_canonical(data: bytes) -> dict[str, Any]:
 
 
 def _digest(prev_hash: str, encoded: bytes, key: bytes | None) -> str:
-    data = prev_hash.encode() + encoded
-    if key:
-        return hmac.new(key, data, hashlib.sha256).hexdigest()
-    return hashlib.sha256(data).hexdigest()
+    hasher = _keyed(key).copy() if key else hashlib.sha256()
+    hasher.update(prev_hash.encode())
+    hasher.update(encoded)
+    return hasher.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA-256 with ``key`` set up once (its padded key hashed); each entry copies it."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def link_hash(prev_hash: str, row: Mapping[str, Any], key: bytes | None) -> str:

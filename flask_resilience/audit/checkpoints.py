@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, insert, select
+from sqlalchemy import Engine, and_, delete, func, insert, select
 
 from .. import config as cfg
-from ..lifecycle import fork_generation
+from ..stores.sql import process_safe_engine
 from .chain import Chain
 from .events import new_id
 from .keys import Keyring, key_id
@@ -105,7 +105,6 @@ class CheckpointStore:
         self.sink = sink
         self._clock = clock
         self._own_engine: Engine | None = None
-        self._generation = fork_generation()
         self._lock = threading.Lock()
         self._last: dict[
             str, tuple[int, float]
@@ -116,11 +115,8 @@ class CheckpointStore:
             return audit_engine
         with self._lock:
             if self._own_engine is None:
-                self._own_engine = create_engine(self.database_uri, pool_pre_ping=True)
+                self._own_engine = process_safe_engine(self.database_uri, pool_pre_ping=True)
                 audit_checkpoint.create(self._own_engine, checkfirst=True)
-            elif self._generation != fork_generation():
-                self._own_engine.dispose(close=False)  # a forked worker must not share the parent's sockets
-            self._generation = fork_generation()
             return self._own_engine
 
     # -- writing (called by the audit writer's flush thread) -----------------------
@@ -172,6 +168,38 @@ class CheckpointStore:
             ):
                 result[checkpoint.chain_id] = (checkpoint, last_heard[checkpoint.chain_id])
         return result
+
+    # -- retention (purge) ----------------------------------------------------------------
+
+    def prune(self, audit_engine: Engine, before: datetime, batch: int = 1000) -> int:
+        """Delete checkpoints created before ``before`` (naive UTC) that
+        ``verify`` no longer reads: it reads each chain's furthest checkpoint
+        and its newest, which always stay. Returns how many went; raises
+        SQLAlchemyError where the role may not delete (the table is meant to
+        be insert-only for the app)."""
+        table = audit_checkpoint
+        pruned = 0
+        with self.engine(audit_engine).connect() as connection:
+            chains = connection.execute(
+                select(table.c.chain_id, func.max(table.c.created_at))
+                .group_by(table.c.chain_id)
+                .having(func.min(table.c.created_at) < before)
+            ).all()
+        for chain_id, newest in chains:
+            this_chain = table.c.chain_id == chain_id
+            with self.engine(audit_engine).begin() as connection:
+                furthest = connection.execute(
+                    select(table.c.id)
+                    .where(this_chain)
+                    .order_by(table.c.seq.desc(), table.c.closing.desc(), table.c.created_at.desc())
+                    .limit(1)
+                ).scalar_one()
+                prunable = and_(this_chain, table.c.created_at < min(before, newest), table.c.id != furthest)
+                oldest = select(table.c.id).where(prunable).limit(batch)
+                while ids := connection.execute(oldest).scalars().all():
+                    connection.execute(delete(table).where(table.c.id.in_(ids)))
+                    pruned += len(ids)
+        return pruned
 
     def dispose(self) -> None:
         with self._lock:

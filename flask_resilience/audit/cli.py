@@ -21,7 +21,7 @@ from .events import AuditEventType
 from .export import as_csv, as_jsonl, count_rows, export_rows
 from .keys import Keyring, app_keyring
 from .purge import PURGE_KEY, plan, purge
-from .service import current_audit
+from .service import AppAudit, current_audit
 from .table import missing_tables
 from .verify import ChainReport, verify
 
@@ -82,9 +82,9 @@ def verify_app_log(engine: Engine, *, allow_unkeyed: bool = False) -> tuple[list
     """Verify the current app's audit log with its keys and checkpoints (what
     ``audit verify`` prints); raises SQLAlchemyError when the checkpoints cannot be read."""
     state = get_state()
-    state.audit.writer.flush()
+    AppAudit.of().writer.flush()
     keyring = app_keyring(current_app, state.config)
-    store = state.audit.writer.checkpoints
+    store = AppAudit.of().writer.checkpoints
     checkpoints = store.latest(engine) if store is not None else {}
     live_window = timedelta(seconds=2 * state.config[AUDIT_CHECKPOINT_SECONDS])
     reports = verify(
@@ -148,6 +148,14 @@ def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
             durable=True,
         )
     click.echo(f"deleted {deleted} entries older than {before.isoformat()}Z")
+    store = app_audit.writer.checkpoints
+    if store is not None:
+        try:
+            pruned = store.prune(engine, before)
+        except SQLAlchemyError as exc:
+            click.echo(f"old checkpoints kept: they cannot be deleted here ({type(exc).__name__})")
+        else:
+            click.echo(f"pruned {pruned} checkpoints older than {before.isoformat()}Z")
 
 
 def interactive() -> bool:

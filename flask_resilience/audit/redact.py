@@ -85,6 +85,9 @@ class Redactor:
         self.keys = SENSITIVE_KEYS | {normalise_key(key) for key in extra_keys}
         self.hook = hook
         self.max_text = max_text
+        # Per string key: its stored form and whether its value is masked
+        # (the same few keys come back in every entry).
+        self._key_plans: dict[str, tuple[str, bool]] = {}
 
     def text(self, value: str) -> str:
         """Mask secrets inside a string and escape CR/LF."""
@@ -112,11 +115,22 @@ class Redactor:
         and NaN/Infinity (PostgreSQL's json refuses them) become text."""
         if depth > 32:
             return "[TOO DEEP]"
-        if isinstance(value, dict):
-            return {
-                clean(str(key)): MASK if normalise_key(str(key)) in self.keys else self.value(item, depth + 1)
-                for key, item in value.items()
-            }
+        kind = value.__class__  # the common exact types first, without isinstance chains
+        if kind is str:
+            return clean(self.text(value))
+        if kind is int:
+            return value if -(10**12) < value < 10**12 else self.text(str(value))
+        if kind is bool or value is None:
+            return value
+        if kind is dict or isinstance(value, dict):
+            redacted = {}
+            plans = self._key_plans
+            for key, item in value.items():
+                plan = plans.get(key) if key.__class__ is str else None
+                if plan is None:
+                    plan = self._key_plan(key)
+                redacted[plan[0]] = MASK if plan[1] else self.value(item, depth + 1)
+            return redacted
         if isinstance(value, (list, tuple)):
             return [self.value(item, depth + 1) for item in value]
         if isinstance(value, str):
@@ -128,6 +142,13 @@ class Redactor:
                 return self.text(str(value))  # a card number sent as a JSON number
             return value
         return self.text(repr(value))
+
+    def _key_plan(self, key: Any) -> tuple[str, bool]:
+        text = str(key)
+        plan = (clean(text), normalise_key(text) in self.keys)
+        if key.__class__ is str and len(self._key_plans) < 4096:
+            self._key_plans[key] = plan
+        return plan
 
     def fields(self, data: dict[str, Any]) -> dict[str, Any]:
         """Redact an entry's fields: structured ones deeply, text ones as text."""

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
 from flask import has_request_context, request
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, inspect
 
 from .. import config as cfg
 from ..context import current_principal, current_request_id
-from ..state import get_state
-from ..stores.sql import Database
+from ..state import Feature, ResilienceState
+from ..stores.sql import Database, process_safe_engine
 from . import transaction
 from .checkpoints import store_from_config
 from .events import AuditEntry, AuditStatus
@@ -111,7 +111,12 @@ def _bounded(counter: Counter[str], key: str) -> None:
         counter["(other)"] += 1
 
 
-class AppAudit:
+FEATURE = "audit"
+
+
+class AppAudit(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -184,7 +189,9 @@ class AppAudit:
                     if engine is None:
                         # A bare machine: SQLite in the instance folder, migrated by us.
                         self.fallback_sqlite.parent.mkdir(parents=True, exist_ok=True)
-                        engine = create_engine(f"sqlite:///{self.fallback_sqlite}", hide_parameters=True)
+                        engine = process_safe_engine(
+                            f"sqlite:///{self.fallback_sqlite}", hide_parameters=True
+                        )
                         self.writer.prepare = _migrate_if_missing
                     else:  # integrity hook: one clear error when the tables were never created
                         self.writer.prepare = check_tables
@@ -249,6 +256,12 @@ class AppAudit:
             return {"body_omitted": {"bytes": length, "content_type": content_type, "reason": "not JSON"}}
         return {"body": body}
 
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s audit log: its stats, its background work."""
+        super().register(state)
+        state.stats_providers["audit"] = self.stats
+        state.add_background(self)
+
     def stats(self, include_users: bool = False) -> AuditStatsSnapshot:
         """Counts of recorded entries and the writer's figures; per-user ones
         only with ``include_users`` (the caller is an admin)."""
@@ -282,4 +295,4 @@ def _migrate_if_missing(engine: Engine) -> None:
 
 
 def current_audit() -> AppAudit:
-    return get_state().audit
+    return AppAudit.of()

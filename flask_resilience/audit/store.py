@@ -20,7 +20,9 @@ from .table import audit_log
 _COLUMNS = [column.name for column in audit_log.columns]
 _COPY = f"COPY {audit_log.name} ({', '.join(_COLUMNS)}) FROM STDIN"
 _column_values = operator.itemgetter(*_COLUMNS)
-_JSON_INDEXES = (_COLUMNS.index("changes"), _COLUMNS.index("details"))
+_CHANGES, _DETAILS = _COLUMNS.index("changes"), _COLUMNS.index("details")
+# json.dumps(value, default=str) builds an encoder per call; this one is built once (same text).
+_json_text = json.JSONEncoder(default=str).encode
 _MYSQL_PACKET_TOO_LARGE = 1153  # a row over max_allowed_packet; the server then hangs up
 # MySQL/MariaDB errors about one row's values, which pymysql does not class as DataError:
 # CHECK constraint (JSON_VALID), SIGNAL from a trigger, bad string value, invalid JSON.
@@ -39,6 +41,17 @@ class RowTooLarge(ValueError):
     """A row the database would refuse for its size."""
 
 
+def copy_values(row: dict[str, Any]) -> list[Any]:
+    """A row's COPY values in column order, its JSON fields as JSON text."""
+    values = list(_column_values(row))
+    changes, details = values[_CHANGES], values[_DETAILS]
+    if changes is not None:
+        values[_CHANGES] = _json_text(changes)
+    if details is not None:
+        values[_DETAILS] = _json_text(details)
+    return values
+
+
 def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """PostgreSQL's fastest bulk path, for fresh rows (COPY cannot skip duplicates)."""
     driver = connection.connection.driver_connection
@@ -46,12 +59,9 @@ def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
     driver_error = connection.dialect.loaded_dbapi.Error
     try:
         with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
+            write = copy.write_row
             for row in rows:
-                values = list(_column_values(row))
-                for index in _JSON_INDEXES:
-                    if values[index] is not None:
-                        values[index] = json.dumps(values[index], default=str)
-                copy.write_row(values)
+                write(copy_values(row))
     except driver_error as exc:
         # Raised by the driver itself (COPY bypasses SQLAlchemy): report it as
         # SQLAlchemy would, so callers handle one family of database errors.

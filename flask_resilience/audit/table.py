@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL
+
+# MySQL / MariaDB: utf8mb4 whatever the database's default (a latin1 table
+# refuses an emoji or a CJK name); binary collation, so lookups are exact.
+MYSQL_TEXT: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 # Naive UTC with microseconds everywhere (MySQL/MariaDB DATETIME defaults to
 # whole seconds, which would break the hash chain on the way back).
@@ -64,6 +69,7 @@ audit_log = Table(
     Index("ix_resilience_audit_event_occurred", "event_type", "occurred_at"),
     Index("ix_resilience_audit_request_id", "request_id"),
     Index("ix_resilience_audit_chain_seq", "chain_id", "seq", unique=True),
+    **MYSQL_TEXT,
 )
 
 # Signed chain heads. Kept apart from the log so the app's role can be granted
@@ -80,6 +86,7 @@ audit_checkpoint = Table(
     Column("key_id", String(16)),
     Column("signature", String(64)),
     Index("ix_resilience_audit_checkpoint_chain", "chain_id", "seq"),
+    **MYSQL_TEXT,
 )
 
 

@@ -1,16 +1,12 @@
-"""The audit writer: entries are linked and journaled at once, stored in batches.
+"""The audit writer's thread: stores the queued entries in batches.
 
-On the request side, :meth:`AuditWriter.submit` gives the entry its place in
-this process's hash chain and appends it to the journal (one ``write()``)
-before it returns, then queues it in memory. A :class:`ProcessLocalWorker`
-thread stores the queue every ``flush_interval`` seconds, or as soon as
-``buffer_size`` entries wait, and then commits their journal offset.
-
-While the database cannot take rows, entries stay in the journal (the spill
-and the journal are the same file): memory then holds at most ``max_queue``
-entries and the next flush reads the rest from disk. Entries are linked once,
-when they enter the journal, so no replay ever renumbers them. A row the
-database refuses is isolated and quarantined; the log never stops for it.
+Entries arrive linked and journaled (``intake.py``). A
+:class:`ProcessLocalWorker` thread stores the queue every ``flush_interval``
+seconds, or as soon as ``buffer_size`` entries wait, and then commits their
+journal offset. While the database is down the entries wait in the journal
+and the next flush replays them; a row the database refuses is isolated and
+quarantined (``store.py``), the log never stops for it. After each flush the
+writer keeps partitions ahead and checkpoints its chain's stored head.
 """
 
 from __future__ import annotations
@@ -19,18 +15,21 @@ import copy
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from time import perf_counter_ns
 from typing import Any
 
 from sqlalchemy import Engine
 
-from ..lifecycle import ProcessLocalWorker, no_exit, terminating
-from .chain import Chain, adoption_entry, closing_entry, opening_entry
+from ..histograms import Batches
+from ..lifecycle import no_exit, terminating
+from .chain import Chain, adoption_entry, closing_entry
 from .checkpoints import CheckpointStore
-from .events import AuditEntry, AuditEventType, AuditStatus, Severity
-from .journal import Journal, entry_record
+from .events import AuditEntry
+from .intake import AuditIntake
+from .journal import Journal
 from .partitions import PartitionKeeper
 from .store import store
 from .table import describe_error
@@ -39,13 +38,6 @@ logger = logging.getLogger("flask_resilience.audit")
 
 _MAX_BACKOFF = 30.0
 _ADOPT_EVERY = 30.0  # seconds between looks for dead processes' journals
-COUNTS = ("written", "spilled", "replayed", "dropped", "rejected", "flush_errors", "journal_errors")
-
-
-def _naive_utc(value: datetime) -> datetime:
-    if value.tzinfo is UTC:
-        return value.replace(tzinfo=None)
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
 
 
 def _note_adopted(adopted: dict[str, tuple[int, int]], rows: list[dict[str, Any]]) -> None:
@@ -55,17 +47,7 @@ def _note_adopted(adopted: dict[str, tuple[int, int]], rows: list[dict[str, Any]
         adopted[row["chain_id"]] = (max(last, row["seq"]), count + 1)
 
 
-def _row(entry: AuditEntry, logged_at: datetime) -> dict[str, Any]:
-    row = vars(entry).copy()
-    row["occurred_at"] = _naive_utc(entry.occurred_at)
-    row["logged_at"] = logged_at
-    row["event_type"] = str(row["event_type"])
-    row["status"] = str(row["status"])
-    row["severity"] = str(row["severity"])
-    return row
-
-
-class AuditWriter(ProcessLocalWorker):
+class AuditWriter(AuditIntake):
     """``engine`` is set by the service the first time an entry is recorded."""
 
     def __init__(
@@ -77,17 +59,19 @@ class AuditWriter(ProcessLocalWorker):
         journal: Journal | None,
         hmac_key: bytes | None,
     ) -> None:
-        super().__init__("flask-resilience-audit")
-        self.buffer_size = buffer_size
+        super().__init__(
+            "flask-resilience-audit",
+            buffer_size=buffer_size,
+            max_queue=max_queue,
+            journal=journal,
+            hmac_key=hmac_key,
+        )
         self.flush_interval = flush_interval
-        self.max_queue = max_queue
-        self.journal = journal
-        self._hmac_key = hmac_key
         # Run once on the engine before the first write (the SQLite fallback migrates itself).
         self.prepare: Callable[[Engine], None] | None = None
         self.engine: Engine | None = None
         self._prepared = False
-        self._counts: Counter[str] = Counter()
+        self.batches = Batches()  # flush durations and sizes (Prometheus histograms)
         self.last_flush: datetime | None = None
         # Where chain heads are checkpointed, and PostgreSQL partitions kept
         # ahead (set by AppAudit.from_config).
@@ -96,106 +80,14 @@ class AuditWriter(ProcessLocalWorker):
         self.reset_process()
 
     def reset_process(self) -> None:
-        self._lock = threading.Lock()
+        super().reset_process()
         self._flush_lock = threading.Lock()
-        self._queue: deque[tuple[dict[str, Any], bool]] = deque()  # (row, on disk too)
-        self._disk_only = False  # entries past the journal's commit mark may be on disk only
-        self._on_disk_only = 0
-        self._dropped = 0  # dropped and not yet told in an AUDIT_GAP entry
         self._retry_at = 0.0
         self._backoff = 0.5
         self._adopted_at = -_ADOPT_EVERY
         self._next_flush = time.monotonic() + self.flush_interval
-        self._journal_failing = False
         self._outage = False
-        self.chain = Chain(self._hmac_key)  # one chain per writer process
         self._stored_head: tuple[str, int, str] | None = None  # (chain, seq, hash) last stored
-        if self.journal is not None:
-            self.journal.forget()
-
-    # -- request side ----------------------------------------------------------------
-
-    def submit(self, entry: AuditEntry) -> bool:
-        """Link, journal and queue an entry (already redacted and storable);
-        False when it had to be dropped (counted, and told in an AUDIT_GAP entry)."""
-        self.in_this_process()
-        row = _row(entry, datetime.now(UTC).replace(tzinfo=None))
-        with no_exit, self._lock:
-            accepted = self._accept(row)
-            due = len(self._queue) + self._on_disk_only >= self.buffer_size
-        if due:
-            self.wake()
-        self.ensure_running()
-        return accepted
-
-    def _link(self, row: dict[str, Any]) -> bytes:
-        """The one place an entry joins the chain: once, as it enters the journal.
-        A chain's first entry (or the first after a clean close) is preceded by
-        CHAIN_OPENED, linked as its seq 1."""
-        self._open_chain_if_due(row["occurred_at"])
-        return self.chain.link_encoded(row)
-
-    def _open_chain_if_due(self, opened_at: datetime) -> None:
-        if self.chain.seq and not self.chain.closed:
-            return
-        if self.chain.closed:  # entries recorded after a clean stop open a new chain
-            self.chain = Chain(self._hmac_key)
-        opening = _row(opening_entry(self.chain, opened_at), datetime.now(UTC).replace(tzinfo=None))
-        self._enqueue_linked(opening, self.chain.link_encoded(opening))
-
-    def _enqueue_linked(self, row: dict[str, Any], encoded: bytes) -> None:
-        """Journal and queue a linked row the writer adds itself (never dropped:
-        memory may exceed ``max_queue`` by these few)."""
-        on_disk = self.journal is not None and self._journal_append(self.journal, entry_record(row, encoded))
-        if on_disk and self._disk_only:
-            self._on_disk_only += 1
-        else:
-            self._queue.append((row, on_disk))
-
-    def _accept(self, row: dict[str, Any]) -> bool:
-        journal = self.journal
-        memory_full = len(self._queue) >= self.max_queue
-        disk_usable = journal is not None and not self._journal_failing
-        if (memory_full and not disk_usable) or (journal is not None and journal.end >= journal.max_bytes):
-            self._drop(1)
-            return False
-        self._open_chain_if_due(row["occurred_at"])  # kept even if this entry is taken back
-        saved = self.chain.seq, self.chain.prev_hash
-        encoded = self._link(row)
-        on_disk = journal is not None and self._journal_append(journal, entry_record(row, encoded))
-        if on_disk and (memory_full or self._disk_only):
-            if not self._disk_only:
-                self._disk_only = True
-                self._queue = deque(item for item in self._queue if not item[1])
-            self._on_disk_only += 1
-            self._counts["spilled"] += 1
-        elif not memory_full:
-            self._queue.append((row, on_disk))
-        else:  # neither the journal nor memory can keep it: take it back out of the chain
-            self.chain.seq, self.chain.prev_hash = saved
-            self._drop(1)
-            return False
-        return True
-
-    def _journal_append(self, journal: Journal, record: bytes) -> bool:
-        try:
-            journal.append(record)
-        except OSError as exc:
-            self._counts["journal_errors"] += 1
-            if not self._journal_failing:
-                logger.error(
-                    "audit journal %s cannot be written (%s): entries wait in memory", journal.base, exc
-                )
-            self._journal_failing = True
-            return False
-        if self._journal_failing:
-            logger.warning("audit journal %s is writable again", journal.base)
-            self._journal_failing = False
-        return True
-
-    def _drop(self, count: int) -> None:
-        self._dropped += count
-        self._counts["dropped"] += count
 
     def write_now(self, entry: AuditEntry) -> None:
         """Record and store at once; when the database cannot take it, the
@@ -268,7 +160,8 @@ class AuditWriter(ProcessLocalWorker):
         """Store what is queued (and what waits on disk) now."""
         self.in_this_process()
         with no_exit, self._flush_lock:
-            self._flush()
+            began = perf_counter_ns()
+            self.batches.record(began, self._flush())
 
     def _take(self) -> tuple[list[tuple[dict[str, Any], bool]], bool, int, int]:
         with self._lock:
@@ -411,11 +304,6 @@ class AuditWriter(ProcessLocalWorker):
                 entry_hash=row.get("entry_hash"),
             )
 
-    def _add_linked_entry(self, entry: AuditEntry) -> None:
-        """Link, journal and queue an entry of the writer's own (lock held)."""
-        row = _row(entry, datetime.now(UTC).replace(tzinfo=None))
-        self._enqueue_linked(row, self._link(row))
-
     # -- integrity: chain lifecycle records and signed checkpoints ------------------------
 
     def _note_stored(self, *batches: list[dict[str, Any]]) -> None:
@@ -463,30 +351,3 @@ class AuditWriter(ProcessLocalWorker):
         stored = self._stored_head == (chain.chain_id, chain.seq, chain.prev_hash)
         if stored and self.checkpoints is not None:
             self.checkpoints.record(chain, self.engine, closing=True)
-
-    def _add_gap_locked(self, count: int, kind: str, **details: Any) -> None:
-        if kind == "dropped":
-            self._dropped = 0
-            message = f"{count} audit entries were dropped: neither the journal nor memory could keep them"
-        else:
-            message = f"{count} audit entry was refused by the database and quarantined"
-        gap = AuditEntry(
-            event_type=AuditEventType.AUDIT_GAP,
-            status=AuditStatus.FAILURE,
-            severity=Severity.CRITICAL,
-            message=message,
-            details={kind: count, **details},
-        )
-        self._add_linked_entry(gap)
-
-    # -- statistics ------------------------------------------------------------------------
-
-    def queue_size(self) -> int:
-        with self._lock:
-            return len(self._queue) + self._on_disk_only
-
-    def counts(self) -> dict[str, int]:
-        return {name: self._counts.get(name, 0) for name in COUNTS}
-
-    def reset_counts(self) -> None:
-        self._counts.clear()

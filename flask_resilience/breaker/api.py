@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
+
+from flask import Flask
 
 from ..state import get_state
 from .breaker import CircuitBreaker
 from .registry import BreakerRegistry
 
+FEATURE = "breakers"
+
+
+def breakers_of(app: Flask | None = None) -> BreakerRegistry:
+    """The breakers of ``app`` (default: the current app)."""
+    return cast("BreakerRegistry", get_state(app).features[FEATURE])
+
 
 def _registry() -> BreakerRegistry:
-    return get_state().extension.breakers
+    return breakers_of()
 
 
 def create_circuit_breaker(name: str, **config: Any) -> CircuitBreaker:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..histograms import Timings
 from .config import BreakerConfig, Outcome, build_config
 from .counters import Counters, iso
 from .link import LOCAL_LINK, Admission, Link
@@ -46,6 +47,8 @@ class CircuitBreaker(Protection, OperatorControls):
         self.name = name
         self._explicit = dict(explicit or {})
         self._lock = threading.Lock()
+        self.durations = Timings()  # calls' durations, for the Prometheus histogram
+        self._sample_next = False  # the lock-free path times its next call (see wrapping.SAMPLE)
         self._state = State.CLOSED
         self._open_until = 0.0
         self._trials = Trials()
@@ -184,13 +187,21 @@ class CircuitBreaker(Protection, OperatorControls):
     # -- outcomes --------------------------------------------------------------
 
     def release(
-        self, trial: Trial | None, started: float, outcome: Outcome, *, hold_open: float | None = None
+        self,
+        trial: Trial | None,
+        started: float,
+        outcome: Outcome,
+        *,
+        hold_open: float | None = None,
+        timed: bool = True,
     ) -> None:
         """Record the outcome of an admitted call that started at ``started``
-        (this breaker's clock). ``hold_open`` (seconds, e.g. from Retry-After)
-        opens the circuit at once for at least that long, capped at the
-        config's ``retry_after_cap``."""
+        (this breaker's clock; ``timed=False``: its duration is not observed).
+        ``hold_open`` (seconds, e.g. from Retry-After) opens the circuit at
+        once for at least that long, capped at the config's ``retry_after_cap``."""
         now = self._clock()
+        if timed:
+            self.durations.observe_seconds(now - started)
         config = self._config
         capped = hold_open is not None and hold_open > config.retry_after_cap
         if capped:

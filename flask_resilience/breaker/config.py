@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..config import BREAKER_DEFAULTS, Config
+
 if TYPE_CHECKING:
     from .window import SlidingWindow
 
@@ -143,6 +145,17 @@ def validate_defaults(defaults: object) -> dict[str, Any]:
         raise ValueError(f"unknown circuit breaker parameter(s): {', '.join(unknown)}")
     build_config(defaults, {})
     return dict(defaults)
+
+
+def defaults_from_config(config: Config) -> dict[str, Any]:
+    """``RESILIENCE_BREAKER_DEFAULTS`` checked against the breaker's
+    parameters (the config table only knows it is a mapping); raises
+    ValueError naming the key and the value."""
+    defaults = config[BREAKER_DEFAULTS]
+    try:
+        return validate_defaults(defaults)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{BREAKER_DEFAULTS.key}={defaults!r} is invalid: {exc}") from None
 
 
 def _at_least_one(name: str, value: object) -> None:

@@ -7,14 +7,13 @@ from typing import Any
 
 from flask import current_app
 
-from ..state import get_state
 from .service import AppCache
 from .stats import CacheStatsSnapshot
 from .tags import validate_tags
 
 
 def _cache() -> AppCache:
-    return get_state().cache
+    return AppCache.of()
 
 
 def invalidate_cache(key: str) -> None:

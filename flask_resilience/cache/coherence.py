@@ -199,7 +199,7 @@ def warn_on_eviction_policy(store: RedisStore) -> str | None:
         logger.warning(
             "Redis maxmemory-policy is %s: it may evict the cache's tag counters; entries "
             "stay correct (a lost counter makes them misses) but invalidations cost more "
-            "misses. Prefer volatile-lru or noeviction (README: Redis requirements).",
+            "misses. Prefer volatile-lru or noeviction (docs/cache.rst: Redis requirements).",
             policy,
         )
     return policy if isinstance(policy, str) else None

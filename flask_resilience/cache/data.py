@@ -7,16 +7,16 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..stores.redis import StoreUnavailableError
+from .coherence import Coherence
 from .entry import CacheEntry, Stamp
+from .flight import SingleFlight
 from .keys import DATA_VARIANT, full_key
-from .layered import Lookup
+from .layered import LayeredCache, Lookup
 from .tags import validate_tags
-
-if TYPE_CHECKING:
-    from .service import AppCache
+from .writeback import WriteBehindQueue
 
 T = TypeVar("T")
 _MISSING = object()
@@ -44,11 +44,24 @@ class JSONSerializer:
         return json.loads(data)
 
 
+class CacheParts(Protocol):
+    """What the data cache uses of the app's cache (``AppCache``), read on
+    every call so that switching the cache off takes effect at once."""
+
+    enabled: bool
+    default_ttl: int
+    lock_timeout: float
+    layered: LayeredCache
+    coherence: Coherence
+    flight: SingleFlight
+    write_behind: WriteBehindQueue
+
+
 class DataCache:
     """Cache-aside access to values. ``ttl`` in seconds (default
     ``RESILIENCE_CACHE_DEFAULT_TTL``); ``tags`` for tag invalidation."""
 
-    def __init__(self, cache: AppCache, serializer: Serializer | None = None) -> None:
+    def __init__(self, cache: CacheParts, serializer: Serializer | None = None) -> None:
         self._cache = cache
         self.serializer: Serializer = serializer or JSONSerializer()
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from time import perf_counter_ns
 
 from ..stores.memory import MemoryStore
 from ..stores.redis import RedisStore, StoreUnavailableError
@@ -67,7 +68,7 @@ class LayeredCache:
             clock=clock,
             sizeof=lambda stored: len(stored[0].body) + 200,
         )
-        # Without a second layer nothing else can invalidate: no cap (README, embedded mode).
+        # Without a second layer nothing else can invalidate: no cap (docs/cache.rst, embedded mode).
         self.l1_max_ttl = l1_max_ttl if l2 is not None else None
         self.clock = clock
         self.stats = CacheStats()
@@ -155,7 +156,9 @@ class LayeredCache:
         """The current L1 entry for ``key``; None also while L1 is not trusted."""
         if trusted_since is None:
             return None
+        began = perf_counter_ns()
         stored = self.l1.get(key)
+        self.stats.lookup_seconds["l1"].since(began)
         if stored is None:
             return None
         entry, stored_at = stored
@@ -181,7 +184,9 @@ class LayeredCache:
             return Lookup()
         changes, began = self.l1_changes, time.monotonic()
         try:
+            began_ns = perf_counter_ns()
             data, generation, locked = l2.lookup(key, resource, token, lock_ttl)
+            self.stats.lookup_seconds["l2"].since(began_ns)
             entry = self._accept(data, since)
             if data is not None and entry is None and lock_ttl is not None:
                 locked = l2.lock(key, resource, token, lock_ttl)  # stale by its tags: a miss after all

@@ -9,6 +9,7 @@ from flask import Request
 
 from .. import config as cfg
 from ..responses import HeaderPolicy
+from ..state import Feature, ResilienceState
 from ..stores.redis import RedisStore
 from .backends import FlaskCachingBackend, L2Backend, RedisBackend
 from .coherence import Coherence, warn_on_eviction_policy
@@ -20,8 +21,12 @@ from .rules import Credentials, request_bypass
 from .stats import CacheStatsSnapshot
 from .writeback import WriteBehindQueue
 
+FEATURE = "cache"
 
-class AppCache:
+
+class AppCache(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -101,6 +106,13 @@ class AppCache:
         if serializer is not None:
             app_cache.data.serializer = cast(Serializer, serializer)
         return app_cache
+
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s cache: its stats, its background work, started."""
+        super().register(state)
+        state.stats_providers["cache"] = lambda _private: self.stats()
+        state.add_background(self)
+        self.start()
 
     def start(self) -> None:
         """Listen for other processes' invalidations (the thread starts with

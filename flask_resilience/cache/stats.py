@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from ..histograms import Timings
 from ..stats import Counters
 
 
@@ -61,6 +62,8 @@ class CacheStats(Counters):
 
     def __init__(self) -> None:
         super().__init__("bypasses", "not_stored", "errors")
+        # Lookup durations per layer (Prometheus histograms; never reset).
+        self.lookup_seconds = {"l1": Timings(), "l2": Timings()}
 
     def counts(self) -> dict[str, Any]:
         data = super().snapshot(*ALWAYS)

@@ -14,11 +14,11 @@ from typing import Any, TypeVar, cast
 
 from flask import Request, Response, current_app, make_response, request
 
-from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
 from .front import FRONT_MARK
 from .plan import ViewPolicy, serve
+from .service import AppCache
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
 from .tags import validate_tags
 
@@ -40,8 +40,10 @@ def cached(
     front: bool | None = None,
     strategy: CacheStrategy = CacheStrategy.CACHE_ASIDE,
     invalidation: InvalidationStrategy = InvalidationStrategy.TTL,
+    timeout: int | None = None,
+    unless: Callable[[], bool] | None = None,
 ) -> Callable[[F], F]:
-    """Cache a GET/HEAD view's response in both layers (see README for the HTTP rules).
+    """Cache a GET/HEAD view's response in both layers (see the docs for the HTTP rules).
 
     ``ttl`` in seconds (default ``RESILIENCE_CACHE_DEFAULT_TTL``); ``tags``
     for :func:`invalidate_cache_by_tag`; ``per_user`` keys on the caller's
@@ -51,10 +53,13 @@ def cached(
     ``vary_host=False`` leaves scheme and host out of the key (only for apps
     that pin ``SERVER_NAME``/trusted hosts). On a hit the view does not run:
     authorize in ``before_request`` or in a decorator placed above this one.
+    Flask-Caching's spellings work too: ``timeout`` is ``ttl``, and
+    ``unless()`` returning True skips the cache (``condition`` returning False).
     ``front=True`` serves hits before Flask dispatches (no app code runs:
     public responses only; None follows ``RESILIENCE_CACHE_FRONT``; see
     docs/front-tier.rst).
     """
+    ttl, condition = _flask_caching_spellings(ttl, timeout, condition, unless)
     check_ttl(ttl)
     if CacheStrategy(strategy) not in VIEW_STRATEGIES:
         raise ValueError(
@@ -82,13 +87,32 @@ def cached(
             def run() -> Response:
                 return make_response(current_app.ensure_sync(view)(*args, **kwargs))
 
-            return serve(get_state().cache, policy, run)
+            return serve(AppCache.of(), policy, run)
 
         if front:
             setattr(wrapper, FRONT_MARK, True)
         return cast(F, wrapper)
 
     return decorator
+
+
+def _flask_caching_spellings(
+    ttl: int | None,
+    timeout: int | None,
+    condition: Callable[[Request], bool] | None,
+    unless: Callable[[], bool] | None,
+) -> tuple[int | None, Callable[[Request], bool] | None]:
+    """``ttl`` and ``condition`` from either spelling; both spellings of one is a TypeError."""
+    if timeout is not None:
+        if ttl is not None:
+            raise TypeError("give ttl= or its Flask-Caching spelling timeout=, not both")
+        ttl = timeout
+    if unless is not None:
+        if condition is not None:
+            raise TypeError("give condition= or its Flask-Caching spelling unless=, not both")
+        skip = unless
+        condition = lambda _request: not skip()  # noqa: E731
+    return ttl, condition
 
 
 def invalidates(
@@ -104,7 +128,7 @@ def invalidates(
     def apply(response: Response) -> Response:
         if not 200 <= response.status_code < 300:
             return response
-        cache = get_state().cache
+        cache = AppCache.of()
         coherence = cache.coherence
         try:
             for tag in tag_list:

@@ -45,7 +45,7 @@ def _token_matches(credentials: str, token: str) -> bool:
 def check_admin() -> None:
     """Return when the caller is an admin; raise a 401/403 :class:`Problem` otherwise."""
     state = get_state()
-    custom_check = state.extension.loaded_admin_check
+    custom_check = state.hooks.admin_check
     token = state.config[ADMIN_TOKEN]
     if custom_check is None and token is None:
         raise Problem(

@@ -1,10 +1,10 @@
-"""The health blueprint: the summary, liveness and readiness probes, and the dashboard."""
+"""The health blueprint: the summary, liveness and readiness probes (the
+dashboard is in ``dashboard_page.py``)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import NoReturn
 
 from flask import Blueprint, Flask, Request, Response, jsonify
@@ -14,7 +14,7 @@ from ..config import HEALTH_SHOW_VERSION
 from ..problems import Problem
 from ..state import ResilienceState, get_state
 from ..version import __version__
-from .auth import is_admin, stats_access
+from .auth import is_admin
 from .checks import run_checks
 
 logger = logging.getLogger("flask_resilience.health")
@@ -78,7 +78,7 @@ def health() -> tuple[Response, int]:
         status = "degraded"
     else:
         status = "ok"
-    body: dict[str, object] = {"status": status, "uptime_seconds": round(_uptime(state), 3)}
+    body: dict[str, object] = {"status": status, "uptime_seconds": round(uptime(state), 3)}
     if state.config[HEALTH_SHOW_VERSION] or (admin if admin is not None else is_admin()):
         body["version"] = __version__
     body["checks"] = {report.name: report.as_dict(details=bool(admin)) for report in reports}
@@ -109,30 +109,5 @@ def ready() -> tuple[Response, int]:
     return no_store(jsonify(body)), 503 if critical_down else 200
 
 
-@health_blueprint.get("/dashboard")
-def dashboard() -> Response:
-    """The statistics of every feature (admin-only unless RESILIENCE_HEALTH_PUBLIC)."""
-    # -- HTML dashboard (health/dashboard_page.py): a browser gets the page --
-    from .dashboard_page import dashboard_page, prefers_html  # noqa: PLC0415 (it imports this module)
-
-    if prefers_html():
-        return dashboard_page()
-    # -- end HTML dashboard --
-    include_private = stats_access()
-    state = get_state()
-    features: dict[str, object] = {}
-    for name, provider in state.stats_providers.items():
-        try:
-            features[name] = dict(provider(include_private))
-        except Exception as exc:
-            logger.exception("stats provider %s failed", name)
-            features[name] = {"error": type(exc).__name__}
-    body: dict[str, object] = {"generated_at": datetime.now(UTC).isoformat()}
-    if include_private or state.config[HEALTH_SHOW_VERSION]:  # public only when configured
-        body["version"] = __version__
-    body.update(uptime_seconds=round(_uptime(state), 3), features=features)
-    return no_store(jsonify(body))
-
-
-def _uptime(state: ResilienceState) -> float:
+def uptime(state: ResilienceState) -> float:
     return time.monotonic() - state.started_monotonic

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
+from ..breaker.api import breakers_of
 from ..breaker.breaker import CircuitBreaker
 from ..breaker.states import State
 from ..problems import Problem
-from ..state import get_state
 from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
 from .inputs import json_object, string_field
@@ -27,7 +27,7 @@ def _not_shared(names: list[str]) -> Problem:
 
 
 def _breaker(name: str) -> CircuitBreaker:
-    breaker = get_state().extension.breakers.get(name)
+    breaker = breakers_of().get(name)
     if breaker is None:
         raise Problem(
             404, "unknown-circuit-breaker", "Unknown circuit breaker", f"No circuit breaker {name!r}."
@@ -39,7 +39,7 @@ def _breaker(name: str) -> CircuitBreaker:
 def circuit_breakers() -> Response:
     """Every breaker's state and statistics (admin unless RESILIENCE_HEALTH_PUBLIC)."""
     stats_access()
-    registry = get_state().extension.breakers
+    registry = breakers_of()
     return no_store(jsonify(healthy=registry.all_healthy(), circuit_breakers=registry.stats()))
 
 
@@ -48,7 +48,7 @@ def circuit_breakers() -> Response:
 def reset_circuit_breakers() -> Response:
     """Admin: ``{"name": ...}`` resets one breaker; no body resets all."""
     name = string_field(json_object(required=False), "name", required=False)
-    registry = get_state().extension.breakers
+    registry = breakers_of()
     targets = [_breaker(name)] if name is not None else list(registry)
     not_shared = [breaker.name for breaker in targets if not breaker.reset()]
     if not_shared:

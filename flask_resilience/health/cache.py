@@ -7,9 +7,10 @@ import re
 from flask import Response, jsonify
 
 from ..cache.backends import PatternsNeedRedis
+from ..cache.regex import compile_guarded
+from ..cache.service import AppCache
 from ..cache.tags import validate_tags
 from ..problems import Problem
-from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
@@ -26,14 +27,14 @@ def _unavailable(exc: Exception) -> Problem:
 def cache_stats() -> Response:
     """Cache statistics (admin unless RESILIENCE_HEALTH_PUBLIC)."""
     stats_access()
-    return no_store(jsonify(get_state().cache.stats()))
+    return no_store(jsonify(AppCache.of().stats()))
 
 
 @health_blueprint.post("/cache/reset")
 @admin_required
 def reset_cache_stats() -> Response:
     """Admin: zero the statistics (the cached data stays)."""
-    get_state().cache.reset_stats()
+    AppCache.of().reset_stats()
     return no_store(jsonify(reset=True))
 
 
@@ -42,7 +43,7 @@ def reset_cache_stats() -> Response:
 def clear_cache() -> Response:
     """Admin: drop every entry in every layer of every process."""
     try:
-        get_state().cache.clear()
+        AppCache.of().clear()
     except StoreUnavailableError as exc:
         raise _unavailable(exc) from None
     return no_store(jsonify(cleared=True))
@@ -61,7 +62,7 @@ def invalidate() -> Response:
     kind = given[0]
     value = string_field(body, kind, required=True)
     assert value is not None
-    coherence = get_state().cache.coherence
+    coherence = AppCache.of().coherence
     try:
         if kind == "tag":
             try:
@@ -75,8 +76,8 @@ def invalidate() -> Response:
             removed = None
         else:
             try:
-                pattern: str | re.Pattern[str] = value if kind == "pattern" else re.compile(value)
-            except re.error as exc:
+                pattern: str | re.Pattern[str] = value if kind == "pattern" else compile_guarded(value)
+            except ValueError as exc:
                 raise Problem(400, "invalid-body", "Invalid regular expression", str(exc)) from None
             removed = coherence.invalidate_pattern(pattern)
     except PatternsNeedRedis as exc:

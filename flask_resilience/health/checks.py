@@ -16,25 +16,21 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from flask import Flask, current_app
 
+from ..audit.service import FEATURE as AUDIT
+from ..audit.service import AppAudit
 from ..config import AUDIT_SPILL_PATH, HEALTH_CHECK_TIMEOUT, HEALTH_CRITICAL
+from ..idempotency.service import FEATURE as IDEMPOTENCY
+from ..idempotency.service import AppIdempotency
 from ..idempotency.views import fail_closed_declared
-from ..state import ResilienceState
+from ..state import HealthCheck, ResilienceState
 
 logger = logging.getLogger("flask_resilience.health")
-
-CheckFunction = Callable[[], object]
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    name: str
-    run: CheckFunction
-    critical: bool | None = None  # None: RESILIENCE_HEALTH_CRITICAL (or its default) decides
 
 
 @dataclass(frozen=True)
@@ -62,9 +58,16 @@ def default_critical(state: ResilienceState) -> frozenset[str]:
     """The database when the audit log must be durable (no spill file to fall
     back on); Redis when fail-closed idempotency is in use."""
     names = set()
-    if state.audit.enabled and (state.config[AUDIT_SPILL_PATH] or "").lower() == "off":
+    if (
+        cast("AppAudit", state.features[AUDIT]).enabled
+        and (state.config[AUDIT_SPILL_PATH] or "").lower() == "off"
+    ):
         names.add("database")
-    if state.redis is not None and state.idempotency.enabled and fail_closed_declared():
+    if (
+        state.redis is not None
+        and cast("AppIdempotency", state.features[IDEMPOTENCY]).enabled
+        and fail_closed_declared()
+    ):
         names.add("redis")
     return frozenset(names)
 
@@ -72,7 +75,7 @@ def default_critical(state: ResilienceState) -> frozenset[str]:
 def registered_checks(state: ResilienceState) -> Iterator[HealthCheck]:
     """The built-in checks of this app, then the app's own
     (``@resilience.health_check``); an own check of a built-in's name replaces it."""
-    custom = state.extension.custom_health_checks
+    custom = state.hooks.health_checks
     for name, run in state.health_checks.items():
         if name not in custom:
             yield HealthCheck(name, run)

@@ -1,7 +1,8 @@
-"""The dashboard as one self-contained HTML page (no external assets).
+"""The dashboard: every feature's statistics as JSON at ``GET <prefix>/dashboard``,
+and as one self-contained HTML page (no external assets).
 
-Served for ``GET <prefix>/dashboard`` when the client prefers HTML, and at
-``<prefix>/dashboard.html``. The page carries no figures: it fetches the
+The page is served for ``GET <prefix>/dashboard`` when the client prefers
+HTML, and at ``<prefix>/dashboard.html``. The page carries no figures: it fetches the
 JSON dashboard with the admin token the user types in (kept in the tab's
 ``sessionStorage``), so it needs no protection of its own and the JSON's
 protection applies unchanged. A Content-Security-Policy allows exactly its
@@ -14,12 +15,17 @@ import base64
 import functools
 import hashlib
 import re
+from datetime import UTC, datetime
 from importlib import resources
 
-from flask import Response, request, url_for
+from flask import Response, jsonify, request, url_for
 from markupsafe import escape
 
-from .blueprint import health_blueprint
+from ..config import HEALTH_SHOW_VERSION
+from ..state import get_state
+from ..version import __version__
+from .auth import stats_access
+from .blueprint import health_blueprint, logger, no_store, uptime
 
 _JSON_URL_PLACEHOLDER = "__JSON_URL__"
 
@@ -57,3 +63,24 @@ def dashboard_page() -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Vary"] = "Accept"
     return response
+
+
+@health_blueprint.get("/dashboard")
+def dashboard() -> Response:
+    """The statistics of every feature (admin-only unless RESILIENCE_HEALTH_PUBLIC)."""
+    if prefers_html():  # a browser gets the page
+        return dashboard_page()
+    include_private = stats_access()
+    state = get_state()
+    features: dict[str, object] = {}
+    for name, provider in state.stats_providers.items():
+        try:
+            features[name] = dict(provider(include_private))
+        except Exception as exc:
+            logger.exception("stats provider %s failed", name)
+            features[name] = {"error": type(exc).__name__}
+    body: dict[str, object] = {"generated_at": datetime.now(UTC).isoformat()}
+    if include_private or state.config[HEALTH_SHOW_VERSION]:  # public only when configured
+        body["version"] = __version__
+    body.update(uptime_seconds=round(uptime(state), 3), features=features)
+    return no_store(jsonify(body))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
+from ..idempotency.service import AppIdempotency
 from ..problems import Problem
-from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from .auth import admin_required, stats_access
 from .blueprint import health_blueprint, no_store
@@ -15,13 +15,13 @@ from .inputs import json_object, string_field
 @health_blueprint.get("/replay-protection")
 def replay_protection_stats() -> Response:
     stats_access()
-    return no_store(jsonify(get_state().idempotency.stats()))
+    return no_store(jsonify(AppIdempotency.of().stats()))
 
 
 @health_blueprint.post("/replay-protection/reset")
 @admin_required
 def reset_replay_protection() -> Response:
-    get_state().idempotency.reset_stats()
+    AppIdempotency.of().reset_stats()
     return no_store(jsonify(reset=True))
 
 
@@ -38,7 +38,7 @@ def clear_replay_protection() -> Response:
         )
     if key is None and user_id is not None:
         raise Problem(400, "invalid-body", "Invalid request body", "'user_id' needs a 'key'.")
-    service = get_state().idempotency
+    service = AppIdempotency.of()
     try:
         removed = (
             service.clear()

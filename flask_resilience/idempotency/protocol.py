@@ -54,11 +54,9 @@ def parse_key(value: str) -> str:
 
 def digest(*parts: str | bytes) -> str:
     """SHA-256 of the parts, each terminated by NUL (so parts never run together)."""
-    hasher = hashlib.sha256()
-    for part in parts:
-        hasher.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
-        hasher.update(b"\x00")
-    return hasher.hexdigest()
+    encoded = [part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part for part in parts]
+    encoded.append(b"")  # the last part's NUL
+    return hashlib.sha256(b"\x00".join(encoded)).hexdigest()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -66,13 +64,21 @@ def _route_digest(route: str) -> str:
     return digest(route)[:16]
 
 
+@functools.lru_cache(maxsize=4096)
+def _scope_digest(scope: str) -> str:
+    # The same callers come back: their scope is hashed once, not per request.
+    return digest(scope)[:32]
+
+
+@functools.lru_cache(maxsize=4096)
 def record_key(scope: str, key: str, route: str) -> str:
     """Where a key's record lives: the caller's scope, the key and the route.
 
     The method is not part of it: the same key on another method is the same
-    key reused for a different request (422), as the draft says.
+    key reused for a different request (422), as the draft says. Cached:
+    retries of a hot key come back with the same three strings.
     """
-    return f"{digest(scope)[:32]}:{digest(key)[:32]}:{_route_digest(route)}"
+    return f"{_scope_digest(scope)}:{digest(key)[:32]}:{_route_digest(route)}"
 
 
 def user_pattern(user_id: str | None, key: str) -> str:

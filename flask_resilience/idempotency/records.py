@@ -9,8 +9,9 @@ A record moves through two states under one key:
   expiry (``x``), which every copy honours.
 
 Both are ``responses.pack(b"I", ...)`` envelopes. Claiming (``SET NX``, or
-read what is there), renewing, completing and releasing (only while this
-request still owns the claim) are single Lua scripts on Redis
+read what is there) is one ``SET NX PX GET`` on Redis >= 7.0 and a Lua script
+on older servers (chosen once per store); renewing, completing and releasing
+(only while this request still owns the claim) are single Lua scripts on Redis
 (:class:`RedisRecords`), and the same operations under one lock in
 :class:`MemoryRecords` when there is no Redis. The backend is chosen once,
 at ``init_app``.
@@ -114,12 +115,24 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-class RedisRecords:
-    """Records in Redis, shared by every process."""
+# SET with NX and GET together: Redis 7.0 (6.2 refuses the pair).
+SET_NX_GET_SINCE = (7, 0)
 
-    def __init__(self, redis: RedisStore, clock: Callable[[], float] = time.time) -> None:
+
+class RedisRecords:
+    """Records in Redis, shared by every process.
+
+    ``set_get`` forces the claim command: ``SET NX PX GET`` (True) or the Lua
+    script (False); by default the server's version decides, asked once at
+    the first claim.
+    """
+
+    def __init__(
+        self, redis: RedisStore, clock: Callable[[], float] = time.time, *, set_get: bool | None = None
+    ) -> None:
         self._redis = redis
         self.clock = clock
+        self._set_get = set_get
         self._claim = redis.script(_CLAIM)
         self._complete = redis.script(_COMPLETE)
         self._release = redis.script(_RELEASE)
@@ -131,10 +144,19 @@ class RedisRecords:
     def claim(self, record_key: str, fingerprint: str, lease: float) -> Claim:
         owner = new_owner()
         value = in_flight_value(fingerprint, owner)
-        existing = self._redis.run_script(self._claim, [self._key(record_key)], [value, _ms(lease)])
+        if self.claims_with_set_get():
+            existing = self._redis.set_absent_or_get(self._key(record_key), value, lease)
+        else:
+            existing = self._redis.run_script(self._claim, [self._key(record_key)], [value, _ms(lease)])
         if existing is None:
             return Claim(owner, value, None)
         return Claim(None, value, decode(existing))
+
+    def claims_with_set_get(self) -> bool:
+        """Whether a claim is one ``SET NX PX GET`` (else the Lua script)."""
+        if self._set_get is None:
+            self._set_get = self._redis.server_version() >= SET_NX_GET_SINCE
+        return self._set_get
 
     def renew(self, record_key: str, claimed: bytes, lease: float) -> bool:
         return bool(self._redis.run_script(self._renew, [self._key(record_key)], [claimed, _ms(lease)]))

@@ -10,8 +10,10 @@ from typing import Any, TypedDict, cast
 from flask import current_app
 
 from .. import config as cfg
+from ..histograms import Timings
 from ..responses import HeaderPolicy
 from ..signals import idempotency_conflict, idempotency_mismatch
+from ..state import Feature, ResilienceState
 from ..stats import Counters
 from ..stores.redis import RedisStore
 from .copies import Copies, NoCopies, ProcessCopies
@@ -64,7 +66,12 @@ class IdempotencyStats(TypedDict):
     enabled: bool
 
 
-class AppIdempotency:
+FEATURE = "idempotency"
+
+
+class AppIdempotency(Feature):
+    feature_name = FEATURE
+
     def __init__(
         self,
         *,
@@ -86,6 +93,8 @@ class AppIdempotency:
         self.max_body_bytes = max_body_bytes
         self.headers = headers
         self.counters = Counters()
+        # Time to claim a key, and to wait for the request that holds it (Prometheus histograms).
+        self.lock_wait = {"claim": Timings(), "in_progress": Timings()}
         self.memory: Copies = NoCopies()
         self._clock: Callable[[], float] = time.time
 
@@ -152,6 +161,14 @@ class AppIdempotency:
         self.memory.forget(pattern)
         return removed
 
+    def register(self, state: ResilienceState) -> None:
+        """Become ``state``'s idempotency service: its stats, its listener,
+        its background work."""
+        super().register(state)
+        state.stats_providers["replay_protection"] = self.stats
+        self.listen()
+        state.add_background(self)
+
     def listen(self) -> None:
         """Keep the memory layer coherent with other processes' invalidations."""
         self.memory.listen()
@@ -209,7 +226,8 @@ def _warn_on_eviction(redis: RedisStore) -> None:
     if str(policy) != "noeviction":
         logger.warning(
             "Redis at %s: maxmemory-policy is %s: it may evict idempotency records under memory "
-            "pressure, and a retry then runs the request again; use noeviction (README: Redis requirements)",
+            "pressure, and a retry then runs the request again; use noeviction "
+            "(docs/cache.rst: Redis requirements)",
             redis.prefix,
             policy,
         )

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from time import perf_counter_ns
 from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, make_response, request
@@ -24,7 +24,6 @@ from werkzeug.exceptions import HTTPException
 
 from ..context import current_principal
 from ..problems import Problem
-from ..state import get_state
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
 from .flight import Flight
@@ -41,6 +40,7 @@ from .protocol import (
     parse_key,
     record_key,
 )
+from .replays import replay
 from .service import AppIdempotency
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -171,7 +171,7 @@ def _decorated(app: Flask, req: Request) -> bool:
 def run_protected(options: Options, view: Callable[[], Any]) -> Any:
     """The one policy: claim the key (or answer for the view), run the view,
     keep its outcome as the key's outcome."""
-    service = get_state().idempotency
+    service = AppIdempotency.of()
     if not service.enabled or request.method not in options.methods:
         return view()
     flight = _begin(service, options)
@@ -216,7 +216,7 @@ def _error_response(error: HTTPException) -> Response:
 def _key(service: AppIdempotency, options: Options, req: Request, endpoint: str) -> str | None:
     """The request's key (sent, or generated), or None to run unprotected;
     raises the 400 problems."""
-    raw = options.key_func(req) if options.key_func else req.headers.get(options.header)
+    raw = options.key_func(req) if options.key_func else req.environ.get(_environ_key(options.header))
     if raw is not None:
         try:
             return parse_key(raw)
@@ -248,12 +248,13 @@ def _begin(service: AppIdempotency, options: Options) -> Flight | Response | Non
     principal = current_principal()
     scope = principal.key if principal is not None else None
     route = req.url_rule.rule if req.url_rule is not None else req.path
+    environ = req.environ
     print_ = fingerprint(
         req.method,
         req.path,
         req.query_string.decode("latin-1"),
-        req.headers.get("Content-Type"),
-        req.get_data(cache=True),
+        environ.get("CONTENT_TYPE"),  # what req.headers.get("Content-Type") reads, without its lookups
+        b"" if environ.get("CONTENT_LENGTH") == "0" else req.get_data(cache=True),
         mode=options.fingerprint,
     )
     flight = Flight(
@@ -277,7 +278,9 @@ def _claim(flight: Flight, options: Options) -> Flight | Response | None:
     service, endpoint = flight.service, flight.endpoint
     read_at = time.monotonic()  # before the read: a copy of it must not outlive a later invalidation
     try:
+        began = perf_counter_ns()
         claim = service.records.claim(flight.record_key, flight.fingerprint, service.lease)
+        service.lock_wait["claim"].since(began)
     except StoreUnavailableError as exc:
         service.counters.count("store_errors", endpoint)
         if options.fail_open:
@@ -304,7 +307,9 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, read_a
     service = flight.service
     decision = decide(existing, flight.fingerprint, service.clock())
     if decision is Decision.IN_PROGRESS and options.wait:
+        began = perf_counter_ns()
         existing = _wait_for_completion(service, flight.record_key, options.wait) or existing
+        service.lock_wait["in_progress"].since(began)
         decision = decide(existing, flight.fingerprint, service.clock())
     headers = {options.header: flight.key}
     if decision is Decision.REPLAY:
@@ -312,7 +317,7 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, read_a
         service.counters.count("replays", flight.endpoint)
         if read_at is not None:
             service.memory.put(flight.record_key, existing, read_at)
-        return replay(existing, options.header, flight.key)
+        return replay(existing, options.header, flight.key, reused=read_at is None)
     if decision is Decision.MISMATCH:
         service.refused(422, flight.endpoint, flight.scope)
         raise Problem(
@@ -351,16 +356,8 @@ def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> C
     return None
 
 
-def replay(record: Completed, header: str, key: str) -> Response:
-    """The stored response, byte for byte, marked as a replay."""
-    response = record.response.to_response()
-    response.headers[header] = key
-    response.headers["X-Idempotency-Replayed"] = "true"
-    response.headers["X-Original-Timestamp"] = _timestamp(record.response.created_at)
-    return response
-
-
-@functools.lru_cache(maxsize=256)
-def _timestamp(created_at: float) -> str:
-    """ISO 8601 in UTC; cached, as hot keys replay the same record many times."""
-    return datetime.fromtimestamp(created_at, UTC).isoformat().replace("+00:00", "Z")
+@functools.lru_cache(maxsize=64)
+def _environ_key(header: str) -> str:
+    """Where WSGI puts ``header`` (what ``request.headers.get(header)`` reads)."""
+    name = header.upper().replace("-", "_")
+    return name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"

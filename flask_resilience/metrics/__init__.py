@@ -31,12 +31,28 @@ __all__ = ["MULTIPROC_DIR_ENV", "ResilienceCollector", "exposition"]
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def _go_float(bound: float) -> str:
+    """A bucket bound as Prometheus writes it (``+Inf``, ``0.001024``)."""
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
 def to_prometheus(families: Iterator[Family]) -> Iterator[Any]:
     """prometheus_client metric families; those without samples are left out."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+    from prometheus_client.core import (  # noqa: PLC0415
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     for family in families:
-        if not family.values:
+        if family.empty:
+            continue
+        if family.kind == "histogram":
+            histogram = HistogramMetricFamily(family.name, family.help, labels=list(family.labels))
+            for labels, snapshot in family.histograms.items():
+                buckets = [(_go_float(bound), count) for bound, count in snapshot.buckets]
+                histogram.add_metric(list(labels), buckets, snapshot.sum)
+            yield histogram
             continue
         kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
         metric = kind(family.name, family.help, labels=list(family.labels))

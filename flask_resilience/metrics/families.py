@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from ..audit.service import FEATURE as AUDIT
+from ..audit.service import AppAudit
+from ..breaker.api import FEATURE as BREAKERS
+from ..breaker.registry import BreakerRegistry
 from ..breaker.states import State
+from ..cache.service import FEATURE as CACHE
+from ..cache.service import AppCache
+from ..histograms import HistogramSnapshot
+from ..idempotency.service import FEATURE as IDEMPOTENCY
+from ..idempotency.service import AppIdempotency
 from ..state import ResilienceState
 
 Labels = tuple[str, ...]
@@ -21,7 +30,8 @@ FleetMode = Literal["livesum", "livemax"]
 
 @dataclass
 class Family:
-    """One metric family: ``kind`` is ``"counter"`` or ``"gauge"``; a counter's
+    """One metric family: ``kind`` is ``"counter"``, ``"gauge"`` or
+    ``"histogram"`` (whose samples are in ``histograms``); a counter's
     ``name`` has no ``_total`` suffix. ``fleet`` says how a gauge combines over
     worker processes (prometheus_client's multiprocess modes)."""
 
@@ -31,9 +41,19 @@ class Family:
     labels: Labels = ()
     values: dict[Labels, float] = field(default_factory=dict)
     fleet: FleetMode = "livesum"
+    histograms: dict[Labels, HistogramSnapshot] = field(default_factory=dict)
 
     def add(self, value: float, *labels: str) -> None:
         self.values[labels] = float(value)
+
+    def add_histogram(self, snapshot: HistogramSnapshot, *labels: str) -> None:
+        """A histogram's samples; one with no observations is left out."""
+        if snapshot.count:
+            self.histograms[labels] = snapshot
+
+    @property
+    def empty(self) -> bool:
+        return not self.values and not self.histograms
 
 
 def _number(value: object) -> float:
@@ -61,9 +81,43 @@ def _from_table(family: Family, table: Mapping[str, Any], names: Mapping[str, st
 def read(state: ResilienceState) -> Iterator[Family]:
     """The app's figures in this process, family by family."""
     yield from _breakers(state)
-    yield from _cache(state.cache.stats())
-    yield from _audit(state.audit.stats(include_users=False))
-    yield from _idempotency(state.idempotency.stats())
+    yield from _cache(cast("AppCache", state.features[CACHE]).stats())
+    yield from _audit(cast("AppAudit", state.features[AUDIT]).stats(include_users=False))
+    yield from _idempotency(cast("AppIdempotency", state.features[IDEMPOTENCY]).stats())
+    yield from _histograms(state)
+
+
+def _histograms(state: ResilienceState) -> Iterator[Family]:
+    """Durations and sizes, observed on the hot paths (never reset)."""
+    calls = Family(
+        "resilience_circuit_call_duration_seconds",
+        "histogram",
+        "Duration of calls through each circuit (sampled, 1 in 32, on the lock-free CLOSED path)",
+        ("circuit",),
+    )
+    for breaker in cast("BreakerRegistry", state.features[BREAKERS]):
+        calls.add_histogram(breaker.durations.snapshot(), breaker.name)
+    lookups = Family(
+        "resilience_cache_lookup_duration_seconds", "histogram", "Cache lookups by layer", ("layer",)
+    )
+    for layer, timings in cast("AppCache", state.features[CACHE]).layered.stats.lookup_seconds.items():
+        lookups.add_histogram(timings.snapshot(), layer)
+    batches = cast("AppAudit", state.features[AUDIT]).writer.batches
+    flushes = Family(
+        "resilience_audit_flush_duration_seconds", "histogram", "Audit flushes that stored entries"
+    )
+    flushes.add_histogram(batches.seconds.snapshot())
+    sizes = Family("resilience_audit_flush_batch_size", "histogram", "Entries stored by each audit flush")
+    sizes.add_histogram(batches.sizes.snapshot())
+    waits = Family(
+        "resilience_idempotency_lock_wait_seconds",
+        "histogram",
+        "Time to claim an idempotency key, and to wait for the request holding it",
+        ("step",),
+    )
+    for step, timings in cast("AppIdempotency", state.features[IDEMPOTENCY]).lock_wait.items():
+        waits.add_histogram(timings.snapshot(), step)
+    yield from (calls, lookups, flushes, sizes, waits)
 
 
 def _breakers(state: ResilienceState) -> Iterator[Family]:
@@ -80,7 +134,7 @@ def _breakers(state: ResilienceState) -> Iterator[Family]:
     slow = Family(
         "resilience_circuit_slow_calls", "counter", "Calls slower than the slow-call limit", ("circuit",)
     )
-    for name, stats in state.extension.breakers.stats().items():
+    for name, stats in cast("BreakerRegistry", state.features[BREAKERS]).stats().items():
         for candidate in State:
             states.add(1.0 if stats["state"] == candidate.value else 0.0, name, candidate.value)
         outcomes = {

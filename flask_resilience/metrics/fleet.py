@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Flask, Response, after_this_request, request
 
+from ..histograms import HistogramSnapshot
 from ..lifecycle import ProcessLocalWorker
 from ..state import ResilienceState
 from .families import Family, Labels, read
@@ -54,6 +55,8 @@ class FleetMetrics(ProcessLocalWorker):
         # Counter values already published. A forked worker keeps its parent's:
         # it also inherited the statistics they were read from.
         self._published: dict[tuple[str, Labels], float] = {}
+        # Per histogram: each bucket's count (not cumulative) and the sum, as published.
+        self._published_histograms: dict[tuple[str, Labels], tuple[float, ...]] = {}
 
     def before_request(self) -> None:
         """Start this process's publisher; around a statistics reset, publish
@@ -87,6 +90,8 @@ class FleetMetrics(ProcessLocalWorker):
         # would otherwise look like a reset.
         with self._lock, self._app.app_context():
             for family in read(self._state):
+                for labels, snapshot in family.histograms.items():
+                    self._publish_histogram(family, labels, snapshot)  # never reset: no baseline
                 for labels, value in family.values.items():
                     if rebaseline and family.kind == "counter":
                         self._published[(family.name, labels)] = value
@@ -107,12 +112,30 @@ class FleetMetrics(ProcessLocalWorker):
             child.inc(increment)
         self._published[key] = value
 
-    def _metric(self, family: Family) -> Any:
+    def _publish_histogram(self, family: Family, labels: Labels, snapshot: HistogramSnapshot) -> None:
+        cumulative = [count for _, count in snapshot.buckets]
+        counts = [count - below for count, below in zip(cumulative, [0, *cumulative], strict=False)]
+        now = (*counts, snapshot.sum)
+        key = (family.name, labels)
+        before = self._published_histograms.get(key, (0.0,) * len(now))
+        child = self._metric(family, snapshot)
+        child = child.labels(*labels) if labels else child
+        # prometheus_client offers no way to add n observations to a bucket
+        # but the values a Histogram keeps in its multiprocess files.
+        for value, new, old in zip((*child._buckets, child._sum), now, before, strict=True):
+            if new > old:
+                value.inc(new - old)
+        self._published_histograms[key] = now
+
+    def _metric(self, family: Family, histogram: HistogramSnapshot | None = None) -> Any:
         metric = self._metrics.get(family.name)
         if metric is None:
-            from prometheus_client import Counter, Gauge  # noqa: PLC0415
+            from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415
 
-            if family.kind == "counter":
+            if histogram is not None:
+                bounds = [bound for bound, _ in histogram.buckets]
+                metric = Histogram(family.name, family.help, family.labels, registry=None, buckets=bounds)
+            elif family.kind == "counter":
                 metric = Counter(family.name, family.help, family.labels, registry=None)
             else:
                 metric = Gauge(

@@ -41,27 +41,41 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+class StoreUnavailableError(RuntimeError):
+    """Redis did not answer (refused, timed out, or errored)."""
+
+
 class LuaScript:
-    """A Lua script run by its SHA-1 (``EVALSHA``), loaded again when the
-    server answers NOSCRIPT (a restart, ``SCRIPT FLUSH``, a failover)."""
+    """A Lua script run with ``EVALSHA`` straight on the client.
+
+    Cheaper than redis-py's ``Script`` objects (no per-call encoder and
+    pipeline checks). A server that does not know the script yet (restarted,
+    flushed, a new cluster node) answers NOSCRIPT: the script is loaded
+    (``SCRIPT LOAD``, on every primary of a cluster) and run again once.
+    """
 
     __slots__ = ("sha", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
 
     def run(self, client: RedisClient, keys: list[str], args: list[Any]) -> Any:
-        # The client's evalsha directly: redis-py's Script object adds a
-        # registry lookup and a hash check per call.
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return client.eval(self.source, len(keys), *keys, *args)  # also caches it on the server
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-class StoreUnavailableError(RuntimeError):
-    """Redis did not answer (refused, timed out, or errored)."""
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` as ``(7, 0, 15)``; parts that are not numbers end it."""
+    parts: list[int] = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 def build_client(
@@ -105,6 +119,7 @@ class RedisStore:
         self.is_cluster = isinstance(client, RedisCluster)
         self._subscriber: Subscriber | None = None
         self._lock = threading.Lock()
+        self._version: tuple[int, ...] | None = None
 
     # -- naming ------------------------------------------------------------
 
@@ -190,16 +205,37 @@ class RedisStore:
             removed += self.delete(*chunk)
         return removed
 
+    def set_absent_or_get(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        """``SET key value NX PX ttl GET`` (Redis >= 7.0, see :meth:`server_version`):
+        None when ``value`` was stored, else the value already there (untouched)."""
+        px = max(1, int(ttl * 1000))
+        command = self.client.execute_command
+        return self._run(lambda: command("SET", key, value, "NX", "PX", px, "GET", get=True))  # type: ignore[no-any-return,no-untyped-call]
+
     def script(self, source: str) -> LuaScript:
-        """A Lua script, run by its SHA through :meth:`run_script`."""
+        """A Lua script, run by its SHA (see :class:`LuaScript`)."""
         return LuaScript(source)
 
     def run_script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
-        """One ``EVALSHA`` (``EVAL`` once when the server lost the script)."""
-        try:
-            return script.run(self.client, keys, args)
-        except redis.RedisError as exc:
-            raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
+        return self._run(lambda: script.run(self.client, keys, args))
+
+    def server_version(self) -> tuple[int, ...]:
+        """The Redis server's version (``INFO server``), asked once per store.
+
+        On a cluster, the oldest node's. ``()`` when the server does not say
+        (a proxy that refuses ``INFO``): callers then assume the oldest server.
+        Raises :class:`StoreUnavailableError` (and asks again next time) when
+        Redis does not answer.
+        """
+        if self._version is None:
+            try:
+                info = self._run(lambda: self.client.info("server"))
+            except StoreUnavailableError as exc:
+                if not isinstance(exc.__cause__, redis.ResponseError):
+                    raise
+                info = {}
+            self._version = _oldest_version(info)
+        return self._version
 
     def ping(self) -> float:
         """Round-trip time in seconds; raises when Redis does not answer."""
@@ -238,3 +274,13 @@ class RedisStore:
             return command()
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
+
+
+def _oldest_version(info: Any) -> tuple[int, ...]:
+    """The version in an ``INFO server`` answer (a dict per node on a cluster)."""
+    if not isinstance(info, dict):
+        return ()
+    if "redis_version" in info:
+        return parse_version(str(info["redis_version"]))
+    versions = [_oldest_version(node) for node in info.values() if isinstance(node, dict)]
+    return min(versions) if versions and all(versions) else ()
