@@ -1,22 +1,30 @@
 """Response cache cost, side by side with bare Flask and Flask-Caching.
 
 Run: ``pip install -e ".[test]" flask-caching && python benchmarks/bench_cache.py``
-(``--redis-url``, default redis://127.0.0.1:6379/0).
+(``--redis-url``, default redis://127.0.0.1:6379/0; ``--quick`` for fewer rounds).
 
-Every contender serves the same trivial view (a JSON list of 20 flights)
-through ``app.test_client()``, one request at a time, contenders taking turns
-in each round (best of the rounds). Measured:
+Every contender serves the same trivial view (a JSON list of 20 flights),
+called as a raw WSGI callable (``app(environ, start_response)``, the body
+read to the end: no test client, whose own cost would hide ours), one
+request at a time, contenders taking turns in each round (best of the rounds).
 
-1. L1 hit (ours) vs a bare-Flask request and a Flask-Caching SimpleCache hit;
-2. L2 hit (ours, L1 kept empty) vs a Flask-Caching RedisCache hit;
-3. a miss (a new query string every request) vs bare Flask, ours with Redis
-   and ours in memory only;
-4. tag invalidation time with 1k, 10k and 100k keys carrying the tag.
+Rows (targets from issue 15):
+
+- the extension on, no decorator, vs bare Flask;
+- an L1 hit (view-level) vs bare and vs a Flask-Caching SimpleCache hit;
+- a front-tier hit (``@cached(front=True)``, answered before Flask) vs bare;
+- an L2 hit (L1 emptied before each) vs a Flask-Caching RedisCache hit;
+- a Redis miss (a new query string each request) vs a RedisCache miss;
+- the Redis yardstick: a bare view doing one ``GET``, minus bare: the cost
+  of one command inside a request, printed beside every Redis figure
+  (a round trip is not a stable unit on a shared machine);
+- tag invalidation with 1k and 100k tagged keys (not with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import logging
 import time
@@ -28,7 +36,7 @@ import redis
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from flask_caching import Cache
-from harness import interleaved
+from harness import Figure, interleaved, print_figures
 
 from flask_resilience import Resilience, cached, invalidate_cache_by_tag
 from flask_resilience.cache.backends import GENERATION_LENGTH, RedisBackend
@@ -38,6 +46,7 @@ from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from flask_resilience.stores.redis import batched
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
 FLIGHTS = [{"id": f"LH{i}", "from": "FRA", "to": "LIS", "price": 100 + i} for i in range(20)]
 
 
@@ -45,29 +54,34 @@ def trivial() -> ResponseReturnValue:
     return jsonify(flights=FLIGHTS)
 
 
-MANY_FLIGHTS = [{"id": f"LH{i}", "from": "FRA", "to": "LIS", "price": 100 + i} for i in range(500)]
-
-
-def heavier() -> ResponseReturnValue:
-    """A view with some work in it: 500 flights serialized (about 1 ms)."""
-    return jsonify(flights=MANY_FLIGHTS)
-
-
 def bare_app() -> Flask:
     app = Flask("bare")
     app.get("/flights")(trivial)
-    app.get("/heavier")(heavier)
     return app
 
 
-def ours_app(redis_url: str | None, **config: Any) -> Flask:
+def one_get_app(redis_url: str) -> Flask:
+    """Bare Flask whose view runs one Redis GET: the yardstick."""
+    app = Flask("one-get")
+    client = redis.Redis.from_url(redis_url)
+
+    @app.get("/flights")
+    def flights() -> ResponseReturnValue:
+        client.get("bench-absent-key")
+        return jsonify(flights=FLIGHTS)
+
+    return app
+
+
+def ours_app(redis_url: str | None, *, decorate: bool = True, front: bool = False, **config: Any) -> Flask:
     app = Flask("ours")
-    app.config.update(RESILIENCE_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}:", **config)
+    app.config.update(
+        RESILIENCE_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}:", RESILIENCE_AUDIT_ENABLED=False, **config
+    )
     if redis_url:
         app.config["RESILIENCE_REDIS_URL"] = redis_url
     Resilience(app)
-    app.get("/flights")(cached(ttl=300, tags=["flights"])(trivial))
-    app.get("/heavier")(cached(ttl=300, tags=["flights"])(heavier))
+    app.get("/flights")(cached(ttl=300, tags=["flights"], front=front)(trivial) if decorate else trivial)
     store = get_state(app).redis
     if store is not None:  # L1 is used once the process listens for invalidations
         assert store.subscriber.wait_until_listening(10)
@@ -78,40 +92,69 @@ def flask_caching_app(config: dict[str, Any]) -> Flask:
     app = Flask("flask-caching")
     cache = Cache(app, config=config)
     app.get("/flights")(cache.cached(timeout=300, query_string=True)(trivial))
-    app.get("/heavier")(cache.cached(timeout=300, query_string=True)(heavier))
     return app
 
 
-def requester(app: Flask, path: str = "/flights") -> Callable[[], None]:
-    client = app.test_client()
+def _ignore(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+    return lambda _data: None
 
+
+BASE_ENVIRON = {
+    "REQUEST_METHOD": "GET",
+    "SCRIPT_NAME": "",
+    "PATH_INFO": "/flights",
+    "QUERY_STRING": "",
+    "SERVER_NAME": "localhost",
+    "SERVER_PORT": "80",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "HTTP_HOST": "localhost",
+    "wsgi.url_scheme": "http",
+    "wsgi.input": io.BytesIO(b""),
+    "wsgi.errors": io.StringIO(),
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": False,
+    "wsgi.run_once": False,
+    "wsgi.version": (1, 0),
+}
+
+
+def call(app: Flask, environ: dict[str, Any]) -> bytes:
+    """One request through ``app`` as a WSGI server calls it; the body read to the end."""
+    body = app(environ, _ignore)
+    try:
+        return b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def requester(app: Flask) -> Callable[[], None]:
     def request() -> None:
-        response = client.get(path)
-        assert response.status_code == 200
+        call(app, dict(BASE_ENVIRON))
 
-    request()  # warm: the first request fills the cache
+    request()  # warm: the first requests fill the caches
+    request()
     return request
 
 
 def missing(app: Flask) -> Callable[[], None]:
-    client = app.test_client()
     numbers = itertools.count()
+    run = uuid.uuid4().hex[:6]
 
     def request() -> None:
-        client.get(f"/flights?n={next(numbers)}")
+        call(app, dict(BASE_ENVIRON, QUERY_STRING=f"r={run}&n={next(numbers)}"))
 
     return request
 
 
 def l2_only(app: Flask) -> Callable[[], None]:
-    client = app.test_client()
     l1 = AppCache.of(app).layered.l1
-    client.get("/flights")
+    call(app, dict(BASE_ENVIRON))
 
     def request() -> None:
         l1.clear()  # O(1) on an almost empty L1; keeps every request an L2 hit
-        response = client.get("/flights")
-        assert response.headers["Cache-Status"].endswith("detail=l2")
+        call(app, dict(BASE_ENVIRON))
 
     return request
 
@@ -142,89 +185,123 @@ def tag_invalidation_ms(redis_url: str, keys: int) -> float:
             started = time.perf_counter()
             invalidate_cache_by_tag("flights")
             timings.append((time.perf_counter() - started) * 1000)
-        # every entry is stale now
-        assert cache.data.get("flight:0") is None
+        assert cache.data.get("flight:0") is None  # every entry is stale now
     backend.store.delete_matching("{*}:cache:*")
     get_state(app).shutdown()
     return min(timings)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--number", type=int, default=2000)
-    args = parser.parse_args()
+def _check(apps: dict[str, Flask]) -> None:
+    """Each contender answers as it claims to (a hit is a hit, from the layer named)."""
+    for detail, app in apps.items():
+        headers: list[tuple[str, str]] = []
+
+        def keep(
+            status: str, sent: list[tuple[str, str]], exc_info: Any = None, into: list[Any] = headers
+        ) -> Any:
+            into.extend(sent)
+            return lambda _data: None
+
+        body = app(dict(BASE_ENVIRON), keep)
+        b"".join(body)
+        status = dict(headers).get("Cache-Status", "")
+        assert status.endswith(f"detail={detail}"), (detail, status)
+
+
+def figures(quick: bool = False, redis_url: str = REDIS_URL) -> list[Figure]:
+    number, rounds = (300, 3) if quick else (2000, 7)
     logging.disable(logging.WARNING)
     fc_prefix = f"bench-fc-{uuid.uuid4().hex[:8]}:"
-
-    ours_redis = ours_app(args.redis_url)
-    ours_l2 = ours_app(args.redis_url, RESILIENCE_CACHE_L1_MAX_ENTRIES=10)
-    ours_memory = ours_app(None)
+    bare = bare_app()
+    plain = ours_app(redis_url, decorate=False)
+    view_level = ours_app(redis_url)
+    front = ours_app(redis_url, front=True)
+    l2 = ours_app(redis_url, RESILIENCE_CACHE_L1_MAX_ENTRIES=10)
+    miss = ours_app(redis_url)
     simple = flask_caching_app({"CACHE_TYPE": "SimpleCache"})
     redis_cache = flask_caching_app(
-        {"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": args.redis_url, "CACHE_KEY_PREFIX": fc_prefix}
+        {"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": redis_url, "CACHE_KEY_PREFIX": fc_prefix}
     )
-    bare = bare_app()
+    one_get = one_get_app(redis_url)
+    contenders = {
+        "bare": requester(bare),
+        "no decorators": requester(plain),
+        "L1 hit": requester(view_level),
+        "front hit": requester(front),
+        "SimpleCache hit": requester(simple),
+        "L2 hit": l2_only(l2),
+        "RedisCache hit": requester(redis_cache),
+        "one GET": requester(one_get),
+        "Redis miss": missing(miss),
+        "RedisCache miss": missing(redis_cache),
+    }
+    _check({"l1": view_level, "front": front})
+    t = interleaved(contenders, number, rounds)
+    tags = {} if quick else {keys: tag_invalidation_ms(redis_url, keys) for keys in (1_000, 100_000)}
 
-    hits = interleaved(
-        {
-            "bare Flask (view runs)": requester(bare),
-            "flask-resilience L1 hit": requester(ours_redis),
-            "flask-resilience L2 hit": l2_only(ours_l2),
-            "Flask-Caching SimpleCache hit": requester(simple),
-            "Flask-Caching RedisCache hit": requester(redis_cache),
-            "bare Flask, heavier view": requester(bare, "/heavier"),
-            "flask-resilience L1 hit, heavier view": requester(ours_redis, "/heavier"),
-            "Flask-Caching SimpleCache hit, heavier": requester(simple, "/heavier"),
-        },
-        args.number,
-    )
-    misses = interleaved(
-        {
-            "bare Flask (view runs)": missing(bare),
-            "flask-resilience miss (Redis L2)": missing(ours_redis),
-            "flask-resilience miss (memory only)": missing(ours_memory),
-            "Flask-Caching RedisCache miss": missing(redis_cache),
-        },
-        args.number // 2,
-    )
-    tags = {keys: tag_invalidation_ms(args.redis_url, keys) for keys in (1_000, 10_000, 100_000)}
-
-    client = redis.Redis.from_url(args.redis_url)
+    client = redis.Redis.from_url(redis_url)
     for batch in batched(client.scan_iter(match=f"{fc_prefix}*"), 1000):
         client.delete(*batch)
-    for app in (ours_redis, ours_l2, ours_memory):
-        get_state(app).shutdown()
+    for app in (plain, view_level, front, l2, miss):
+        state = get_state(app)
+        if state.redis is not None:
+            state.redis.delete_matching("*")
+        state.shutdown()
 
-    print(f"{'per request (test client)':40} {'us':>9}")
-    for name, value in {**hits, **misses}.items():
-        print(f"{name:40} {value:9.1f}")
-    print(f"\n{'tag invalidation':40} {'ms':>9}")
-    for keys, value in tags.items():
-        print(f"{f'{keys:,} tagged keys':40} {value:9.3f}")
+    yardstick = t["one GET"] - t["bare"]
+    note = f"1 Redis GET in a request = {yardstick:.1f} us"
 
-    bare_us = hits["bare Flask (view runs)"]
-    print("\nratios (targets in brackets)")
-    print(f"  L1 hit / bare Flask:                 {hits['flask-resilience L1 hit'] / bare_us:.2f} [<= 0.85]")
-    print(
-        "  L1 hit / Flask-Caching SimpleCache:  "
-        f"{hits['flask-resilience L1 hit'] / hits['Flask-Caching SimpleCache hit']:.2f} [<= 0.70]"
-    )
-    print(
-        "  L2 hit / Flask-Caching RedisCache:   "
-        f"{hits['flask-resilience L2 hit'] / hits['Flask-Caching RedisCache hit']:.2f} [<= 0.60]"
-    )
-    heavy = hits["flask-resilience L1 hit, heavier view"]
-    print(f"  L1 hit / bare Flask, heavier view:   {heavy / hits['bare Flask, heavier view']:.2f}")
-    print(
-        f"  same, / SimpleCache hit:             {heavy / hits['Flask-Caching SimpleCache hit, heavier']:.2f}"
-    )
-    bare_miss = misses["bare Flask (view runs)"]
-    redis_miss = misses["flask-resilience miss (Redis L2)"] / bare_miss
-    memory_miss = misses["flask-resilience miss (memory only)"] / bare_miss
-    print(f"  miss (Redis L2) / bare Flask:        {redis_miss:.2f} [<= 1.15]")
-    print(f"  miss (memory only) / bare Flask:     {memory_miss:.2f}")
-    print(f"  tag invalidation 100k / 1k keys:     {tags[100_000] / tags[1_000]:.2f} [<= 2.00]")
+    def row(
+        figure: str, ours: str, peer: str, limit: float, *, note: str = "", at_most: bool = True
+    ) -> Figure:
+        ratio = t[ours] / t[peer]
+        met = ratio <= limit if at_most else ratio >= limit
+        target = f"{'<=' if at_most else '>='} {limit}x"
+        return Figure(figure, t[ours], t[peer], ratio, target, met, note=note)
+
+    rows = [
+        row("cache: extension on, no decorators / bare (raw WSGI)", "no decorators", "bare", 1.05),
+        row("cache: L1 hit (view-level) / bare", "L1 hit", "bare", 0.9),
+        row("cache: L1 hit / Flask-Caching SimpleCache hit", "L1 hit", "SimpleCache hit", 0.9),
+        row("cache: front-tier hit / bare", "front hit", "bare", 0.2),
+        row("cache: L2 hit / Flask-Caching RedisCache hit", "L2 hit", "RedisCache hit", 1.0, note=note),
+        row(
+            "cache: Redis miss / Flask-Caching RedisCache miss",
+            "Redis miss",
+            "RedisCache miss",
+            1.0,
+            note=note,
+        ),
+        Figure("cache: Redis yardstick (view with 1 GET - bare)", yardstick, None, None, "-", None),
+    ]
+    if tags:
+        ratio = tags[100_000] / tags[1_000]
+        rows.append(
+            Figure(
+                "cache: tag invalidation, 100k / 1k tagged keys",
+                tags[100_000],
+                tags[1_000],
+                ratio,
+                "<= 2.0x",
+                ratio <= 2.0,
+                unit="ms",
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    rows = figures(args.quick, args.redis_url)
+    print("per request, raw WSGI, best of interleaved rounds")
+    print_figures(rows)
+    for row in rows:
+        if row.note:
+            print(f"  {row.figure}: {row.note}")
+            break
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Who is calling and which request this is, shared by every feature.
 
-The request id and the principal are computed at most once per request and
-kept on ``g`` under one namespaced attribute.
+The request id is fixed by the request middleware (:mod:`.middleware`) and
+kept in the WSGI environ; the principal is computed at most once per request
+and kept on ``g`` under one namespaced attribute.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from flask import Response, current_app, g, request
+from flask import current_app, g, request
 
 from .config import PRINCIPAL_LOADER, REQUEST_ID_HEADER
 from .state import get_state
@@ -43,34 +44,28 @@ class Principal:
         return self.id if self.kind == "user" else None
 
 
-class _RequestInfo:
-    __slots__ = ("principal", "request_id")
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        self.principal: Principal | None = None
+REQUEST_ID_ENVIRON = "flask_resilience.request_id"
+"""Where the request middleware keeps the request's id in the WSGI environ."""
 
 
-def _request_info() -> _RequestInfo:
-    info: _RequestInfo | None = getattr(g, _G_ATTRIBUTE, None)
-    if info is None:
-        header = get_state().config[REQUEST_ID_HEADER]
-        incoming = request.headers.get(header)
-        if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
-            request_id = incoming
-        else:
-            # A correlation id, not a secret: the module-level generator is
-            # reseeded in every forked worker and is far cheaper than
-            # os.urandom, which costs tens of microseconds on some VMs.
-            request_id = f"{random.getrandbits(128):032x}"
-        info = _RequestInfo(request_id)
-        setattr(g, _G_ATTRIBUTE, info)
-    return info
+def request_id_from(incoming: str | None) -> str:
+    """A valid incoming id as it is, else a new one."""
+    if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    # A correlation id, not a secret: the module-level generator is reseeded
+    # in every forked worker and is far cheaper than os.urandom, which costs
+    # tens of microseconds on some VMs.
+    return f"{random.getrandbits(128):032x}"
 
 
 def current_request_id() -> str:
     """The id of the current request: a valid incoming one, else a new one."""
-    return _request_info().request_id
+    environ = request.environ
+    request_id: str | None = environ.get(REQUEST_ID_ENVIRON)
+    if request_id is None:  # a request context made without the middleware (tests, scripts)
+        header = get_state().config[REQUEST_ID_HEADER]
+        request_id = environ[REQUEST_ID_ENVIRON] = request_id_from(request.headers.get(header))
+    return request_id
 
 
 def current_principal() -> Principal | None:
@@ -83,10 +78,10 @@ def current_principal() -> Principal | None:
     auth hook has run (by an early hook), the answer is "anonymous" or a
     credential, and freezing it would put every caller in one scope.
     """
-    info = _request_info()
-    principal = info.principal
+    principal: Principal | None = g.__dict__.get(_G_ATTRIBUTE)
     if principal is None or principal.kind != "user":
-        principal = info.principal = _resolve_principal()
+        principal = _resolve_principal()
+        setattr(g, _G_ATTRIBUTE, principal)
     return principal
 
 
@@ -127,14 +122,3 @@ def _credential_hash(authorization: str) -> str:
     else:
         digest = hashlib.sha256(data).hexdigest()
     return digest[:32]
-
-
-def begin_request() -> None:
-    """``before_request`` hook: fix the request id before any view runs."""
-    _request_info()
-
-
-def finish_request(response: Response, header: str) -> Response:
-    """``after_request`` work: echo the request id on every response, in ``header``."""
-    response.headers[header] = current_request_id()
-    return response

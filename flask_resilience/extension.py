@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import re
 import threading
@@ -30,14 +29,14 @@ from .breaker.states import State as CircuitState
 from .cache.access import CacheAccess
 from .cache.service import AppCache
 from .cli import resilience as resilience_cli
-from .context import begin_request, finish_request
 from .health import health_blueprint
-from .health.blueprint import raise_routing_problem
+from .health.blueprint import answer_routing_problems
 from .idempotency.service import AppIdempotency
 from .idempotency.views import Options as IdempotencyOptions
 from .idempotency.views import protect_blueprint, protect_dispatch
 from .lifecycle import install_signal_hook
 from .metrics import fleet as fleet_metrics
+from .middleware import RequestMiddleware
 from .signals import circuit_state_changed, idempotency_conflict, idempotency_mismatch
 from .state import (
     EXTENSION_NAME,
@@ -79,6 +78,8 @@ class Resilience:
         self._audited_prefixes: list[tuple[str, str, bool, bool]] = []
         self._idempotent_prefixes: list[tuple[str, IdempotencyOptions]] = []
         self._states: weakref.WeakSet[ResilienceState] = weakref.WeakSet()
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._prefix_hooked: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._exit_hook_registered = False
         if app is not None:
             self.init_app(app)
@@ -130,9 +131,14 @@ class Resilience:
         _register_health_checks(state)
         state.stats_providers["stores"] = lambda _private: _stores_stats(state)
         fleet_metrics.install(app, state)  # only with PROMETHEUS_MULTIPROC_DIR set
-        # One hook of each kind for everything: Flask's dispatch per hook adds up.
-        app.before_request(functools.partial(self._before_request, state))
-        app.after_request(functools.partial(self._after_request, config[cfg.REQUEST_ID_HEADER]))
+        # What every request needs runs in one WSGI middleware; Flask hooks
+        # only for the features that need them (each costs a dispatch per request).
+        _install_middleware(app, state)
+        self._apps.add(app)
+        if self._audited_prefixes:
+            self._audit_prefixes_on(app)
+        if config[cfg.HEALTH_ENABLED]:
+            answer_routing_problems(app, config[cfg.HEALTH_PREFIX])
         # Also reachable through the flask.commands entry point; registering it
         # here makes it part of app.cli (and of app.test_cli_runner()).
         app.cli.add_command(resilience_cli)
@@ -193,25 +199,26 @@ class Resilience:
         if not blueprint.startswith("/"):
             raise ValueError(f"a URL prefix must start with '/', got {blueprint!r}")
         self._audited_prefixes.append((blueprint.rstrip("/"), str(event_type), include_body, include_query))
+        for app in list(self._apps):
+            self._audit_prefixes_on(app)
         return blueprint
 
-    def _before_request(self, state: ResilienceState) -> Response | None:
-        begin_request()
-        if request.routing_exception is not None and state.config[cfg.HEALTH_ENABLED]:
-            raise_routing_problem(state.config[cfg.HEALTH_PREFIX])
-        # A worker forked after subscriptions were made starts its listener here.
-        if state.redis is not None:
-            state.redis.subscriber.ensure_running()
-        return None
+    def _audit_prefixes_on(self, app: Flask) -> None:
+        """Register the URL-prefix auditing hook on ``app`` (once)."""
+        if app in self._prefix_hooked:
+            return
+        self._prefix_hooked.add(app)
+        prefixes = self._audited_prefixes
 
-    def _after_request(self, request_id_header: str, response: Response) -> Response:
-        if self._audited_prefixes:
+        def audit_prefixes(response: Response) -> Response:
             path = request.path
-            for prefix, event_type, include_body, include_query in self._audited_prefixes:
+            for prefix, event_type, include_body, include_query in prefixes:
                 if path == prefix or path.startswith(prefix + "/"):
                     record_request(event_type, response.status_code, include_body, include_query)
                     break
-        return finish_request(response, request_id_header)
+            return response
+
+        app.after_request(audit_prefixes)
 
     def idempotent_blueprint(self, blueprint: Blueprint | str, **settings: Any) -> Blueprint | str:
         """Protect every view of a blueprint, or every URL under a prefix such
@@ -242,6 +249,19 @@ class Resilience:
         """Stop every background thread of every app, flushing what they hold."""
         for state in list(self._states):
             state.shutdown()
+
+
+def _install_middleware(app: Flask, state: ResilienceState) -> None:
+    front = AppCache.of(app).front
+    front.session_cookie = app.config.get("SESSION_COOKIE_NAME", "session")
+    front.remember_cookie = app.config.get("REMEMBER_COOKIE_NAME")
+    app.wsgi_app = RequestMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app,
+        id_header=state.config[cfg.REQUEST_ID_HEADER],
+        redis=state.redis,
+        front=front,
+        views=app.view_functions,
+    )
 
 
 def _redis_store(config: cfg.Config) -> RedisStore | None:

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from flask_resilience.cache.keys import full_key, request_resource, resource_key, variant
+from flask_resilience.cache.keys import full_key, query_pairs, request_resource, resource_key, variant
 
 # Every character, lone surrogates included: a key must never fail to build.
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
@@ -89,3 +89,49 @@ def test_a_real_request_keys_on_what_its_view_sees(path: str, query: list[tuple[
     )
     by_name = sorted(request.args.items(multi=True), key=lambda pair: pair[0])
     assert by_name == sorted(query, key=lambda pair: pair[0])  # each name's values in order
+
+
+RAW_QUERY = st.text(st.sampled_from("aAz0-._~=&%+;2FC3A9 b\xe9"), max_size=16)
+
+
+def _parsed(query_string: str) -> tuple[Request, list[tuple[str, str]] | None]:
+    """The request and its ``request.args`` pairs (None: werkzeug cannot decode it)."""
+    environ = EnvironBuilder(path="/").get_environ()
+    environ["QUERY_STRING"] = query_string
+    request = Request(environ)
+    try:
+        return request, list(request.args.items(multi=True))
+    except UnicodeDecodeError:
+        return request, None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(RAW_QUERY)
+def test_the_raw_query_parser_agrees_with_werkzeug(query_string: str) -> None:
+    """Where the raw ``QUERY_STRING`` is parsed without werkzeug, the pairs
+    (and so the key) are exactly those of ``request.args``."""
+    request, werkzeug_pairs = _parsed(query_string)
+    fast = query_pairs(query_string)
+    if werkzeug_pairs is None:
+        assert fast is None
+        assert "#raw=" in request_resource(request, "api", None)  # keyed on the raw text
+        return
+    if fast is not None:  # werkzeug groups by name; the key sorts names, keeping each name's order
+        assert sorted(fast, key=lambda pair: pair[0]) == sorted(werkzeug_pairs, key=lambda pair: pair[0])
+    assert request_resource(request, "api", None) == resource_key("api", "/", werkzeug_pairs)
+    allowed = ["a", "z", ""]
+    only = [pair for pair in werkzeug_pairs if pair[0] in allowed]
+    assert request_resource(request, "api", allowed) == resource_key("api", "/", only)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(RAW_QUERY, RAW_QUERY)
+def test_raw_queries_share_a_key_exactly_when_the_view_sees_the_same(one: str, other: str) -> None:
+    first, first_pairs = _parsed(one)
+    second, second_pairs = _parsed(other)
+
+    def seen(query_string: str, pairs: list[tuple[str, str]] | None) -> object:
+        return ("raw", query_string) if pairs is None else sorted(pairs, key=lambda pair: pair[0])
+
+    keys_equal = request_resource(first, "api", None) == request_resource(second, "api", None)
+    assert keys_equal == (seen(one, first_pairs) == seen(other, second_pairs))

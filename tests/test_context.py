@@ -181,3 +181,23 @@ def test_loader_wins_over_authorization_hash(make_app: MakeApp) -> None:
 def test_principal_user_id() -> None:
     assert Principal("user", "7").user_id == "7"
     assert Principal("credential", "ab").user_id is None
+
+
+def test_a_request_id_header_the_view_set_is_replaced_not_doubled(make_app: MakeApp) -> None:
+    app, _ = make_app()
+
+    @app.get("/own")
+    def own() -> ResponseReturnValue:
+        return jsonify(ok=True), 200, {"x-request-id": "from-the-view"}
+
+    response = app.test_client().get("/own", headers={"X-Request-ID": "incoming-1"})
+    assert response.headers.getlist("X-Request-ID") == ["incoming-1"]
+
+
+def test_the_extension_registers_no_request_hooks_unless_a_feature_needs_them(make_app: MakeApp) -> None:
+    app, extension = make_app()
+    assert not app.before_request_funcs and not app.after_request_funcs
+    extension.audit_blueprint("/api/admin")  # URL-prefix auditing needs one, added on demand
+    assert len(app.after_request_funcs[None]) == 1
+    extension.audit_blueprint("/api/other")
+    assert len(app.after_request_funcs[None]) == 1

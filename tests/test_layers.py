@@ -50,7 +50,7 @@ PLUMBING = frozenset(
 STATE = frozenset({"state"})
 REQUEST = frozenset({"context", "problems", "logs"})
 FEATURES = frozenset({"breaker", "cache", "idempotency", "audit"})
-WIRING = frozenset({"", "extension", "health", "metrics", "cli"})
+WIRING = frozenset({"", "extension", "middleware", "health", "metrics", "cli"})
 LAYERS = (PLUMBING, STATE, REQUEST, FEATURES, WIRING)
 
 

@@ -11,12 +11,14 @@ Anything unreadable reads as a miss, never as an error.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..responses import StoredResponse, UnreadableRecord, pack, unpack
 
 KIND = b"C"
+_BREAKS = re.compile(r"[\r\n\x00]")
 KINDS = frozenset({"response", "data", "vary"})
 
 
@@ -71,6 +73,9 @@ def decode(data: bytes) -> CacheEntry:
         kind = header["k"]
         if kind not in KINDS:
             raise UnreadableEntry(f"unknown entry kind {kind!r}")
+        if kind == "response" and any(_BREAKS.search(f"{name}{value}") for name, value in header["h"]):
+            # Hits send stored headers without validating them again.
+            raise UnreadableEntry("a stored header holds a line break")
         return CacheEntry(
             kind=kind,
             body=body,

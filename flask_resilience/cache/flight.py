@@ -18,20 +18,29 @@ if TYPE_CHECKING:
 class SingleFlight:
     """``with flight(key) as leader``: the first thread in leads (computes);
     the others wait for it to finish and get ``leader=False`` (they re-read
-    the cache, and compute themselves only if it stored nothing)."""
+    the cache, and compute themselves only if it stored nothing).
+
+    An uncontended flight allocates nothing: the key maps to None until a
+    second thread arrives and hangs an Event on it for the leader to set.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._inflight: dict[str, threading.Event] = {}
+        self._inflight: dict[str, threading.Event | None] = {}
 
     @contextlib.contextmanager
     def __call__(self, key: str, timeout: float) -> Iterator[bool]:
+        inflight = self._inflight
         with self._lock:
-            done = self._inflight.get(key)
-            leader = done is None
-            if done is None:
-                done = self._inflight[key] = threading.Event()
-        if not leader:
+            leader = key not in inflight
+            if leader:
+                inflight[key] = None
+                done = None
+            else:
+                done = inflight[key]
+                if done is None:
+                    done = inflight[key] = threading.Event()
+        if done is not None:
             done.wait(timeout)
             yield False
             return
@@ -39,8 +48,9 @@ class SingleFlight:
             yield True
         finally:
             with self._lock:
-                self._inflight.pop(key, None)
-            done.set()
+                waiting = inflight.pop(key, None)
+            if waiting is not None:
+                waiting.set()
 
 
 def wait_for_holder(

@@ -18,6 +18,7 @@ The key is ``variant-digest:resource``; a resource longer than
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ _PATH_SAFE = "/-._~!$'()*+,;:@"  # '&', '=', '?', '#', '%', '|' are always encod
 _VALUE_SAFE = "-._~"
 _PLAIN = re.compile(r"[A-Za-z0-9/\-._~!$'()*+,;:@]*")  # what _PATH_SAFE leaves as it is
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9\-._~]*")
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9\-._~=&]*")  # nothing to decode: no '%', '+' or ';'
 
 
 def encode_part(text: str) -> str:
@@ -103,8 +105,13 @@ def variant(
 
 def full_key(variant_text: str, resource: str) -> str:
     """The key of one stored entry: its variant's digest and its resource."""
-    digest = hashlib.blake2b(variant_text.encode(), digest_size=DIGEST_LENGTH // 2).hexdigest()
-    return f"{digest}:{resource}"
+    return f"{_variant_digest(variant_text)}:{resource}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _variant_digest(variant_text: str) -> str:
+    # Most requests share a handful of variants (scheme, host, anonymous).
+    return hashlib.blake2b(variant_text.encode(), digest_size=DIGEST_LENGTH // 2).hexdigest()
 
 
 def resource_of(key: str) -> str:
@@ -115,15 +122,50 @@ def resource_of(key: str) -> str:
 DATA_VARIANT = "d"  # data-cache entries have no request to vary on
 
 
+def query_pairs(query_string: str) -> list[tuple[str, str]] | None:
+    """The ``(name, value)`` pairs of a raw ``QUERY_STRING``, in request order,
+    when it needs no decoding (then each name's values are those of werkzeug's
+    ``request.args``, in the same order); None otherwise."""
+    if not _PLAIN_QUERY.fullmatch(query_string):
+        return None
+    pairs = []
+    for piece in query_string.split("&"):
+        if piece:  # werkzeug skips empty pieces; a piece without '=' has an empty value
+            name, _, value = piece.partition("=")
+            pairs.append((name, value))
+    return pairs
+
+
+def _decodable(query_string: str) -> bool:
+    """Whether werkzeug can build ``request.args``: the raw bytes must be UTF-8
+    (percent-encoded bytes that are not are kept encoded by its parser)."""
+    if query_string.isascii():
+        return True
+    try:
+        query_string.encode("latin-1").decode()
+    except UnicodeError:  # bad input from the client, not a failure here
+        return False
+    return True
+
+
 def request_resource(request: Request, prefix: str, query_args: Iterable[str] | None) -> str:
     """The resource key of ``request``: its path and query (``query_args``
     limits which parameters count; clients cannot inject key material)."""
-    if not request.query_string:
+    query_string: str = request.environ.get("QUERY_STRING", "")
+    if not query_string:
         return resource_key(prefix, request.path, ())
-    allowed = None if query_args is None else frozenset(query_args)
-    pairs = [
-        (name, value) for name, value in request.args.items(multi=True) if allowed is None or name in allowed
-    ]
+    pairs = query_pairs(query_string)
+    if pairs is None:  # percent-encoded or '+': werkzeug decodes it
+        if not _decodable(query_string):
+            # request.args cannot be built; key on the raw text ('#' never
+            # occurs in an encoded key, so no decoded query can spell this).
+            return bound_resource(
+                f"{encode_part(prefix)}:{encode_path(request.path)}?#raw={encode_part(query_string)}"
+            )
+        pairs = list(request.args.items(multi=True))
+    if query_args is not None:
+        allowed = frozenset(query_args)
+        pairs = [pair for pair in pairs if pair[0] in allowed]
     return resource_key(prefix, request.path, pairs)
 
 

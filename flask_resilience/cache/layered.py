@@ -74,6 +74,7 @@ class LayeredCache:
         self.stats = CacheStats()
         self.tags = TagVersions(self._fetch_versions if l2 is not None else None, l1_max_ttl)
         self.l1_changes = 0  # bumped by every L1 invalidation: a fill racing one is dropped
+        self.l1_fills = 0  # bumped by every L1 fill: a reader that saw it unchanged need not look again
         self._l2_down_until = 0.0
         self._down_lock = threading.Lock()
 
@@ -224,8 +225,16 @@ class LayeredCache:
             ttl = min(ttl, self.l1_max_ttl)
         if ttl > 0:
             self.l1.set(key, (entry, began), ttl)
+            self.l1_fills += 1
             if changes != self.l1_changes:  # one raced the set: it counts before it deletes
                 self.l1.delete(key)
+
+    def keep_in_l1(self, key: str, entry: CacheEntry, since: tuple[int, float]) -> bool:
+        """Keep ``entry`` in L1 only (``since``: :meth:`mark` taken before its
+        lookup); False when an invalidation or the listening state forbade it."""
+        changes, began = since
+        self._fill_l1(key, entry, began, changes)
+        return key in self.l1
 
     def put(
         self,

@@ -7,13 +7,15 @@ import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-from flask import Request, Response, current_app, request, session
+from flask import Request, Response, current_app, request
 from flask.globals import request_ctx
+from werkzeug.datastructures import Headers
 
 from ..context import current_principal
 from ..responses import StoredResponse
 from .entry import CacheEntry, Stamp
 from .flight import wait_for_holder
+from .front import IDENTITY_ENVIRON, OFFER_ENVIRON, Offer, Route, front_key
 from .keys import custom_resource_key, full_key, request_resource, variant, vary_values
 from .rules import etag_matches, request_control, response_refusal, strong_etag
 from .service import AppCache
@@ -32,6 +34,13 @@ class ViewPolicy:
     query_args: tuple[str, ...] | None
     statuses: frozenset[int]
     vary_host: bool
+    front: bool | None = None  # None: RESILIENCE_CACHE_FRONT decides
+
+    def allows_front(self, everywhere: bool) -> bool:
+        """Whether the front tier may answer for this view: opted in, and
+        nothing about the caller or the request decides its answer."""
+        wanted = everywhere if self.front is None else self.front
+        return wanted and not self.per_user and self.condition is None and self.key_func is None
 
 
 def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> Response:
@@ -49,7 +58,14 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
     if bypass is not None:
         return _bypassed(cache, bypass, run())
     plan = Plan(cache, policy, current, None if principal is None else principal.key)
+    front = cache.front
+    if front.enabled and policy.allows_front(front.everywhere):
+        front.armed = True  # from now on the middleware notes request identities
+        environ = current.environ
+        if IDENTITY_ENVIRON in environ and current.method == "GET" and front.request_eligible(environ):
+            plan.front_mark = cache.layered.mark()
     if not plan.revalidate and plan.since is not None:
+        plan.l1_fills = cache.layered.l1_fills
         found = plan.lookup_l1()
         if found is not None:
             return found
@@ -93,6 +109,8 @@ class Plan:
         self.token = ""  # set when this request holds the cross-process lock
         self.lock_key = self.key
         self.miss: tuple[Stamp, str | None, tuple[int, float]] | None = None
+        self.l1_fills = -1  # layered.l1_fills when this request looked in L1 (-1: it did not)
+        self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
         return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary)
@@ -155,8 +173,10 @@ class Plan:
                     if found is not None:
                         layered.stats.count("collapsed", self.endpoint)
                 if found is None and not self.revalidate:
-                    # A flight that ended just before this one began may have stored it.
-                    found = (self.lookup_l1() if self.since is not None else None) or self.lookup_l2()
+                    # A flight that ended after this request's lookup may have stored it.
+                    if leader and self.since is not None and self.l1_fills != layered.l1_fills:
+                        found = self.lookup_l1()
+                    found = found or self.lookup_l2()
                 if found is None and self.miss is None:
                     self._miss_without_l2()
                 yield found
@@ -169,7 +189,7 @@ class Plan:
         layered = self.cache.layered
         layered.stats.count("misses", self.endpoint)
         refusal = response_refusal(response, self.policy.statuses, self.cache.max_body_bytes)
-        if refusal is None and session.modified:
+        if refusal is None and _session_modified():
             refusal = "session-modified"
         if refusal is None and request_ctx._after_request_functions:
             # after_this_request changes the response after this point (a
@@ -203,13 +223,26 @@ class Plan:
         if not stored:
             return _mark_miss(response, "not-stored-invalidated")
         response = _mark_miss(response, "stored")
+        if self.front_mark is not None:
+            self._offer_front(entry, mark)
         if entry.etag and etag_matches(request, entry.etag):
             return _not_modified(entry, response.headers.items())
         return response
 
+    def _offer_front(self, entry: CacheEntry, mark: tuple[int, float]) -> None:
+        """Leave ``entry`` for the middleware, which keeps the final response."""
+        variant_text = self._variant()
+        route = Route(
+            self.resource, variant_text, front_key(variant_text, self.resource), False, self.endpoint
+        )
+        offer = Offer(route, entry.stamp, entry.created_at, entry.expires_at, mark)
+        self.request.environ[OFFER_ENVIRON] = offer
+
     def _respond(self, entry: CacheEntry, layer: str) -> Response:
         now = self.cache.layered.clock()
         assert entry.response is not None
+        if self.front_mark is not None:
+            self._offer_front(entry, self.front_mark)
         extra = (
             ("X-Cache", "HIT"),
             ("Cache-Status", f"{CACHE_ID}; hit; ttl={max(0, int(entry.expires_at - now))}; detail={layer}"),
@@ -218,7 +251,23 @@ class Plan:
         headers = [*entry.response.headers, *extra]
         if entry.etag and etag_matches(self.request, entry.etag):
             return _not_modified(entry, headers)
-        return Response(entry.body, status=entry.response.status, headers=headers)
+        return Response(entry.body, status=entry.response.status, headers=_StoredHeaders(headers))
+
+
+class _StoredHeaders(Headers):
+    """Headers of a stored entry: validated by werkzeug when the response was
+    made, so a hit does not validate every value again (half its cost)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._list = list(pairs)  # a copy: Headers.copy() builds one from our list
+
+
+def _session_modified() -> bool:
+    """Whether the view modified the session, without marking it accessed
+    (reading ``flask.session`` would, and Flask then adds ``Vary: Cookie``)."""
+    ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    opened = ctx.__dict__.get("_session", ctx.__dict__.get("session"))
+    return bool(getattr(opened, "modified", False))
 
 
 def _mark_miss(response: Response, detail: str) -> Response:

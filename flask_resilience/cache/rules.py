@@ -80,7 +80,7 @@ def response_refusal(response: Response, statuses: Collection[int], max_body: in
         return "set-cookie"
     # Parse Cache-Control and Vary only when present: most responses have neither.
     if "Cache-Control" in headers:
-        refusal = _cache_control_refusal(headers["Cache-Control"])
+        refusal = cache_control_refusal(headers["Cache-Control"])
         if refusal is not None:
             return refusal
     if "Pragma" in headers and "no-cache" in headers["Pragma"].lower():
@@ -105,7 +105,7 @@ def request_control(request: Request) -> RequestCacheControl:
     )
 
 
-def _cache_control_refusal(value: str) -> str | None:
+def cache_control_refusal(value: str) -> str | None:
     control = parse_cache_control_header(value.lower(), None, ResponseCacheControl)
     if control.private:
         return "private"

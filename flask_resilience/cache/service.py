@@ -15,6 +15,7 @@ from .backends import FlaskCachingBackend, L2Backend, RedisBackend
 from .coherence import Coherence, warn_on_eviction_policy
 from .data import DataCache, Serializer
 from .flight import SingleFlight
+from .front import FrontTier
 from .layered import LayeredCache
 from .rules import Credentials, request_bypass
 from .stats import CacheStatsSnapshot
@@ -42,6 +43,7 @@ class AppCache(Feature):
         header_policy: HeaderPolicy,
         credentials: Credentials,
         write_behind_queue: int,
+        front_everywhere: bool = False,
     ) -> None:
         self.enabled = enabled
         self.layered = LayeredCache(
@@ -61,6 +63,14 @@ class AppCache(Feature):
         self.credentials = credentials
         self.write_behind = WriteBehindQueue(max_size=write_behind_queue)
         self.data = DataCache(self)
+        self.front = FrontTier(
+            self.layered,
+            enabled=enabled,
+            everywhere=front_everywhere,
+            credentials=credentials,
+            header_policy=header_policy,
+            max_routes=l1_max_entries,
+        )
 
     @classmethod
     def from_config(cls, config: cfg.Config, redis: RedisStore | None) -> AppCache:
@@ -90,6 +100,7 @@ class AppCache(Feature):
                 headers=config[cfg.CACHE_PRIVATE_HEADERS], cookies=config[cfg.CACHE_PRIVATE_COOKIES]
             ),
             write_behind_queue=config[cfg.CACHE_WRITE_BEHIND_QUEUE],
+            front_everywhere=config[cfg.CACHE_FRONT],
         )
         serializer = config[cfg.CACHE_SERIALIZER]
         if serializer is not None:

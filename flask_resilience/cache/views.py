@@ -16,6 +16,7 @@ from flask import Request, Response, current_app, make_response, request
 
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
+from .front import FRONT_MARK
 from .plan import ViewPolicy, serve
 from .service import AppCache
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
@@ -36,6 +37,7 @@ def cached(
     query_args: Sequence[str] | None = None,
     statuses: Collection[int] = (200,),
     vary_host: bool = True,
+    front: bool | None = None,
     strategy: CacheStrategy = CacheStrategy.CACHE_ASIDE,
     invalidation: InvalidationStrategy = InvalidationStrategy.TTL,
     timeout: int | None = None,
@@ -53,6 +55,9 @@ def cached(
     authorize in ``before_request`` or in a decorator placed above this one.
     Flask-Caching's spellings work too: ``timeout`` is ``ttl``, and
     ``unless()`` returning True skips the cache (``condition`` returning False).
+    ``front=True`` serves hits before Flask dispatches (no app code runs:
+    public responses only; None follows ``RESILIENCE_CACHE_FRONT``; see
+    docs/front-tier.rst).
     """
     ttl, condition = _flask_caching_spellings(ttl, timeout, condition, unless)
     check_ttl(ttl)
@@ -73,6 +78,7 @@ def cached(
         query_args=None if query_args is None else tuple(query_args),
         statuses=frozenset(statuses),
         vary_host=vary_host,
+        front=front,
     )
 
     def decorator(view: F) -> F:
@@ -83,6 +89,8 @@ def cached(
 
             return serve(AppCache.of(), policy, run)
 
+        if front:
+            setattr(wrapper, FRONT_MARK, True)
         return cast(F, wrapper)
 
     return decorator

@@ -60,6 +60,12 @@ CACHE_HONOR_NO_CACHE = Setting(
     boolean,
     "Let a request's 'Cache-Control: no-cache' force recomputation (off: clients cannot bust the cache).",
 )
+CACHE_FRONT = Setting(
+    "RESILIENCE_CACHE_FRONT",
+    False,
+    boolean,
+    "Serve hits of every eligible @cached view before Flask dispatches (docs/front-tier.rst).",
+)
 CACHE_MAX_BODY_BYTES = Setting(
     "RESILIENCE_CACHE_MAX_BODY_BYTES",
     1024 * 1024,
@@ -117,6 +123,7 @@ SECTION: tuple[Setting[Any], ...] = (
     CACHE_L1_MAX_TTL,
     CACHE_LOCK_TIMEOUT,
     CACHE_HONOR_NO_CACHE,
+    CACHE_FRONT,
     CACHE_MAX_BODY_BYTES,
     CACHE_STORED_HEADERS,
     CACHE_DENIED_HEADERS,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NoReturn
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Flask, Request, Response, jsonify
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..config import HEALTH_SHOW_VERSION
@@ -26,17 +27,28 @@ def no_store(response: Response) -> Response:
     return response
 
 
-def raise_routing_problem(prefix: str) -> None:
-    """``before_request``: a 404 or 405 under the health prefix answers problem+json.
+def answer_routing_problems(app: Flask, prefix: str) -> None:
+    """A 404 or 405 under the health prefix answers problem+json.
 
-    Flask raises routing errors after the ``before_request`` hooks and never
-    shows them to a blueprint's error handlers, so this runs app-wide and only
-    for URLs under ``prefix``; the rest of the app keeps its own pages.
+    Flask never shows routing errors to a blueprint's error handlers, so this
+    wraps the app's ``raise_routing_exception``, which runs only when routing
+    failed: the rest of the app keeps its own pages, and requests that
+    routed pay nothing.
     """
-    error = request.routing_exception
+    original = app.raise_routing_exception
+
+    def raise_routing_exception(failed: Request) -> NoReturn:
+        _raise_problem(failed, prefix)
+        original(failed)
+
+    app.raise_routing_exception = raise_routing_exception  # type: ignore[method-assign,assignment]
+
+
+def _raise_problem(failed: Request, prefix: str) -> None:
+    error = failed.routing_exception
     if not isinstance(error, (NotFound, MethodNotAllowed)):
         return
-    path = request.path
+    path = failed.path
     if path != prefix and not path.startswith(prefix + "/"):
         return
     if isinstance(error, MethodNotAllowed):
@@ -45,7 +57,7 @@ def raise_routing_problem(prefix: str) -> None:
             405,
             "method-not-allowed",
             "Method not allowed",
-            f"{request.method} is not allowed here; use {allowed}.",
+            f"{failed.method} is not allowed here; use {allowed}.",
             headers={"Allow": allowed},
         )
     raise Problem(404, "not-found", "Not found", "No health endpoint at this URL.")
