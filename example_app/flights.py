@@ -44,7 +44,7 @@ def provider_client() -> ProviderClient:
 
 
 @flights_blueprint.get("")
-@cached(ttl=300, tags=["flights"], prefix="flights", query_args=["from", "to", "date"])
+@cached(ttl=300, tags=["flights"], prefix="flights", query_args=["from", "to", "date"], front=True)
 def search_flights() -> ResponseReturnValue:
     client = provider_client()
     params = {name: request.args.get(name, "") for name in ("from", "to", "date")}
