@@ -1,0 +1,161 @@
+"""Defects found by a hostile review of the front tier, the request path,
+cache keys and idempotency; each test states the promise it holds the code to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
+from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
+
+from flask_resilience import cached, idempotent
+from flask_resilience.audit.service import AppAudit
+from flask_resilience.idempotency.protocol import fingerprint
+from tests.conftest import MakeApp
+
+
+def _detail(response: Any) -> str:
+    return str(response.headers.get("Cache-Status", "")).rsplit("detail=", 1)[-1]
+
+
+def _raw(app: Flask, path: str, query_string: str, method: str = "GET") -> tuple[str, bytes]:
+    """A request whose QUERY_STRING is exactly ``query_string`` (as a WSGI
+    server passes raw bytes: latin-1 text), e.g. ``x=\\xff``."""
+    environ = EnvironBuilder(path=path, method=method).get_environ()
+    environ["QUERY_STRING"] = query_string
+    body, status, _headers = run_wsgi_app(app, environ, buffered=True)
+    return status, b"".join(body)
+
+
+# -- the request path: URL-prefix auditing ---------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="an undecodable query string (raw \\xff) makes URL-prefix auditing raise after the view ran: 500 and no audit entry")
+def test_prefix_auditing_survives_an_undecodable_query_string(make_app: MakeApp) -> None:
+    """An attacker's ``?x=\\xff`` made the auditing hook raise after the admin
+    view ran: a 500, and no audit entry for the action that happened."""
+    app, extension = make_app()
+    extension.audit_blueprint("/api/admin")
+    ran: list[str] = []
+
+    @app.post("/api/admin/delete")
+    def delete() -> ResponseReturnValue:
+        ran.append("deleted")
+        return jsonify(ok=True)
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production: an error is a 500
+    audit = AppAudit.of(app)
+    status, _ = _raw(app, "/api/admin/delete", "x=\xff&token=secret", method="POST")
+    assert ran == ["deleted"]
+    assert status.startswith("200")
+    assert audit.stats()["total"] == 1
+
+
+# -- cache keys ----------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="SCRIPT_NAME is not in the cache key: a response built under another mount (X-Forwarded-Prefix) is served to everyone")
+def test_the_mount_point_is_part_of_the_cache_key(make_app: MakeApp) -> None:
+    """Scheme and host are keyed so that a view building URLs cannot be
+    poisoned (docs/cache.rst); SCRIPT_NAME (``X-Forwarded-Prefix`` through
+    ProxyFix, or a second mount) changes every URL a view builds too, yet
+    a response made under ``/evil`` was served to the plain mount."""
+    app, _ = make_app()
+
+    @app.get("/item")
+    @cached(ttl=300)
+    def item() -> ResponseReturnValue:
+        return jsonify(link=url_for("item"))
+
+    client = Client(app)
+    assert client.get("/item", environ_overrides={"SCRIPT_NAME": "/evil"}).json == {"link": "/evil/item"}
+    assert client.get("/item").json == {"link": "/item"}
+
+
+# -- the front tier -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="the front tier reads SESSION_COOKIE_NAME once at init_app; a renamed session cookie is answered from it")
+def test_a_session_cookie_renamed_after_init_app_keeps_the_request_out_of_the_front_tier(
+    make_app: MakeApp,
+) -> None:
+    """The view-level cache reads SESSION_COOKIE_NAME per request, the front
+    tier once at init_app: a caller with the renamed session cookie was
+    answered from the front tier (the view-level cache bypasses it)."""
+    app, _ = make_app()
+    app.config["SESSION_COOKIE_NAME"] = "sid"  # configured after init_app (app factories do)
+
+    @app.get("/a")
+    @cached(ttl=300, front=True)
+    def page() -> ResponseReturnValue:
+        return jsonify(sid=request.cookies.get("sid"))
+
+    client = app.test_client()
+    client.get("/a")
+    assert _detail(client.get("/a")) == "front"
+    with_session = Client(app).get("/a", headers={"Cookie": "sid=abc"})
+    assert _detail(with_session) != "front"
+    assert with_session.json == {"sid": "abc"}
+
+
+@pytest.mark.xfail(strict=True, reason="the front tier answers HEAD from a GET view's entry even when Flask routes HEAD to another view")
+def test_a_head_request_routed_to_another_view_is_not_answered_by_the_front_tier(
+    make_app: MakeApp,
+) -> None:
+    """The identity has no method: HEAD of a URL whose GET view is opted in
+    was answered from the front tier even where Flask routes HEAD to another
+    view (registered first), whose hooks then never ran."""
+    app, _ = make_app()
+    hooks: list[str] = []
+
+    @app.before_request
+    def hook() -> None:
+        hooks.append(request.method)
+
+    @app.route("/h", methods=["HEAD"])
+    def head_only() -> ResponseReturnValue:
+        return "", 200, {"X-Head-View": "1"}
+
+    @app.get("/h")
+    @cached(ttl=300, front=True)
+    def get_view() -> ResponseReturnValue:
+        return jsonify(x=1)
+
+    client = app.test_client()
+    client.get("/h")
+    assert _detail(client.get("/h")) == "front"
+    hooks.clear()
+    head = client.head("/h")
+    assert head.headers.get("X-Head-View") == "1"
+    assert hooks == ["HEAD"]
+
+
+# -- idempotency fingerprints ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="NUL-terminated fingerprint parts collide when the path contains NUL")
+def test_fingerprints_of_different_requests_differ_even_with_nul_in_the_path() -> None:
+    """Parts are NUL-terminated, but a path may hold NUL (``%00``) and a body
+    any byte: the fields can be shifted across the separator."""
+    one = fingerprint("POST", "/pay/x\x00q", "", "application/json", b"{}")
+    other = fingerprint("POST", "/pay/x", "q", "", b"application/json\x00{}")
+    assert one != other
+
+
+@pytest.mark.xfail(strict=True, reason="a changed request (NUL in the path) is replayed instead of getting 422")
+def test_a_changed_request_with_a_nul_in_its_path_gets_422(make_app: MakeApp) -> None:
+    app, _ = make_app()
+
+    @app.post("/pay/<ref>")
+    @idempotent()
+    def pay(ref: str) -> ResponseReturnValue:
+        return jsonify(ref=ref, body=request.get_data(as_text=True))
+
+    client = app.test_client()
+    headers = {"Idempotency-Key": "k-nul"}
+    first = client.post("/pay/x%00q", data=b"{}", headers=headers, content_type="application/json")
+    assert first.status_code == 200
+    second = client.post("/pay/x?q", data=b"application/json\x00{}", headers=headers, content_type="")
+    assert second.status_code == 422
