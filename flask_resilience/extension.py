@@ -253,8 +253,7 @@ class Resilience:
 
 def _install_middleware(app: Flask, state: ResilienceState) -> None:
     front = AppCache.of(app).front
-    front.session_cookie = app.config.get("SESSION_COOKIE_NAME", "session")
-    front.remember_cookie = app.config.get("REMEMBER_COOKIE_NAME")
+    front.app_config = app.config
     app.wsgi_app = RequestMiddleware(  # type: ignore[method-assign]
         app.wsgi_app,
         id_header=state.config[cfg.REQUEST_ID_HEADER],

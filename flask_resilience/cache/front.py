@@ -128,8 +128,10 @@ class FrontTier:
         self.everywhere = everywhere  # RESILIENCE_CACHE_FRONT: every eligible view
         self.credentials = credentials
         self.header_policy = header_policy
-        self.session_cookie = "session"
-        self.remember_cookie: str | None = None
+        # The app's config, read when a request carries cookies (as the
+        # view-level cache does): SESSION_COOKIE_NAME / REMEMBER_COOKIE_NAME
+        # may be set after init_app.
+        self.app_config: Mapping[str, Any] = {}
         # Set once the app has a view that may opt in (the middleware looks):
         # only then does it note request identities.
         self.armed = False
@@ -158,7 +160,9 @@ class FrontTier:
         cookie = environ.get("HTTP_COOKIE")
         if cookie is not None:
             cookies = parse_cookie(cookie)
-            names = (self.session_cookie, self.remember_cookie, *self.credentials.cookies)
+            config = self.app_config
+            session = config.get("SESSION_COOKIE_NAME", "session")
+            names = (session, config.get("REMEMBER_COOKIE_NAME"), *self.credentials.cookies)
             if any(name is not None and name in cookies for name in names):
                 return False
         return True
