@@ -55,7 +55,6 @@ def test_prefix_auditing_survives_an_undecodable_query_string(make_app: MakeApp)
 # -- cache keys ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="SCRIPT_NAME is not in the cache key: a response built under another mount (X-Forwarded-Prefix) is served to everyone")
 def test_the_mount_point_is_part_of_the_cache_key(make_app: MakeApp) -> None:
     """Scheme and host are keyed so that a view building URLs cannot be
     poisoned (docs/cache.rst); SCRIPT_NAME (``X-Forwarded-Prefix`` through

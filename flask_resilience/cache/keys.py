@@ -85,14 +85,19 @@ def variant(
     host: str | None,
     principal: str | None,
     vary: Sequence[tuple[str, str | None]] = (),
+    root: str = "",
 ) -> str:
-    """The encoded variant: ``s=..|h=..|u=..`` (``u=-`` when anonymous) and,
-    with ``vary``, ``|v=name=value,...`` (a header absent: its name alone)."""
+    """The encoded variant: ``s=..|h=..|u=..`` (``u=-`` when anonymous),
+    ``|r=..`` after the host for an app mounted below ``/`` (``SCRIPT_NAME``:
+    every URL a view builds starts with it) and, with ``vary``,
+    ``|v=name=value,...`` (a header absent: its name alone)."""
     parts = []
     if scheme is not None:
         parts.append("s=" + encode_part(scheme))
     if host is not None:
         parts.append("h=" + encode_part(host))
+    if root:
+        parts.append("r=" + encode_part(root))
     parts.append("u=-" if principal is None else "u=p" + encode_part(principal))
     if vary:
         values = (

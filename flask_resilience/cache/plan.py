@@ -96,6 +96,7 @@ class Plan:
             self.resource = request_resource(current, policy.prefix, policy.query_args)
         self.scheme = current.scheme if policy.vary_host else None
         self.host = current.host if policy.vary_host else None
+        self.root = current.script_root  # a mount point (X-Forwarded-Prefix too) changes built URLs
         self.principal = principal
         self.key = full_key(self._variant(), self.resource)
         self.revalidate = (
@@ -113,7 +114,7 @@ class Plan:
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
-        return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary)
+        return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary, root=self.root)
 
     def _varied_key(self, names: Collection[str]) -> str:
         return full_key(self._variant(vary_values(self.request, list(names))), self.resource)
