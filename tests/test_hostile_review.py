@@ -3,15 +3,20 @@ cache keys and idempotency; each test states the promise it holds the code to.""
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
-from flask_resilience import cached, idempotent
+from flask_resilience import Resilience, cached, idempotent
 from flask_resilience.audit.service import AppAudit
+from flask_resilience.cache.service import AppCache
+from flask_resilience.idempotency.service import AppIdempotency
+from flask_resilience.state import get_state
 from flask_resilience.idempotency.protocol import fingerprint
 from tests.conftest import MakeApp
 
@@ -154,3 +159,61 @@ def test_a_changed_request_with_a_nul_in_its_path_gets_422(make_app: MakeApp) ->
     assert first.status_code == 200
     second = client.post("/pay/x?q", data=b"application/json\x00{}", headers=headers, content_type="")
     assert second.status_code == 422
+
+
+# -- what held up: kept as regression tests --------------------------------------------
+
+
+def test_every_feature_keeps_working_after_script_flush(
+    make_app: MakeApp, throwaway_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """Cache lookups/stores, shared breakers and idempotency claims (Lua and
+    SET NX PX GET) all run by SHA: after SCRIPT FLUSH each loads its script again."""
+    url, _server = throwaway_redis
+    extension = Resilience()
+    breaker = extension.circuit_breaker("flushed", failure_threshold=2, timeout=60)
+    app, _ = make_app(extension, RESILIENCE_REDIS_URL=url, RESILIENCE_BREAKER_STORAGE="redis")
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening(10)
+    raw = redis.Redis.from_url(url)
+    runs: list[int] = []
+
+    @app.get("/c")
+    @cached(ttl=300, tags=["t"])
+    def cached_view() -> ResponseReturnValue:
+        runs.append(1)
+        return jsonify(n=len(runs))
+
+    @app.post("/pay")
+    @idempotent()
+    def pay() -> ResponseReturnValue:
+        runs.append(2)
+        return jsonify(n=len(runs))
+
+    client = app.test_client()
+    try:
+        for round_ in range(3):
+            raw.script_flush()
+            AppCache.of(app).layered.l1.clear()
+            assert client.get("/c").status_code == 200
+            raw.script_flush()
+            headers = {"Idempotency-Key": f"flush-{round_}"}
+            first = client.post("/pay", json={"a": 1}, headers=headers)
+            raw.script_flush()
+            again = client.post("/pay", json={"a": 1}, headers=headers)
+            assert first.status_code == 200 and again.get_data() == first.get_data()
+            assert client.post("/pay", json={"a": 2}, headers=headers).status_code == 422
+            raw.script_flush()
+            assert breaker.call(lambda: "ok") == "ok"
+        assert runs.count(1) == 1 and runs.count(2) == 3
+        for flag in (False, True):  # the Lua claim and SET NX PX GET, both after a flush
+            records = AppIdempotency.of(app).records
+            if hasattr(records, "_set_get"):
+                records._set_get = flag
+            raw.script_flush()
+            key = {"Idempotency-Key": f"claim-{flag}"}
+            assert client.post("/pay", json={}, headers=key).status_code == 200
+            assert client.post("/pay", json={}, headers=key).status_code == 200
+        assert runs.count(2) == 5
+    finally:
+        raw.close()
