@@ -102,7 +102,6 @@ def test_a_session_cookie_renamed_after_init_app_keeps_the_request_out_of_the_fr
     assert with_session.json == {"sid": "abc"}
 
 
-@pytest.mark.xfail(strict=True, reason="the front tier answers HEAD from a GET view's entry even when Flask routes HEAD to another view")
 def test_a_head_request_routed_to_another_view_is_not_answered_by_the_front_tier(
     make_app: MakeApp,
 ) -> None:

@@ -76,6 +76,7 @@ class Route:
     key: str  # the front key when the response does not vary
     vary_encoding: bool
     endpoint: str
+    head: bool = True  # Flask routes a HEAD of this identity to the same view (else HEAD goes through Flask)
 
     def key_for(self, environ: Mapping[str, Any]) -> str:
         if not self.vary_encoding:
@@ -177,6 +178,8 @@ class FrontTier:
         route = self.routes.get(identity) if identity is not None else None
         if route is None or not self.request_eligible(environ):
             return None
+        if not route.head and environ["REQUEST_METHOD"] == "HEAD":
+            return None
         entry = self.lookup(route.key_for(environ))
         if entry is None or entry.response is None:
             return None
@@ -227,7 +230,7 @@ class FrontTier:
         varies = any(name.lower() == "vary" for name, _ in kept)
         if varies != route.vary_encoding:
             key = front_key(route.variant, route.resource)
-            route = Route(route.resource, route.variant, key, varies, route.endpoint)
+            route = Route(route.resource, route.variant, key, varies, route.endpoint, route.head)
         stored = StoredResponse(200, tuple(kept), body, offer.created_at)
         entry = CacheEntry(
             "response", body, offer.created_at, offer.expires_at, offer.stamp, stored, etag=etag

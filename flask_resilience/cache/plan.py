@@ -233,9 +233,8 @@ class Plan:
     def _offer_front(self, entry: CacheEntry, mark: tuple[int, float]) -> None:
         """Leave ``entry`` for the middleware, which keeps the final response."""
         variant_text = self._variant()
-        route = Route(
-            self.resource, variant_text, front_key(variant_text, self.resource), False, self.endpoint
-        )
+        key = front_key(variant_text, self.resource)
+        route = Route(self.resource, variant_text, key, False, self.endpoint, _head_routes_here(self.request))
         offer = Offer(route, entry.stamp, entry.created_at, entry.expires_at, mark)
         self.request.environ[OFFER_ENVIRON] = offer
 
@@ -253,6 +252,19 @@ class Plan:
         if entry.etag and etag_matches(self.request, entry.etag):
             return _not_modified(entry, headers)
         return Response(entry.body, status=entry.response.status, headers=_StoredHeaders(headers))
+
+
+def _head_routes_here(current: Request) -> bool:
+    """Whether Flask sends a HEAD of this GET request to the same view (not to
+    a HEAD view registered before it): only then may the front tier answer it."""
+    try:
+        adapter = current_app.create_url_adapter(current)
+        if adapter is None:
+            return False
+        endpoint, args = adapter.match(method="HEAD")
+    except Exception:  # noqa: BLE001  (a redirect or an error: Flask would answer otherwise)
+        return False
+    return endpoint == current.endpoint and args == current.view_args
 
 
 class _StoredHeaders(Headers):
