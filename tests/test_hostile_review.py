@@ -216,3 +216,30 @@ def test_every_feature_keeps_working_after_script_flush(
         assert runs.count(2) == 5
     finally:
         raw.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an unreadable idempotency record (damaged, another envelope version) is answered "
+    "409 'still running' for its whole Redis TTL (24 h) instead of being treated as absent",
+)
+def test_an_unreadable_idempotency_record_does_not_pin_the_key_at_409(
+    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
+) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    runs: list[int] = []
+
+    @app.post("/pay")
+    @idempotent()
+    def pay() -> ResponseReturnValue:
+        runs.append(1)
+        return jsonify(n=len(runs))
+
+    client = app.test_client()
+    headers = {"Idempotency-Key": "k-unreadable"}
+    assert client.post("/pay", json={}, headers=headers).status_code == 200
+    records = list(raw_redis.scan_iter(match=key_prefix + "idem:*"))
+    assert len(records) == 1
+    raw_redis.set(records[0], b"FRI\x09not a record", keepttl=True)  # e.g. a newer envelope version
+    AppIdempotency.of(app).memory.clear()
+    assert client.post("/pay", json={}, headers=headers).status_code != 409
