@@ -245,11 +245,6 @@ def test_an_unreadable_idempotency_record_does_not_pin_the_key_at_409(
     assert client.post("/pay", json={}, headers=headers).status_code != 409
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="query_args is ignored for an undecodable query string: raw bytes in a parameter the "
-    "view does not key on make a new entry per request (cache busting, L2 filled)",
-)
 def test_query_args_hold_for_an_undecodable_query_string(make_app: MakeApp) -> None:
     """``query_args=[]`` is how a view says "no parameter is part of my key"
     (clients cannot inject key material); ``?buster=\\xff<n>`` injected it."""
