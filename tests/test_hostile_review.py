@@ -3,7 +3,10 @@ cache keys and idempotency; each test states the promise it holds the code to.""
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import subprocess
+import threading
 from typing import Any
 
 import pytest
@@ -263,3 +266,34 @@ def test_query_args_hold_for_an_undecodable_query_string(make_app: MakeApp) -> N
     assert len(runs) == 1
     _raw(app, "/home", "page=2&buster=\xff4")
     assert len(runs) == 2  # the parameter it keys on still counts
+
+
+@pytest.mark.parametrize("set_get", [False, True], ids=["lua-claim", "set-nx-px-get"])
+def test_concurrent_retries_run_the_view_once_and_replay_byte_identical(
+    make_app: MakeApp, redis_url: str, set_get: bool
+) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    records = AppIdempotency.of(app).records
+    if set_get and records.claims_with_set_get() is False:  # type: ignore[attr-defined]
+        pytest.skip("SET NX PX GET needs Redis 7")
+    records._set_get = set_get  # type: ignore[attr-defined]
+    runs: list[int] = []
+    gate = threading.Barrier(12)
+
+    @app.post("/charge")
+    @idempotent(wait=5000)
+    def charge() -> ResponseReturnValue:
+        runs.append(1)
+        return jsonify(charged=len(runs), token=os.urandom(8).hex()), 201
+
+    def attempt() -> tuple[int, bytes]:
+        client = app.test_client()
+        gate.wait()
+        response = client.post("/charge", json={"amount": 5}, headers={"Idempotency-Key": "same"})
+        return response.status_code, response.get_data()
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda _: attempt(), range(12)))
+    assert len(runs) == 1
+    bodies = {body for status, body in results if status == 201}
+    assert len(bodies) == 1 and all(status in (201, 409) for status, _ in results)
