@@ -4,6 +4,7 @@ cache keys and idempotency; each test states the promise it holds the code to.""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import subprocess
 import threading
@@ -13,6 +14,8 @@ import pytest
 import redis
 from flask import Flask, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
 from flask_resilience import Resilience, cached, idempotent
@@ -297,3 +300,37 @@ def test_concurrent_retries_run_the_view_once_and_replay_byte_identical(
     assert len(runs) == 1
     bodies = {body for status, body in results if status == 201}
     assert len(bodies) == 1 and all(status in (201, 409) for status, _ in results)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from(["", "/m", "/m/n", "/M"]),
+            st.sampled_from(["/p/a", "/p/a%2Fb", "/p/%C3%A9", "/p/a%3Fb"]),
+            st.sampled_from(["", "x=1", "x=1&x=2", "x=2&x=1", "x=\xff"]),
+            st.sampled_from(["a.example", "A.example", "a.example:80"]),
+        ),
+        max_size=10,
+    )
+)
+def test_through_both_tiers_no_request_receives_a_response_built_for_another(
+    make_app: MakeApp, requests: list[tuple[str, str, str, str]]
+) -> None:
+    app, _ = make_app()
+
+    @app.get("/p/<path:rest>")
+    @cached(ttl=300, front=True)
+    def page(rest: str) -> ResponseReturnValue:
+        link = url_for("page", rest=rest, _external=True)
+        return jsonify(link=link, query=request.query_string.decode("latin-1"))
+
+    for _ in range(2):
+        for root, path, query, host in requests:
+            environ = EnvironBuilder(path=path, headers={"Host": host}).get_environ()
+            environ["SCRIPT_NAME"], environ["QUERY_STRING"] = root, query
+            body, status, _headers = run_wsgi_app(app, environ, buffered=True)
+            assert status.startswith("200")
+            got = json.loads(b"".join(body))
+            assert got["link"].startswith(f"http://{host.lower().removesuffix(':80')}{root}/p/")
+            assert got["query"] == query
