@@ -338,11 +338,6 @@ def test_through_both_tiers_no_request_receives_a_response_built_for_another(
             assert got["query"] == query
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="raw bytes that are not UTF-8 in an admin query: request.args raises UnicodeDecodeError "
-    "(a ValueError), caught by the 'limit' parser: the 400 blames 'limit' whatever was sent",
-)
 @pytest.mark.parametrize("name", ["user_id", "event_type", "since", "limit"])
 def test_raw_invalid_utf8_in_an_admin_query_is_400_not_500(make_app: MakeApp, name: str) -> None:
     token = "hostile-admin-token-0123456789"
