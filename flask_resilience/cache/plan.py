@@ -261,10 +261,10 @@ def _head_routes_here(current: Request) -> bool:
         adapter = current_app.create_url_adapter(current)
         if adapter is None:
             return False
-        endpoint, args = adapter.match(method="HEAD")
+        rule, _args = adapter.match(method="HEAD", return_rule=True)
     except Exception:  # noqa: BLE001  (a redirect or an error: Flask would answer otherwise)
         return False
-    return endpoint == current.endpoint and args == current.view_args
+    return rule is current.url_rule  # (view_args may have been changed by a url_value_preprocessor)
 
 
 class _StoredHeaders(Headers):
