@@ -23,6 +23,7 @@ from flask_resilience.audit.service import AppAudit
 from flask_resilience.cache.service import AppCache
 from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
+from flask_resilience.cache.keys import variant
 from flask_resilience.idempotency.protocol import fingerprint
 from tests.conftest import MakeApp
 
@@ -348,3 +349,19 @@ def test_raw_invalid_utf8_in_an_admin_query_is_400_not_500(make_app: MakeApp, na
     )
     assert status.startswith("400")
     assert "UTF-8" in json.loads(_body)["detail"]
+
+
+_PART = st.none() | st.text(st.sampled_from("aA/|=%-h:s.r"), max_size=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.tuples(_PART, _PART, st.text(st.sampled_from("/|=%rh"), max_size=5), _PART), st.data())
+def test_variants_with_a_mount_point_stay_injective(
+    one: tuple[str | None, str | None, str, str | None], data: st.DataObject
+) -> None:
+    other = data.draw(st.tuples(_PART, _PART, st.text(st.sampled_from("/|=%rh"), max_size=5), _PART))
+    scheme, host, root, principal = one
+    first = variant(scheme=scheme, host=host, root=root, principal=principal)
+    scheme, host, root, principal = other
+    second = variant(scheme=scheme, host=host, root=root, principal=principal)
+    assert (first == second) == (one == other)
