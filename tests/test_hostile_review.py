@@ -25,6 +25,7 @@ from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
 from flask_resilience.cache.keys import variant
 from flask_resilience.idempotency.protocol import fingerprint
+from tests.clock import FakeClock
 from tests.conftest import MakeApp
 
 
@@ -365,3 +366,38 @@ def test_variants_with_a_mount_point_stay_injective(
     scheme, host, root, principal = other
     second = variant(scheme=scheme, host=host, root=root, principal=principal)
     assert (first == second) == (one == other)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="embedded mode: in-flight leases expire by the wall clock; a step forward (NTP, a VM "
+    "resumed) longer than the lease lets a retry run the view again while the first still runs",
+)
+def test_a_wall_clock_step_forward_does_not_run_a_running_request_twice(make_app: MakeApp) -> None:
+    app, _ = make_app(RESILIENCE_IDEMPOTENCY_LEASE=60)
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    @app.post("/slow")
+    @idempotent()
+    def slow() -> ResponseReturnValue:
+        runs.append(1)
+        if len(runs) == 1:
+            started.set()
+            release.wait(10)
+        return jsonify(run=len(runs))
+
+    clock = FakeClock(1_700_000_000)
+    AppIdempotency.of(app).clock = clock
+    headers = {"Idempotency-Key": "stepped"}
+    first = threading.Thread(target=lambda: app.test_client().post("/slow", json={}, headers=headers))
+    first.start()
+    try:
+        assert started.wait(10)
+        clock.advance(3600)  # the wall clock jumps an hour; no time passed for the running request
+        duplicate = app.test_client().post("/slow", json={}, headers=headers)
+        assert duplicate.status_code == 409
+        assert len(runs) == 1
+    finally:
+        release.set()
+        first.join(10)
