@@ -401,3 +401,48 @@ def test_a_wall_clock_step_forward_does_not_run_a_running_request_twice(make_app
     finally:
         release.set()
         first.join(10)
+
+
+class _MethodOverride:
+    """The method-override middleware of Flask's documentation."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
+        if method in {"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"}:
+            environ["REQUEST_METHOD"] = method
+        return self.app(environ, start_response)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a middleware inside the extension that rewrites the method (X-HTTP-Method-Override) "
+    "is not noticed: the override request is answered from the front tier, its DELETE never runs",
+)
+def test_a_middleware_inside_the_extension_that_rewrites_the_method_leaves_the_tier_idle() -> None:
+    app = Flask("overridden")
+    app.config.update(TESTING=True)
+    app.wsgi_app = _MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    deleted: list[int] = []
+
+    @app.get("/doc")
+    @cached(ttl=300, front=True)
+    def doc() -> ResponseReturnValue:
+        return jsonify(doc=1)
+
+    @app.delete("/doc")
+    def delete_doc() -> ResponseReturnValue:
+        deleted.append(1)
+        return jsonify(deleted=True)
+
+    extension = Resilience(app)
+    try:
+        client = app.test_client()
+        client.get("/doc")
+        client.get("/doc")
+        response = client.get("/doc", headers={"X-HTTP-Method-Override": "DELETE"})
+        assert response.json == {"deleted": True} and deleted == [1]
+    finally:
+        extension.shutdown()
