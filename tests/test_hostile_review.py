@@ -416,11 +416,6 @@ class _MethodOverride:
         return self.app(environ, start_response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a middleware inside the extension that rewrites the method (X-HTTP-Method-Override) "
-    "is not noticed: the override request is answered from the front tier, its DELETE never runs",
-)
 def test_a_middleware_inside_the_extension_that_rewrites_the_method_leaves_the_tier_idle() -> None:
     app = Flask("overridden")
     app.config.update(TESTING=True)

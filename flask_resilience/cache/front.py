@@ -11,9 +11,10 @@ view-level cache served or stored it for exactly this request identity
 (scheme, ``Host``, ``SCRIPT_NAME``, ``PATH_INFO``, ``QUERY_STRING``), and
 that identity is remembered with the key. Anything Flask would route
 elsewhere (a redirect, a 404, another method, an invalid path) never reached
-such a view, so it is never remembered. When a middleware between this one
-and Flask rewrote the identity (``ProxyFix`` installed before ``init_app``),
-nothing is remembered and the tier stays idle.
+such a view, so it is never remembered. When a middleware sits between this
+one and Flask (installed before ``init_app``: ``ProxyFix``, a method
+override), the extension leaves the tier disabled; should the identity still
+change on the way to Flask, nothing is remembered.
 """
 
 from __future__ import annotations
