@@ -275,6 +275,23 @@ def test_query_args_hold_for_an_undecodable_query_string(make_app: MakeApp) -> N
     assert len(runs) == 2  # the parameter it keys on still counts
 
 
+def test_a_raw_utf8_parameter_name_in_query_args_still_counts_in_an_undecodable_query(
+    make_app: MakeApp,
+) -> None:
+    app, _ = make_app()
+
+    @app.get("/cafe")
+    @cached(ttl=300, query_args=["caf\u00e9"])
+    def cafe() -> ResponseReturnValue:
+        return jsonify(raw=request.query_string.decode("latin-1"))
+
+    # UTF-8 bytes of the name as a WSGI server passes them (latin-1 text), and a byte that is not UTF-8.
+    for value in ("1", "2"):
+        status, body = _raw(app, "/cafe", f"caf\xc3\xa9={value}&x=\xff")
+        assert status.startswith("200")
+        assert json.loads(body)["raw"] == f"caf\xc3\xa9={value}&x=\xff"
+
+
 @pytest.mark.parametrize("set_get", [False, True], ids=["lua-claim", "set-nx-px-get"])
 def test_concurrent_retries_run_the_view_once_and_replay_byte_identical(
     make_app: MakeApp, redis_url: str, set_get: bool

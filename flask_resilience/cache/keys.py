@@ -156,7 +156,8 @@ def _decodable(query_string: str) -> bool:
 def _raw_name(piece: str) -> str | None:
     """The decoded name of one raw ``name=value`` piece; None when it is not UTF-8."""
     try:
-        return unquote_to_bytes(piece.partition("=")[0].replace("+", " ")).decode()
+        # The raw text is the request's bytes as latin-1 (WSGI): back to bytes, then UTF-8.
+        return unquote_to_bytes(piece.partition("=")[0].replace("+", " ").encode("latin-1")).decode()
     except UnicodeError:
         return None
 
