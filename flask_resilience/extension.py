@@ -253,8 +253,13 @@ class Resilience:
 
 def _install_middleware(app: Flask, state: ResilienceState) -> None:
     front = AppCache.of(app).front
-    front.session_cookie = app.config.get("SESSION_COOKIE_NAME", "session")
-    front.remember_cookie = app.config.get("REMEMBER_COOKIE_NAME")
+    front.app_config = app.config
+    if front.enabled and getattr(app.wsgi_app, "__func__", None) is not type(app).wsgi_app:
+        # A middleware installed before init_app sits between the tier and
+        # Flask: whatever it does (rewrite the host, path or method, refuse a
+        # request) would not happen on a front hit. The tier stays idle.
+        front.enabled = False
+        logger.info("a WSGI middleware wraps app.wsgi_app before init_app: the cache's front tier stays idle")
     app.wsgi_app = RequestMiddleware(  # type: ignore[method-assign]
         app.wsgi_app,
         id_header=state.config[cfg.REQUEST_ID_HEADER],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs
 
 from flask import Blueprint, Response, current_app, make_response, request
 from werkzeug.exceptions import HTTPException
@@ -119,8 +120,15 @@ def record_request(
 
 def _request_details(include_body: bool, include_query: bool) -> dict[str, Any]:
     details: dict[str, Any] = {}
-    if include_query and request.args:
-        details["query"] = request.args.to_dict(flat=False)
+    if include_query and request.query_string:
+        try:
+            query = request.args.to_dict(flat=False)
+        except UnicodeDecodeError:
+            # Raw bytes that are not UTF-8 (werkzeug cannot build request.args):
+            # recorded as decoded with replacement, never a 500 after the view ran.
+            query = parse_qs(request.query_string.decode("utf-8", "replace"), keep_blank_values=True)
+        if query:
+            details["query"] = query
     if include_body:
         details.update(current_audit().capture_body())
     return details

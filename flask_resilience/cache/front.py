@@ -11,9 +11,10 @@ view-level cache served or stored it for exactly this request identity
 (scheme, ``Host``, ``SCRIPT_NAME``, ``PATH_INFO``, ``QUERY_STRING``), and
 that identity is remembered with the key. Anything Flask would route
 elsewhere (a redirect, a 404, another method, an invalid path) never reached
-such a view, so it is never remembered. When a middleware between this one
-and Flask rewrote the identity (``ProxyFix`` installed before ``init_app``),
-nothing is remembered and the tier stays idle.
+such a view, so it is never remembered. When a middleware sits between this
+one and Flask (installed before ``init_app``: ``ProxyFix``, a method
+override), the extension leaves the tier disabled; should the identity still
+change on the way to Flask, nothing is remembered.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Route:
     key: str  # the front key when the response does not vary
     vary_encoding: bool
     endpoint: str
+    head: bool = True  # Flask routes a HEAD of this identity to the same view (else HEAD goes through Flask)
 
     def key_for(self, environ: Mapping[str, Any]) -> str:
         if not self.vary_encoding:
@@ -128,8 +130,10 @@ class FrontTier:
         self.everywhere = everywhere  # RESILIENCE_CACHE_FRONT: every eligible view
         self.credentials = credentials
         self.header_policy = header_policy
-        self.session_cookie = "session"
-        self.remember_cookie: str | None = None
+        # The app's config, read when a request carries cookies (as the
+        # view-level cache does): SESSION_COOKIE_NAME / REMEMBER_COOKIE_NAME
+        # may be set after init_app.
+        self.app_config: Mapping[str, Any] = {}
         # Set once the app has a view that may opt in (the middleware looks):
         # only then does it note request identities.
         self.armed = False
@@ -158,7 +162,9 @@ class FrontTier:
         cookie = environ.get("HTTP_COOKIE")
         if cookie is not None:
             cookies = parse_cookie(cookie)
-            names = (self.session_cookie, self.remember_cookie, *self.credentials.cookies)
+            config = self.app_config
+            session = config.get("SESSION_COOKIE_NAME", "session")
+            names = (session, config.get("REMEMBER_COOKIE_NAME"), *self.credentials.cookies)
             if any(name is not None and name in cookies for name in names):
                 return False
         return True
@@ -172,6 +178,8 @@ class FrontTier:
         identity = identity_of(environ)
         route = self.routes.get(identity) if identity is not None else None
         if route is None or not self.request_eligible(environ):
+            return None
+        if not route.head and environ["REQUEST_METHOD"] == "HEAD":
             return None
         entry = self.lookup(route.key_for(environ))
         if entry is None or entry.response is None:
@@ -223,7 +231,7 @@ class FrontTier:
         varies = any(name.lower() == "vary" for name, _ in kept)
         if varies != route.vary_encoding:
             key = front_key(route.variant, route.resource)
-            route = Route(route.resource, route.variant, key, varies, route.endpoint)
+            route = Route(route.resource, route.variant, key, varies, route.endpoint, route.head)
         stored = StoredResponse(200, tuple(kept), body, offer.created_at)
         entry = CacheEntry(
             "response", body, offer.created_at, offer.expires_at, offer.stamp, stored, etag=etag

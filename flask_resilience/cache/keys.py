@@ -22,7 +22,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 from flask import Request
 
@@ -85,14 +85,19 @@ def variant(
     host: str | None,
     principal: str | None,
     vary: Sequence[tuple[str, str | None]] = (),
+    root: str = "",
 ) -> str:
-    """The encoded variant: ``s=..|h=..|u=..`` (``u=-`` when anonymous) and,
-    with ``vary``, ``|v=name=value,...`` (a header absent: its name alone)."""
+    """The encoded variant: ``s=..|h=..|u=..`` (``u=-`` when anonymous),
+    ``|r=..`` after the host for an app mounted below ``/`` (``SCRIPT_NAME``:
+    every URL a view builds starts with it) and, with ``vary``,
+    ``|v=name=value,...`` (a header absent: its name alone)."""
     parts = []
     if scheme is not None:
         parts.append("s=" + encode_part(scheme))
     if host is not None:
         parts.append("h=" + encode_part(host))
+    if root:
+        parts.append("r=" + encode_part(root))
     parts.append("u=-" if principal is None else "u=p" + encode_part(principal))
     if vary:
         values = (
@@ -148,6 +153,25 @@ def _decodable(query_string: str) -> bool:
     return True
 
 
+def _raw_name(piece: str) -> str | None:
+    """The decoded name of one raw ``name=value`` piece; None when it is not UTF-8."""
+    try:
+        # The raw text is the request's bytes as latin-1 (WSGI): back to bytes, then UTF-8.
+        return unquote_to_bytes(piece.partition("=")[0].replace("+", " ").encode("latin-1")).decode()
+    except UnicodeError:
+        return None
+
+
+def _raw_allowed(query_string: str, query_args: Iterable[str]) -> str:
+    """The raw pieces of ``query_string`` whose name is in ``query_args``,
+    grouped by name (names sorted, each name's pieces in request order)."""
+    allowed = frozenset(query_args)
+    named = [(_raw_name(piece), piece) for piece in query_string.split("&") if piece]
+    kept = [(name, piece) for name, piece in named if name is not None and name in allowed]
+    kept.sort(key=lambda pair: pair[0])  # stable: each name's pieces keep their order
+    return "&".join(piece for _name, piece in kept)
+
+
 def request_resource(request: Request, prefix: str, query_args: Iterable[str] | None) -> str:
     """The resource key of ``request``: its path and query (``query_args``
     limits which parameters count; clients cannot inject key material)."""
@@ -158,10 +182,10 @@ def request_resource(request: Request, prefix: str, query_args: Iterable[str] | 
     if pairs is None:  # percent-encoded or '+': werkzeug decodes it
         if not _decodable(query_string):
             # request.args cannot be built; key on the raw text ('#' never
-            # occurs in an encoded key, so no decoded query can spell this).
-            return bound_resource(
-                f"{encode_part(prefix)}:{encode_path(request.path)}?#raw={encode_part(query_string)}"
-            )
+            # occurs in an encoded key, so no decoded query can spell this),
+            # of the parameters query_args lets count.
+            raw = query_string if query_args is None else _raw_allowed(query_string, query_args)
+            return bound_resource(f"{encode_part(prefix)}:{encode_path(request.path)}?#raw={encode_part(raw)}")
         pairs = list(request.args.items(multi=True))
     if query_args is not None:
         allowed = frozenset(query_args)

@@ -96,6 +96,7 @@ class Plan:
             self.resource = request_resource(current, policy.prefix, policy.query_args)
         self.scheme = current.scheme if policy.vary_host else None
         self.host = current.host if policy.vary_host else None
+        self.root = current.script_root  # a mount point (X-Forwarded-Prefix too) changes built URLs
         self.principal = principal
         self.key = full_key(self._variant(), self.resource)
         self.revalidate = (
@@ -113,7 +114,7 @@ class Plan:
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
-        return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary)
+        return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary, root=self.root)
 
     def _varied_key(self, names: Collection[str]) -> str:
         return full_key(self._variant(vary_values(self.request, list(names))), self.resource)
@@ -232,9 +233,8 @@ class Plan:
     def _offer_front(self, entry: CacheEntry, mark: tuple[int, float]) -> None:
         """Leave ``entry`` for the middleware, which keeps the final response."""
         variant_text = self._variant()
-        route = Route(
-            self.resource, variant_text, front_key(variant_text, self.resource), False, self.endpoint
-        )
+        key = front_key(variant_text, self.resource)
+        route = Route(self.resource, variant_text, key, False, self.endpoint, _head_routes_here(self.request))
         offer = Offer(route, entry.stamp, entry.created_at, entry.expires_at, mark)
         self.request.environ[OFFER_ENVIRON] = offer
 
@@ -252,6 +252,19 @@ class Plan:
         if entry.etag and etag_matches(self.request, entry.etag):
             return _not_modified(entry, headers)
         return Response(entry.body, status=entry.response.status, headers=_StoredHeaders(headers))
+
+
+def _head_routes_here(current: Request) -> bool:
+    """Whether Flask sends a HEAD of this GET request to the same view (not to
+    a HEAD view registered before it): only then may the front tier answer it."""
+    try:
+        adapter = current_app.create_url_adapter(current)
+        if adapter is None:
+            return False
+        rule, _args = adapter.match(method="HEAD", return_rule=True)
+    except Exception:  # noqa: BLE001  (a redirect or an error: Flask would answer otherwise)
+        return False
+    return rule is current.url_rule  # (view_args may have been changed by a url_value_preprocessor)
 
 
 class _StoredHeaders(Headers):

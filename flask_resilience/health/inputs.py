@@ -131,7 +131,10 @@ def string_field(body: dict[str, object], name: str, *, required: bool) -> str |
 def query_text(name: str) -> str | None:
     """Query parameter ``name`` (None when absent); given twice, or holding a
     NUL or invalid Unicode, is a 400 naming it."""
-    values = request.args.getlist(name)
+    try:
+        values = request.args.getlist(name)
+    except UnicodeDecodeError:  # raw bytes that are not UTF-8: werkzeug cannot build request.args
+        raise _invalid_query("The query string is not UTF-8.") from None
     if not values:
         return None
     if len(values) > 1:
