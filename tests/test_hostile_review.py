@@ -20,11 +20,11 @@ from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
 from flask_resilience import Resilience, cached, idempotent
 from flask_resilience.audit.service import AppAudit
+from flask_resilience.cache.keys import variant
 from flask_resilience.cache.service import AppCache
+from flask_resilience.idempotency.protocol import fingerprint
 from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
-from flask_resilience.cache.keys import variant
-from flask_resilience.idempotency.protocol import fingerprint
 from tests.clock import FakeClock
 from tests.conftest import MakeApp
 
@@ -38,7 +38,7 @@ def _raw(
 ) -> tuple[str, bytes]:
     """A request whose QUERY_STRING is exactly ``query_string`` (as a WSGI
     server passes raw bytes: latin-1 text), e.g. ``x=\\xff``."""
-    environ = EnvironBuilder(path=path, method=method, headers=headers).get_environ()
+    environ = EnvironBuilder(path=path, method=method, headers=list((headers or {}).items())).get_environ()
     environ["QUERY_STRING"] = query_string
     body, status, _headers = run_wsgi_app(app, environ, buffered=True)
     return status, b"".join(body)
@@ -348,7 +348,7 @@ def test_through_both_tiers_no_request_receives_a_response_built_for_another(
 
     for _ in range(2):
         for root, path, query, host in requests:
-            environ = EnvironBuilder(path=path, headers={"Host": host}).get_environ()
+            environ = EnvironBuilder(path=path, headers=[("Host", host)]).get_environ()
             environ["SCRIPT_NAME"], environ["QUERY_STRING"] = root, query
             body, status, _headers = run_wsgi_app(app, environ, buffered=True)
             assert status.startswith("200")

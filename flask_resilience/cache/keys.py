@@ -185,7 +185,9 @@ def request_resource(request: Request, prefix: str, query_args: Iterable[str] | 
             # occurs in an encoded key, so no decoded query can spell this),
             # of the parameters query_args lets count.
             raw = query_string if query_args is None else _raw_allowed(query_string, query_args)
-            return bound_resource(f"{encode_part(prefix)}:{encode_path(request.path)}?#raw={encode_part(raw)}")
+            return bound_resource(
+                f"{encode_part(prefix)}:{encode_path(request.path)}?#raw={encode_part(raw)}"
+            )
         pairs = list(request.args.items(multi=True))
     if query_args is not None:
         allowed = frozenset(query_args)

@@ -114,7 +114,9 @@ class Plan:
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
-        return variant(scheme=self.scheme, host=self.host, principal=self.principal, vary=vary, root=self.root)
+        return variant(
+            scheme=self.scheme, host=self.host, principal=self.principal, vary=vary, root=self.root
+        )
 
     def _varied_key(self, names: Collection[str]) -> str:
         return full_key(self._variant(vary_values(self.request, list(names))), self.resource)
@@ -262,7 +264,7 @@ def _head_routes_here(current: Request) -> bool:
         if adapter is None:
             return False
         rule, _args = adapter.match(method="HEAD", return_rule=True)
-    except Exception:  # noqa: BLE001  (a redirect or an error: Flask would answer otherwise)
+    except Exception:
         return False
     return rule is current.url_rule  # (view_args may have been changed by a url_value_preprocessor)
 
