@@ -80,14 +80,20 @@ def _from_table(family: Family, table: Mapping[str, Any], names: Mapping[str, st
 
 def read(state: ResilienceState) -> Iterator[Family]:
     """The app's figures in this process, family by family."""
-    yield from _breakers(state)
-    yield from _cache(cast("AppCache", state.features[CACHE]).stats())
-    yield from _audit(cast("AppAudit", state.features[AUDIT]).stats(include_users=False))
-    yield from _idempotency(cast("AppIdempotency", state.features[IDEMPOTENCY]).stats())
-    yield from _histograms(state)
+    breakers = cast("BreakerRegistry", state.features[BREAKERS])
+    cache = cast("AppCache", state.features[CACHE])
+    audit = cast("AppAudit", state.features[AUDIT])
+    idempotency = cast("AppIdempotency", state.features[IDEMPOTENCY])
+    yield from _breakers(breakers)
+    yield from _cache(cache.stats())
+    yield from _audit(audit.stats(include_users=False))
+    yield from _idempotency(idempotency.stats())
+    yield from _histograms(breakers, cache, audit, idempotency)
 
 
-def _histograms(state: ResilienceState) -> Iterator[Family]:
+def _histograms(
+    breakers: BreakerRegistry, cache: AppCache, audit: AppAudit, idempotency: AppIdempotency
+) -> Iterator[Family]:
     """Durations and sizes, observed on the hot paths (never reset)."""
     calls = Family(
         "resilience_circuit_call_duration_seconds",
@@ -95,14 +101,14 @@ def _histograms(state: ResilienceState) -> Iterator[Family]:
         "Duration of calls through each circuit (sampled, 1 in 32, on the lock-free CLOSED path)",
         ("circuit",),
     )
-    for breaker in cast("BreakerRegistry", state.features[BREAKERS]):
+    for breaker in breakers:
         calls.add_histogram(breaker.durations.snapshot(), breaker.name)
     lookups = Family(
         "resilience_cache_lookup_duration_seconds", "histogram", "Cache lookups by layer", ("layer",)
     )
-    for layer, timings in cast("AppCache", state.features[CACHE]).layered.stats.lookup_seconds.items():
+    for layer, timings in cache.layered.stats.lookup_seconds.items():
         lookups.add_histogram(timings.snapshot(), layer)
-    batches = cast("AppAudit", state.features[AUDIT]).writer.batches
+    batches = audit.writer.batches
     flushes = Family(
         "resilience_audit_flush_duration_seconds", "histogram", "Audit flushes that stored entries"
     )
@@ -115,12 +121,12 @@ def _histograms(state: ResilienceState) -> Iterator[Family]:
         "Time to claim an idempotency key, and to wait for the request holding it",
         ("step",),
     )
-    for step, timings in cast("AppIdempotency", state.features[IDEMPOTENCY]).lock_wait.items():
+    for step, timings in idempotency.lock_wait.items():
         waits.add_histogram(timings.snapshot(), step)
     yield from (calls, lookups, flushes, sizes, waits)
 
 
-def _breakers(state: ResilienceState) -> Iterator[Family]:
+def _breakers(breakers: BreakerRegistry) -> Iterator[Family]:
     states = Family(
         "resilience_circuit_state",
         "gauge",
@@ -134,7 +140,7 @@ def _breakers(state: ResilienceState) -> Iterator[Family]:
     slow = Family(
         "resilience_circuit_slow_calls", "counter", "Calls slower than the slow-call limit", ("circuit",)
     )
-    for name, stats in cast("BreakerRegistry", state.features[BREAKERS]).stats().items():
+    for name, stats in breakers.stats().items():
         for candidate in State:
             states.add(1.0 if stats["state"] == candidate.value else 0.0, name, candidate.value)
         outcomes = {
