@@ -56,14 +56,12 @@ def _record(event: AuditEventType, booking_id: int, changes: dict[str, Any], use
 
 def _invalidate(booking_id: int) -> None:
     try:
-        invalidate_cache_by_tag("flights")
-        invalidate_cache_by_tag("bookings")
-        invalidate_cache_by_tag(_booking_tag(booking_id))
+        invalidate_cache_by_tag("flights", "bookings", _booking_tag(booking_id))
     except StoreUnavailableError as exc:
         # The change is committed: answering 5xx would make the client retry
-        # (and book twice). Every worker empties its in-process copies when it
-        # reconnects to Redis; entries Redis still holds expire with their TTL.
-        logger.warning("booking %s saved, but its cached copies were not invalidated: %s", booking_id, exc)
+        # (and book twice). This worker keeps the invalidations and applies
+        # them as soon as Redis answers again; it serves no stale copy meanwhile.
+        logger.warning("booking %s saved; its cache invalidation waits for Redis: %s", booking_id, exc)
 
 
 @bookings_blueprint.post("")

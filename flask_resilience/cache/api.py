@@ -30,10 +30,11 @@ def invalidate_cache_by_pattern(pattern: str | re.Pattern[str]) -> int:
     return _cache().coherence.invalidate_pattern(pattern)
 
 
-def invalidate_cache_by_tag(tag: str) -> None:
-    """Make every entry carrying ``tag`` stale, in O(1) whatever their number."""
-    (checked,) = validate_tags([tag])
-    _cache().coherence.invalidate_tag(checked)
+def invalidate_cache_by_tag(tag: str, *more: str) -> None:
+    """Make every entry carrying ``tag`` (or any of ``more``) stale, in O(1)
+    whatever their number. Raises StoreUnavailableError when Redis could not
+    be told; the invalidations are then kept and applied when it answers again."""
+    _cache().coherence.invalidate(tags=validate_tags([tag, *more]))
 
 
 def clear_all_caches() -> None:

@@ -15,8 +15,9 @@ import fnmatch
 import json
 import logging
 import re
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -37,14 +38,233 @@ def matcher(pattern: str | re.Pattern[str]) -> Callable[[str], bool]:
     return lambda resource: pattern.search(resource) is not None
 
 
+Operation = tuple[str, str, int]  # (kind, argument, regex flags): "key", "tag", "glob", "regex", "clear"
+CLEAR: Operation = ("clear", "", 0)
+_COUNTED_AS = {
+    "key": "deletes",
+    "tag": "tag_invalidations",
+    "clear": "tag_invalidations",
+    "glob": "pattern_invalidations",
+    "regex": "pattern_invalidations",
+}
+
+
 class Coherence:
-    """The invalidations of one app's cache, here and in every other process."""
+    """The invalidations of one app's cache, here and in every other process.
+
+    An invalidation that cannot reach L2 (or cannot be published) is *owed*:
+    this process stops using what it invalidated at once, and applies and
+    publishes the invalidation again on its first use of L2 after the outage
+    (:meth:`settle`), so neither L2 nor another process's L1 keeps the old
+    entry for its TTL. Owed invalidations live in this process's memory:
+    a process that exits first loses them.
+    """
+
+    max_owed = 1000  # distinct owed invalidations kept; past that, one clear() stands for them all
 
     def __init__(self, layered: LayeredCache) -> None:
         self.layered = layered
         self._redis: RedisStore | None = layered.redis
         self._channel = self._redis.channel("cache") if self._redis is not None else None
         self._origin = uuid.uuid4().hex
+        self._owed: dict[Operation, int] = {}  # in the order owed; the value tells a re-owing apart
+        self._owed_count = 0
+        self._owed_lock = threading.Lock()
+        self._settling = threading.Lock()
+        layered.on_l2_back(self.settle)
+
+    # -- the operations -------------------------------------------------------------------
+
+    def invalidate_resource(self, resource: str) -> None:
+        """Every variant of ``resource`` (hosts, users, Vary values), everywhere.
+        Raises StoreUnavailableError when L2 cannot be told (the invalidation
+        is then owed, and this process's L1 copies are dropped all the same).
+
+        L2 is always tried, also while reads skip it after an error: a skipped
+        invalidation would leave the old entry in L2 for its whole TTL.
+        """
+        self._perform(("key", resource, 0))
+
+    def invalidate_tag(self, tag: str) -> int:
+        """Make every entry carrying ``tag`` stale; O(1) in their number.
+        Raises StoreUnavailableError when L2 cannot be told (owed, as above)."""
+        return self._perform(("tag", tag, 0))
+
+    def invalidate_pattern(self, pattern: str | re.Pattern[str]) -> int:
+        """Every resource whose key matches a glob (``str``) or a regex; returns
+        how many L2 resources went (SCAN over our keys, never KEYS)."""
+        return self._perform(self._pattern(pattern))
+
+    def clear(self) -> None:
+        """Drop everything, in every process."""
+        self._perform(CLEAR)
+
+    def invalidate(
+        self,
+        *,
+        tags: Iterable[str] = (),
+        resources: Iterable[str] = (),
+        patterns: Iterable[str | re.Pattern[str]] = (),
+    ) -> None:
+        """Several invalidations (what one write changed), in that order. After
+        the first that cannot reach L2 the rest are owed without trying (each
+        would wait for the same timeout), then StoreUnavailableError is raised."""
+        operations: list[Operation] = [("tag", tag, 0) for tag in tags]
+        operations += [("key", resource, 0) for resource in resources]
+        operations += [self._pattern(pattern) for pattern in patterns]
+        failure: StoreUnavailableError | None = None
+        for operation in operations:
+            if failure is not None:
+                self.layered.stats.count(_COUNTED_AS[operation[0]])
+                self._apply_here(operation, landed=False)
+                self._owe(operation)
+                continue
+            try:
+                self._perform(operation)
+            except StoreUnavailableError as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+
+    def pending(self) -> int:
+        """How many invalidations this process still owes L2 and the other processes."""
+        return len(self._owed)
+
+    def _pattern(self, pattern: str | re.Pattern[str]) -> Operation:
+        l2 = self.layered.l2
+        if l2 is not None and not l2.shares_invalidations:
+            raise PatternsNeedRedis(
+                f"pattern invalidation needs the Redis backend; the configured L2 is {l2.name}"
+            )
+        if isinstance(pattern, str):
+            return ("glob", pattern, 0)
+        return ("regex", pattern.pattern, pattern.flags)
+
+    # -- applying one, here, in L2 and everywhere ---------------------------------------------
+
+    def _perform(self, operation: Operation) -> int:
+        self.layered.stats.count(_COUNTED_AS[operation[0]])
+        result = self._apply(operation)
+        self.settle()  # L2 answered: older owed ones can go now
+        return result
+
+    def _apply(self, operation: Operation) -> int:
+        """:meth:`_land` ``operation``, owing it when L2 or the publish failed;
+        raises StoreUnavailableError when L2 did."""
+        try:
+            result, published = self._land(operation)
+        except StoreUnavailableError as exc:
+            self.layered.l2_failed("delete" if operation[0] == "key" else "invalidate", exc)
+            self._apply_here(operation, landed=False)
+            self._owe(operation)
+            raise
+        if not published:
+            self._owe(operation)  # L2 knows; the other processes' L1 does not yet
+        return result
+
+    def _land(self, operation: Operation) -> tuple[int, bool]:
+        """Apply ``operation`` to L2, then to this process, then publish it:
+        what L2 returned, and whether the publish went out. Raises
+        StoreUnavailableError when L2 failed."""
+        result, messages = self._apply_to_l2(operation)
+        # After L2: a lookup between the two cannot refill L1 from the old entry.
+        self._apply_here(operation, landed=True)
+        return result, all(self._publish(message) for message in messages)
+
+    def _apply_to_l2(self, operation: Operation) -> tuple[int, list[dict[str, Any]]]:
+        """What L2 returned (a tag's version, or how many resources went) and the messages to publish."""
+        kind, argument, flags = operation
+        layered = self.layered
+        l2 = layered.l2
+        if kind == "key":
+            if l2 is not None:
+                for name in _stored_names(argument):
+                    l2.invalidate_resource(name)
+            return 0, [{"op": "key", "key": argument}]
+        if kind == "glob":
+            removed = l2.invalidate_matching(argument, matcher(argument)) if l2 is not None else 0
+            return removed, [{"op": "glob", "pattern": argument}]
+        if kind == "regex":
+            matches = matcher(re.compile(argument, flags))
+            removed = l2.invalidate_matching("*", matches) if l2 is not None else 0
+            return removed, [{"op": "regex", "pattern": argument, "flags": flags}]
+        tag = EVERYTHING if kind == "clear" else argument
+        if l2 is None:
+            version = layered.tags.bump_local(tag)
+        else:
+            version = l2.bump_tag(tag)
+            layered.tags.learn(tag, version, here=True)
+        messages: list[dict[str, Any]] = [{"op": "tag", "tag": tag, "version": version}]
+        if kind == "clear":
+            messages.append({"op": "clear"})
+            if l2 is not None:
+                try:
+                    l2.drop_entries()  # already stale; this frees the memory
+                except StoreUnavailableError as exc:
+                    layered.l2_failed("clear", exc)
+        return version, messages
+
+    def _apply_here(self, operation: Operation, *, landed: bool) -> None:
+        """This process's part: drop its L1 copies, or (a tag whose version L2
+        did not bump) stop trusting every entry that carries it."""
+        kind, argument, flags = operation
+        tags = self.layered.tags
+        if kind == "key":
+            names = _stored_names(argument)
+            self._drop_l1(lambda candidate: candidate in names)
+        elif kind == "glob":
+            self._drop_l1(matcher(argument))
+        elif kind == "regex":
+            self._drop_l1(matcher(re.compile(argument, flags)))
+        elif kind == "tag" and not landed:
+            tags.suspend(argument)
+        elif kind == "clear":
+            self._drop_l1(lambda _: True)
+            if landed:
+                tags.resume_all()  # every owed tag is covered: every entry is stale now
+            else:
+                tags.suspend(EVERYTHING)
+
+    # -- what could not be applied ----------------------------------------------------------
+
+    def _owe(self, operation: Operation) -> None:
+        with self._owed_lock:
+            if CLEAR not in self._owed:  # a clear owed covers everything owed after it, too
+                if operation not in self._owed and len(self._owed) >= self.max_owed:
+                    self._owed.clear()
+                    operation = CLEAR
+                self._owed_count += 1
+                self._owed[operation] = self._owed_count
+            first = len(self._owed) == 1
+        self.layered.stats.count_reason("errors", "invalidation_deferred")
+        if first:
+            logger.warning("a cache invalidation could not reach Redis; it is applied when Redis is back")
+
+    def settle(self) -> None:
+        """Apply the owed invalidations, in order, while L2 answers. Never raises;
+        returns at once when another thread is settling."""
+        if not self._owed or not self._settling.acquire(blocking=False):
+            return
+        try:
+            while True:
+                with self._owed_lock:
+                    if not self._owed:
+                        break
+                    operation, count = next(iter(self._owed.items()))
+                try:
+                    _, published = self._land(operation)
+                except StoreUnavailableError as exc:
+                    self.layered.l2_failed("invalidate", exc)
+                    return
+                if not published:
+                    return
+                with self._owed_lock:
+                    if self._owed.get(operation) == count:  # not owed again meanwhile
+                        del self._owed[operation]
+            logger.info("owed cache invalidations applied")
+            self.layered.l2_answered()
+        finally:
+            self._settling.release()
 
     # -- this process's L1 ------------------------------------------------------------
 
@@ -59,94 +279,19 @@ class Coherence:
         layered.l1.clear()
         layered.tags.forget()
 
-    # -- the operations -------------------------------------------------------------------
-
-    def invalidate_resource(self, resource: str) -> None:
-        """Every variant of ``resource`` (hosts, users, Vary values), everywhere.
-        Raises StoreUnavailableError when L2 cannot be told (this process's L1
-        is dropped all the same).
-
-        L2 is always tried, also while reads skip it after an error: a skipped
-        invalidation would leave the old entry in L2 for its whole TTL.
-        """
-        layered = self.layered
-        layered.stats.count("deletes")
-        names = _stored_names(resource)
-        failure = None
-        if layered.l2 is not None:
-            try:
-                for name in names:
-                    layered.l2.invalidate_resource(name)
-            except StoreUnavailableError as exc:
-                layered.l2_failed("delete", exc)
-                failure = exc
-        # After L2: a lookup between the two cannot refill L1 from the old entry.
-        self._drop_l1(lambda candidate: candidate in names)
-        if failure is not None:
-            raise failure
-        self._publish({"op": "key", "key": resource})
-
-    def invalidate_tag(self, tag: str) -> int:
-        """Make every entry carrying ``tag`` stale; O(1) in their number.
-        Raises StoreUnavailableError when L2 cannot be told."""
-        layered = self.layered
-        if layered.l2 is not None:
-            try:
-                version = layered.l2.bump_tag(tag)
-            except StoreUnavailableError as exc:
-                layered.l2_failed("invalidate", exc)
-                raise
-            layered.tags.learn(tag, version)
-        else:
-            version = layered.tags.bump_local(tag)
-        layered.stats.count("tag_invalidations")
-        self._publish({"op": "tag", "tag": tag, "version": version})
-        return version
-
-    def invalidate_pattern(self, pattern: str | re.Pattern[str]) -> int:
-        """Every resource whose key matches a glob (``str``) or a regex; returns
-        how many L2 resources went (SCAN over our keys, never KEYS)."""
-        layered = self.layered
-        matches = matcher(pattern)
-        removed = 0
-        if layered.l2 is not None:
-            if not layered.l2.shares_invalidations:
-                raise PatternsNeedRedis(
-                    f"pattern invalidation needs the Redis backend; the configured L2 is {layered.l2.name}"
-                )
-            removed = layered.l2.invalidate_matching(pattern if isinstance(pattern, str) else "*", matches)
-        self._drop_l1(matches)
-        layered.stats.count("pattern_invalidations")
-        if isinstance(pattern, str):
-            self._publish({"op": "glob", "pattern": pattern})
-        else:
-            self._publish({"op": "regex", "pattern": pattern.pattern, "flags": pattern.flags})
-        return removed
-
-    def clear(self) -> None:
-        """Drop everything, in every process."""
-        self.invalidate_tag(EVERYTHING)
-        layered = self.layered
-        layered.l1_changes += 1
-        layered.l1.clear()
-        l2 = layered.usable_l2()
-        if l2 is not None:
-            try:
-                l2.drop_entries()  # already stale; this frees the memory
-            except StoreUnavailableError as exc:
-                layered.l2_failed("clear", exc)
-        self._publish({"op": "clear"})
-
     # -- across processes ---------------------------------------------------------------------
 
-    def _publish(self, message: dict[str, Any]) -> None:
+    def _publish(self, message: dict[str, Any]) -> bool:
+        """Send ``message`` to the other processes; False when Redis did not take it."""
         if self._redis is None or self._channel is None:
-            return
+            return True
         message["origin"] = self._origin
         try:
             self._redis.publish(self._channel, json.dumps(message).encode())
         except StoreUnavailableError as exc:
             self.layered.l2_failed("publish", exc)
+            return False
+        return True
 
     def listen(self) -> None:
         """Apply other processes' invalidations to this process's L1."""
@@ -158,6 +303,7 @@ class Coherence:
     def _lost(self) -> None:
         self._forget_everything()
         self.layered.stats.count_reason("errors", "subscription_lost")
+        self.settle()  # back after a loss: Redis answers again
 
     def _on_message(self, raw: bytes) -> None:
         message = json.loads(raw)

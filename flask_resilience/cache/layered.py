@@ -77,6 +77,9 @@ class LayeredCache:
         self.l1_fills = 0  # bumped by every L1 fill: a reader that saw it unchanged need not look again
         self._l2_down_until = 0.0
         self._down_lock = threading.Lock()
+        self._l2_back: list[Callable[[], None]] = []
+        # Times the cool-down after an L2 error (monotonic seconds); tests move it by hand.
+        self.outage_clock: Callable[[], float] = time.monotonic
 
     def set_clock(self, clock: Callable[[], float]) -> None:
         """Replace the time source (wall-clock seconds) of both layers; for tests."""
@@ -86,7 +89,7 @@ class LayeredCache:
     # -- L2 access that fails open ------------------------------------------------
 
     def usable_l2(self) -> L2Backend | None:
-        if self.l2 is None or time.monotonic() < self._l2_down_until:
+        if self.l2 is None or self.outage_clock() < self._l2_down_until:
             return None
         return self.l2
 
@@ -95,12 +98,24 @@ class LayeredCache:
         with self._down_lock:
             if self._l2_down_until == 0.0:
                 logger.warning("cache L2 unavailable, serving from L1 and the views (%s)", exc)
-            self._l2_down_until = time.monotonic() + _L2_COOLDOWN
+            self._l2_down_until = self.outage_clock() + _L2_COOLDOWN
 
-    def _l2_ok(self) -> None:
+    def on_l2_back(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when L2 may answer again: at the first request
+        after the cool-down (a process serving only L1 hits uses L2 no more),
+        and when L2 answered after an error. It runs on that request's thread,
+        so it must return at once when it has nothing to do."""
+        self._l2_back.append(callback)
+
+    def l2_answered(self) -> None:
+        """L2 answered a call: end the cool-down (if any)."""
         if self._l2_down_until:
-            logger.info("cache L2 reachable again")
-            self._l2_down_until = 0.0
+            with self._down_lock:
+                back, self._l2_down_until = self._l2_down_until != 0.0, 0.0
+            if back:
+                logger.info("cache L2 reachable again")
+                for callback in self._l2_back:
+                    callback()
 
     def l2_available(self) -> bool:
         return self._l2_down_until == 0.0
@@ -115,7 +130,12 @@ class LayeredCache:
         While Redis is unreachable L1 serves as an outage cache (nobody can
         publish through it either). Without pub/sub, always.
         """
-        if self.redis is None or self._l2_down_until:
+        if self._l2_down_until:
+            if self.outage_clock() >= self._l2_down_until:
+                for callback in self._l2_back:  # the cool-down is over: time to try L2 again
+                    callback()
+            return _ALWAYS if self._l2_down_until or self.redis is None else self.trusted_since()
+        if self.redis is None:
             return _ALWAYS
         since = self.redis.subscriber.listening_since()
         if since is None:
@@ -133,7 +153,7 @@ class LayeredCache:
         except StoreUnavailableError as exc:
             self.l2_failed("tags", exc)
             return None
-        self._l2_ok()
+        self.l2_answered()
         return fetched
 
     def stamp(self, tags: Iterable[str], trusted_since: float | None) -> Stamp:
@@ -193,7 +213,7 @@ class LayeredCache:
         except StoreUnavailableError as exc:
             self.l2_failed("get", exc)
             return Lookup()
-        self._l2_ok()
+        self.l2_answered()
         if entry is not None:
             self._fill_l1(key, entry, began, changes)
             return Lookup(entry, "l2", generation)
@@ -261,7 +281,7 @@ class LayeredCache:
             except StoreUnavailableError as exc:
                 self.l2_failed("set", exc)
             else:
-                self._l2_ok()
+                self.l2_answered()
                 if not stored:
                     self.stats.count_reason("not_stored", "invalidated")
                     return False

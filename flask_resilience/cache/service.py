@@ -159,6 +159,7 @@ class AppCache(Feature):
             "l2": {
                 "backend": None if layered.l2 is None else layered.l2.name,
                 "available": layered.l2_available(),
+                "pending_invalidations": self.coherence.pending(),
             },
             "write_behind": self.write_behind.stats(),
         }

@@ -18,6 +18,7 @@ class L1Stats(TypedDict):
 class L2Stats(TypedDict):
     backend: str | None
     available: bool
+    pending_invalidations: int  # owed by this process: they could not reach L2 yet
 
 
 class WriteBehindStats(TypedDict):

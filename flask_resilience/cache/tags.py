@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 EVERYTHING = "*"
 LOCAL_EPOCH = "local"  # no second layer: the counters are this process's own
 OFFLINE_EPOCH = "offline"  # the second layer is unreachable: nothing it stamped matches
+SUSPENDED = -1  # a tag's version while its invalidation waits for the second layer (counters start at 1)
 
 _TAG = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
@@ -90,9 +91,14 @@ class TagVersions:
         new_epoch, versions = fetched
         with self._lock:
             if self._epoch is None or self._epoch[0] != new_epoch:
-                self._seen.clear()  # counters of another epoch mean nothing now
+                self._forget_counters()  # counters of another epoch mean nothing now
             self._epoch = (new_epoch, now)
             for tag, version in zip(stale, versions, strict=True):
+                learned = self._seen.get(tag)
+                if learned is not None and (learned is not seen[tag] or learned[0] == SUSPENDED):
+                    # Suspended, or learned while the fetch ran (newer than what it read).
+                    seen[tag] = learned
+                    continue
                 self._seen[tag] = (version, now)
                 seen[tag] = (version, now)
         return new_epoch, {tag: known[0] for tag, known in seen.items() if known is not None}
@@ -120,12 +126,21 @@ class TagVersions:
                 return False
         return True
 
-    def learn(self, tag: str, version: int) -> None:
-        """A newer version (from an invalidation here or a message)."""
+    def learn(self, tag: str, version: int, *, here: bool = False) -> None:
+        """A newer version: from an invalidation this process made (``here``,
+        which also ends a :meth:`suspend`) or from another's message (which
+        does not: it may predate the suspended invalidation)."""
         with self._lock:
             known = self._seen.get(tag)
-            if known is None or known[0] <= version:
+            if known is None or (known[0] <= version and (here or known[0] != SUSPENDED)):
                 self._seen[tag] = (version, self._clock())
+
+    def suspend(self, tag: str) -> None:
+        """An invalidation of ``tag`` could not reach the second layer: until
+        it does (and :meth:`learn` hears the new version), no entry carrying
+        ``tag`` is current here, whatever the second layer still says."""
+        with self._lock:
+            self._seen[tag] = (SUSPENDED, self._clock())
 
     def bump_local(self, tag: str) -> int:
         """Without a second layer: the next version of ``tag``."""
@@ -138,6 +153,15 @@ class TagVersions:
     def forget(self) -> None:
         """Messages may have been missed: ask the second layer next time."""
         with self._lock:
-            self._seen.clear()
+            self._forget_counters()
             if self._fetch is not None:
                 self._epoch = None
+
+    def resume_all(self) -> None:
+        """A clear landed: every entry is stale, so no suspension is needed any more."""
+        with self._lock:
+            self._seen = {tag: known for tag, known in self._seen.items() if known[0] != SUSPENDED}
+
+    def _forget_counters(self) -> None:
+        """Drop the learned versions, keeping suspensions (their invalidation is still owed)."""
+        self._seen = {tag: known for tag, known in self._seen.items() if known[0] == SUSPENDED}

@@ -131,18 +131,16 @@ def invalidates(
         cache = AppCache.of()
         coherence = cache.coherence
         try:
-            for tag in tag_list:
-                coherence.invalidate_tag(tag)
-            for key in key_list:
-                coherence.invalidate_resource(key)
-            for pattern in pattern_list:
-                coherence.invalidate_pattern(pattern)
+            coherence.invalidate(tags=tag_list, resources=key_list, patterns=pattern_list)
         except StoreUnavailableError as exc:
             # The write succeeded; failing its response would invite a retry of
-            # the write. Other processes keep old entries for at most the L1 TTL cap.
-            cache.layered.l1.clear()
+            # the write. The invalidations are owed: applied when Redis answers.
             cache.layered.stats.count_reason("errors", "invalidation_failed")
-            logger.error("could not invalidate the cache after %s: %s", request.path, exc)
+            logger.error(
+                "could not invalidate the cache after %s (kept; applied when Redis answers): %s",
+                request.path,
+                exc,
+            )
         return response
 
     def decorator(view: F) -> F:

@@ -190,6 +190,13 @@ def _cache(cache: Mapping[str, Any]) -> Iterator[Family]:
     )
     for key in ("entries", "bytes"):
         yield from _single(f"resilience_cache_l1_{key}", "gauge", f"L1 {key}, summed over processes", l1, key)
+    yield from _single(
+        "resilience_cache_pending_invalidations",
+        "gauge",
+        "Invalidations waiting for Redis to answer again, summed over processes",
+        cache.get("l2", {}),
+        "pending_invalidations",
+    )
     yield from _write_behind(cache.get("write_behind", {}))
 
 

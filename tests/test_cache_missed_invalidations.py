@@ -1,0 +1,200 @@
+"""Invalidations that Redis missed are kept and applied once it answers again.
+
+A write that invalidates while Redis does not answer (stopped, a cluster
+master lost, a timeout) must not leave the old entry in Redis and in the
+other processes' L1 for their whole TTL: the process that could not tell
+Redis keeps the invalidation, drops its own copies at once, and applies and
+publishes it on its first use of Redis after the outage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+
+from flask_resilience import (
+    cached,
+    clear_all_caches,
+    invalidate_cache,
+    invalidate_cache_by_pattern,
+    invalidate_cache_by_tag,
+)
+from flask_resilience.cache.service import AppCache
+from flask_resilience.state import get_state
+from flask_resilience.stores.redis import StoreUnavailableError
+from tests.clock import FakeClock, eventually
+from tests.conftest import MakeApp
+
+Server = tuple[str, "subprocess.Popen[bytes]"]
+
+
+def _app(make_app: MakeApp, url: str, source: dict[str, int]) -> tuple[Flask, FakeClock]:
+    """An app (one "process") whose cached view shows ``source["version"]``;
+    its L2 cool-down runs on the returned clock."""
+    app, _ = make_app(
+        RESILIENCE_REDIS_URL=url,
+        RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2,
+        RESILIENCE_REDIS_CONNECT_TIMEOUT=0.2,
+        RESILIENCE_AUDIT_ENABLED=False,
+    )
+
+    @app.get("/item")
+    @cached(ttl=300, tags=["items"], prefix="api")
+    def item() -> ResponseReturnValue:
+        return jsonify(version=source["version"])
+
+    clock = FakeClock()
+    AppCache.of(app).layered.outage_clock = clock
+    store = get_state(app).redis
+    assert store is not None
+    assert store.subscriber.wait_until_listening(10)
+    return app, clock
+
+
+def _writer_and_reader(make_app: MakeApp, url: str) -> tuple[dict[str, int], tuple[Flask, FakeClock], Flask]:
+    """Two "processes" showing one source (version 1): the writer (and its
+    cool-down clock) invalidates, the reader must hear of it."""
+    source = {"version": 1}
+    writer = _app(make_app, url, source)
+    reader, _ = _app(make_app, url, source)
+    return source, writer, reader
+
+
+def _version(app: Flask) -> tuple[int, str]:
+    answer = app.test_client().get("/item")
+    assert answer.json is not None
+    return int(answer.json["version"]), answer.headers["X-Cache"]
+
+
+@contextmanager
+def _stopped(server: subprocess.Popen[bytes]) -> Iterator[None]:
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+INVALIDATIONS: dict[str, Callable[[], Any]] = {
+    "tag": lambda: invalidate_cache_by_tag("items"),
+    "key": lambda: invalidate_cache("api:/item"),
+    "glob": lambda: invalidate_cache_by_pattern("api:/it*"),
+    "regex": lambda: invalidate_cache_by_pattern(re.compile(r"/item$")),
+    "clear": clear_all_caches,
+}
+
+
+@pytest.mark.parametrize("invalidate", INVALIDATIONS.values(), ids=INVALIDATIONS.keys())
+def test_an_invalidation_redis_missed_reaches_every_process_once_it_answers(
+    make_app: MakeApp, throwaway_redis: Server, invalidate: Callable[[], Any]
+) -> None:
+    url, server = throwaway_redis
+    source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
+    assert _version(reader) == (1, "MISS")
+    assert _version(reader) == (1, "HIT")  # in the reader's L1 now
+    assert _version(writer)[0] == 1
+    with _stopped(server):
+        source["version"] = 2
+        with writer.app_context(), pytest.raises(StoreUnavailableError):
+            invalidate()  # the caller still learns Redis was not told
+        # The writer itself never serves what it invalidated, even from its own L1.
+        assert _version(writer)[0] == 2
+        assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 1
+    writer_clock.advance(1.5)  # past the cool-down: the writer's next request uses Redis again
+    assert _version(writer)[0] == 2
+    assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 0
+    assert eventually(lambda: _version(reader)[0] == 2), "the reader's L1 kept the old entry"
+    fresh, _ = _app(make_app, url, source)  # a new process: L2 only
+    assert _version(fresh)[0] == 2
+
+
+def test_missed_invalidations_are_applied_in_order_and_counted(
+    make_app: MakeApp, throwaway_redis: Server
+) -> None:
+    url, server = throwaway_redis
+    source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
+    _version(reader)
+    with _stopped(server), writer.app_context():
+        for _ in range(3):  # the same invalidation thrice is owed once
+            with pytest.raises(StoreUnavailableError):
+                invalidate_cache_by_tag("items")
+        with pytest.raises(StoreUnavailableError):
+            invalidate_cache("api:/item")
+        assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 2
+    source["version"] = 2
+    writer_clock.advance(1.5)
+    _version(writer)
+    stats = AppCache.of(writer).stats()
+    assert stats["l2"]["pending_invalidations"] == 0
+    assert stats["errors"]["invalidation_deferred"] == 4
+    assert eventually(lambda: _version(reader)[0] == 2)
+
+
+def test_too_many_missed_invalidations_become_one_clear(make_app: MakeApp, throwaway_redis: Server) -> None:
+    url, server = throwaway_redis
+    source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
+    _version(reader)
+    AppCache.of(writer).coherence.max_owed = 3
+    with _stopped(server), writer.app_context():
+        for number in range(4):  # each tries Redis, and times out
+            with pytest.raises(StoreUnavailableError):
+                invalidate_cache(f"api:/other/{number}")
+        assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 1
+    source["version"] = 2
+    writer_clock.advance(1.5)
+    _version(writer)
+    assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 0
+    assert eventually(lambda: _version(reader)[0] == 2), "the clear that replaced them did not reach"
+
+
+def test_after_one_invalidation_fails_the_rest_of_the_write_are_owed_without_waiting(
+    make_app: MakeApp, throwaway_redis: Server
+) -> None:
+    url, server = throwaway_redis
+    source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
+    _version(reader)
+    with _stopped(server), writer.app_context(), pytest.raises(StoreUnavailableError):
+        # one timeout, not three: the tags after the first failure are not tried
+        invalidate_cache_by_tag("flights", "bookings", "items")
+    stats = AppCache.of(writer).stats()
+    assert stats["l2"]["pending_invalidations"] == 3
+    assert stats["tag_invalidations"] == 3
+    assert stats["errors"]["l2_invalidate"] == 1
+    source["version"] = 2
+    assert _version(writer)[0] == 2  # "items", the last, is not trusted here either
+    writer_clock.advance(1.5)
+    _version(writer)
+    assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 0
+    assert eventually(lambda: _version(reader)[0] == 2)
+
+
+def test_a_write_view_whose_invalidation_redis_missed_still_answers_and_owes_it(
+    make_app: MakeApp, throwaway_redis: Server
+) -> None:
+    from flask_resilience import invalidates
+
+    url, server = throwaway_redis
+    source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
+
+    @writer.post("/item")
+    @invalidates(tags=["items"], keys=["api:/item"])
+    def change() -> ResponseReturnValue:
+        source["version"] += 1
+        return "", 204
+
+    _version(reader)
+    with _stopped(server):
+        assert writer.test_client().post("/item").status_code == 204
+    assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 2
+    writer_clock.advance(1.5)
+    assert _version(writer)[0] == 2
+    assert eventually(lambda: _version(reader)[0] == 2)
