@@ -137,7 +137,6 @@ class Plan:
         layered = self.cache.layered
         timeout = self.cache.lock_timeout
         mark = layered.mark()
-        stamp = layered.stamp(self.policy.tags, self.since)  # before the view may run
         token = secrets.token_hex(8)
         key = self.key
         found = layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
@@ -155,7 +154,9 @@ class Plan:
             return self._respond(found.entry, found.layer)
         if found.locked:
             self.token, self.lock_key = token, key
-        self.miss = (stamp, found.generation, mark)
+        # Read before the view runs (a hit never needs it): an invalidation after
+        # this read makes what the view computes stale on arrival.
+        self.miss = (layered.stamp(self.policy.tags, self.since), found.generation, mark)
         return None
 
     def _miss_without_l2(self) -> None:
