@@ -47,12 +47,15 @@ class RequestMiddleware:
         self.views = views  # the app's view functions (Flask adds to this very dict)
         self._views_seen = 0
         self._subscriber: Subscriber | None = None if redis is None else redis.subscriber
+        self._layered = front.layered
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request_id = environ[REQUEST_ID_ENVIRON] = request_id_from(environ.get(self._id_environ))
         subscriber = self._subscriber
         if subscriber is not None and not subscriber.is_running():
             subscriber = self._listen()
+        if self._layered.down_until:  # the cache's L2 failed lately: owed invalidations may be due
+            self._layered.after_cooldown()
         front = self.front
         if not front.armed and len(self.views) != self._views_seen:  # views added: did one opt in?
             self._views_seen = len(self.views)

@@ -143,7 +143,7 @@ def test_too_many_missed_invalidations_become_one_clear(make_app: MakeApp, throw
     url, server = throwaway_redis
     source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
     _version(reader)
-    AppCache.of(writer).coherence.max_owed = 3
+    AppCache.of(writer).coherence.owed.max_owed = 3
     with _stopped(server), writer.app_context():
         for number in range(4):  # each tries Redis, and times out
             with pytest.raises(StoreUnavailableError):

@@ -11,35 +11,25 @@ empties its L1 and, until it listens again, does not use L1 at all (see
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import redis
 
 from ..stores.redis import RedisStore, StoreUnavailableError
 from .backends import PatternsNeedRedis
-from .keys import bound_resource, resource_of
+from .keys import resource_of
 from .layered import LayeredCache
+from .owed import CLEAR, Debt, Message, Operation, OwedInvalidations, matcher, resources_of, stored_names
 from .tags import EVERYTHING
 
 logger = logging.getLogger("flask_resilience.cache")
 
 
-def matcher(pattern: str | re.Pattern[str]) -> Callable[[str], bool]:
-    """Whether a resource key matches a glob (``str``) or a compiled regex."""
-    if isinstance(pattern, str):
-        return lambda resource: fnmatch.fnmatchcase(resource, pattern)
-    return lambda resource: pattern.search(resource) is not None
-
-
-Operation = tuple[str, str, int]  # (kind, argument, regex flags): "key", "tag", "glob", "regex", "clear"
-CLEAR: Operation = ("clear", "", 0)
 _COUNTED_AS = {
     "key": "deletes",
     "tag": "tag_invalidations",
@@ -52,26 +42,23 @@ _COUNTED_AS = {
 class Coherence:
     """The invalidations of one app's cache, here and in every other process.
 
-    An invalidation that cannot reach L2 (or cannot be published) is *owed*:
-    this process stops using what it invalidated at once, and applies and
-    publishes the invalidation again on its first use of L2 after the outage
-    (:meth:`settle`), so neither L2 nor another process's L1 keeps the old
-    entry for its TTL. Owed invalidations live in this process's memory:
-    a process that exits first loses them.
+    An invalidation that cannot reach L2 (or cannot be published) is *owed*
+    (:mod:`.owed`): this process stops using what it invalidated at once, and
+    applies and publishes it again on its first request after the L2
+    cool-down (or when its listener reconnects), so neither L2 nor another
+    process's L1 keeps the old entry for its TTL. Owed invalidations live in
+    this process's memory: a process that exits first loses them.
     """
-
-    max_owed = 1000  # distinct owed invalidations kept; past that, one clear() stands for them all
 
     def __init__(self, layered: LayeredCache) -> None:
         self.layered = layered
         self._redis: RedisStore | None = layered.redis
         self._channel = self._redis.channel("cache") if self._redis is not None else None
         self._origin = uuid.uuid4().hex
-        self._owed: dict[Operation, int] = {}  # in the order owed; the value tells a re-owing apart
-        self._owed_count = 0
-        self._owed_lock = threading.Lock()
+        self.owed = OwedInvalidations()
         self._settling = threading.Lock()
         layered.on_l2_back(self.settle)
+        layered.skips_l2 = self.owed.blocks
 
     # -- the operations -------------------------------------------------------------------
 
@@ -106,29 +93,40 @@ class Coherence:
         resources: Iterable[str] = (),
         patterns: Iterable[str | re.Pattern[str]] = (),
     ) -> None:
-        """Several invalidations (what one write changed), in that order. After
-        the first that cannot reach L2 the rest are owed without trying (each
-        would wait for the same timeout), then StoreUnavailableError is raised."""
-        operations: list[Operation] = [("tag", tag, 0) for tag in tags]
-        operations += [("key", resource, 0) for resource in resources]
-        operations += [self._pattern(pattern) for pattern in patterns]
+        """Several invalidations (what one write changed): tags, then resources,
+        then patterns. After the first that cannot reach L2 (or cannot be
+        published) the rest are owed without trying, since each would wait for
+        the same timeout; StoreUnavailableError is raised when any L2 step is
+        owed. PatternsNeedRedis is raised after the tags and resources went."""
         failure: StoreUnavailableError | None = None
-        for operation in operations:
-            if failure is not None:
-                self.layered.stats.count(_COUNTED_AS[operation[0]])
+        trying = True
+
+        def one(operation: Operation) -> None:
+            nonlocal failure, trying
+            self.layered.stats.count(_COUNTED_AS[operation[0]])
+            if not trying:
                 self._apply_here(operation, landed=False)
-                self._owe(operation)
-                continue
+                self._owe(Debt(operation))
+                failure = failure or StoreUnavailableError("an earlier invalidation of this write failed")
+                return
             try:
-                self._perform(operation)
+                _, trying = self._apply(operation)
             except StoreUnavailableError as exc:
-                failure = exc
+                failure, trying = exc, False
+
+        for tag in tags:
+            one(("tag", tag, 0))
+        for resource in resources:
+            one(("key", resource, 0))
+        for pattern in patterns:
+            one(self._pattern(pattern))
         if failure is not None:
             raise failure
+        self.settle()
 
     def pending(self) -> int:
         """How many invalidations this process still owes L2 and the other processes."""
-        return len(self._owed)
+        return len(self.owed)
 
     def _pattern(self, pattern: str | re.Pattern[str]) -> Operation:
         l2 = self.layered.l2
@@ -144,41 +142,36 @@ class Coherence:
 
     def _perform(self, operation: Operation) -> int:
         self.layered.stats.count(_COUNTED_AS[operation[0]])
-        result = self._apply(operation)
-        self.settle()  # L2 answered: older owed ones can go now
+        result, _ = self._apply(operation)
+        self.settle()
         return result
 
-    def _apply(self, operation: Operation) -> int:
-        """:meth:`_land` ``operation``, owing it when L2 or the publish failed;
-        raises StoreUnavailableError when L2 did."""
+    def _apply(self, operation: Operation) -> tuple[int, bool]:
+        """Apply ``operation`` to L2, to this process and to the others, owing
+        what failed: what L2 returned, and whether the publish went out (False:
+        owed). Raises StoreUnavailableError when L2 failed (owed)."""
         try:
-            result, published = self._land(operation)
+            result, messages = self._apply_to_l2(operation)
         except StoreUnavailableError as exc:
             self.layered.l2_failed("delete" if operation[0] == "key" else "invalidate", exc)
             self._apply_here(operation, landed=False)
-            self._owe(operation)
+            self._owe(Debt(operation))
             raise
-        if not published:
-            self._owe(operation)  # L2 knows; the other processes' L1 does not yet
-        return result
-
-    def _land(self, operation: Operation) -> tuple[int, bool]:
-        """Apply ``operation`` to L2, then to this process, then publish it:
-        what L2 returned, and whether the publish went out. Raises
-        StoreUnavailableError when L2 failed."""
-        result, messages = self._apply_to_l2(operation)
         # After L2: a lookup between the two cannot refill L1 from the old entry.
         self._apply_here(operation, landed=True)
-        return result, all(self._publish(message) for message in messages)
+        unsent = self._publish_all(messages)
+        if unsent:
+            self._owe(Debt(operation, unsent))  # L2 knows; the other processes' L1 does not yet
+        return result, not unsent
 
-    def _apply_to_l2(self, operation: Operation) -> tuple[int, list[dict[str, Any]]]:
+    def _apply_to_l2(self, operation: Operation) -> tuple[int, list[Message]]:
         """What L2 returned (a tag's version, or how many resources went) and the messages to publish."""
         kind, argument, flags = operation
         layered = self.layered
         l2 = layered.l2
         if kind == "key":
             if l2 is not None:
-                for name in _stored_names(argument):
+                for name in stored_names(argument):
                     l2.invalidate_resource(name)
             return 0, [{"op": "key", "key": argument}]
         if kind == "glob":
@@ -189,13 +182,15 @@ class Coherence:
             removed = l2.invalidate_matching("*", matches) if l2 is not None else 0
             return removed, [{"op": "regex", "pattern": argument, "flags": flags}]
         tag = EVERYTHING if kind == "clear" else argument
+        suspended = layered.tags.suspensions()  # a clear ends these (not those made while it runs)
         if l2 is None:
             version = layered.tags.bump_local(tag)
         else:
             version = l2.bump_tag(tag)
             layered.tags.learn(tag, version, here=True)
-        messages: list[dict[str, Any]] = [{"op": "tag", "tag": tag, "version": version}]
+        messages: list[Message] = [{"op": "tag", "tag": tag, "version": version}]
         if kind == "clear":
+            layered.tags.resume(suspended)  # every entry is stale now
             messages.append({"op": "clear"})
             if l2 is not None:
                 try:
@@ -207,60 +202,49 @@ class Coherence:
     def _apply_here(self, operation: Operation, *, landed: bool) -> None:
         """This process's part: drop its L1 copies, or (a tag whose version L2
         did not bump) stop trusting every entry that carries it."""
-        kind, argument, flags = operation
-        tags = self.layered.tags
-        if kind == "key":
-            names = _stored_names(argument)
-            self._drop_l1(lambda candidate: candidate in names)
-        elif kind == "glob":
-            self._drop_l1(matcher(argument))
-        elif kind == "regex":
-            self._drop_l1(matcher(re.compile(argument, flags)))
-        elif kind == "tag" and not landed:
-            tags.suspend(argument)
+        kind, argument, _ = operation
+        dropped = resources_of(operation)
+        if dropped is not None:
+            self._drop_l1(dropped)
         elif kind == "clear":
             self._drop_l1(lambda _: True)
-            if landed:
-                tags.resume_all()  # every owed tag is covered: every entry is stale now
-            else:
-                tags.suspend(EVERYTHING)
+        if not landed and kind in ("tag", "clear"):
+            self.layered.tags.suspend(EVERYTHING if kind == "clear" else argument)
 
     # -- what could not be applied ----------------------------------------------------------
 
-    def _owe(self, operation: Operation) -> None:
-        with self._owed_lock:
-            if CLEAR not in self._owed:  # a clear owed covers everything owed after it, too
-                if operation not in self._owed and len(self._owed) >= self.max_owed:
-                    self._owed.clear()
-                    operation = CLEAR
-                self._owed_count += 1
-                self._owed[operation] = self._owed_count
-            first = len(self._owed) == 1
+    def _owe(self, debt: Debt) -> None:
+        first = not self.owed
+        self.owed.owe(debt)
         self.layered.stats.count_reason("errors", "invalidation_deferred")
         if first:
             logger.warning("a cache invalidation could not reach Redis; it is applied when Redis is back")
 
-    def settle(self) -> None:
-        """Apply the owed invalidations, in order, while L2 answers. Never raises;
+    def settle(self, *, redis_answered: bool = False) -> None:
+        """Apply the owed invalidations, oldest first, once the L2 cool-down is
+        over (or at once when Redis just ``redis_answered``). Never raises;
         returns at once when another thread is settling."""
-        if not self._owed or not self._settling.acquire(blocking=False):
+        if not self.owed or (self.layered.cooling_down() and not redis_answered):
+            return
+        if not self._settling.acquire(blocking=False):
             return
         try:
-            while True:
-                with self._owed_lock:
-                    if not self._owed:
-                        break
-                    operation, count = next(iter(self._owed.items()))
+            while (debt := self.owed.take()) is not None:
                 try:
-                    _, published = self._land(operation)
+                    if debt.messages is None:
+                        _, messages = self._apply_to_l2(debt.operation)
+                        self._apply_here(debt.operation, landed=True)
+                    else:
+                        messages = list(debt.messages)
                 except StoreUnavailableError as exc:
+                    self.owed.give_back(debt)
                     self.layered.l2_failed("invalidate", exc)
                     return
-                if not published:
+                unsent = self._publish_all(messages)
+                if unsent:
+                    self.owed.give_back(Debt(debt.operation, unsent))
                     return
-                with self._owed_lock:
-                    if self._owed.get(operation) == count:  # not owed again meanwhile
-                        del self._owed[operation]
+                self.owed.landed()
             logger.info("owed cache invalidations applied")
             self.layered.l2_answered()
         finally:
@@ -281,17 +265,18 @@ class Coherence:
 
     # -- across processes ---------------------------------------------------------------------
 
-    def _publish(self, message: dict[str, Any]) -> bool:
-        """Send ``message`` to the other processes; False when Redis did not take it."""
+    def _publish_all(self, messages: list[Message]) -> tuple[Message, ...]:
+        """Send ``messages`` to the other processes; those Redis did not take
+        (the first failure stops the rest)."""
         if self._redis is None or self._channel is None:
-            return True
-        message["origin"] = self._origin
-        try:
-            self._redis.publish(self._channel, json.dumps(message).encode())
-        except StoreUnavailableError as exc:
-            self.layered.l2_failed("publish", exc)
-            return False
-        return True
+            return ()
+        for index, message in enumerate(messages):
+            try:
+                self._redis.publish(self._channel, json.dumps({**message, "origin": self._origin}).encode())
+            except StoreUnavailableError as exc:
+                self.layered.l2_failed("publish", exc)
+                return tuple(messages[index:])
+        return ()
 
     def listen(self) -> None:
         """Apply other processes' invalidations to this process's L1."""
@@ -303,14 +288,14 @@ class Coherence:
     def _lost(self) -> None:
         self._forget_everything()
         self.layered.stats.count_reason("errors", "subscription_lost")
-        self.settle()  # back after a loss: Redis answers again
+        self.settle(redis_answered=True)  # back after a loss, Redis answers (at a loss: one try)
 
     def _on_message(self, raw: bytes) -> None:
         message = json.loads(raw)
         self.layered.stats.count("invalidations_received")
         operation = message.get("op")
         if operation == "key":
-            names = _stored_names(str(message["key"]))
+            names = stored_names(str(message["key"]))
             self._drop_l1(lambda candidate: candidate in names)
         elif operation == "tag":
             self.layered.tags.learn(str(message["tag"]), int(message["version"]))
@@ -321,12 +306,6 @@ class Coherence:
         elif operation == "clear":
             self.layered.l1_changes += 1
             self.layered.l1.clear()
-
-
-def _stored_names(resource: str) -> frozenset[str]:
-    """Where ``resource`` may be stored: as given (data keys), and cut to its
-    bounded form (view resources longer than ``keys.MAX_RESOURCE``)."""
-    return frozenset((resource, bound_resource(resource)))
 
 
 def warn_on_eviction_policy(store: RedisStore) -> str | None:

@@ -75,9 +75,11 @@ class LayeredCache:
         self.tags = TagVersions(self._fetch_versions if l2 is not None else None, l1_max_ttl)
         self.l1_changes = 0  # bumped by every L1 invalidation: a fill racing one is dropped
         self.l1_fills = 0  # bumped by every L1 fill: a reader that saw it unchanged need not look again
-        self._l2_down_until = 0.0
+        self.down_until = 0.0
         self._down_lock = threading.Lock()
         self._l2_back: list[Callable[[], None]] = []
+        # Resources whose L2 entries must not be read (an invalidation of them is owed).
+        self.skips_l2: Callable[[str], bool] = lambda _resource: False
         # Times the cool-down after an L2 error (monotonic seconds); tests move it by hand.
         self.outage_clock: Callable[[], float] = time.monotonic
 
@@ -89,16 +91,16 @@ class LayeredCache:
     # -- L2 access that fails open ------------------------------------------------
 
     def usable_l2(self) -> L2Backend | None:
-        if self.l2 is None or self.outage_clock() < self._l2_down_until:
+        if self.l2 is None or self.outage_clock() < self.down_until:
             return None
         return self.l2
 
     def l2_failed(self, operation: str, exc: Exception) -> None:
         self.stats.count_reason("errors", f"l2_{operation}")
         with self._down_lock:
-            if self._l2_down_until == 0.0:
+            if self.down_until == 0.0:
                 logger.warning("cache L2 unavailable, serving from L1 and the views (%s)", exc)
-            self._l2_down_until = self.outage_clock() + _L2_COOLDOWN
+            self.down_until = self.outage_clock() + _L2_COOLDOWN
 
     def on_l2_back(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` when L2 may answer again: at the first request
@@ -109,16 +111,27 @@ class LayeredCache:
 
     def l2_answered(self) -> None:
         """L2 answered a call: end the cool-down (if any)."""
-        if self._l2_down_until:
+        if self.down_until:
             with self._down_lock:
-                back, self._l2_down_until = self._l2_down_until != 0.0, 0.0
+                back, self.down_until = self.down_until != 0.0, 0.0
             if back:
                 logger.info("cache L2 reachable again")
                 for callback in self._l2_back:
                     callback()
 
+    def cooling_down(self) -> bool:
+        """Whether L2 is being skipped after an error."""
+        return self.down_until != 0.0 and self.outage_clock() < self.down_until
+
+    def after_cooldown(self) -> None:
+        """Call the :meth:`on_l2_back` callbacks when the cool-down is over (L2 may
+        answer again). The request middleware calls it whenever ``down_until`` is set."""
+        if self.down_until and self.outage_clock() >= self.down_until:
+            for callback in self._l2_back:
+                callback()
+
     def l2_available(self) -> bool:
-        return self._l2_down_until == 0.0
+        return self.down_until == 0.0
 
     # -- the listening gate (L1 coherence) ------------------------------------------
 
@@ -130,11 +143,9 @@ class LayeredCache:
         While Redis is unreachable L1 serves as an outage cache (nobody can
         publish through it either). Without pub/sub, always.
         """
-        if self._l2_down_until:
-            if self.outage_clock() >= self._l2_down_until:
-                for callback in self._l2_back:  # the cool-down is over: time to try L2 again
-                    callback()
-            return _ALWAYS if self._l2_down_until or self.redis is None else self.trusted_since()
+        if self.down_until:
+            self.after_cooldown()  # the cool-down may be over: time to try L2 again
+            return _ALWAYS if self.down_until or self.redis is None else self.trusted_since()
         if self.redis is None:
             return _ALWAYS
         since = self.redis.subscriber.listening_since()
@@ -200,7 +211,7 @@ class LayeredCache:
         self, key: str, resource: str, since: float | None, *, token: str = "", lock_ttl: float | None = None
     ) -> Lookup:
         l2 = self.usable_l2()
-        if l2 is None:
+        if l2 is None or self.skips_l2(resource):
             return Lookup()
         changes, began = self.l1_changes, time.monotonic()
         try:

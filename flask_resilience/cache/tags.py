@@ -157,10 +157,18 @@ class TagVersions:
             if self._fetch is not None:
                 self._epoch = None
 
-    def resume_all(self) -> None:
-        """A clear landed: every entry is stale, so no suspension is needed any more."""
+    def suspensions(self) -> dict[str, tuple[int, float]]:
+        """The suspended tags now (for :meth:`resume`)."""
         with self._lock:
-            self._seen = {tag: known for tag, known in self._seen.items() if known[0] != SUSPENDED}
+            return {tag: known for tag, known in self._seen.items() if known[0] == SUSPENDED}
+
+    def resume(self, suspensions: dict[str, tuple[int, float]]) -> None:
+        """A clear landed: every entry is stale, so the ``suspensions`` taken
+        before it end (not one made since: its invalidation is still owed)."""
+        with self._lock:
+            for tag, known in suspensions.items():
+                if self._seen.get(tag) is known:
+                    del self._seen[tag]
 
     def _forget_counters(self) -> None:
         """Drop the learned versions, keeping suspensions (their invalidation is still owed)."""
