@@ -3,9 +3,11 @@
 An entry says what it is (``kind``): an HTTP ``response`` (a
 :class:`~flask_resilience.responses.StoredResponse`), serialized ``data``, or
 a ``vary`` marker naming the request headers the resource's responses vary
-on. It also carries when it expires and what it was made under: the tag
-versions and the Redis epoch, read *before* the view ran, so that an
-invalidation during the run makes it stale on arrival.
+on, or a ``pass`` marker (hit-for-pass: its last response could not be
+stored, so requests for it do not wait for one another). It also carries
+when it expires and what it was made under: the tag versions and the Redis
+epoch, read *before* the view ran, so that an invalidation during the run
+makes it stale on arrival.
 Anything unreadable reads as a miss, never as an error.
 """
 
@@ -19,7 +21,7 @@ from ..responses import StoredResponse, UnreadableRecord, pack, unpack
 
 KIND = b"C"
 _BREAKS = re.compile(r"[\r\n\x00]")
-KINDS = frozenset({"response", "data", "vary"})
+KINDS = frozenset({"response", "data", "vary", "pass"})
 
 
 class UnreadableEntry(ValueError):
@@ -37,7 +39,9 @@ class Stamp:
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """``kind`` is ``"response"``, ``"data"`` or ``"vary"``; times are wall-clock seconds."""
+    """``kind`` is ``"response"``, ``"data"``, ``"vary"`` or ``"pass"`` (the
+    resource's last response could not be stored: skip the stampede locks);
+    times are wall-clock seconds."""
 
     kind: str
     body: bytes

@@ -276,13 +276,16 @@ class LayeredCache:
         generation: str | None = None,
         since: tuple[int, float] | None = None,
         token: str | None = None,
+        counted: bool = True,
     ) -> bool:
         """Store in both layers; False when an invalidation since the lookup
         refused it (``generation`` from the lookup, and ``since`` =
         :meth:`mark` taken before it). With ``token``, release the stampede
-        lock in the same round trip. L2 failures are counted, not raised."""
+        lock in the same round trip. L2 failures are counted, not raised;
+        ``counted=False`` keeps a marker out of the ``sets`` count."""
         changes, began = self.mark() if since is None else since
-        self.stats.count("sets")
+        if counted:
+            self.stats.count("sets")
         l2 = self.usable_l2()
         if l2 is not None:
             try:

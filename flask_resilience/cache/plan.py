@@ -17,6 +17,7 @@ from .entry import CacheEntry, Stamp
 from .flight import wait_for_holder
 from .front import IDENTITY_ENVIRON, OFFER_ENVIRON, Offer, Route, front_key
 from .keys import custom_resource_key, full_key, request_resource, variant, vary_values
+from .layered import Lookup
 from .rules import etag_matches, request_control, response_refusal, strong_etag
 from .service import AppCache
 
@@ -41,6 +42,11 @@ class ViewPolicy:
         nothing about the caller or the request decides its answer."""
         wanted = everywhere if self.front is None else self.front
         return wanted and not self.per_user and self.condition is None and self.key_func is None
+
+
+PASS_SECONDS = 10.0  # how long a resource whose response was not stored skips the stampede locks
+# Refusals that depend on this request, not on the resource: they leave no pass marker.
+_REQUEST_REFUSALS = frozenset({"session-modified", "after-this-request", "head-without-body"})
 
 
 def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> Response:
@@ -69,10 +75,14 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
         found = plan.lookup_l1()
         if found is not None:
             return found
+    if plan.passing:  # hit-for-pass: its last response was not stored, no request waits for another
+        return plan.pass_through(run())
     with plan.flight() as found:
         if found is not None:
             return found
-        return plan.store(run())
+        if not plan.passing:
+            return plan.store(run())
+    return plan.store(run())  # L2 held a pass marker: out of the single flight, nobody waits for this
 
 
 def _bypassed(cache: AppCache, reason: str, response: Response) -> Response:
@@ -112,6 +122,7 @@ class Plan:
         self.miss: tuple[Stamp, str | None, tuple[int, float]] | None = None
         self.l1_fills = -1  # layered.l1_fills when this request looked in L1 (-1: it did not)
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
+        self.passing = False  # a pass marker was found: no stampede lock for this request
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
         return variant(
@@ -127,25 +138,30 @@ class Plan:
         if entry is not None and entry.kind == "vary":
             entry = layered.get_l1(self._varied_key(entry.vary), self.since)
         if entry is None or entry.kind != "response":
+            self.passing = self.passing or (entry is not None and entry.kind == "pass")
             return None
         layered.stats.count("l1_hits", self.endpoint)
         return self._respond(entry, "l1")
 
-    def lookup_l2(self) -> Response | None:
+    def lookup_l2(self, *, lock: bool = True) -> Response | None:
         """Read L2 or take the cross-process lock in one round trip; when
-        another process holds the lock, wait for what it stores."""
+        another process holds the lock, wait for what it stores. Without
+        ``lock`` (hit-for-pass), neither take nor wait for it."""
         layered = self.cache.layered
-        timeout = self.cache.lock_timeout
+        timeout = self.cache.lock_timeout if lock else None
         mark = layered.mark()
         token = secrets.token_hex(8)
         key = self.key
         found = layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
+        if found.entry is not None and found.entry.kind == "pass":
+            self.passing = True
+            found = Lookup(None, "", found.generation)  # a miss, without the lock (none was taken)
         if found.entry is not None and found.entry.kind == "vary":
             if found.locked:
                 layered.unlock(key, self.resource, token)
             key = self._varied_key(found.entry.vary)
             found = layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
-        if found.entry is None and found.busy:
+        if found.entry is None and found.busy and timeout is not None:
             found = wait_for_holder(layered, key, self.resource, timeout)
             if found.entry is not None:
                 layered.stats.count("collapsed", self.endpoint)
@@ -189,9 +205,8 @@ class Plan:
                     layered.unlock(self.lock_key, self.resource, self.token)
                     self.token = ""
 
-    def store(self, response: Response) -> Response:
-        layered = self.cache.layered
-        layered.stats.count("misses", self.endpoint)
+    def _refusal(self, response: Response) -> str | None:
+        """Why ``response`` must not be stored (counted), or None."""
         refusal = response_refusal(response, self.policy.statuses, self.cache.max_body_bytes)
         if refusal is None and _session_modified():
             refusal = "session-modified"
@@ -202,7 +217,27 @@ class Plan:
         if refusal is None and request.method == "HEAD" and not response.get_data():
             refusal = "head-without-body"  # the view answered HEAD itself: no GET body to keep
         if refusal is not None:
-            layered.stats.count_reason("not_stored", refusal, self.endpoint)
+            self.cache.layered.stats.count_reason("not_stored", refusal, self.endpoint)
+        return refusal
+
+    def pass_through(self, response: Response) -> Response:
+        """Hit-for-pass from L1: the view ran without a lookup in L2 (nothing to
+        store under), so a response that may be stored again only ends the
+        marker here; the next request stores it."""
+        self.cache.layered.stats.count("misses", self.endpoint)
+        refusal = self._refusal(response)
+        if refusal is None:
+            self.cache.layered.l1.delete(self.key)
+            return _mark_miss(response, "pass")
+        return _mark_miss(response, f"not-stored-{refusal}")
+
+    def store(self, response: Response) -> Response:
+        layered = self.cache.layered
+        layered.stats.count("misses", self.endpoint)
+        refusal = self._refusal(response)
+        if refusal is not None:
+            if refusal not in _REQUEST_REFUSALS and not self.passing:  # a marker found is kept
+                self._keep_pass()
             return _mark_miss(response, f"not-stored-{refusal}")
         assert self.miss is not None
         stamp, generation, mark = self.miss
@@ -232,6 +267,22 @@ class Plan:
         if entry.etag and etag_matches(request, entry.etag):
             return _not_modified(entry, response.headers.items())
         return response
+
+    def _keep_pass(self) -> None:
+        """The response could not be stored: mark the resource (hit-for-pass) so
+        that, for a while, its requests neither take nor wait for a stampede
+        lock (they would find nothing, and compute one after another)."""
+        assert self.miss is not None
+        stamp, generation, mark = self.miss
+        layered = self.cache.layered
+        now = layered.clock()
+        marker = CacheEntry("pass", b"", now, now + min(PASS_SECONDS, self.policy.ttl or PASS_SECONDS), stamp)
+        token = None
+        if self.token and self.lock_key == self.key:
+            token, self.token = self.token, ""  # released by the same round trip
+        layered.put(
+            self.key, self.resource, marker, generation=generation, since=mark, token=token, counted=False
+        )
 
     def _offer_front(self, entry: CacheEntry, mark: tuple[int, float]) -> None:
         """Leave ``entry`` for the middleware, which keeps the final response."""
