@@ -297,7 +297,8 @@ class LayeredCache:
             else:
                 self.l2_answered()
                 if not stored:
-                    self.stats.count_reason("not_stored", "invalidated")
+                    if counted:
+                        self.stats.count_reason("not_stored", "invalidated")
                     return False
         self._fill_l1(key, entry, began, changes)
         return True

@@ -123,6 +123,7 @@ class Plan:
         self.l1_fills = -1  # layered.l1_fills when this request looked in L1 (-1: it did not)
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
         self.passing = False  # a pass marker was found: no stampede lock for this request
+        self.resolved_key = self.key  # the varied key when a vary marker was followed
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
         return variant(
@@ -136,7 +137,8 @@ class Plan:
         layered = self.cache.layered
         entry = layered.get_l1(self.key, self.since)
         if entry is not None and entry.kind == "vary":
-            entry = layered.get_l1(self._varied_key(entry.vary), self.since)
+            self.resolved_key = self._varied_key(entry.vary)
+            entry = layered.get_l1(self.resolved_key, self.since)
         if entry is None or entry.kind != "response":
             self.passing = self.passing or (entry is not None and entry.kind == "pass")
             return None
@@ -152,18 +154,17 @@ class Plan:
         mark = layered.mark()
         token = secrets.token_hex(8)
         key = self.key
-        found = layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
-        if found.entry is not None and found.entry.kind == "pass":
-            self.passing = True
-            found = Lookup(None, "", found.generation)  # a miss, without the lock (none was taken)
+        found = self._passed(layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout))
         if found.entry is not None and found.entry.kind == "vary":
             if found.locked:
                 layered.unlock(key, self.resource, token)
-            key = self._varied_key(found.entry.vary)
-            found = layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
+            key = self.resolved_key = self._varied_key(found.entry.vary)
+            found = self._passed(
+                layered.lookup_l2(key, self.resource, self.since, token=token, lock_ttl=timeout)
+            )
         if found.entry is None and found.busy and timeout is not None:
-            found = wait_for_holder(layered, key, self.resource, timeout)
-            if found.entry is not None:
+            found = self._passed(wait_for_holder(layered, key, self.resource, timeout))
+            if found.entry is not None and found.entry.kind == "response":
                 layered.stats.count("collapsed", self.endpoint)
         if found.entry is not None and found.entry.kind == "response":
             layered.stats.count(f"{found.layer}_hits", self.endpoint)
@@ -174,6 +175,14 @@ class Plan:
         # this read makes what the view computes stale on arrival.
         self.miss = (layered.stamp(self.policy.tags, self.since), found.generation, mark)
         return None
+
+    def _passed(self, found: Lookup) -> Lookup:
+        """A pass marker found in L2 reads as a miss that holds no lock (none
+        was taken), and this request passes."""
+        if found.entry is None or found.entry.kind != "pass":
+            return found
+        self.passing = True
+        return Lookup(None, "", found.generation)
 
     def _miss_without_l2(self) -> None:
         layered = self.cache.layered
@@ -227,7 +236,7 @@ class Plan:
         self.cache.layered.stats.count("misses", self.endpoint)
         refusal = self._refusal(response)
         if refusal is None:
-            self.cache.layered.l1.delete(self.key)
+            self.cache.layered.l1.delete(self.resolved_key)
             return _mark_miss(response, "pass")
         return _mark_miss(response, f"not-stored-{refusal}")
 
@@ -236,8 +245,8 @@ class Plan:
         layered.stats.count("misses", self.endpoint)
         refusal = self._refusal(response)
         if refusal is not None:
-            if refusal not in _REQUEST_REFUSALS and not self.passing:  # a marker found is kept
-                self._keep_pass()
+            if self._leaves_pass(refusal, response):
+                self._keep_pass(response)
             return _mark_miss(response, f"not-stored-{refusal}")
         assert self.miss is not None
         stamp, generation, mark = self.miss
@@ -268,21 +277,33 @@ class Plan:
             return _not_modified(entry, response.headers.items())
         return response
 
-    def _keep_pass(self) -> None:
+    def _leaves_pass(self, refusal: str, response: Response) -> bool:
+        """Whether a refusal marks the resource: one that the resource causes,
+        seen by a request that looked it up and found nothing (not a revalidation,
+        not one that found a marker already)."""
+        if refusal in _REQUEST_REFUSALS or self.passing or self.revalidate:
+            return False
+        if refusal == "status":
+            # Not found: random URLs must not fill the caches with markers. And a
+            # status the request chose (304, 206, 412...) says nothing of the resource.
+            return response.status_code not in (404, 410) and not _conditional(self.request)
+        return True
+
+    def _keep_pass(self, response: Response) -> None:
         """The response could not be stored: mark the resource (hit-for-pass) so
         that, for a while, its requests neither take nor wait for a stampede
-        lock (they would find nothing, and compute one after another)."""
+        lock (they would find nothing, and compute one after another). Under
+        the response's own variant when it varies; never over a vary marker."""
         assert self.miss is not None
         stamp, generation, mark = self.miss
         layered = self.cache.layered
         now = layered.clock()
         marker = CacheEntry("pass", b"", now, now + min(PASS_SECONDS, self.policy.ttl or PASS_SECONDS), stamp)
+        key = self._varied_key(sorted(response.vary)) if "Vary" in response.headers else self.resolved_key
         token = None
-        if self.token and self.lock_key == self.key:
+        if self.token and self.lock_key == key:
             token, self.token = self.token, ""  # released by the same round trip
-        layered.put(
-            self.key, self.resource, marker, generation=generation, since=mark, token=token, counted=False
-        )
+        layered.put(key, self.resource, marker, generation=generation, since=mark, token=token, counted=False)
 
     def _offer_front(self, entry: CacheEntry, mark: tuple[int, float]) -> None:
         """Leave ``entry`` for the middleware, which keeps the final response."""
@@ -327,6 +348,15 @@ class _StoredHeaders(Headers):
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         self._list = list(pairs)  # a copy: Headers.copy() builds one from our list
+
+
+_CONDITIONS = ("HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE")
+
+
+def _conditional(current: Request) -> bool:
+    """Whether the request's own headers may choose its status (RFC 9110 §13, §14)."""
+    environ = current.environ
+    return "HTTP_RANGE" in environ or any(name in environ for name in _CONDITIONS)
 
 
 def _session_modified() -> bool:
