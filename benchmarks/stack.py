@@ -18,7 +18,10 @@ redis-server (the extension's store, as in production), loopback only:
   request takes the miss path (L1, one Redis round trip, the view, unlock);
 - ``cached-l1``: ``@cached`` route, answered from the worker's L1 (view-level);
 - ``front``: ``@cached(front=True)``, answered before Flask dispatches;
-- ``flask-caching``: ``@cache.cached`` with a SimpleCache (also per process).
+- ``flask-caching``: ``@cache.cached`` with a SimpleCache (also per process);
+- ``ceiling``: no Flask at all, a WSGI function answering the same bytes
+  built once: what the server and the load generator cost by themselves,
+  so the most any answer before Flask (the front tier) can reach.
 
 The route returns the same JSON list of 20 flights. Every server of one
 configuration runs at once and the contenders take turns (one measurement
@@ -57,7 +60,7 @@ from harness import Figure  # noqa: E402
 from tests.services import free_port, start_redis_server  # noqa: E402
 
 APP = "benchmarks.stack:create_app()"
-CONTENDERS = ("bare", "extension", "uncached", "cached-l1", "front", "flask-caching")
+CONTENDERS = ("bare", "extension", "uncached", "cached-l1", "front", "flask-caching", "ceiling")
 SERVERS = {
     "sync, 2 workers": ["-k", "sync", "-w", "2"],
     "sync, 4 workers": ["-k", "sync", "-w", "4"],
@@ -68,10 +71,12 @@ FLIGHTS = [
 ]
 
 
-def create_app() -> Flask:
-    """The app gunicorn serves; ``STACK_CONTENDER`` says which variant."""
+def create_app() -> Any:
+    """The WSGI app gunicorn serves; ``STACK_CONTENDER`` says which variant."""
     contender = os.environ["STACK_CONTENDER"]
     app = Flask("stack")
+    if contender == "ceiling":
+        return _prebuilt(app)
 
     def flights() -> ResponseReturnValue:
         return jsonify(flights=FLIGHTS)
@@ -98,6 +103,20 @@ def create_app() -> Flask:
         view = cache.cached(timeout=3600)(flights)
     app.add_url_rule("/flights", "flights", view)
     return app
+
+
+def _prebuilt(app: Flask) -> Any:
+    """A WSGI function answering ``/flights`` with bytes built once by ``app``."""
+    with app.app_context():
+        built = jsonify(flights=FLIGHTS)
+    body = built.get_data()
+    headers = [("Content-Type", built.content_type or "application/json"), ("Content-Length", str(len(body)))]
+
+    def answer(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", list(headers))
+        return [body]
+
+    return answer
 
 
 def serve(contender: str, server: list[str], redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -232,6 +251,19 @@ def figures(quick: bool = False) -> list[Figure]:
         rows.append(
             Figure(figure, best[contender][0], bare, ratio, f">= {limit}x bare", ratio >= limit, "req/s")
         )
+    ceiling = best["ceiling"][0]
+    rows.append(
+        Figure(
+            "ceiling: gunicorn sync serving pre-built bytes (no Flask), req/s",
+            ceiling,
+            bare,
+            ceiling / bare,
+            "-",
+            None,
+            "req/s",
+            "the most an answer given before Flask could reach here (server and wrk cost only)",
+        )
+    )
     return rows
 
 
