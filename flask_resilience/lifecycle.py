@@ -167,6 +167,7 @@ class ProcessLocalWorker:
         self._wake = _Wakeup()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._alive = False  # set before the thread starts, cleared when it ends: no lock to read
         _workers.add(self)
 
     # -- for subclasses ------------------------------------------------------------
@@ -207,6 +208,7 @@ class ProcessLocalWorker:
             self._wake = _Wakeup()
             self._stopping = threading.Event()
             self._thread = None
+            self._alive = False
             self.reset_process()
             self._generation = _generation
 
@@ -222,11 +224,12 @@ class ProcessLocalWorker:
             if self._thread is None or not self._thread.is_alive():
                 self._stopping.clear()
                 self._thread = threading.Thread(target=self._main, name=self.name, daemon=self.daemon)
+                self._alive = True
                 self._thread.start()
 
     def is_running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive() and self._generation == _generation
+        """Whether this process's thread runs (cheap: for every request)."""
+        return self._alive and self._generation == _generation
 
     def wake(self) -> None:
         self._wake.set()
@@ -248,6 +251,7 @@ class ProcessLocalWorker:
         ):
             thread.join(timeout)
         self._thread = None
+        self._alive = False
         if flush:
             self.flush()
 
@@ -256,3 +260,6 @@ class ProcessLocalWorker:
             self.run()
         except Exception:
             logger.exception("background worker %s stopped on an error", self.name)
+        finally:
+            if self._thread is threading.current_thread():
+                self._alive = False

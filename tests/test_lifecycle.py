@@ -74,6 +74,29 @@ def test_stop_flushes_and_is_idempotent_and_a_later_use_starts_again(worker: Col
     assert sorted(worker.done) == [1, 2, 3]
 
 
+class Crashing(Collector):
+    """Its thread dies on the first item it sees."""
+
+    def run(self) -> None:
+        while not self.wait(None):
+            if self.pending:
+                raise RuntimeError("the worker's own bug")
+
+
+def test_a_thread_that_died_reads_as_not_running_and_is_started_again() -> None:
+    crashing = Crashing()
+    try:
+        crashing.submit(1)
+        thread = crashing._thread
+        assert thread is not None
+        thread.join(10)  # it raised (and logged): the middleware must see it gone
+        assert not crashing.is_running()
+        crashing.ensure_running()
+        assert crashing.is_running() and crashing._thread is not thread
+    finally:
+        crashing.stop(flush=False)
+
+
 def _child(worker: Collector, queue: multiprocessing.queues.Queue[tuple[int, bool, int]]) -> None:
     running_before = worker.is_running()
     worker.submit(7)
