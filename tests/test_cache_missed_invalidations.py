@@ -28,6 +28,7 @@ from flask_resilience import (
     invalidate_cache_by_pattern,
     invalidate_cache_by_tag,
 )
+from flask_resilience.cache.owed import Debt
 from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from flask_resilience.stores.redis import StoreUnavailableError
@@ -198,3 +199,23 @@ def test_a_write_view_whose_invalidation_redis_missed_still_answers_and_owes_it(
     writer_clock.advance(1.5)
     assert _version(writer)[0] == 2
     assert eventually(lambda: _version(reader)[0] == 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_child_forked_while_a_thread_settles_still_settles(make_app: MakeApp, redis_url: str) -> None:
+    """The settling lock (and the debts' lock) may be held by a thread of the
+    parent at fork time; that thread does not exist in the child."""
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_AUDIT_ENABLED=False)
+    coherence = AppCache.of(app).coherence
+    coherence.owed.owe(Debt(("key", "api:/owed-before-fork", 0)))
+    with coherence._settling:  # a settling thread of the parent, frozen by the fork
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status, never return into pytest
+            code = 1
+            try:
+                coherence.settle()
+                code = 0 if coherence.pending() == 0 else 2
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child never settled what it inherited"

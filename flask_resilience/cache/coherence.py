@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 
+from ..lifecycle import fork_generation
 from ..stores.redis import RedisStore, StoreUnavailableError
 from .backends import PatternsNeedRedis
 from .keys import resource_of
@@ -57,6 +58,7 @@ class Coherence:
         self._origin = uuid.uuid4().hex
         self.owed = OwedInvalidations()
         self._settling = threading.Lock()
+        self._generation = fork_generation()
         layered.on_l2_back(self.settle)
         layered.skips_l2 = self.owed.blocks
 
@@ -213,7 +215,16 @@ class Coherence:
 
     # -- what could not be applied ----------------------------------------------------------
 
+    def _in_this_process(self) -> None:
+        """New locks in a forked child: a thread of the parent may have held
+        them, and it does not exist here. The debts are the child's too."""
+        if self._generation != fork_generation():
+            self._settling = threading.Lock()
+            self.owed.after_fork()
+            self._generation = fork_generation()
+
     def _owe(self, debt: Debt) -> None:
+        self._in_this_process()
         first = not self.owed
         self.owed.owe(debt)
         self.layered.stats.count_reason("errors", "invalidation_deferred")
@@ -226,6 +237,7 @@ class Coherence:
         returns at once when another thread is settling."""
         if not self.owed or (self.layered.cooling_down() and not redis_answered):
             return
+        self._in_this_process()
         if not self._settling.acquire(blocking=False):
             return
         try:

@@ -118,6 +118,15 @@ class OwedInvalidations:
                 self._debts = {debt.operation: debt, **self._debts}
             self._refresh()
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock, and the debt a parent's thread was
+        landing is owed again (that thread does not exist here)."""
+        self._lock = threading.Lock()
+        landing, self._landing = self._landing, None
+        if landing is not None and landing.operation not in self._debts:
+            self._debts = {landing.operation: landing, **self._debts}
+        self._refresh()
+
     def blocks(self, resource: str) -> bool:
         """Whether L2's entry for ``resource`` may predate an owed invalidation."""
         blocked = self._blocked
