@@ -123,6 +123,18 @@ def test_unknown_urls_and_methods_under_the_health_prefix_answer_problem_json(ma
     assert client.delete("/elsewhere").content_type.startswith("text/html")
 
 
+@pytest.mark.parametrize("path", ["/api/health//live", "/api/health/cache/"])
+def test_a_redirect_under_the_health_prefix_answers_json_not_html(make_app: MakeApp, path: str) -> None:
+    """werkzeug redirects repeated or trailing slashes (308) with an HTML body."""
+    app, _ = make_app()
+    answer = app.test_client().get(path)
+    assert answer.status_code in (308, 404), answer.status_code
+    assert answer.content_type == PROBLEM_CONTENT_TYPE, answer.data[:80]
+    if answer.status_code == 308:
+        assert answer.headers["Location"].endswith(path.replace("//", "/").rstrip("/"))
+        assert answer.get_json()["status"] == 308
+
+
 def _refuse_in_a_worker() -> None:
     raise Problem(403, "quota-exceeded", "Quota exceeded", "No more bookings today.", extra={"limit": 5})
 

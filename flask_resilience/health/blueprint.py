@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from flask import Blueprint, Flask, Request, Response, jsonify
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from ..config import HEALTH_SHOW_VERSION
 from ..problems import Problem
@@ -46,11 +47,19 @@ def answer_routing_problems(app: Flask, prefix: str) -> None:
 
 def _raise_problem(failed: Request, prefix: str) -> None:
     error = failed.routing_exception
-    if not isinstance(error, (NotFound, MethodNotAllowed)):
+    if not isinstance(error, (NotFound, MethodNotAllowed, RequestRedirect)):
         return
     path = failed.path
     if path != prefix and not path.startswith(prefix + "/"):
         return
+    if isinstance(error, RequestRedirect):  # repeated slashes: werkzeug's 308 has an HTML body
+        raise Problem(
+            308,
+            "moved-permanently",
+            "Permanent redirect",
+            f"This endpoint is at {error.new_url}.",
+            headers={"Location": error.new_url},
+        )
     if isinstance(error, MethodNotAllowed):
         allowed = ", ".join(sorted(error.valid_methods or ()))
         raise Problem(
