@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask, jsonify
+from flask import Flask
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import (
-    cached,
     clear_all_caches,
     invalidate_cache,
     invalidate_cache_by_pattern,
@@ -30,35 +26,11 @@ from flask_resilience import (
 )
 from flask_resilience.cache.owed import Debt
 from flask_resilience.cache.service import AppCache
-from flask_resilience.state import get_state
 from flask_resilience.stores.redis import StoreUnavailableError
+from tests.cache_outage import Server, stopped, version_of
+from tests.cache_outage import outage_app as _app
 from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
-
-Server = tuple[str, "subprocess.Popen[bytes]"]
-
-
-def _app(make_app: MakeApp, url: str, source: dict[str, int]) -> tuple[Flask, FakeClock]:
-    """An app (one "process") whose cached view shows ``source["version"]``;
-    its L2 cool-down runs on the returned clock."""
-    app, _ = make_app(
-        RESILIENCE_REDIS_URL=url,
-        RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2,
-        RESILIENCE_REDIS_CONNECT_TIMEOUT=0.2,
-        RESILIENCE_AUDIT_ENABLED=False,
-    )
-
-    @app.get("/item")
-    @cached(ttl=300, tags=["items"], prefix="api")
-    def item() -> ResponseReturnValue:
-        return jsonify(version=source["version"])
-
-    clock = FakeClock()
-    AppCache.of(app).layered.outage_clock = clock
-    store = get_state(app).redis
-    assert store is not None
-    assert store.subscriber.wait_until_listening(10)
-    return app, clock
 
 
 def _writer_and_reader(make_app: MakeApp, url: str) -> tuple[dict[str, int], tuple[Flask, FakeClock], Flask]:
@@ -68,21 +40,6 @@ def _writer_and_reader(make_app: MakeApp, url: str) -> tuple[dict[str, int], tup
     writer = _app(make_app, url, source)
     reader, _ = _app(make_app, url, source)
     return source, writer, reader
-
-
-def _version(app: Flask) -> tuple[int, str]:
-    answer = app.test_client().get("/item")
-    assert answer.json is not None
-    return int(answer.json["version"]), answer.headers["X-Cache"]
-
-
-@contextmanager
-def _stopped(server: subprocess.Popen[bytes]) -> Iterator[None]:
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
 
 
 INVALIDATIONS: dict[str, Callable[[], Any]] = {
@@ -100,22 +57,22 @@ def test_an_invalidation_redis_missed_reaches_every_process_once_it_answers(
 ) -> None:
     url, server = throwaway_redis
     source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
-    assert _version(reader) == (1, "MISS")
-    assert _version(reader) == (1, "HIT")  # in the reader's L1 now
-    assert _version(writer)[0] == 1
-    with _stopped(server):
+    assert version_of(reader) == (1, "MISS")
+    assert version_of(reader) == (1, "HIT")  # in the reader's L1 now
+    assert version_of(writer)[0] == 1
+    with stopped(server):
         source["version"] = 2
         with writer.app_context(), pytest.raises(StoreUnavailableError):
             invalidate()  # the caller still learns Redis was not told
         # The writer itself never serves what it invalidated, even from its own L1.
-        assert _version(writer)[0] == 2
+        assert version_of(writer)[0] == 2
         assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 1
     writer_clock.advance(1.5)  # past the cool-down: the writer's next request uses Redis again
-    assert _version(writer)[0] == 2
+    assert version_of(writer)[0] == 2
     assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 0
-    assert eventually(lambda: _version(reader)[0] == 2), "the reader's L1 kept the old entry"
+    assert eventually(lambda: version_of(reader)[0] == 2), "the reader's L1 kept the old entry"
     fresh, _ = _app(make_app, url, source)  # a new process: L2 only
-    assert _version(fresh)[0] == 2
+    assert version_of(fresh)[0] == 2
 
 
 def test_missed_invalidations_are_applied_in_order_and_counted(
@@ -123,8 +80,8 @@ def test_missed_invalidations_are_applied_in_order_and_counted(
 ) -> None:
     url, server = throwaway_redis
     source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
-    _version(reader)
-    with _stopped(server), writer.app_context():
+    version_of(reader)
+    with stopped(server), writer.app_context():
         for _ in range(3):  # the same invalidation thrice is owed once
             with pytest.raises(StoreUnavailableError):
                 invalidate_cache_by_tag("items")
@@ -133,28 +90,28 @@ def test_missed_invalidations_are_applied_in_order_and_counted(
         assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 2
     source["version"] = 2
     writer_clock.advance(1.5)
-    _version(writer)
+    version_of(writer)
     stats = AppCache.of(writer).stats()
     assert stats["l2"]["pending_invalidations"] == 0
     assert stats["errors"]["invalidation_deferred"] == 4
-    assert eventually(lambda: _version(reader)[0] == 2)
+    assert eventually(lambda: version_of(reader)[0] == 2)
 
 
 def test_too_many_missed_invalidations_become_one_clear(make_app: MakeApp, throwaway_redis: Server) -> None:
     url, server = throwaway_redis
     source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
-    _version(reader)
+    version_of(reader)
     AppCache.of(writer).coherence.owed.max_owed = 3
-    with _stopped(server), writer.app_context():
+    with stopped(server), writer.app_context():
         for number in range(4):  # each tries Redis, and times out
             with pytest.raises(StoreUnavailableError):
                 invalidate_cache(f"api:/other/{number}")
         assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 1
     source["version"] = 2
     writer_clock.advance(1.5)
-    _version(writer)
+    version_of(writer)
     assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 0
-    assert eventually(lambda: _version(reader)[0] == 2), "the clear that replaced them did not reach"
+    assert eventually(lambda: version_of(reader)[0] == 2), "the clear that replaced them did not reach"
 
 
 def test_after_one_invalidation_fails_the_rest_of_the_write_are_owed_without_waiting(
@@ -162,8 +119,8 @@ def test_after_one_invalidation_fails_the_rest_of_the_write_are_owed_without_wai
 ) -> None:
     url, server = throwaway_redis
     source, (writer, writer_clock), reader = _writer_and_reader(make_app, url)
-    _version(reader)
-    with _stopped(server), writer.app_context(), pytest.raises(StoreUnavailableError):
+    version_of(reader)
+    with stopped(server), writer.app_context(), pytest.raises(StoreUnavailableError):
         # one timeout, not three: the tags after the first failure are not tried
         invalidate_cache_by_tag("flights", "bookings", "items")
     stats = AppCache.of(writer).stats()
@@ -171,11 +128,11 @@ def test_after_one_invalidation_fails_the_rest_of_the_write_are_owed_without_wai
     assert stats["tag_invalidations"] == 3
     assert stats["errors"]["l2_invalidate"] == 1
     source["version"] = 2
-    assert _version(writer)[0] == 2  # "items", the last, is not trusted here either
+    assert version_of(writer)[0] == 2  # "items", the last, is not trusted here either
     writer_clock.advance(1.5)
-    _version(writer)
+    version_of(writer)
     assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 0
-    assert eventually(lambda: _version(reader)[0] == 2)
+    assert eventually(lambda: version_of(reader)[0] == 2)
 
 
 def test_a_write_view_whose_invalidation_redis_missed_still_answers_and_owes_it(
@@ -192,13 +149,13 @@ def test_a_write_view_whose_invalidation_redis_missed_still_answers_and_owes_it(
         source["version"] += 1
         return "", 204
 
-    _version(reader)
-    with _stopped(server):
+    version_of(reader)
+    with stopped(server):
         assert writer.test_client().post("/item").status_code == 204
     assert AppCache.of(writer).stats()["l2"]["pending_invalidations"] == 2
     writer_clock.advance(1.5)
-    assert _version(writer)[0] == 2
-    assert eventually(lambda: _version(reader)[0] == 2)
+    assert version_of(writer)[0] == 2
+    assert eventually(lambda: version_of(reader)[0] == 2)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")

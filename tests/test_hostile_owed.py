@@ -9,12 +9,8 @@ while another thread acts, then released.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,61 +22,14 @@ from flask_resilience import cached, clear_all_caches, invalidate_cache, invalid
 from flask_resilience.cache.service import AppCache
 from flask_resilience.state import get_state
 from flask_resilience.stores.redis import StoreUnavailableError
+from tests.cache_outage import Server, stopped, version_of
+from tests.cache_outage import outage_app as _app
 from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
-
-Server = tuple[str, "subprocess.Popen[bytes]"]
-
-
-def _app(make_app: MakeApp, url: str, source: dict[str, int]) -> tuple[Flask, FakeClock]:
-    """One "process": a cached view of ``source["version"]`` (tag "items",
-    key "api:/item"), an uncached one, and its cool-down clock."""
-    app, _ = make_app(
-        RESILIENCE_REDIS_URL=url,
-        RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2,
-        RESILIENCE_REDIS_CONNECT_TIMEOUT=0.2,
-        RESILIENCE_AUDIT_ENABLED=False,
-    )
-
-    @app.get("/item")
-    @cached(ttl=300, tags=["items"], prefix="api")
-    def item() -> ResponseReturnValue:
-        return jsonify(version=source["version"])
-
-    @app.get("/other")
-    @cached(ttl=300, tags=["others"], prefix="api")
-    def other() -> ResponseReturnValue:
-        return jsonify(version=source["version"])
-
-    @app.get("/ping")
-    def ping() -> ResponseReturnValue:  # not cached: never looks at the cache
-        return "pong"
-
-    clock = FakeClock()
-    AppCache.of(app).layered.outage_clock = clock
-    store = get_state(app).redis
-    assert store is not None
-    assert store.subscriber.wait_until_listening(10)
-    return app, clock
-
-
-def _version(app: Flask) -> tuple[int, str]:
-    answer = app.test_client().get("/item")
-    assert answer.json is not None
-    return int(answer.json["version"]), answer.headers["X-Cache"]
 
 
 def _pending(app: Flask) -> int:
     return AppCache.of(app).stats()["l2"]["pending_invalidations"]
-
-
-@contextmanager
-def _stopped(server: subprocess.Popen[bytes]) -> Iterator[None]:
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
 
 
 class _Gate:
@@ -128,16 +77,16 @@ def test_first_request_after_the_cooldown_settles_even_when_it_does_not_use_the_
     source = {"version": 1}
     writer, writer_clock = _app(make_app, url, source)
     reader, _ = _app(make_app, url, source)
-    assert _version(reader) == (1, "MISS")
-    assert _version(reader) == (1, "HIT")
-    with _stopped(server):
+    assert version_of(reader) == (1, "MISS")
+    assert version_of(reader) == (1, "HIT")
+    with stopped(server):
         source["version"] = 2
         with writer.app_context(), pytest.raises(StoreUnavailableError):
             invalidate_cache_by_tag("items")
     writer_clock.advance(1.5)
     assert writer.test_client().get("/ping").status_code == 200  # its first request: Redis answers
     assert _pending(writer) == 0, "the owed invalidation waited for a cached request"
-    assert eventually(lambda: _version(reader)[0] == 2)
+    assert eventually(lambda: version_of(reader)[0] == 2)
 
 
 # -- 2. "after the first failure the rest are owed without trying" -----------------------------
@@ -191,7 +140,7 @@ def test_an_invalidation_redis_took_is_not_applied_again_while_only_its_publish_
             invalidate_cache_by_tag("items")  # Redis took it; nobody heard of it
         for _ in range(5):
             writer_clock.advance(1.5)
-            _version(writer)
+            version_of(writer)
         bumps = [int(raw.get(key) or 0) for key in raw.scan_iter(match="*cache:t:items")]
     finally:
         _acl(raw, "+publish")
@@ -217,8 +166,8 @@ def test_a_request_while_another_thread_settles_does_not_serve_the_owed_keys_old
     url, server = throwaway_redis
     source = {"version": 1}
     writer, writer_clock = _app(make_app, url, source)
-    assert _version(writer) == (1, "MISS")  # in L2 (and the writer's L1)
-    with _stopped(server), writer.app_context():
+    assert version_of(writer) == (1, "MISS")  # in L2 (and the writer's L1)
+    with stopped(server), writer.app_context():
         for key in ("api:/other", "api:/item"):
             with pytest.raises(StoreUnavailableError):
                 invalidate_cache(key)
@@ -226,10 +175,10 @@ def test_a_request_while_another_thread_settles_does_not_serve_the_owed_keys_old
     coherence = AppCache.of(writer).coherence
     gate = _Gate(coherence, "_publish_all", lambda messages: messages[0].get("key") == "api:/other")
     writer_clock.advance(1.5)
-    settling = _in_thread(lambda: _version(writer))  # its lookup settles, held on the first publish
+    settling = _in_thread(lambda: version_of(writer))  # its lookup settles, held on the first publish
     assert gate.reached.wait(10)
     try:
-        served = _version(writer)
+        served = version_of(writer)
     finally:
         gate.release.set()
         settling.join(10)
@@ -257,7 +206,7 @@ def test_a_tag_invalidation_failing_while_an_owed_clear_lands_is_not_lost(
     source = {"version": 1}
     writer, writer_clock = _app(make_app, url, source)
     other, _ = _app(make_app, url, source)
-    with _stopped(server), writer.app_context(), pytest.raises(StoreUnavailableError):
+    with stopped(server), writer.app_context(), pytest.raises(StoreUnavailableError):
         clear_all_caches()
     assert _pending(writer) == 1
     coherence = AppCache.of(writer).coherence
@@ -269,7 +218,7 @@ def test_a_tag_invalidation_failing_while_an_owed_clear_lands_is_not_lost(
     raw = redis.Redis.from_url(url)
     try:
         filler, _ = _app(make_app, url, source)
-        assert _version(filler) == (1, "MISS")  # filled after the clear: current in Redis
+        assert version_of(filler) == (1, "MISS")  # filled after the clear: current in Redis
         source["version"] = 2
         _acl(raw, "-incrby")  # the tags' master does not answer
         with writer.app_context(), pytest.raises(StoreUnavailableError):
@@ -283,8 +232,8 @@ def test_a_tag_invalidation_failing_while_an_owed_clear_lands_is_not_lost(
     assert writer.test_client().get("/other").status_code == 200  # Redis answers: all owed lands
     assert _pending(writer) == 0
     fresh, _ = _app(make_app, url, source)
-    seen_by_fresh = _version(fresh)
-    assert _version(writer)[0] == 2  # computed after the write (here, or by the fresh process)
+    seen_by_fresh = version_of(fresh)
+    assert version_of(writer)[0] == 2  # computed after the write (here, or by the fresh process)
     source["version"] = 3
 
     def received() -> int:
@@ -294,7 +243,7 @@ def test_a_tag_invalidation_failing_while_an_owed_clear_lands_is_not_lost(
     with other.app_context():
         invalidate_cache_by_tag("items")  # Redis healthy: lands and is published
     assert eventually(lambda: received() > before)
-    writer_after = _version(writer)
+    writer_after = version_of(writer)
     assert (seen_by_fresh[0], writer_after[0]) == (2, 3), (
         f"lost 'items' invalidation: a fresh process got {seen_by_fresh}; after another "
         f"process invalidated 'items' the writer still answered {writer_after}"
@@ -354,22 +303,22 @@ def test_holds_owed_invalidations_in_one_write_land_after_a_flap(
     source = {"version": 1}
     writer, writer_clock = _app(make_app, url, source)
     reader, _ = _app(make_app, url, source)
-    _version(reader)
-    with _stopped(server):
+    version_of(reader)
+    with stopped(server):
         source["version"] = 2
         with writer.app_context(), pytest.raises(StoreUnavailableError):
             invalidate_cache_by_tag("items", "other")
         writer_clock.advance(1.5)
-        assert _version(writer)[0] == 2  # the settle times out; still not the old entry
+        assert version_of(writer)[0] == 2  # the settle times out; still not the old entry
         with writer.app_context(), pytest.raises(StoreUnavailableError):
             invalidate_cache("api:/item")
         assert _pending(writer) == 3
     writer_clock.advance(1.5)
-    assert _version(writer)[0] == 2
+    assert version_of(writer)[0] == 2
     assert _pending(writer) == 0
-    assert eventually(lambda: _version(reader)[0] == 2)
+    assert eventually(lambda: version_of(reader)[0] == 2)
     fresh, _ = _app(make_app, url, source)
-    assert _version(fresh)[0] == 2
+    assert version_of(fresh)[0] == 2
 
 
 def test_holds_the_listener_reconnecting_settles_without_a_request(
@@ -384,7 +333,7 @@ def test_holds_the_listener_reconnecting_settles_without_a_request(
     url, server = throwaway_redis
     source = {"version": 1}
     writer, _ = _app(make_app, url, source)
-    with _stopped(server), writer.app_context(), pytest.raises(StoreUnavailableError):
+    with stopped(server), writer.app_context(), pytest.raises(StoreUnavailableError):
         invalidate_cache_by_tag("items", "other")
     with writer.app_context():
         figures = {family.name: family for family in read(get_state(writer))}
@@ -437,7 +386,7 @@ def test_holds_healthy_cache_under_concurrent_invalidations_reads_and_settles(
     def read_loop(app: Flask) -> None:
         try:
             for _ in range(120):
-                _version(app)
+                version_of(app)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -453,8 +402,8 @@ def test_holds_healthy_cache_under_concurrent_invalidations_reads_and_settles(
     with writer.app_context():
         invalidate_cache_by_tag("items")
     final = source["version"]
-    assert _version(writer)[0] == final
-    assert eventually(lambda: _version(reader)[0] == final)
+    assert version_of(writer)[0] == final
+    assert eventually(lambda: version_of(reader)[0] == final)
 
 
 @pytest.mark.parametrize("kind", ["tag", "key", "clear"])
@@ -484,35 +433,35 @@ def test_holds_front_tier_and_data_cache_never_serve_what_a_missed_invalidation_
     assert store is not None and store.subscriber.wait_until_listening(10)
     client = app.test_client()
 
-    def front_version() -> tuple[int, str]:
+    def frontversion_of() -> tuple[int, str]:
         answer = client.get("/front")
         assert answer.json is not None
         return int(answer.json["version"]), answer.headers["Cache-Status"]
 
-    def data_version() -> int:
+    def dataversion_of() -> int:
         with app.app_context():
             return int(
                 extension.cache.get_or_set("d:item", lambda: source["version"], ttl=300, tags=["items"])
             )
 
-    front_version()
-    front_version()
-    assert front_version()[1].endswith("detail=front")
-    assert data_version() == 1 and data_version() == 1
+    frontversion_of()
+    frontversion_of()
+    assert frontversion_of()[1].endswith("detail=front")
+    assert dataversion_of() == 1 and dataversion_of() == 1
     invalidate: dict[str, Callable[[], Any]] = {
         "tag": lambda: invalidate_cache_by_tag("items"),
         "key": lambda: AppCache.of(app).coherence.invalidate(resources=["api:/front", "d:item"]),
         "clear": clear_all_caches,
     }
-    with _stopped(server):
+    with stopped(server):
         source["version"] = 2
         with app.app_context(), pytest.raises(StoreUnavailableError):
             invalidate[kind]()
-        assert front_version()[0] == 2
-        assert data_version() == 2
+        assert frontversion_of()[0] == 2
+        assert dataversion_of() == 2
     clock.advance(1.5)
-    assert [front_version()[0] for _ in range(3)] == [2, 2, 2]
-    assert data_version() == 2
+    assert [frontversion_of()[0] for _ in range(3)] == [2, 2, 2]
+    assert dataversion_of() == 2
     assert _pending(app) == 0
 
 
@@ -528,10 +477,10 @@ def test_holds_embedded_mode_several_tags_in_one_call(make_app: MakeApp) -> None
         return jsonify(version=source["version"])
 
     assert AppCache.of(app).stats()["l2"]["backend"] is None
-    assert _version(app) == (1, "MISS")
-    assert _version(app) == (1, "HIT")
+    assert version_of(app) == (1, "MISS")
+    assert version_of(app) == (1, "HIT")
     source["version"] = 2
     with app.app_context():
         invalidate_cache_by_tag("other", "items")
-    assert _version(app) == (2, "MISS")
+    assert version_of(app) == (2, "MISS")
     assert _pending(app) == 0
