@@ -209,7 +209,7 @@ class Coherence:
         if dropped is not None:
             self._drop_l1(dropped)
         elif kind == "clear":
-            self._drop_l1(lambda _: True)
+            self._clear_l1()
         if not landed and kind in ("tag", "clear"):
             self.layered.tags.suspend(EVERYTHING if kind == "clear" else argument)
 
@@ -269,11 +269,13 @@ class Coherence:
         layered.l1_changes += 1  # first: a fill that began before this is dropped
         layered.l1.delete_where(lambda key: matches(resource_of(key)))
 
+    def _clear_l1(self) -> None:
+        self.layered.l1_changes += 1  # first: a fill that began before this is dropped
+        self.layered.l1.clear()
+
     def _forget_everything(self) -> None:
-        layered = self.layered
-        layered.l1_changes += 1
-        layered.l1.clear()
-        layered.tags.forget()
+        self._clear_l1()
+        self.layered.tags.forget()
 
     # -- across processes ---------------------------------------------------------------------
 
@@ -306,18 +308,15 @@ class Coherence:
         message = json.loads(raw)
         self.layered.stats.count("invalidations_received")
         operation = message.get("op")
-        if operation == "key":
-            names = stored_names(str(message["key"]))
-            self._drop_l1(lambda candidate: candidate in names)
-        elif operation == "tag":
+        if operation == "tag":
             self.layered.tags.learn(str(message["tag"]), int(message["version"]))
-        elif operation == "glob":
-            self._drop_l1(matcher(str(message["pattern"])))
-        elif operation == "regex":
-            self._drop_l1(matcher(re.compile(str(message["pattern"]), int(message["flags"]))))
         elif operation == "clear":
-            self.layered.l1_changes += 1
-            self.layered.l1.clear()
+            self._clear_l1()
+        elif operation in ("key", "glob", "regex"):
+            argument = message["key"] if operation == "key" else message["pattern"]
+            dropped = resources_of((operation, str(argument), int(message.get("flags", 0))))
+            if dropped is not None:
+                self._drop_l1(dropped)
 
 
 def warn_on_eviction_policy(store: RedisStore) -> str | None:
