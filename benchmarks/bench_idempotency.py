@@ -13,7 +13,13 @@ the rounds):
 - a replay from Redis (the process's memory layer emptied before each);
 - a replay from the in-process memory layer;
 - the floor of any replay served inside Flask: the extension on, a view
-  returning a response built once.
+  returning a response built once;
+- the floors of the Redis paths: a bare view sending exactly the commands a
+  first request (claim, complete) or a replay (claim that reads the record)
+  sends, with values built once, and nothing else of ours;
+- memory mode (no Redis): a first request with the record store empty and
+  with it full (``RESILIENCE_IDEMPOTENCY_MEMORY_ENTRIES`` records), whose
+  ratio shows whether a write costs more as the store fills.
 """
 
 from __future__ import annotations
@@ -22,18 +28,23 @@ import argparse
 import io
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, make_response
 from flask.typing import ResponseReturnValue
 from harness import Figure, interleaved, print_figures
 
 from flask_resilience import Resilience, idempotent
+from flask_resilience.idempotency.protocol import Completed, fingerprint
+from flask_resilience.idempotency.records import RedisRecords, completed_value, in_flight_value, new_owner
 from flask_resilience.idempotency.service import AppIdempotency
+from flask_resilience.responses import HeaderPolicy, StoredResponse
 from flask_resilience.state import get_state
+from flask_resilience.stores.redis import RedisStore
 
 
 def charge() -> ResponseReturnValue:
@@ -88,6 +99,59 @@ def floor_app(redis_url: str) -> Flask:
         return Response(body, status=201, mimetype="application/json")
 
     return app
+
+
+def commands_floor_app(redis_url: str, *, replay: bool) -> Flask:
+    """A bare view sending the commands of a first request (``SET NX PX GET``
+    claim, then the completing script) or of a replay from Redis (the claim,
+    which reads the stored record back), with values built once."""
+    app = Flask("commands-floor")
+    store = RedisStore(redis.Redis.from_url(redis_url), f"bench-{uuid.uuid4().hex[:8]}:")
+    records = RedisRecords(store, set_get=True)
+    owner = new_owner()
+    print_ = fingerprint("POST", "/charge", "", None, b"")
+    claimed = in_flight_value(print_, owner)
+    with app.app_context():
+        stored = StoredResponse.capture(
+            make_response(charge()), HeaderPolicy.denying("X-Request-ID"), time.time()
+        )
+    done = completed_value(Completed(print_, time.time() + 86_400, stored))
+    numbers = itertools.count()
+    if replay:
+        first = records.claim("s:replayed:r", print_, 30)
+        assert first.owner is not None
+        records.complete("s:replayed:r", first.claimed, done, 86_400)
+    body = stored.to_response().get_data()
+
+    @app.post("/charge")
+    def commands() -> ResponseReturnValue:
+        if replay:
+            store.set_absent_or_get(store.key("idem", "s:replayed:r"), claimed, 30)
+            return Response(body, status=201, mimetype="application/json")
+        where = f"s:{next(numbers)}:r"
+        store.set_absent_or_get(store.key("idem", where), claimed, 30)
+        records.complete(where, claimed, done, 86_400)
+        return charge()
+
+    app.extensions["bench-store"] = store
+    return app
+
+
+def memory_app(*, full: bool) -> Flask:
+    """The extension without Redis (records in this process), its store
+    empty, or filled to ``RESILIENCE_IDEMPOTENCY_MEMORY_ENTRIES`` records."""
+    app = Flask("memory-full" if full else "memory-empty")
+    app.config.update(RESILIENCE_AUDIT_ENABLED=False, RESILIENCE_IDEMPOTENCY_MEMORY_ENTRIES=10_000)
+    Resilience(app)
+    app.post("/charge")(idempotent()(charge))
+    if full:
+        fill = poster(app, lambda: f"fill-{next(_fill_numbers)}")
+        for _ in range(10_000):
+            fill()
+    return app
+
+
+_fill_numbers = itertools.count()
 
 
 def _ignore(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
@@ -145,6 +209,11 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
     memory = AppIdempotency.of(ours).memory
     first = poster(ours, lambda: f"k-{next(numbers)}")
     floor = floor_app(redis_url)
+    first_floor = commands_floor_app(redis_url, replay=False)
+    replay_floor = commands_floor_app(redis_url, replay=True)
+    numbers_memory = itertools.count()
+    memory_empty = poster(memory_app(full=False), lambda: f"e-{next(numbers_memory)}")
+    memory_full = poster(memory_app(full=True), lambda: f"f-{next(numbers_memory)}")
 
     def replay_redis() -> None:
         memory.clear()
@@ -159,11 +228,17 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
                 "replay from Redis": replay_redis,
                 "replay from memory": replayed,
                 "floor: extension, pre-built response": poster(floor),
+                "floor: bare + claim + complete": poster(first_floor),
+                "floor: bare + claim reading the record": poster(replay_floor),
+                "memory mode, first POST, store empty": memory_empty,
+                "memory mode, first POST, store full": memory_full,
             },
             number,
             rounds=rounds,
         )
     finally:
+        for app in (first_floor, replay_floor):
+            app.extensions["bench-store"].delete_matching("*")
         state.redis.delete_matching("*")
         state.shutdown()
         get_state(floor).shutdown()
@@ -200,6 +275,33 @@ def rows(timings: dict[str, float]) -> list[Figure]:
             memory / bare,
             "<= 1.05",
             memory / bare <= 1.05,
+        ),
+        Figure(
+            "floor: bare view + the claim and complete commands (first request)",
+            timings["floor: bare + claim + complete"],
+            bare,
+            (timings["floor: bare + claim + complete"] - bare) / unit,
+            "-",
+            None,
+            note=f"the two commands a first request needs, values built once; ratio in commands, {command}",
+        ),
+        Figure(
+            "floor: bare view + the claim command reading the record (replay from Redis)",
+            timings["floor: bare + claim reading the record"],
+            bare,
+            (timings["floor: bare + claim reading the record"] - bare) / unit,
+            "-",
+            None,
+            note=f"the one command a replay from Redis needs, nothing else; ratio in commands, {command}",
+        ),
+        Figure(
+            "idempotency memory mode: first request, store full / store empty",
+            timings["memory mode, first POST, store full"],
+            timings["memory mode, first POST, store empty"],
+            timings["memory mode, first POST, store full"] / timings["memory mode, first POST, store empty"],
+            "-",
+            None,
+            note="no Redis; full = 10,000 records kept (a write must not scan them)",
         ),
         Figure(
             "floor: extension on, view returning a pre-built response",

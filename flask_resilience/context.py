@@ -78,28 +78,33 @@ def current_principal() -> Principal | None:
     auth hook has run (by an early hook), the answer is "anonymous" or a
     credential, and freezing it would put every caller in one scope.
     """
-    principal: Principal | None = g.__dict__.get(_G_ATTRIBUTE)
+    kept = g._get_current_object().__dict__  # one proxy lookup
+    principal: Principal | None = kept.get(_G_ATTRIBUTE)
     if principal is None or principal.kind != "user":
-        principal = _resolve_principal()
-        setattr(g, _G_ATTRIBUTE, principal)
+        principal = kept[_G_ATTRIBUTE] = _resolve_principal()
     return principal
 
 
 def _resolve_principal() -> Principal | None:
-    state = get_state()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = get_state(app)
     loader = state.hooks.principal_loader or state.config[PRINCIPAL_LOADER]
-    user_id = loader() if loader is not None else _flask_login_user_id()
+    if loader is not None:
+        user_id = loader()
+    elif "login_manager" in app.__dict__:  # set by Flask-Login's init_app
+        user_id = _flask_login_user_id()
+    else:
+        user_id = None
     if user_id is not None and user_id != "":
         return Principal("user", str(user_id))
-    authorization = request.headers.get("Authorization")
+    # What request.headers.get("Authorization") reads, without its lookups.
+    authorization = request.environ.get("HTTP_AUTHORIZATION")
     if authorization:
         return Principal("credential", _credential_hash(authorization))
     return None
 
 
 def _flask_login_user_id() -> str | None:
-    if not hasattr(current_app, "login_manager"):
-        return None
     try:
         # Optional dependency: only apps that use Flask-Login have it.
         from flask_login import current_user  # noqa: PLC0415

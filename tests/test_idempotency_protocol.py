@@ -25,7 +25,7 @@ from flask_resilience.idempotency.protocol import (
     user_pattern,
 )
 from flask_resilience.idempotency.records import MemoryRecords, completed_value, decode, in_flight_value
-from flask_resilience.responses import StoredResponse
+from flask_resilience.responses import StoredResponse, pack
 from tests.clock import FakeClock
 
 RESPONSE = StoredResponse(201, (("Location", "/p/1"),), b"{}", 1_700_000_000.0)
@@ -134,6 +134,19 @@ def test_records_round_trip_through_the_envelope() -> None:
     assert decode(b'{"s":"p"}') is None  # the previous format reads as absent
 
 
+@given(st.text(max_size=80), st.text(max_size=40))
+def test_an_in_flight_value_is_the_envelope_whatever_its_parts(fingerprint_: str, owner: str) -> None:
+    # The claim writes hex parts directly: the bytes must be the encoder's,
+    # since a completion compares them byte for byte.
+    assert in_flight_value(fingerprint_, owner) == pack(b"I", {"p": 1, "fp": fingerprint_, "o": owner}, b"")
+    assert decode(in_flight_value(fingerprint_, owner)) == InFlight(fingerprint_, owner)
+
+
+def test_an_in_flight_value_of_hex_parts_is_the_envelope() -> None:
+    hex_print, owner = hashlib.sha256(b"x").hexdigest(), "f4a13c870cc724c6ad0c7dd0b22460f8"
+    assert in_flight_value(hex_print, owner) == pack(b"I", {"p": 1, "fp": hex_print, "o": owner}, b"")
+
+
 def test_memory_records_bound_completed_records_by_bytes_but_never_evict_claims() -> None:
     clock = FakeClock(1_000.0)
     records = MemoryRecords(max_entries=100, max_bytes=2_000, clock=clock)
@@ -153,6 +166,46 @@ def test_memory_records_bound_completed_records_by_bytes_but_never_evict_claims(
     remaining = len(records)
     assert records.delete_matching("*") == remaining
     assert len(records) == 0
+
+
+def _complete(records: MemoryRecords, record_key: str, ttl: float) -> None:
+    claim = records.claim(record_key, "fp", lease=60)
+    done = Completed("fp", records.clock() + ttl, StoredResponse(200, (), b"", records.clock()))
+    assert records.complete(record_key, claim.claimed, completed_value(done), ttl)
+
+
+def test_memory_records_sweep_an_expired_record_before_evicting_a_live_one_whatever_their_order() -> None:
+    clock = FakeClock(1_000.0)
+    records = MemoryRecords(max_entries=3, max_bytes=1_000_000, clock=clock, sweep_every=1_000)
+    _complete(records, "oldest-live", ttl=3_600)
+    _complete(records, "short", ttl=5)
+    _complete(records, "live", ttl=3_600)
+    assert records.get("oldest-live") is not None  # now the most recently used
+    clock.advance(6)  # "short" expired, in the middle of the LRU order
+    _complete(records, "new", ttl=3_600)
+    assert records.get("short") is None
+    assert all(records.get(name) is not None for name in ("oldest-live", "live", "new"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(1, 50), st.integers(0, 20)), max_size=120))
+def test_memory_records_keep_exactly_the_live_records_under_churn(writes: list[tuple[str, int, int]]) -> None:
+    """Rewrites, evictions and expiries in any order: what is kept is live,
+    within bounds, and the newest write of each key (the expiry heap never
+    drops a rewritten record by its old expiry)."""
+    clock = FakeClock(1_000.0)
+    records = MemoryRecords(max_entries=4, max_bytes=1_000_000, clock=clock, sweep_every=3)
+    newest: dict[str, float] = {}
+    for name, ttl, pause in writes:
+        clock.advance(pause)
+        if records.get(name) is None:  # absent or expired: claim and complete it again
+            _complete(records, name, ttl)
+            newest[name] = clock() + ttl
+        assert len(records) <= 4
+    for name, expires in newest.items():
+        found = records.get(name)
+        if found is not None:
+            assert isinstance(found, Completed) and found.expires_at == expires > clock()
 
 
 # Lone surrogates that surrogateescape encodes (bytes that were not UTF-8).

@@ -20,7 +20,9 @@ at ``init_app``.
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import random
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -28,11 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..responses import StoredResponse, UnreadableRecord, pack, unpack
+from ..responses import VERSION, StoredResponse, UnreadableRecord, pack, unpack
 from ..stores.redis import RedisStore
 from .protocol import Completed, InFlight, Record
 
 KIND = b"I"
+_IN_FLIGHT_PREAMBLE = b"FR" + KIND + bytes((VERSION,))
+_LENGTH = struct.Struct(">I")
 
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
@@ -54,7 +58,14 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 
 def in_flight_value(fingerprint: str, owner: str) -> bytes:
-    """The in-flight record; compared byte for byte, so it is deterministic."""
+    """The in-flight record; compared byte for byte, so it is deterministic.
+
+    Fingerprints and owners are hex: their JSON is written directly, the same
+    bytes the encoder gives, without running it on every claim.
+    """
+    if fingerprint.isascii() and fingerprint.isalnum() and owner.isascii() and owner.isalnum():
+        header = f'{{"p":1,"fp":"{fingerprint}","o":"{owner}"}}'.encode()
+        return _IN_FLIGHT_PREAMBLE + _LENGTH.pack(len(header)) + header
     return pack(KIND, {"p": 1, "fp": fingerprint, "o": owner}, b"")
 
 
@@ -186,6 +197,9 @@ class MemoryRecords:
     completed ones are kept up to ``max_entries`` and ``max_bytes``, least
     recently used evicted first, and expired ones are swept every
     ``sweep_every`` writes and before anything live is evicted.
+
+    Completed records' expiries are kept in a heap, so a sweep costs what it
+    removes, not the store's size: a full store pays no scan per write.
     """
 
     def __init__(
@@ -204,6 +218,9 @@ class MemoryRecords:
         self._lock = threading.Lock()
         self._flights: dict[str, tuple[bytes, float]] = {}
         self._done: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        # (expiry, key) of completed records; entries of records since
+        # dropped stay until popped or compacted away.
+        self._expiries: list[tuple[float, str]] = []
         self._bytes = 0
 
     def claim(self, record_key: str, fingerprint: str, lease: float) -> Claim:
@@ -228,8 +245,10 @@ class MemoryRecords:
             if self._live(record_key) != claimed:
                 return False
             del self._flights[record_key]
-            self._done[record_key] = (value, self.clock() + ttl)
+            expires = self.clock() + ttl
+            self._done[record_key] = (value, expires)
             self._bytes += len(value)
+            self._expire_at(expires, record_key)
             self._writes += 1
             if self._writes % self._sweep_every == 0:
                 self._sweep()
@@ -281,11 +300,24 @@ class MemoryRecords:
         if table is self._done:
             self._bytes -= len(value)
 
+    def _expire_at(self, expires: float, record_key: str) -> None:
+        expiries = self._expiries
+        if len(expiries) > 2 * len(self._done) + 64:  # mostly dropped records: rebuild, amortised O(1)
+            expiries[:] = [(expires_at, key) for key, (_value, expires_at) in self._done.items()]
+            heapq.heapify(expiries)
+        else:
+            heapq.heappush(expiries, (expires, record_key))
+
     def _sweep(self) -> None:
         now = self.clock()
-        for table in (self._flights, self._done):
-            for key in [key for key, (_value, expires) in table.items() if expires <= now]:
-                self._drop(table, key)
+        for key in [key for key, (_value, expires) in self._flights.items() if expires <= now]:
+            self._drop(self._flights, key)
+        expiries, done = self._expiries, self._done
+        while expiries and expiries[0][0] <= now:
+            expires, key = heapq.heappop(expiries)
+            stored = done.get(key)
+            if stored is not None and stored[1] == expires:
+                self._drop(done, key)
 
     def _evict_over_bounds(self) -> None:
         if len(self._done) <= self._max_entries and self._bytes <= self._max_bytes:

@@ -172,9 +172,10 @@ def run_protected(options: Options, view: Callable[[], Any]) -> Any:
     """The one policy: claim the key (or answer for the view), run the view,
     keep its outcome as the key's outcome."""
     service = AppIdempotency.of()
-    if not service.enabled or request.method not in options.methods:
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    if not service.enabled or req.method not in options.methods:
         return view()
-    flight = _begin(service, options)
+    flight = _begin(service, options, req)
     if flight is None:
         return view()
     if isinstance(flight, Response):
@@ -237,10 +238,9 @@ def _key(service: AppIdempotency, options: Options, req: Request, endpoint: str)
     return None
 
 
-def _begin(service: AppIdempotency, options: Options) -> Flight | Response | None:
+def _begin(service: AppIdempotency, options: Options, req: Request) -> Flight | Response | None:
     """Claim the key (a Flight), answer for the view (replay, 409, 422 raised
     as problems), or None to run it unprotected."""
-    req: Request = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     endpoint = req.endpoint or req.path
     key = _key(service, options, req, endpoint)
     if key is None:
