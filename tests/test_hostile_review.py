@@ -385,11 +385,6 @@ def test_variants_with_a_mount_point_stay_injective(
     assert (first == second) == (one == other)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="embedded mode: in-flight leases expire by the wall clock; a step forward (NTP, a VM "
-    "resumed) longer than the lease lets a retry run the view again while the first still runs",
-)
 def test_a_wall_clock_step_forward_does_not_run_a_running_request_twice(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_IDEMPOTENCY_LEASE=60)
     started, release = threading.Event(), threading.Event()

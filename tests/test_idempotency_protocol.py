@@ -149,7 +149,7 @@ def test_an_in_flight_value_of_hex_parts_is_the_envelope() -> None:
 
 def test_memory_records_bound_completed_records_by_bytes_but_never_evict_claims() -> None:
     clock = FakeClock(1_000.0)
-    records = MemoryRecords(max_entries=100, max_bytes=2_000, clock=clock)
+    records = MemoryRecords(max_entries=100, max_bytes=2_000, clock=clock, lease_clock=clock)
     held = records.claim("held", "fp", lease=60)
     assert held.owner is not None
     for number in range(10):

@@ -200,6 +200,11 @@ class MemoryRecords:
 
     Completed records' expiries are kept in a heap, so a sweep costs what it
     removes, not the store's size: a full store pays no scan per write.
+
+    Completed records expire by ``clock`` (wall-clock seconds, the absolute
+    expiry every copy honours); in-flight leases by ``lease_clock``
+    (``time.monotonic``), as Redis expires them: a step of the wall clock
+    (NTP, a resumed VM) never frees the key of a request still running.
     """
 
     def __init__(
@@ -208,9 +213,11 @@ class MemoryRecords:
         max_entries: int,
         max_bytes: int,
         clock: Callable[[], float] = time.time,
+        lease_clock: Callable[[], float] = time.monotonic,
         sweep_every: int = 256,
     ) -> None:
         self.clock = clock
+        self.lease_clock = lease_clock
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._sweep_every = sweep_every
@@ -229,7 +236,7 @@ class MemoryRecords:
         with self._lock:
             stored = self._live(record_key)
             if stored is None:
-                self._flights[record_key] = (value, self.clock() + lease)
+                self._flights[record_key] = (value, self.lease_clock() + lease)
                 return Claim(owner, value, None)
             return Claim(None, value, decode(stored))
 
@@ -237,7 +244,7 @@ class MemoryRecords:
         with self._lock:
             if self._live(record_key) != claimed:
                 return False
-            self._flights[record_key] = (claimed, self.clock() + lease)
+            self._flights[record_key] = (claimed, self.lease_clock() + lease)
             return True
 
     def complete(self, record_key: str, claimed: bytes, value: bytes, ttl: float) -> bool:
@@ -282,17 +289,17 @@ class MemoryRecords:
             return len(self._flights) + len(self._done)
 
     def _live(self, record_key: str) -> bytes | None:
-        now = self.clock()
-        for table in (self._flights, self._done):
-            stored = table.get(record_key)
-            if stored is None:
-                continue
-            if stored[1] <= now:
-                self._drop(table, record_key)
-                return None
-            if table is self._done:
+        flight = self._flights.get(record_key)
+        if flight is not None:
+            if flight[1] > self.lease_clock():
+                return flight[0]
+            self._drop(self._flights, record_key)
+        done = self._done.get(record_key)
+        if done is not None:
+            if done[1] > self.clock():
                 self._done.move_to_end(record_key)
-            return stored[0]
+                return done[0]
+            self._drop(self._done, record_key)
         return None
 
     def _drop(self, table: dict[str, tuple[bytes, float]], record_key: str) -> None:
@@ -309,8 +316,8 @@ class MemoryRecords:
             heapq.heappush(expiries, (expires, record_key))
 
     def _sweep(self) -> None:
-        now = self.clock()
-        for key in [key for key, (_value, expires) in self._flights.items() if expires <= now]:
+        leases_now, now = self.lease_clock(), self.clock()
+        for key in [key for key, (_value, expires) in self._flights.items() if expires <= leases_now]:
             self._drop(self._flights, key)
         expiries, done = self._expiries, self._done
         while expiries and expiries[0][0] <= now:
