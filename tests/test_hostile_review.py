@@ -23,6 +23,7 @@ from flask_resilience.audit.service import AppAudit
 from flask_resilience.cache.keys import variant
 from flask_resilience.cache.service import AppCache
 from flask_resilience.idempotency.protocol import fingerprint
+from flask_resilience.idempotency.records import RedisRecords
 from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.state import get_state
 from tests.clock import FakeClock
@@ -228,15 +229,31 @@ def test_every_feature_keeps_working_after_script_flush(
         raw.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unreadable idempotency record (damaged, another envelope version) is answered "
-    "409 'still running' for its whole Redis TTL (24 h) instead of being treated as absent",
+@pytest.mark.parametrize("set_get", [False, True], ids=["lua-claim", "set-nx-px-get"])
+@pytest.mark.parametrize(
+    "unreadable",
+    [b"FRI\x09a newer envelope version", b"FRI\x01\x00\x00\x00\x40truncated", b"not an envelope"],
+    ids=["newer-version", "damaged", "foreign"],
 )
-def test_an_unreadable_idempotency_record_does_not_pin_the_key_at_409(
-    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
+def test_an_unreadable_idempotency_record_is_answered_503_not_run_and_counted(
+    *,
+    make_app: MakeApp,
+    redis_url: str,
+    raw_redis: redis.Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    set_get: bool,
+    unreadable: bytes,
 ) -> None:
+    """A record this version cannot read may be a newer version's (a rolling
+    upgrade) that says the request ran: running it again could charge twice.
+    It is not "still running" either (a 409 that would repeat for the
+    record's whole TTL): the answer is a 503 saying what is wrong, counted
+    and logged, and the request does not run."""
     app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    records = AppIdempotency.of(app).records
+    assert isinstance(records, RedisRecords)
+    records._set_get = set_get
     runs: list[int] = []
 
     @app.post("/pay")
@@ -248,11 +265,26 @@ def test_an_unreadable_idempotency_record_does_not_pin_the_key_at_409(
     client = app.test_client()
     headers = {"Idempotency-Key": "k-unreadable"}
     assert client.post("/pay", json={}, headers=headers).status_code == 200
-    records = list(raw_redis.scan_iter(match=key_prefix + "idem:*"))
-    assert len(records) == 1
-    raw_redis.set(records[0], b"FRI\x09not a record", keepttl=True)  # e.g. a newer envelope version
+    stored = list(raw_redis.scan_iter(match=key_prefix + "idem:*"))
+    assert len(stored) == 1
+    raw_redis.set(stored[0], unreadable, keepttl=True)
     AppIdempotency.of(app).memory.clear()
-    assert client.post("/pay", json={}, headers=headers).status_code != 409
+    with caplog.at_level("ERROR", logger="flask_resilience.idempotency"):
+        answer = client.post("/pay", json={}, headers=headers)
+    assert answer.status_code == 503
+    assert answer.mimetype == "application/problem+json"
+    assert answer.json is not None and answer.json["type"].endswith("idempotency-record-unreadable")
+    assert answer.headers["Retry-After"] and answer.headers["Idempotency-Key"] == "k-unreadable"
+    assert runs == [1]
+    assert raw_redis.get(stored[0]) == unreadable  # left for the version that wrote it
+    assert AppIdempotency.of(app).stats()["unreadable_records"] == 1
+    assert any("unreadable" in record.getMessage() for record in caplog.records)
+    assert "k-unreadable" not in caplog.text  # the client's key is not logged
+    # Once the record is readable again (the newer workers answer, or an
+    # operator forgets the key), the key behaves as usual.
+    raw_redis.delete(stored[0])
+    assert client.post("/pay", json={}, headers=headers).status_code == 200
+    assert runs == [1, 1]
 
 
 def test_query_args_hold_for_an_undecodable_query_string(make_app: MakeApp) -> None:

@@ -144,7 +144,14 @@ class Completed:
     response: StoredResponse
 
 
-Record = Completed | InFlight
+@dataclass(frozen=True)
+class Unreadable:
+    """A record this version cannot read: another envelope version (a newer
+    server during a rolling upgrade) or damaged bytes. It may say the request
+    ran, so it is never taken for an absent record."""
+
+
+Record = Completed | InFlight | Unreadable
 
 
 class Decision(enum.Enum):
@@ -152,12 +159,15 @@ class Decision(enum.Enum):
     REPLAY = "replay"  # completed with the same request: send its response
     IN_PROGRESS = "in_progress"  # the same request still runs elsewhere: 409
     MISMATCH = "mismatch"  # the key was used for a different request: 422
+    UNREADABLE = "unreadable"  # this version cannot read the record: 503, the request does not run
 
 
 def decide(existing: Record | None, fingerprint: str, now: float) -> Decision:
     """What to do with a request whose key already has ``existing``."""
     if existing is None or (isinstance(existing, Completed) and existing.expires_at <= now):
         return Decision.PROCEED
+    if isinstance(existing, Unreadable):
+        return Decision.UNREADABLE
     if existing.fingerprint != fingerprint:
         return Decision.MISMATCH
     if isinstance(existing, Completed):

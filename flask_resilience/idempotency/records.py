@@ -32,9 +32,10 @@ from typing import Protocol
 
 from ..responses import VERSION, StoredResponse, UnreadableRecord, pack, unpack
 from ..stores.redis import RedisStore
-from .protocol import Completed, InFlight, Record
+from .protocol import Completed, InFlight, Record, Unreadable
 
 KIND = b"I"
+UNREADABLE = Unreadable()
 _IN_FLIGHT_PREAMBLE = b"FR" + KIND + bytes((VERSION,))
 _LENGTH = struct.Struct(">I")
 
@@ -74,15 +75,15 @@ def completed_value(record: Completed) -> bytes:
     return pack(KIND, header, record.response.body)
 
 
-def decode(value: bytes) -> Record | None:
-    """A stored record; None for anything unreadable (treated as absent)."""
+def decode(value: bytes) -> Record:
+    """A stored record; :class:`Unreadable` for anything this version cannot read."""
     try:
         header, body = unpack(KIND, value)
         if header.get("p"):
             return InFlight(str(header["fp"]), str(header["o"]))
         return Completed(str(header["fp"]), float(header["x"]), StoredResponse.from_fields(header, body))
     except (UnreadableRecord, KeyError, TypeError, ValueError):
-        return None
+        return UNREADABLE
 
 
 def new_owner() -> str:

@@ -29,6 +29,7 @@ ALWAYS_COUNTED = (
     "replays",
     "conflicts",
     "mismatches",
+    "unreadable_records",
     "store_errors",
     "lease_renewals",
     "lease_lost",
@@ -51,6 +52,7 @@ class IdempotencyStats(TypedDict):
     replay_rate: float
     conflicts: int
     mismatches: int
+    unreadable_records: int
     store_errors: int
     lease_renewals: int
     lease_lost: int

@@ -328,6 +328,22 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, read_a
             "Use a new key.",
             headers=headers,
         )
+    if decision is Decision.UNREADABLE:
+        service.counters.count("unreadable_records", flight.endpoint)
+        logger.error(
+            "idempotency record %s of %s is unreadable (written by another version, or damaged): "
+            "the request was not run; forget the key once no version reads it",
+            flight.record_key,
+            flight.endpoint,
+        )
+        raise Problem(
+            503,
+            "idempotency-record-unreadable",
+            "Idempotency record unreadable",
+            "This key's record was written by another version of this service, or is damaged. "
+            "The request was not run, so that it cannot run twice. Retry later.",
+            headers={**headers, "Retry-After": "5"},
+        )
     # IN_PROGRESS, or PROCEED for a record that expired between claim and read: retry.
     service.refused(409, flight.endpoint, flight.scope)
     raise Problem(

@@ -255,6 +255,7 @@ def _idempotency(replay: Mapping[str, Any]) -> Iterator[Family]:
             "replays": "replay",
             "conflicts": "conflict",
             "mismatches": "mismatch",
+            "unreadable_records": "unreadable_record",
             "store_errors": "store_error",
         },
     )
