@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask import Request
+from flask import Flask, Request
+from flask import request as flask_request
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
+from flask_resilience import Resilience
 from flask_resilience.cache.keys import full_key, query_pairs, request_resource, resource_key, variant
+from flask_resilience.cache.plan import Plan, ViewPolicy
+from flask_resilience.cache.service import AppCache
 
 # Every character, lone surrogates included: a key must never fail to build.
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
@@ -135,3 +139,58 @@ def test_raw_queries_share_a_key_exactly_when_the_view_sees_the_same(one: str, o
 
     keys_equal = request_resource(first, "api", None) == request_resource(second, "api", None)
     assert keys_equal == (seen(one, first_pairs) == seen(other, second_pairs))
+
+
+HOSTILE_PATH = st.text(st.sampled_from("ab/%23%3F%00\xe9\x00#?&=;+ "), max_size=10)
+REQUEST_PARTS = st.tuples(
+    HOSTILE_PATH,
+    RAW_QUERY,
+    st.sampled_from(["", "/mount"]),
+    st.none() | st.sampled_from(["alice", "bob", "u=-", "-"]),
+    st.sampled_from(["a.test", "b.test:8080", "A.TEST"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(REQUEST_PARTS, min_size=1, max_size=12), st.booleans(), st.sampled_from([None, ("a", "z")]))
+def test_a_views_remembered_keys_are_the_keys_computed_afresh(
+    requests: list[tuple[str, str, str, str | None, str]], vary_host: bool, query_args: tuple[str, ...] | None
+) -> None:
+    """A view remembers the keys of the URLs it saw: whatever came before, in
+    any order, the remembered key is the one computed from the request."""
+    policy = ViewPolicy(
+        ttl=60,
+        tags=(),
+        prefix="api",
+        key_func=None,
+        condition=None,
+        per_user=False,
+        query_args=query_args,
+        statuses=frozenset({200}),
+        vary_host=vary_host,
+    )
+    app = Flask("memo")
+    app.config["RESILIENCE_AUDIT_ENABLED"] = False
+    extension = Resilience(app)
+    try:
+        cache = AppCache.of(app)
+        for path, query, root, principal, host in requests + requests[::-1]:
+            environ = EnvironBuilder(path="/", base_url=f"http://{host}{root}").get_environ()
+            environ["PATH_INFO"] = "/" + path.encode("utf-8", "surrogateescape").decode("latin-1")
+            environ["QUERY_STRING"] = query
+            with app.request_context(environ):
+                current = flask_request._get_current_object()  # type: ignore[attr-defined]
+                remembered = Plan(cache, policy, current, principal)
+                resource = request_resource(current, "api", query_args)
+                fresh = full_key(
+                    variant(
+                        scheme=current.scheme if vary_host else None,
+                        host=current.host if vary_host else None,
+                        principal=principal,
+                        root=current.script_root,
+                    ),
+                    resource,
+                )
+                assert (remembered.resource, remembered.key) == (resource, fresh)
+    finally:
+        extension.shutdown()

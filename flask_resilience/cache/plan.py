@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Request, Response, current_app, request
 from flask.globals import request_ctx
@@ -36,6 +36,11 @@ class ViewPolicy:
     statuses: frozenset[int]
     vary_host: bool
     front: bool | None = None  # None: RESILIENCE_CACHE_FRONT decides
+    # (path, raw query, scheme, host, root, principal) -> (resource, key): the
+    # same requests come back, and their keys are a pure function of these.
+    keys: dict[tuple[str, str, str | None, str | None, str, str | None], tuple[str, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def allows_front(self, everywhere: bool) -> bool:
         """Whether the front tier may answer for this view: opted in, and
@@ -43,6 +48,9 @@ class ViewPolicy:
         wanted = everywhere if self.front is None else self.front
         return wanted and not self.per_user and self.condition is None and self.key_func is None
 
+
+_MEMO_ENTRIES = 1024  # remembered keys per view
+_MEMO_URL_LENGTH = 256  # longer paths and queries are keyed afresh (the memo stays small)
 
 PASS_SECONDS = 10.0  # how long a resource whose response was not stored skips the stampede locks
 # Refusals that depend on this request, not on the resource: they leave no pass marker.
@@ -53,13 +61,14 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
     """The response for this request: a hit, or ``run()`` (the view) stored."""
     current = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
     principal = current_principal() if policy.per_user else None
+    session_cookie, remember_cookie = _cookie_names() if "HTTP_COOKIE" in current.environ else ("", None)
     bypass = cache.bypass_reason(
         current,
         per_user=policy.per_user,
         has_principal=principal is not None,
         condition=policy.condition,
-        session_cookie=current_app.config.get("SESSION_COOKIE_NAME", "session"),
-        remember_cookie=current_app.config.get("REMEMBER_COOKIE_NAME"),  # Flask-Login's, when renamed
+        session_cookie=session_cookie,
+        remember_cookie=remember_cookie,
     )
     if bypass is not None:
         return _bypassed(cache, bypass, run())
@@ -85,6 +94,13 @@ def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> R
     return plan.store(run())  # L2 held a pass marker: out of the single flight, nobody waits for this
 
 
+def _cookie_names() -> tuple[str, str | None]:
+    """The app's session cookie and Flask-Login's remember cookie, when renamed
+    (read only for a request that sends cookies)."""
+    config = current_app.config
+    return config.get("SESSION_COOKIE_NAME", "session"), config.get("REMEMBER_COOKIE_NAME")
+
+
 def _bypassed(cache: AppCache, reason: str, response: Response) -> Response:
     cache.layered.stats.count_reason("bypasses", reason, request.endpoint or request.path)
     response.headers["X-Cache"] = "MISS"
@@ -100,15 +116,15 @@ class Plan:
         self.policy = policy
         self.request = current
         self.endpoint = current.endpoint or current.path
-        if policy.key_func is not None:
-            self.resource = custom_resource_key(policy.prefix, policy.key_func(current))
-        else:
-            self.resource = request_resource(current, policy.prefix, policy.query_args)
         self.scheme = current.scheme if policy.vary_host else None
         self.host = current.host if policy.vary_host else None
         self.root = current.script_root  # a mount point (X-Forwarded-Prefix too) changes built URLs
         self.principal = principal
-        self.key = full_key(self._variant(), self.resource)
+        if policy.key_func is not None:
+            self.resource = custom_resource_key(policy.prefix, policy.key_func(current))
+            self.key = full_key(self._variant(), self.resource)
+        else:
+            self.resource, self.key = self._keys(policy, current)
         self.revalidate = (
             cache.honors_no_cache
             and "HTTP_CACHE_CONTROL" in current.environ
@@ -124,6 +140,20 @@ class Plan:
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
         self.passing = False  # a pass marker was found: no stampede lock for this request
         self.resolved_key = self.key  # the varied key when a vary marker was followed
+
+    def _keys(self, policy: ViewPolicy, current: Request) -> tuple[str, str]:
+        """The request's resource and key, remembered per view for short URLs."""
+        path, query = current.path, current.environ.get("QUERY_STRING", "")
+        memo = (path, query, self.scheme, self.host, self.root, self.principal)
+        known = policy.keys.get(memo)
+        if known is None:
+            resource = request_resource(current, policy.prefix, policy.query_args)
+            known = (resource, full_key(self._variant(), resource))
+            if len(path) + len(query) <= _MEMO_URL_LENGTH:
+                if len(policy.keys) >= _MEMO_ENTRIES:
+                    policy.keys.clear()  # random URLs: start over rather than grow
+                policy.keys[memo] = known
+        return known
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
         return variant(
@@ -326,7 +356,11 @@ class Plan:
         headers = [*entry.response.headers, *extra]
         if entry.etag and etag_matches(self.request, entry.etag):
             return _not_modified(entry, headers)
-        return Response(entry.body, status=entry.response.status, headers=_StoredHeaders(headers))
+        body = entry.body
+        headers.append(("Content-Length", str(len(body))))  # what Response(body) would set, unchecked
+        response = Response(status=entry.response.status, headers=_StoredHeaders(headers))
+        response.response = [body]
+        return response
 
 
 def _head_routes_here(current: Request) -> bool:
