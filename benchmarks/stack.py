@@ -21,7 +21,10 @@ redis-server (the extension's store, as in production), loopback only:
 - ``flask-caching``: ``@cache.cached`` with a SimpleCache (also per process);
 - ``ceiling``: no Flask at all, a WSGI function answering the same bytes
   built once: what the server and the load generator cost by themselves,
-  so the most any answer before Flask (the front tier) can reach.
+  so the most any answer before Flask (the front tier) can reach;
+- ``ceiling-headers``: the same, sending the headers a front-tier hit sends
+  (``ETag``, ``X-Cache``, ``Cache-Status``, ``Age`` and a new request id):
+  the most a front-tier hit that tells the client it is one can reach.
 
 The route returns the same JSON list of 20 flights. Every server of one
 configuration runs at once and the contenders take turns (one measurement
@@ -32,7 +35,9 @@ slows them alike. Ratios are to ``bare`` in the same configuration.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -60,7 +65,16 @@ from harness import Figure  # noqa: E402
 from tests.services import free_port, start_redis_server  # noqa: E402
 
 APP = "benchmarks.stack:create_app()"
-CONTENDERS = ("bare", "extension", "uncached", "cached-l1", "front", "flask-caching", "ceiling")
+CONTENDERS = (
+    "bare",
+    "extension",
+    "uncached",
+    "cached-l1",
+    "front",
+    "flask-caching",
+    "ceiling",
+    "ceiling-headers",
+)
 SERVERS = {
     "sync, 2 workers": ["-k", "sync", "-w", "2"],
     "sync, 4 workers": ["-k", "sync", "-w", "4"],
@@ -75,8 +89,8 @@ def create_app() -> Any:
     """The WSGI app gunicorn serves; ``STACK_CONTENDER`` says which variant."""
     contender = os.environ["STACK_CONTENDER"]
     app = Flask("stack")
-    if contender == "ceiling":
-        return _prebuilt(app)
+    if contender in {"ceiling", "ceiling-headers"}:
+        return _prebuilt(app, with_cache_headers=contender == "ceiling-headers")
 
     def flights() -> ResponseReturnValue:
         return jsonify(flights=FLIGHTS)
@@ -105,15 +119,27 @@ def create_app() -> Any:
     return app
 
 
-def _prebuilt(app: Flask) -> Any:
-    """A WSGI function answering ``/flights`` with bytes built once by ``app``."""
+def _prebuilt(app: Flask, *, with_cache_headers: bool) -> Any:
+    """A WSGI function answering ``/flights`` with bytes built once by ``app``
+    (with the headers of a front-tier hit: their values as it sends them)."""
     with app.app_context():
         built = jsonify(flights=FLIGHTS)
     body = built.get_data()
-    headers = [("Content-Type", built.content_type or "application/json"), ("Content-Length", str(len(body)))]
+    headers = [("Content-Type", built.content_type or "application/json")]
+    if with_cache_headers:
+        headers += [
+            ("ETag", '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'),
+            ("X-Cache", "HIT"),
+            ("Cache-Status", "flask-resilience; hit; ttl=299; detail=front"),
+            ("Age", "1"),
+        ]
+    headers.append(("Content-Length", str(len(body))))
 
     def answer(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        start_response("200 OK", list(headers))
+        sent = list(headers)
+        if with_cache_headers:
+            sent.append(("X-Request-ID", f"{random.getrandbits(128):032x}"))
+        start_response("200 OK", sent)
         return [body]
 
     return answer
@@ -262,6 +288,19 @@ def figures(quick: bool = False) -> list[Figure]:
             None,
             "req/s",
             "the most an answer given before Flask could reach here (server and wrk cost only)",
+        )
+    )
+    floor = best["ceiling-headers"][0]
+    rows.append(
+        Figure(
+            "floor: gunicorn sync serving pre-built bytes with a front hit's headers, req/s",
+            floor,
+            bare,
+            floor / bare,
+            "-",
+            None,
+            "req/s",
+            "the ceiling plus ETag, X-Cache, Cache-Status, Age and a request id: what a front hit sends",
         )
     )
     return rows

@@ -515,3 +515,41 @@ def test_pruning_keeps_an_idle_chains_newest_checkpoint(make_app: MakeApp) -> No
     assert [tuple(row) for row in kept] == [(chain.seq, datetime(2020, 1, 1, 0, 0, 59))]
     assert store.prune(engine, datetime(2026, 1, 1)) == 0
     extension.shutdown()
+
+
+def test_purge_on_an_insert_only_checkpoint_table_keeps_checkpoints_and_goes_on(
+    make_app: MakeApp, writer_role: Any, postgres_url: str
+) -> None:
+    """The recommended grant: the app's role may only SELECT and INSERT
+    checkpoints. Purging entries still works; old checkpoints stay, said so."""
+    from flask_resilience.audit.table import audit_checkpoint
+
+    app, _ = make_app(
+        RESILIENCE_AUDIT_DATABASE_URI=postgres_url,
+        RESILIENCE_AUDIT_CHECKPOINT_DATABASE_URI=writer_role.url,
+        RESILIENCE_AUDIT_HMAC_KEY="chain-key",
+        RESILIENCE_AUDIT_CHECKPOINT_INTERVAL=1,
+    )
+    with app.app_context():
+        for index in range(6):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+            AppAudit.of(app).writer.flush()
+    engine = AppAudit.of(app).engine()
+    old = datetime(2020, 1, 1)
+    with engine.begin() as connection:  # the admin's connection: it may age them
+        written = connection.execute(select(func.count()).select_from(audit_checkpoint)).scalar_one()
+        assert written >= 6
+        connection.execute(update(audit_checkpoint).values(created_at=old))
+        connection.execute(
+            update(audit_log).where(audit_log.c.seq <= 3).values(occurred_at=old, logged_at=old)
+        )
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "old checkpoints kept: they cannot be deleted here (ProgrammingError)" in result.output
+    assert "deleted 3 entries" in result.output
+    with engine.connect() as connection:
+        kept = connection.execute(select(func.count()).select_from(audit_checkpoint)).scalar_one()
+    assert kept >= written  # none went (the purge's own entry may add one)
+    verified = runner.invoke(args=["resilience", "audit", "verify"])
+    assert verified.exit_code == 0, verified.output
