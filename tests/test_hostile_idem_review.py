@@ -365,6 +365,84 @@ def test_an_operator_clears_an_unreadable_record_and_the_key_works_again(
     assert runs.count == 2
 
 
+@SET_GET
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="wait=N: a record that turns unreadable while polled is answered 409 'still running', "
+    "not 503 unreadable (not counted, not logged)",
+)
+def test_a_duplicate_waiting_for_a_record_that_turns_unreadable_is_answered_503(
+    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str, set_get: bool
+) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    records = AppIdempotency.of(app).records
+    assert isinstance(records, RedisRecords)
+    records._set_get = set_get
+    started, release = threading.Event(), threading.Event()
+
+    @app.post("/slow")
+    @idempotent(wait=300)
+    def slow() -> ResponseReturnValue:
+        started.set()
+        release.wait(10)
+        return jsonify(ok=True)
+
+    headers = {"Idempotency-Key": "k-wait-503"}
+    first = threading.Thread(target=lambda: app.test_client().post("/slow", json={}, headers=headers))
+    first.start()
+    try:
+        assert started.wait(10)
+        where = _only_record(raw_redis, key_prefix)
+        newer = _envelope(b'{"p":1,"fp":"x","o":"y"}', version=2)
+        timer = threading.Timer(0.05, lambda: raw_redis.set(where, newer, keepttl=True))
+        timer.start()
+        answer = app.test_client().post("/slow", json={}, headers=headers)
+        timer.join()
+    finally:
+        release.set()
+        first.join(10)
+    assert answer.status_code == 503, f"answered {answer.status_code}"
+    assert AppIdempotency.of(app).stats()["unreadable_records"] == 1
+
+
+@SET_GET
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="fail_open: a record Redis answers WRONGTYPE for is taken for an unavailable store, "
+    "and the view runs again unprotected",
+)
+def test_fail_open_never_runs_again_over_a_record_of_another_redis_type(
+    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str, set_get: bool
+) -> None:
+    """A value of another type at the record's key (an old format, an
+    operator's mistake) is a record this version cannot read, not an outage."""
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    records = AppIdempotency.of(app).records
+    assert isinstance(records, RedisRecords)
+    records._set_get = set_get
+    runs = _Runs()
+
+    @app.post("/pay")
+    @idempotent(fail_open=True)
+    def pay() -> ResponseReturnValue:
+        return jsonify(run=runs())
+
+    client = app.test_client()
+    headers = {"Idempotency-Key": "k-wrongtype"}
+    assert client.post("/pay", json={}, headers=headers).status_code == 200
+    where = _only_record(raw_redis, key_prefix)
+    ttl = raw_redis.pttl(where)
+    raw_redis.delete(where)
+    raw_redis.hset(where, "fp", "x")
+    raw_redis.pexpire(where, ttl)
+    AppIdempotency.of(app).memory.clear()
+    answer = client.post("/pay", json={}, headers=headers)
+    assert runs.count == 1, f"the view ran again (answered {answer.status_code})"
+    assert answer.status_code == 503
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Monotonic leases in memory mode.
 # --------------------------------------------------------------------------------------------
@@ -745,3 +823,35 @@ def test_a_principal_loader_scopes_users_sharing_one_credential(make_app: MakeAp
         {"user": "bob", "run": 2},
     ]
     assert anonymous_a.json == {"user": None, "run": 3} and anonymous_b.json == {"user": None, "run": 4}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the principal is kept on g (app-context scoped): a request dispatched inside an outer app "
+    "context of the same app reuses the previous request's user, and gets its replay",
+)
+def test_requests_sharing_an_app_context_never_share_a_principal(make_app: MakeApp) -> None:
+    """Flask reuses an active app context (and its ``g``) of the same app
+    for a new request: test suites under ``with app.app_context()``,
+    in-process sub-requests (batch endpoints)."""
+    extension = Resilience()
+
+    @extension.principal_loader
+    def loader() -> str | None:
+        return request.headers.get("X-User")
+
+    app, _ = make_app(extension)
+    runs = _Runs()
+
+    @app.post("/orders")
+    @idempotent()
+    def orders() -> ResponseReturnValue:
+        return jsonify(user=request.headers.get("X-User"), run=runs())
+
+    client = app.test_client()
+    with app.app_context():
+        alice = client.post("/orders", json={}, headers={"X-User": "alice", "Idempotency-Key": "o-1"})
+        bob = client.post("/orders", json={}, headers={"X-User": "bob", "Idempotency-Key": "o-1"})
+    assert alice.json == {"user": "alice", "run": 1}
+    assert bob.json == {"user": "bob", "run": 2}, f"bob got {bob.json}"
