@@ -692,6 +692,80 @@ def test_memory_mode_a_response_larger_than_the_store_is_not_run_again(make_app:
     assert small_retry.json == {"run": 1, "data": "x" * 10}  # not flushed for a record that cannot fit
 
 
+def test_memory_mode_app_concurrent_duplicates_run_once_and_different_keys_each_once(
+    make_app: MakeApp,
+) -> None:
+    app, _ = make_app(RESILIENCE_IDEMPOTENCY_MEMORY_ENTRIES=5, RESILIENCE_IDEMPOTENCY_MEMORY_BYTES=50_000)
+    runs: dict[str, int] = {}
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    @app.post("/pay/<key>")
+    @idempotent()
+    def pay(key: str) -> ResponseReturnValue:
+        with lock:
+            runs[key] = runs.get(key, 0) + 1
+        gate.wait(2)
+        return jsonify(key=key)
+
+    statuses: list[int] = []
+
+    def post(key: str) -> None:
+        answer = app.test_client().post(f"/pay/{key}", json={}, headers={"Idempotency-Key": key})
+        with lock:
+            statuses.append(answer.status_code)
+
+    pool = [threading.Thread(target=post, args=(f"k{number % 4}",)) for number in range(16)]
+    for thread in pool:
+        thread.start()
+    threading.Timer(0.3, gate.set).start()
+    for thread in pool:
+        thread.join(10)
+    assert runs == {"k0": 1, "k1": 1, "k2": 1, "k3": 1}
+    assert len(statuses) == 16 and set(statuses) <= {200, 409}  # replays or "still running"
+    records = AppIdempotency.of(app).records
+    assert isinstance(records, MemoryRecords)
+    assert not records._flights and len(records._done) == 4
+
+
+@SET_GET
+@pytest.mark.parametrize("form", ["blueprint", "prefix"])
+def test_redis_unreadable_record_under_blueprint_and_prefix_protection_is_503(
+    *, make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str, set_get: bool, form: str
+) -> None:
+    extension = Resilience()
+    runs = _Runs()
+    if form == "prefix":
+        extension.idempotent_blueprint("/api")
+    app, _ = make_app(extension, RESILIENCE_REDIS_URL=redis_url)
+    records = AppIdempotency.of(app).records
+    assert isinstance(records, RedisRecords)
+    records._set_get = set_get
+    if form == "blueprint":
+        blueprint = Blueprint("pay_bp", __name__)
+
+        @blueprint.post("/pay")
+        def pay_bp() -> ResponseReturnValue:
+            return jsonify(run=runs())
+
+        extension.idempotent_blueprint(blueprint)
+        app.register_blueprint(blueprint, url_prefix="/api")
+    else:
+
+        @app.post("/api/pay")
+        def pay_prefix() -> ResponseReturnValue:
+            return jsonify(run=runs())
+
+    client = app.test_client()
+    headers = {"Idempotency-Key": f"k-{form}"}
+    assert client.post("/api/pay", json={}, headers=headers).status_code == 200
+    where = _only_record(raw_redis, key_prefix)
+    raw_redis.set(where, b"FRI\x07later", keepttl=True)
+    AppIdempotency.of(app).memory.clear()
+    assert client.post("/api/pay", json={}, headers=headers).status_code == 503
+    assert runs.count == 1 and raw_redis.get(where) == b"FRI\x07later"
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Principal scoping: user B never gets user A's replay.
 # --------------------------------------------------------------------------------------------
