@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_resilience import Resilience, idempotent, invalidate_idempotency_key
-from flask_resilience.idempotency.protocol import Completed, InFlight, Unreadable
+from flask_resilience.idempotency.protocol import Completed, InFlight, Record, Unreadable
 from flask_resilience.idempotency.records import MemoryRecords, RedisRecords, completed_value, decode
 from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.metrics import ResilienceCollector
@@ -80,6 +80,20 @@ def _only_record(raw_redis: redis.Redis, key_prefix: str) -> bytes:
     stored = list(raw_redis.scan_iter(match=key_prefix + "idem:*"))
     assert len(stored) == 1, stored
     return bytes(stored[0])
+
+
+def _replace_before_first_poll(records: RedisRecords, replace: Callable[[], object]) -> None:
+    """Run ``replace`` just before a waiting duplicate first polls the record
+    (after its claim read the in-flight one): the record changes mid-wait."""
+    poll = records.get
+    pending = [replace]
+
+    def get(record_key: str) -> Record | None:
+        while pending:
+            pending.pop()()
+        return poll(record_key)
+
+    records.get = get  # type: ignore[method-assign]
 
 
 SET_GET = pytest.mark.parametrize("set_get", [False, True], ids=["lua-claim", "set-nx-px-get"])
@@ -317,10 +331,8 @@ def test_a_duplicate_waiting_for_a_record_that_turns_unreadable_never_runs_nor_5
         in_flight = raw_redis.get(where)
         assert isinstance(in_flight, bytes) and isinstance(decode(in_flight), InFlight)
         newer = _envelope(b'{"p":1,"fp":"x","o":"y"}', version=2)
-        timer = threading.Timer(0.05, lambda: raw_redis.set(where, newer, keepttl=True))
-        timer.start()
+        _replace_before_first_poll(records, lambda: raw_redis.set(where, newer, keepttl=True))
         answer = app.test_client().post("/slow", json={}, headers=headers)
-        timer.join()
         assert answer.status_code in (409, 503)
         # And a retry while the record is unreadable: 503 at once, no wait.
         again = app.test_client().post("/slow", json={}, headers=headers)
@@ -395,10 +407,8 @@ def test_a_duplicate_waiting_for_a_record_that_turns_unreadable_is_answered_503(
         assert started.wait(10)
         where = _only_record(raw_redis, key_prefix)
         newer = _envelope(b'{"p":1,"fp":"x","o":"y"}', version=2)
-        timer = threading.Timer(0.05, lambda: raw_redis.set(where, newer, keepttl=True))
-        timer.start()
+        _replace_before_first_poll(records, lambda: raw_redis.set(where, newer, keepttl=True))
         answer = app.test_client().post("/slow", json={}, headers=headers)
-        timer.join()
     finally:
         release.set()
         first.join(10)
