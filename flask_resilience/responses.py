@@ -16,6 +16,7 @@ Anything else (another kind, an older version, a truncated value) raises
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ VERSION = 1
 _header_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _LENGTH = struct.Struct(">I")
 _PREAMBLE = 4 + _LENGTH.size
+_LATEST_TIME = 253_402_300_800.0  # 10000-01-01 UTC: what datetime can still show
+# A name is an RFC 9110 token; a value holds no CR, LF or NUL (nothing that
+# could split a response).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[^\r\n\x00]*")
 
 HOP_BY_HOP = frozenset(
     {
@@ -108,13 +114,21 @@ class StoredResponse:
 
     @classmethod
     def from_fields(cls, header: Mapping[str, Any], body: bytes) -> StoredResponse:
-        """Raises KeyError, TypeError or ValueError for a damaged header."""
-        return cls(
-            status=int(header["s"]),
-            headers=tuple((str(name), str(value)) for name, value in header["h"]),
-            body=body,
-            created_at=float(header["t"]),
-        )
+        """Raises KeyError, TypeError or ValueError for a damaged header: one
+        that could not be served again (a status outside 100-999, a time out
+        of range, a header a server would refuse or split) never reads as a
+        response."""
+        status = int(header["s"])
+        created_at = float(header["t"])
+        if not 100 <= status <= 999:
+            raise ValueError(f"status {status} out of range")
+        if not 0.0 <= created_at < _LATEST_TIME:  # NaN too: every comparison is false
+            raise ValueError("time out of range")
+        headers = tuple((str(name), str(value)) for name, value in header["h"])
+        for name, value in headers:
+            if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+                raise ValueError("a header no server may send")
+        return cls(status=status, headers=headers, body=body, created_at=created_at)
 
 
 def pack(kind: bytes, header: Mapping[str, Any], body: bytes) -> bytes:
@@ -133,8 +147,8 @@ def unpack(kind: bytes, data: bytes) -> tuple[dict[str, Any], bytes]:
         raise UnreadableRecord("truncated record")
     try:
         header = json.loads(data[_PREAMBLE:end])
-    except ValueError as exc:
-        raise UnreadableRecord(f"damaged record header: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to read
+        raise UnreadableRecord(f"damaged record header: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise UnreadableRecord("damaged record header: not an object")
     return header, data[end:]

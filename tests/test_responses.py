@@ -61,3 +61,32 @@ def test_anything_else_is_unreadable(data: bytes) -> None:
 def test_arbitrary_bytes_never_raise_anything_but_unreadable(data: bytes) -> None:
     with contextlib.suppress(UnreadableRecord):
         unpack(b"T", data)
+
+
+def test_a_header_nested_too_deep_to_read_is_unreadable() -> None:
+    raw = b"[" * 100_000
+    with pytest.raises(UnreadableRecord):
+        unpack(b"C", b"FRC\x01" + len(raw).to_bytes(4, "big") + raw)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"t": float("nan")},
+        {"t": 1e300},
+        {"t": -1.0},
+        {"s": 42},
+        {"s": 1000},
+        {"h": [["X-Split", "a\r\nSet-Cookie: x=1"]]},
+        {"h": [["X-Nul", "a\x00b"]]},
+        {"h": [["Bad Name", "v"]]},
+        {"h": [["", "v"]]},
+    ],
+    ids=["nan-time", "huge-time", "negative-time", "status-42", "status-1k", "crlf", "nul", "space", "none"],
+)
+def test_fields_no_server_could_send_again_are_refused(damage: dict[str, object]) -> None:
+    """A stored response is served without checking its headers again: what
+    could not be sent (or would split the response) never reads as one."""
+    fields = {**StoredResponse(200, (("Content-Type", "text/plain"),), b"x", 1.0).fields(), **damage}
+    with pytest.raises(ValueError, match=r"range|no server"):
+        StoredResponse.from_fields(fields, b"x")

@@ -13,14 +13,13 @@ Anything unreadable reads as a miss, never as an error.
 
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..responses import StoredResponse, UnreadableRecord, pack, unpack
 
 KIND = b"C"
-_BREAKS = re.compile(r"[\r\n\x00]")
 KINDS = frozenset({"response", "data", "vary", "pass"})
 
 
@@ -77,14 +76,14 @@ def decode(data: bytes) -> CacheEntry:
         kind = header["k"]
         if kind not in KINDS:
             raise UnreadableEntry(f"unknown entry kind {kind!r}")
-        if kind == "response" and any(_BREAKS.search(f"{name}{value}") for name, value in header["h"]):
-            # Hits send stored headers without validating them again.
-            raise UnreadableEntry("a stored header holds a line break")
+        created_at, expires_at = float(header["c"]), float(header["x"])
+        if not (math.isfinite(created_at) and math.isfinite(expires_at)):
+            raise UnreadableEntry("a time out of range")
         return CacheEntry(
             kind=kind,
             body=body,
-            created_at=float(header["c"]),
-            expires_at=float(header["x"]),
+            created_at=created_at,
+            expires_at=expires_at,
             stamp=Stamp(
                 epoch=str(header["p"]),
                 tags={str(tag): int(version) for tag, version in header["g"].items()},

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+import math
 import random
 import struct
 import threading
@@ -81,7 +82,10 @@ def decode(value: bytes) -> Record:
         header, body = unpack(KIND, value)
         if header.get("p"):
             return InFlight(str(header["fp"]), str(header["o"]))
-        return Completed(str(header["fp"]), float(header["x"]), StoredResponse.from_fields(header, body))
+        expires_at = float(header["x"])
+        if not math.isfinite(expires_at):
+            return UNREADABLE
+        return Completed(str(header["fp"]), expires_at, StoredResponse.from_fields(header, body))
     except (UnreadableRecord, KeyError, TypeError, ValueError):
         return UNREADABLE
 
