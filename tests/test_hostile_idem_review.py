@@ -363,12 +363,6 @@ def test_an_operator_clears_an_unreadable_record_and_the_key_works_again(
 
 
 @SET_GET
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="wait=N: a record that turns unreadable while polled is answered 409 'still running', "
-    "not 503 unreadable (not counted, not logged)",
-)
 def test_a_duplicate_waiting_for_a_record_that_turns_unreadable_is_answered_503(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str, set_get: bool
 ) -> None:
@@ -402,12 +396,6 @@ def test_a_duplicate_waiting_for_a_record_that_turns_unreadable_is_answered_503(
 
 
 @SET_GET
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fail_open: a record Redis answers WRONGTYPE for is taken for an unavailable store, "
-    "and the view runs again unprotected",
-)
 def test_fail_open_never_runs_again_over_a_record_of_another_redis_type(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str, set_get: bool
 ) -> None:

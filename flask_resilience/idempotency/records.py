@@ -31,8 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from redis.exceptions import ResponseError
+
 from ..responses import VERSION, StoredResponse, UnreadableRecord, pack, unpack
-from ..stores.redis import RedisStore
+from ..stores.redis import RedisStore, StoreUnavailableError
 from .protocol import Completed, InFlight, Record, Unreadable
 
 KIND = b"I"
@@ -127,6 +129,14 @@ class Records(Protocol):
     def __len__(self) -> int: ...
 
 
+def _wrong_type(exc: StoreUnavailableError) -> bool:
+    """Whether Redis answered, refusing the record key's type: something else
+    holds the key. That is a record this version cannot read, not an outage
+    (``fail_open`` must not run the request again over it)."""
+    cause = exc.__cause__
+    return isinstance(cause, ResponseError) and "WRONGTYPE" in str(cause)
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -160,10 +170,15 @@ class RedisRecords:
     def claim(self, record_key: str, fingerprint: str, lease: float) -> Claim:
         owner = new_owner()
         value = in_flight_value(fingerprint, owner)
-        if self.claims_with_set_get():
-            existing = self._redis.set_absent_or_get(self._key(record_key), value, lease)
-        else:
-            existing = self._redis.run_script(self._claim, [self._key(record_key)], [value, _ms(lease)])
+        try:
+            if self.claims_with_set_get():
+                existing = self._redis.set_absent_or_get(self._key(record_key), value, lease)
+            else:
+                existing = self._redis.run_script(self._claim, [self._key(record_key)], [value, _ms(lease)])
+        except StoreUnavailableError as exc:
+            if not _wrong_type(exc):
+                raise
+            return Claim(None, value, UNREADABLE)
         if existing is None:
             return Claim(owner, value, None)
         return Claim(None, value, decode(existing))
@@ -185,7 +200,12 @@ class RedisRecords:
         return bool(self._redis.run_script(self._release, [self._key(record_key)], [claimed]))
 
     def get(self, record_key: str) -> Record | None:
-        value = self._redis.get(self._key(record_key))
+        try:
+            value = self._redis.get(self._key(record_key))
+        except StoreUnavailableError as exc:
+            if not _wrong_type(exc):
+                raise
+            return UNREADABLE
         return None if value is None else decode(value)
 
     def delete_matching(self, glob: str) -> int:

@@ -34,6 +34,7 @@ from .protocol import (
     Decision,
     InvalidKey,
     Record,
+    Unreadable,
     check_choice,
     decide,
     fingerprint,
@@ -355,7 +356,7 @@ def _answer(flight: Flight, options: Options, existing: Record | None, *, read_a
     )
 
 
-def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> Completed | None:
+def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> Completed | Unreadable | None:
     pause = threading.Event()
     # Elapsed time, not the (injectable, steppable) wall clock records expire by.
     deadline = time.monotonic() + wait_ms / 1000
@@ -365,7 +366,7 @@ def _wait_for_completion(service: AppIdempotency, where: str, wait_ms: int) -> C
             found = service.records.get(where)
         except StoreUnavailableError:
             return None  # answer 409: the client retries later
-        if isinstance(found, Completed):
+        if isinstance(found, Completed | Unreadable):  # an unreadable one will not turn readable here
             return found
         if found is None:  # released: the first request failed
             return None
