@@ -643,12 +643,6 @@ def test_concurrent_claims_and_completions_keep_one_winner_and_the_bounds() -> N
     assert heapq.nsmallest(1, records._expiries) == records._expiries[:1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="memory mode: a record over _MEMORY_BYTES (but within _MAX_BODY_BYTES) is evicted as it is "
-    "stored, after flushing every other record: its retry runs the view again",
-)
 def test_memory_mode_a_response_larger_than_the_store_is_not_run_again(make_app: MakeApp) -> None:
     app, _ = make_app(RESILIENCE_IDEMPOTENCY_MEMORY_BYTES=10_000)  # _MAX_BODY_BYTES: 1 MiB
     runs = _Runs()

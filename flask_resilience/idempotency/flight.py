@@ -131,6 +131,11 @@ class Flight:
         assert lease is not None
         record = Completed(self.fingerprint, stored.created_at + self.ttl, stored)
         value = completed_value(record)
+        if not service.records.fits(value):  # kept, it would push out every record, then itself
+            record = Completed(
+                self.fingerprint, stored.created_at + self.ttl, self._problem(not_kept_problem())
+            )
+            value = completed_value(record)
         keeper.drop(lease)  # before completing: a renewal racing the completion is not a lost lease
         written_at = time.monotonic()  # an invalidation after this must not leave a copy
         try:

@@ -124,6 +124,10 @@ class Records(Protocol):
 
     def get(self, record_key: str) -> Record | None: ...
 
+    def fits(self, value: bytes) -> bool:
+        """Whether a completed record of ``value`` can be kept at all."""
+        ...
+
     def delete_matching(self, glob: str) -> int: ...
 
     def __len__(self) -> int: ...
@@ -207,6 +211,9 @@ class RedisRecords:
                 raise
             return UNREADABLE
         return None if value is None else decode(value)
+
+    def fits(self, value: bytes) -> bool:
+        return True  # a Redis string holds 512 MB; responses are bounded far below
 
     def delete_matching(self, glob: str) -> int:
         return self._redis.delete_matching(f"idem:{glob}")
@@ -298,6 +305,9 @@ class MemoryRecords:
         with self._lock:
             value = self._live(record_key)
         return None if value is None else decode(value)
+
+    def fits(self, value: bytes) -> bool:
+        return len(value) <= self._max_bytes
 
     def delete_matching(self, glob: str) -> int:
         with self._lock:
