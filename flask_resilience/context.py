@@ -2,7 +2,7 @@
 
 The request id is fixed by the request middleware (:mod:`.middleware`) and
 kept in the WSGI environ; the principal is computed at most once per request
-and kept on ``g`` under one namespaced attribute.
+and kept in the WSGI environ too (a request's own, where ``g`` may be shared).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import random
 import re
 from dataclasses import dataclass
 
-from flask import current_app, g, request
+from flask import current_app, request
 
 from .config import PRINCIPAL_LOADER, REQUEST_ID_HEADER
 from .state import get_state
 
-_G_ATTRIBUTE = "_resilience"
+PRINCIPAL_ENVIRON = "flask_resilience.principal"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -78,14 +78,16 @@ def current_principal() -> Principal | None:
     auth hook has run (by an early hook), the answer is "anonymous" or a
     credential, and freezing it would put every caller in one scope.
     """
-    kept = g._get_current_object().__dict__  # one proxy lookup
-    principal: Principal | None = kept.get(_G_ATTRIBUTE)
+    # Kept on the request, not on ``g``: Flask reuses an app context (and its
+    # ``g``) that is already pushed for the requests made inside it.
+    environ = request.environ
+    principal: Principal | None = environ.get(PRINCIPAL_ENVIRON)
     if principal is None or principal.kind != "user":
-        principal = kept[_G_ATTRIBUTE] = _resolve_principal()
+        principal = environ[PRINCIPAL_ENVIRON] = _resolve_principal(environ)
     return principal
 
 
-def _resolve_principal() -> Principal | None:
+def _resolve_principal(environ: dict[str, object]) -> Principal | None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
     loader = state.hooks.principal_loader or state.config[PRINCIPAL_LOADER]
@@ -98,8 +100,8 @@ def _resolve_principal() -> Principal | None:
     if user_id is not None and user_id != "":
         return Principal("user", str(user_id))
     # What request.headers.get("Authorization") reads, without its lookups.
-    authorization = request.environ.get("HTTP_AUTHORIZATION")
-    if authorization:
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    if isinstance(authorization, str) and authorization:
         return Principal("credential", _credential_hash(authorization))
     return None
 

@@ -876,12 +876,6 @@ def test_a_principal_loader_scopes_users_sharing_one_credential(make_app: MakeAp
     assert anonymous_a.json == {"user": None, "run": 3} and anonymous_b.json == {"user": None, "run": 4}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the principal is kept on g (app-context scoped): a request dispatched inside an outer app "
-    "context of the same app reuses the previous request's user, and gets its replay",
-)
 def test_requests_sharing_an_app_context_never_share_a_principal(make_app: MakeApp) -> None:
     """Flask reuses an active app context (and its ``g``) of the same app
     for a new request: test suites under ``with app.app_context()``,
