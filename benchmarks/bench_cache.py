@@ -110,6 +110,34 @@ def lookup_script_app(cached_app: Flask) -> Flask:
     return app
 
 
+def miss_scripts_app(cached_app: Flask) -> Flask:
+    """Bare Flask whose view, for a new URL each time, runs the two scripts a
+    Redis miss needs on ``cached_app``'s backend (the lookup that takes the
+    stampede lock, then the store that releases it), with an entry encoded
+    once, and nothing else of ours: the floor of a miss through them."""
+    layered = AppCache.of(cached_app).layered
+    backend = layered.l2
+    assert isinstance(backend, RedisBackend)
+    with cached_app.app_context():
+        stamp = layered.stamp([], layered.trusted_since())
+    now = time.time()
+    value = CacheEntry("data", b'{"flights": []}', now, now + 600, stamp).encode()
+    numbers = itertools.count()
+    run = uuid.uuid4().hex[:6]
+    app = Flask("miss-scripts")
+
+    @app.get("/flights")
+    def flights() -> ResponseReturnValue:
+        resource = f"cache:/flights?r={run}&n={next(numbers)}"
+        key = full_key("u=-", resource)
+        _value, generation, locked = backend.lookup(key, resource, "token", 5.0)
+        assert locked
+        backend.put(key, resource, value, 300, generation=generation, token="token")
+        return jsonify(flights=FLIGHTS)
+
+    return app
+
+
 def flask_caching_app(config: dict[str, Any]) -> Flask:
     app = Flask("flask-caching")
     cache = Cache(app, config=config)
@@ -255,6 +283,7 @@ def figures(quick: bool = False, redis_url: str = REDIS_URL) -> list[Figure]:
         "RedisCache hit": requester(redis_cache),
         "one GET": requester(one_get),
         "lookup script": requester(lookup_script_app(l2)),
+        "miss scripts": requester(miss_scripts_app(miss)),
         "Redis miss": missing(miss),
         "RedisCache miss": missing(redis_cache),
     }
@@ -304,6 +333,15 @@ def figures(quick: bool = False, redis_url: str = REDIS_URL) -> list[Figure]:
             "-",
             None,
             note="the one EVALSHA an L2 hit needs (generation check, stampede lock), nothing else of ours",
+        ),
+        Figure(
+            "floor: bare view + our lookup and store scripts / RedisCache miss",
+            t["miss scripts"],
+            t["RedisCache miss"],
+            t["miss scripts"] / t["RedisCache miss"],
+            "-",
+            None,
+            note="the two EVALSHAs a Redis miss needs (lock taken, entry stored, lock released), no more",
         ),
     ]
     if tags:

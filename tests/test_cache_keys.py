@@ -12,7 +12,8 @@ from werkzeug.test import EnvironBuilder
 
 from flask_resilience import Resilience
 from flask_resilience.cache.keys import full_key, query_pairs, request_resource, resource_key, variant
-from flask_resilience.cache.plan import Plan, ViewPolicy
+from flask_resilience.cache.plan import Plan
+from flask_resilience.cache.policy import ViewPolicy
 from flask_resilience.cache.service import AppCache
 
 # Every character, lone surrogates included: a key must never fail to build.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from flask import Request, Response, current_app, request
 from flask.globals import request_ctx
@@ -16,41 +15,14 @@ from ..responses import StoredResponse
 from .entry import CacheEntry, Stamp
 from .flight import wait_for_holder
 from .front import IDENTITY_ENVIRON, OFFER_ENVIRON, Offer, Route, front_key
-from .keys import custom_resource_key, full_key, request_resource, variant, vary_values
+from .keys import custom_resource_key, full_key, variant, vary_values
 from .layered import Lookup
+from .policy import ViewPolicy
 from .rules import etag_matches, request_control, response_refusal, strong_etag
 from .service import AppCache
 
 CACHE_ID = "flask-resilience"
 
-
-@dataclass(frozen=True)
-class ViewPolicy:
-    ttl: int | None
-    tags: tuple[str, ...]
-    prefix: str
-    key_func: Callable[[Request], str] | None
-    condition: Callable[[Request], bool] | None
-    per_user: bool
-    query_args: tuple[str, ...] | None
-    statuses: frozenset[int]
-    vary_host: bool
-    front: bool | None = None  # None: RESILIENCE_CACHE_FRONT decides
-    # (path, raw query, scheme, host, root, principal) -> (resource, key): the
-    # same requests come back, and their keys are a pure function of these.
-    keys: dict[tuple[str, str, str | None, str | None, str, str | None], tuple[str, str]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-    def allows_front(self, everywhere: bool) -> bool:
-        """Whether the front tier may answer for this view: opted in, and
-        nothing about the caller or the request decides its answer."""
-        wanted = everywhere if self.front is None else self.front
-        return wanted and not self.per_user and self.condition is None and self.key_func is None
-
-
-_MEMO_ENTRIES = 1024  # remembered keys per view
-_MEMO_URL_LENGTH = 256  # longer paths and queries are keyed afresh (the memo stays small)
 
 PASS_SECONDS = 10.0  # how long a resource whose response was not stored skips the stampede locks
 # Refusals that depend on this request, not on the resource: they leave no pass marker.
@@ -124,7 +96,7 @@ class Plan:
             self.resource = custom_resource_key(policy.prefix, policy.key_func(current))
             self.key = full_key(self._variant(), self.resource)
         else:
-            self.resource, self.key = self._keys(policy, current)
+            self.resource, self.key = policy.keys_for(current, self.scheme, self.host, self.root, principal)
         self.revalidate = (
             cache.honors_no_cache
             and "HTTP_CACHE_CONTROL" in current.environ
@@ -140,20 +112,6 @@ class Plan:
         self.front_mark: tuple[int, float] | None = None  # set when the front tier may keep the response
         self.passing = False  # a pass marker was found: no stampede lock for this request
         self.resolved_key = self.key  # the varied key when a vary marker was followed
-
-    def _keys(self, policy: ViewPolicy, current: Request) -> tuple[str, str]:
-        """The request's resource and key, remembered per view for short URLs."""
-        path, query = current.path, current.environ.get("QUERY_STRING", "")
-        memo = (path, query, self.scheme, self.host, self.root, self.principal)
-        known = policy.keys.get(memo)
-        if known is None:
-            resource = request_resource(current, policy.prefix, policy.query_args)
-            known = (resource, full_key(self._variant(), resource))
-            if len(path) + len(query) <= _MEMO_URL_LENGTH:
-                if len(policy.keys) >= _MEMO_ENTRIES:
-                    policy.keys.clear()  # random URLs: start over rather than grow
-                policy.keys[memo] = known
-        return known
 
     def _variant(self, vary: tuple[tuple[str, str | None], ...] = ()) -> str:
         return variant(

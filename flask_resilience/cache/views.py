@@ -17,7 +17,8 @@ from flask import Request, Response, current_app, make_response, request
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
 from .front import FRONT_MARK
-from .plan import ViewPolicy, serve
+from .plan import serve
+from .policy import ViewPolicy
 from .service import AppCache
 from .strategies import VIEW_STRATEGIES, CacheStrategy, InvalidationStrategy
 from .tags import validate_tags
