@@ -25,12 +25,13 @@ the rounds):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -39,11 +40,13 @@ from flask.typing import ResponseReturnValue
 from harness import Figure, interleaved, print_figures
 
 from flask_resilience import Resilience, idempotent
+from flask_resilience.idempotency import views
 from flask_resilience.idempotency.protocol import Completed, fingerprint
 from flask_resilience.idempotency.records import RedisRecords, completed_value, in_flight_value, new_owner
 from flask_resilience.idempotency.service import AppIdempotency
 from flask_resilience.responses import HeaderPolicy, StoredResponse
 from flask_resilience.state import get_state
+from flask_resilience.stats import Counters
 from flask_resilience.stores.redis import RedisStore
 
 
@@ -315,9 +318,79 @@ def rows(timings: dict[str, float]) -> list[Figure]:
     ]
 
 
+@contextlib.contextmanager
+def protocol_steps_removed() -> Iterator[None]:
+    """The protocol's own per-request steps replaced by constants: resolving
+    the principal, fingerprinting the request, checking the key and counting.
+    What a replay costs without them is the plumbing no replay can skip."""
+    print_ = fingerprint("POST", "/charge", "", None, b"")
+    replaced: dict[tuple[Any, str], Any] = {
+        (views, "current_principal"): lambda: None,
+        (views, "fingerprint"): lambda *_args, **_kwargs: print_,
+        (views, "_key"): lambda *_args: "replayed",
+        (Counters, "count"): lambda *_args: None,
+    }
+    saved = {where: getattr(*where) for where in replaced}
+    for (owner, name), stand_in in replaced.items():
+        setattr(owner, name, stand_in)
+    try:
+        yield
+    finally:
+        for (owner, name), original in saved.items():
+            setattr(owner, name, original)
+
+
+def ablation(redis_url: str, number: int, rounds: int) -> dict[str, float]:
+    """A memory replay with the protocol's steps removed, beside bare and the
+    pre-built floor (its own interleaved run: the steps are module functions)."""
+    ours = ours_app(redis_url)
+    state = get_state(ours)
+    replayed = poster(ours, lambda: "replayed")
+    replayed()
+    assert state.redis is not None
+    state.redis.subscriber.wait_until_listening()
+    replayed()
+    floor = floor_app(redis_url)
+    try:
+        with protocol_steps_removed():
+            return interleaved(
+                {
+                    "bare Flask POST": poster(bare_app()),
+                    "floor: extension, pre-built response": poster(floor),
+                    "replay from memory, protocol steps removed": replayed,
+                },
+                number,
+                rounds=rounds,
+            )
+    finally:
+        state.redis.delete_matching("*")
+        state.shutdown()
+        get_state(floor).shutdown()
+
+
+def ablation_rows(timings: dict[str, float]) -> list[Figure]:
+    bare = timings["bare Flask POST"]
+    stripped = timings["replay from memory, protocol steps removed"]
+    return [
+        Figure(
+            "floor: memory replay without principal, fingerprint, key check, counting / bare POST",
+            stripped,
+            bare,
+            stripped / bare,
+            "-",
+            None,
+            note="those four steps replaced by constants (bench_idempotency.protocol_steps_removed); "
+            f"same run: pre-built response {timings['floor: extension, pre-built response']:.1f} us",
+        )
+    ]
+
+
 def figures(quick: bool = False) -> list[Figure]:
     logging.disable(logging.WARNING)
-    return rows(measure(REDIS_URL, 200 if quick else 2000, rounds=3 if quick else 7))
+    number, rounds = (200, 3) if quick else (2000, 7)
+    return rows(measure(REDIS_URL, number, rounds=rounds)) + ablation_rows(
+        ablation(REDIS_URL, number, rounds)
+    )
 
 
 def main() -> None:
@@ -327,11 +400,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     timings = measure(args.redis_url, args.number)
+    stripped = ablation(args.redis_url, args.number, 7)
     print(f"{'per request (raw WSGI)':36} {'us':>8}")
-    for name, value in timings.items():
+    for name, value in {**timings, **stripped}.items():
         print(f"{name:36} {value:8.1f}")
     print()
-    print_figures(rows(timings))
+    print_figures(rows(timings) + ablation_rows(stripped))
 
 
 if __name__ == "__main__":
