@@ -252,6 +252,9 @@ class RedisStore:
     @property
     def subscriber(self) -> Subscriber:
         """This process's listener; its thread starts on the first subscribe."""
+        subscriber = self._subscriber
+        if subscriber is not None:  # every cache lookup asks: no lock once it exists
+            return subscriber
         with self._lock:
             if self._subscriber is None:
                 self._subscriber = Subscriber(self.client.pubsub)
