@@ -351,13 +351,21 @@ def ablation(redis_url: str, number: int, rounds: int) -> dict[str, float]:
     state.redis.subscriber.wait_until_listening()
     replayed()
     floor = floor_app(redis_url)
+    memory = AppIdempotency.of(ours).memory
+
+    def replay_redis() -> None:
+        memory.clear()
+        replayed()
+
     try:
         with protocol_steps_removed():
             return interleaved(
                 {
                     "bare Flask POST": poster(bare_app()),
+                    "bare + one Redis GET": poster(one_get_app(redis_url)),
                     "floor: extension, pre-built response": poster(floor),
                     "replay from memory, protocol steps removed": replayed,
+                    "replay from Redis, protocol steps removed": replay_redis,
                 },
                 number,
                 rounds=rounds,
@@ -371,7 +379,18 @@ def ablation(redis_url: str, number: int, rounds: int) -> dict[str, float]:
 def ablation_rows(timings: dict[str, float]) -> list[Figure]:
     bare = timings["bare Flask POST"]
     stripped = timings["replay from memory, protocol steps removed"]
+    unit = timings["bare + one Redis GET"] - bare
+    from_redis = timings["replay from Redis, protocol steps removed"]
     return [
+        Figure(
+            "floor: replay from Redis without principal, fingerprint, key check, counting",
+            from_redis,
+            bare,
+            (from_redis - bare) / unit,
+            f"(target: bare + 1 cmd + 15 us = {bare + unit + 15:.1f} us)",
+            None,
+            note=f"ratio = (ours - bare) in commands; 1 cmd = {unit:.1f} us in the same run",
+        ),
         Figure(
             "floor: memory replay without principal, fingerprint, key check, counting / bare POST",
             stripped,
@@ -381,7 +400,7 @@ def ablation_rows(timings: dict[str, float]) -> list[Figure]:
             None,
             note="those four steps replaced by constants (bench_idempotency.protocol_steps_removed); "
             f"same run: pre-built response {timings['floor: extension, pre-built response']:.1f} us",
-        )
+        ),
     ]
 
 
