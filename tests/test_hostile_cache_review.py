@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from flask_resilience import Resilience, cached, current_principal
@@ -146,16 +147,22 @@ def test_a_damaged_etag_never_makes_a_conditional_request_fail(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a record's Content-Length/Transfer-Encoding is served; the hit appends its own: two lengths",
+    reason="a record's denied headers (Content-Length, Transfer-Encoding, Set-Cookie) are served",
 )
 def test_a_record_cannot_give_a_hit_a_second_content_length(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
 ) -> None:
     """A hit's framing is the cache's own: a length or transfer coding read
-    from Redis would desynchronise a proxy in front (response smuggling)."""
+    from Redis would desynchronise a proxy in front (response smuggling); and
+    what the cache never stores (Set-Cookie, hop-by-hop) it never serves."""
     key = _stored_page(make_app, redis_url, raw_redis, key_prefix)
     header = _header_of(raw_redis, key)
-    hostile = [["Content-Length", "0"], ["Transfer-Encoding", "chunked"], ["Connection", "close"]]
+    hostile = [
+        ["Content-Length", "0"],
+        ["Transfer-Encoding", "chunked"],
+        ["Connection", "close"],
+        ["Set-Cookie", "session=attacker"],
+    ]
     _rewrite(raw_redis, key, h=header["h"] + hostile)
     reader = _redis_app(make_app, redis_url)
     status, headers, body = _raw(reader, "/page")
@@ -163,7 +170,7 @@ def test_a_record_cannot_give_a_hit_a_second_content_length(
     names = [name.lower() for name, _value in headers]
     lengths = [value for name, value in headers if name.lower() == "content-length"]
     assert lengths == [str(len(body))], headers
-    assert "transfer-encoding" not in names and "connection" not in names
+    assert not {"transfer-encoding", "connection", "set-cookie"} & set(names), headers
 
 
 def _redis_app_with_other(make_app: MakeApp, redis_url: str) -> Flask:
@@ -217,8 +224,9 @@ def test_a_cache_key_of_another_redis_type_is_a_miss_not_an_outage(
     assert again.get("/page").headers["X-Cache"] == "HIT"  # stored again: not wedged
 
 
+@pytest.mark.parametrize("status", [203, 204, 301, 404, 599])
 def test_legitimate_unusual_headers_are_stored_and_served_from_redis(
-    make_app: MakeApp, redis_url: str
+    make_app: MakeApp, redis_url: str, status: int
 ) -> None:
     """Validation must not make valid responses unreadable: non-ASCII
     (latin-1) values, a Link with commas, an empty value, repeated names,
@@ -238,9 +246,10 @@ def test_legitimate_unusual_headers_are_stored_and_served_from_redis(
         app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
 
         @app.get("/odd")
-        @cached(60, statuses=(203,))
+        @cached(60, statuses=(status,))
         def odd() -> Response:
-            return Response(f"odd-{next(RUNS)}", status=203, headers=extra)
+            body = "" if status == 204 else f"odd-{next(RUNS)}"
+            return Response(body, status=status, headers=[*extra, ("Location", "/elsewhere?a=1,2")])
 
         return app
 
@@ -248,10 +257,12 @@ def test_legitimate_unusual_headers_are_stored_and_served_from_redis(
     assert first.headers["X-Cache"] == "MISS" and "stored" in first.headers["Cache-Status"]
     again = app_with_view().test_client().get("/odd")  # another process: from Redis
     assert again.headers["X-Cache"] == "HIT", again.headers["Cache-Status"]
-    assert again.status_code == 203 and again.get_data() == first.get_data()
+    assert again.status_code == status and again.get_data() == first.get_data()
     for name, _value in extra:
         assert again.headers.getlist(name) == first.headers.getlist(name)
-    assert again.headers.getlist("Content-Length") == [str(len(first.get_data()))]
+    assert again.headers.getlist("Location") == first.headers.getlist("Location")
+    lengths = [] if status == 204 else [str(len(first.get_data()))]
+    assert again.headers.getlist("Content-Length") == lengths
 
 
 # -- 2. the hit response -------------------------------------------------------------------
@@ -405,7 +416,7 @@ def test_remembered_keys_match_fresh_ones_across_mounts_hosts_and_raw_queries(ma
     """The memo never joins two requests a fresh key would keep apart: mount
     points, hosts with vary_host, encoded '#', '?', NUL, undecodable bytes,
     repeated parameters; and it is cleared (never grows) past 1024 URLs."""
-    app, _ = make_app()
+    app, _ = make_app(RESILIENCE_CACHE_L1_MAX_ENTRIES=5000)  # L1 keeps every entry: only the memo forgets
 
     @app.get("/p/<path:rest>")
     @cached(60)
@@ -439,7 +450,7 @@ def test_remembered_keys_match_fresh_ones_across_mounts_hosts_and_raw_queries(ma
         assert status.startswith("200")
         first[(path, query, tuple(environ.items()))] = body
     for round_ in range(2):
-        for filler in range(600 * round_):  # past the memo's limit: it is cleared
+        for filler in range(1100 * round_):  # past the memo's limit: it is cleared
             _raw(app, f"/p/filler-{filler}")
         for path, query, environ in requests:
             status, headers, body = _raw(app, path, query, environ=environ)
@@ -447,6 +458,67 @@ def test_remembered_keys_match_fresh_ones_across_mounts_hosts_and_raw_queries(ma
             assert body == first[(path, query, tuple(environ.items()))], (path, query, environ)
     assert len(set(first.values())) == len(requests) - 1  # '/p/a#b' is '/p/a' (no fragment reaches WSGI)
     assert max(_memo_sizes(app)) <= 1024 * 300
+
+
+def test_one_view_on_two_rules_two_blueprints_and_two_apps_behind_proxyfix(make_app: MakeApp) -> None:
+    """One decorated view shares one memo wherever it is registered: every
+    rule, blueprint, app, forwarded prefix and forwarded host keeps its own
+    entry, and each one's hit is its own response."""
+
+    @cached(60)
+    def shared() -> Response:
+        return Response(json.dumps([request.path, request.script_root, request.host, next(RUNS)]))
+
+    first_app, _ = make_app()
+    second_app, _ = make_app()
+    first_app.add_url_rule("/a", "a", shared)
+    first_app.add_url_rule("/b", "b", shared)
+    for name in ("one", "two"):
+        blueprint = Blueprint(name, __name__)
+        blueprint.add_url_rule("/x", "x", shared)
+        first_app.register_blueprint(blueprint, url_prefix=f"/{name}")
+    second_app.add_url_rule("/a", "a", shared)
+    first_app.wsgi_app = ProxyFix(first_app.wsgi_app, x_prefix=1, x_host=1)  # type: ignore[method-assign]
+    calls: list[tuple[Flask, str, dict[str, str]]] = [
+        (first_app, "/a", {}),
+        (first_app, "/b", {}),
+        (first_app, "/one/x", {}),
+        (first_app, "/two/x", {}),
+        (first_app, "/a", {"X-Forwarded-Prefix": "/p1"}),
+        (first_app, "/a", {"X-Forwarded-Prefix": "/p2"}),
+        (first_app, "/a", {"X-Forwarded-Host": "other.test"}),
+        (second_app, "/a", {}),
+    ]
+    first = []
+    for app, path, headers in calls:
+        status, response_headers, body = _raw(app, path, headers=headers)
+        assert status.startswith("200") and dict(response_headers)["X-Cache"] == "MISS", (path, headers)
+        first.append(body)
+    assert len(set(first)) == len(calls)
+    for (app, path, headers), expected in zip(calls, first, strict=True):
+        status, response_headers, body = _raw(app, path, headers=headers)
+        assert dict(response_headers)["X-Cache"] == "HIT" and body == expected, (path, headers)
+
+
+def test_vary_responses_keep_one_entry_per_header_value_through_the_memo(make_app: MakeApp) -> None:
+    app, _ = make_app()
+
+    @app.get("/greeting")
+    @cached(60)
+    def greeting() -> Response:
+        language = request.headers.get("Accept-Language", "none")
+        return Response(f"{language}-{next(RUNS)}", headers={"Vary": "Accept-Language"})
+
+    client = app.test_client()
+    languages = ["en", "de", "fr", None]
+    first = {}
+    for language in languages:
+        headers = {} if language is None else {"Accept-Language": language}
+        first[language] = client.get("/greeting", headers=headers).get_data()
+    for language in languages * 2:
+        headers = {} if language is None else {"Accept-Language": language}
+        hit = client.get("/greeting", headers=headers)
+        assert hit.headers["X-Cache"] == "HIT" and hit.get_data() == first[language]
 
 
 def test_threads_racing_on_the_memo_never_cross_users(make_app: MakeApp) -> None:
