@@ -191,8 +191,8 @@ def test_a_record_cannot_give_a_hit_a_second_content_length(
     assert not {"transfer-encoding", "connection", "set-cookie"} & set(names), headers
 
 
-def _redis_app_with_other(make_app: MakeApp, redis_url: str) -> Flask:
-    app = _redis_app(make_app, redis_url)
+def _redis_app_with_other(make_app: MakeApp, redis_url: str, **config: Any) -> Flask:
+    app = _redis_app(make_app, redis_url, **config)
 
     @app.get("/other")
     @cached(60)
@@ -240,6 +240,27 @@ def test_a_cache_key_of_another_redis_type_is_a_miss_not_an_outage(
     again = _redis_app_with_other(make_app, redis_url).test_client()
     again.get("/page")
     assert again.get("/page").headers["X-Cache"] == "HIT"  # stored again: not wedged
+
+
+@_WRONGTYPE
+def test_an_epoch_key_of_another_redis_type_does_not_take_l2_down_for_good(
+    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
+) -> None:
+    """The epoch is one key for every view: a hash there (WRONGTYPE) must cost
+    at most the entries made under it (a lost epoch makes every entry a
+    miss), not every process's L2 for as long as it stays."""
+    _redis_app_with_other(make_app, redis_url).test_client().get("/page")
+    (epoch,) = raw_redis.scan_iter(match=f"{key_prefix}*:cache:epoch")
+    raw_redis.delete(epoch)
+    raw_redis.hset(epoch, "field", "value")
+    raw_redis.expire(epoch, 60)
+    # (The first process's stampede lock is left behind: the second waits for it.)
+    quick = {"RESILIENCE_CACHE_LOCK_TIMEOUT": 0.5}
+    _redis_app_with_other(make_app, redis_url, **quick).test_client().get("/page")  # a miss, stored again
+    shared = _redis_app_with_other(make_app, redis_url, **quick).test_client().get("/page")
+    assert shared.headers["X-Cache"] == "HIT" and "detail=l2" in shared.headers["Cache-Status"], (
+        shared.headers
+    )
 
 
 @pytest.mark.parametrize("status", [203, 204, 301, 404, 599])
