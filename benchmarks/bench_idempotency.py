@@ -325,7 +325,7 @@ def protocol_steps_removed() -> Iterator[None]:
     What a replay costs without them is the plumbing no replay can skip."""
     print_ = fingerprint("POST", "/charge", "", None, b"")
     replaced: dict[tuple[Any, str], Any] = {
-        (views, "current_principal"): lambda: None,
+        (views, "dispatch_principal"): lambda: None,
         (views, "fingerprint"): lambda *_args, **_kwargs: print_,
         (views, "_key"): lambda *_args: "replayed",
         (Counters, "count"): lambda *_args: None,

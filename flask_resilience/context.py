@@ -1,8 +1,8 @@
 """Who is calling and which request this is, shared by every feature.
 
 The request id is fixed by the request middleware (:mod:`.middleware`) and
-kept in the WSGI environ; the principal is computed at most once per request
-and kept in the WSGI environ too (a request's own, where ``g`` may be shared).
+kept in the WSGI environ; the principal is worked out when asked, and kept on
+the request object once the view is dispatched (see :func:`current_principal`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import hmac
 import random
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app, request
 
 from .config import PRINCIPAL_LOADER, REQUEST_ID_HEADER
 from .state import get_state
 
-PRINCIPAL_ENVIRON = "flask_resilience.principal"
+_KEPT = "_resilience_principal"  # on the request object, once dispatched
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -74,20 +75,34 @@ def current_principal() -> Principal | None:
     Order: the extension's ``@principal_loader``, ``RESILIENCE_PRINCIPAL_LOADER``,
     the Flask-Login user, then a hash of the ``Authorization`` header.
 
-    Only a user is kept for the rest of the request: asked before the app's
-    auth hook has run (by an early hook), the answer is "anonymous" or a
-    credential, and freezing it would put every caller in one scope.
+    Asked before the view is dispatched (by a ``before_request`` hook), the
+    answer is worked out anew each time and never kept: the app's own auth
+    hook may not have run yet, and the loader may still read the previous
+    request's ``g`` (Flask reuses an app context already pushed). Once the
+    cache or idempotency has asked at dispatch (:func:`dispatch_principal`),
+    that user is the request's for the rest of it.
     """
-    # Kept on the request, not on ``g``: Flask reuses an app context (and its
-    # ``g``) that is already pushed for the requests made inside it.
-    environ = request.environ
-    principal: Principal | None = environ.get(PRINCIPAL_ENVIRON)
-    if principal is None or principal.kind != "user":
-        principal = environ[PRINCIPAL_ENVIRON] = _resolve_principal(environ)
+    current = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    kept: Principal | None = current.__dict__.get(_KEPT)
+    return kept if kept is not None else _resolve_principal(current.environ)
+
+
+def dispatch_principal() -> Principal | None:
+    """The caller, asked as the view is dispatched (every ``before_request``
+    hook has run): a user is kept on the request object (its own: not ``g``,
+    not the environ a sub-request may copy) for the rest of the request, so
+    the cache's scope, idempotency's scope and the audit log agree."""
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    kept: Principal | None = current.__dict__.get(_KEPT)
+    if kept is not None:
+        return kept
+    principal = _resolve_principal(current.environ)
+    if principal is not None and principal.kind == "user":
+        current.__dict__[_KEPT] = principal
     return principal
 
 
-def _resolve_principal(environ: dict[str, object]) -> Principal | None:
+def _resolve_principal(environ: dict[str, Any]) -> Principal | None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     state = get_state(app)
     loader = state.hooks.principal_loader or state.config[PRINCIPAL_LOADER]

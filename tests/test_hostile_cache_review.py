@@ -635,10 +635,6 @@ def test_threads_racing_on_the_memo_never_cross_users(make_app: MakeApp) -> None
 # -- 4. the principal kept in the WSGI environ ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a user principal read before the auth hook is kept: in a reused app context, the last caller's",
-)
 def test_an_early_hook_in_a_shared_app_context_does_not_freeze_the_last_callers_principal(
     make_app: MakeApp,
 ) -> None:
@@ -680,10 +676,6 @@ def test_an_early_hook_in_a_shared_app_context_does_not_freeze_the_last_callers_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the kept principal travels in copies of request.environ: a sub-request inherits the outer one",
-)
 def test_a_sub_request_built_from_a_copy_of_the_environ_has_its_own_principal(make_app: MakeApp) -> None:
     """Batch endpoints run sub-requests from a copy of the outer environ with
     each item's own credentials; the kept principal must not travel along."""

@@ -10,7 +10,7 @@ from flask import Request, Response, current_app, request
 from flask.globals import request_ctx
 from werkzeug.datastructures import Headers
 
-from ..context import current_principal
+from ..context import dispatch_principal
 from ..responses import StoredResponse
 from .entry import CacheEntry, Stamp
 from .flight import wait_for_holder
@@ -32,7 +32,7 @@ _REQUEST_REFUSALS = frozenset({"session-modified", "after-this-request", "head-w
 def serve(cache: AppCache, policy: ViewPolicy, run: Callable[[], Response]) -> Response:
     """The response for this request: a hit, or ``run()`` (the view) stored."""
     current = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
-    principal = current_principal() if policy.per_user else None
+    principal = dispatch_principal() if policy.per_user else None
     session_cookie, remember_cookie = _cookie_names() if "HTTP_COOKIE" in current.environ else ("", None)
     bypass = cache.bypass_reason(
         current,

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 from flask import Blueprint, Flask, Request, Response, current_app, g, make_response, request
 from werkzeug.exceptions import HTTPException
 
-from ..context import current_principal
+from ..context import dispatch_principal
 from ..problems import Problem
 from ..stores.redis import StoreUnavailableError
 from ..validators import check_ttl
@@ -246,7 +246,7 @@ def _begin(service: AppIdempotency, options: Options, req: Request) -> Flight | 
     key = _key(service, options, req, endpoint)
     if key is None:
         return None
-    principal = current_principal()
+    principal = dispatch_principal()
     scope = principal.key if principal is not None else None
     route = req.url_rule.rule if req.url_rule is not None else req.path
     environ = req.environ
