@@ -57,6 +57,20 @@ ALWAYS_DENIED = HOP_BY_HOP | {
 }
 
 
+def valid_time(seconds: float) -> bool:
+    """Whether wall-clock ``seconds`` can be a stored time (NaN never is)."""
+    return 0.0 <= seconds < _LATEST_TIME
+
+
+def valid_header_value(value: str) -> bool:
+    """Whether ``value`` may be sent as a header value as it is."""
+    return _HEADER_VALUE.fullmatch(value) is not None
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not a stored number")
+
+
 class UnreadableRecord(ValueError):
     """A stored value this version cannot read; callers treat it as absent."""
 
@@ -122,12 +136,14 @@ class StoredResponse:
         created_at = float(header["t"])
         if not 100 <= status <= 999:
             raise ValueError(f"status {status} out of range")
-        if not 0.0 <= created_at < _LATEST_TIME:  # NaN too: every comparison is false
+        if not valid_time(created_at):
             raise ValueError("time out of range")
         headers = tuple((str(name), str(value)) for name, value in header["h"])
         for name, value in headers:
-            if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            if not _HEADER_NAME.fullmatch(name) or not valid_header_value(value):
                 raise ValueError("a header no server may send")
+            if name.lower() in ALWAYS_DENIED:  # never stored: a second Content-Length, a cookie
+                raise ValueError(f"a header no record holds: {name}")
         return cls(status=status, headers=headers, body=body, created_at=created_at)
 
 
@@ -146,7 +162,7 @@ def unpack(kind: bytes, data: bytes) -> tuple[dict[str, Any], bytes]:
     if end > len(data):
         raise UnreadableRecord("truncated record")
     try:
-        header = json.loads(data[_PREAMBLE:end])
+        header = json.loads(data[_PREAMBLE:end], parse_constant=_no_constants)  # no NaN, no Infinity
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to read
         raise UnreadableRecord(f"damaged record header: {type(exc).__name__}") from None
     if not isinstance(header, dict):

@@ -13,11 +13,10 @@ Anything unreadable reads as a miss, never as an error.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..responses import StoredResponse, UnreadableRecord, pack, unpack
+from ..responses import StoredResponse, UnreadableRecord, pack, unpack, valid_header_value, valid_time
 
 KIND = b"C"
 KINDS = frozenset({"response", "data", "vary", "pass"})
@@ -77,8 +76,11 @@ def decode(data: bytes) -> CacheEntry:
         if kind not in KINDS:
             raise UnreadableEntry(f"unknown entry kind {kind!r}")
         created_at, expires_at = float(header["c"]), float(header["x"])
-        if not (math.isfinite(created_at) and math.isfinite(expires_at)):
+        if not (valid_time(created_at) and valid_time(expires_at) and created_at <= expires_at):
             raise UnreadableEntry("a time out of range")
+        etag = header.get("e")
+        if etag is not None and not (isinstance(etag, str) and valid_header_value(etag)):
+            raise UnreadableEntry("an ETag no server may send")
         return CacheEntry(
             kind=kind,
             body=body,
@@ -89,10 +91,10 @@ def decode(data: bytes) -> CacheEntry:
                 tags={str(tag): int(version) for tag, version in header["g"].items()},
             ),
             response=StoredResponse.from_fields(header, body) if kind == "response" else None,
-            etag=header.get("e"),
+            etag=etag,
             vary=tuple(str(name) for name in header.get("v", ())),
         )
     except UnreadableRecord as exc:
         raise UnreadableEntry(str(exc)) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise UnreadableEntry(f"damaged cache entry: {exc}") from None

@@ -368,12 +368,18 @@ def _mark_miss(response: Response, detail: str) -> Response:
     return response
 
 
+_NOT_IN_304 = frozenset({"content-length", "content-type"})
+
+
 def _not_modified(entry: CacheEntry, headers: Iterable[tuple[str, str]]) -> Response:
     """A 304 with the validators and caching headers a 200 would carry (RFC 9110 §15.4.5)."""
     response = Response(status=304)
+    left_out = (
+        ("content-length", "content-type", "etag") if entry.etag else ("content-length", "content-type")
+    )
     for name, value in headers:
-        if name.lower() not in ("content-length", "content-type"):
-            response.headers[name] = value
+        if name.lower() not in left_out:
+            response.headers.add(name, value)  # add: a repeated header keeps every line
     if entry.etag:
         response.headers["ETag"] = entry.etag
     return response

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
-import math
 import random
 import struct
 import threading
@@ -33,7 +32,7 @@ from typing import Protocol
 
 from redis.exceptions import ResponseError
 
-from ..responses import VERSION, StoredResponse, UnreadableRecord, pack, unpack
+from ..responses import VERSION, StoredResponse, UnreadableRecord, pack, unpack, valid_time
 from ..stores.redis import RedisStore, StoreUnavailableError
 from .protocol import Completed, InFlight, Record, Unreadable
 
@@ -85,10 +84,10 @@ def decode(value: bytes) -> Record:
         if header.get("p"):
             return InFlight(str(header["fp"]), str(header["o"]))
         expires_at = float(header["x"])
-        if not math.isfinite(expires_at):
+        if not valid_time(expires_at):
             return UNREADABLE
         return Completed(str(header["fp"]), expires_at, StoredResponse.from_fields(header, body))
-    except (UnreadableRecord, KeyError, TypeError, ValueError):
+    except (UnreadableRecord, KeyError, TypeError, ValueError, OverflowError):
         return UNREADABLE
 
 
