@@ -450,10 +450,6 @@ def _memo_sizes(app: Flask) -> list[int]:
     return sizes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the memo bounds path+query (256) but not Host, the mount point or the principal: 1024 x any size",
-)
 def test_the_memo_stays_small_under_a_flood_of_long_host_headers(make_app: MakeApp) -> None:
     """A flood of random ``Host`` headers (vary_host, the default) keys each
     one afresh; what the memo keeps must stay within its stated size, about

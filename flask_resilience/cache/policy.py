@@ -10,7 +10,7 @@ from flask import Request
 from .keys import full_key, request_resource, variant
 
 _MEMO_ENTRIES = 1024  # remembered keys per view
-_MEMO_URL_LENGTH = 256  # longer paths and queries are keyed afresh (the memo stays small)
+_MEMO_URL_LENGTH = 256  # longer requests (path, query, host, root, principal) are keyed afresh
 
 # (path, raw query, scheme, host, root, principal)
 _Memo = tuple[str, str, str | None, str | None, str, str | None]
@@ -49,7 +49,8 @@ class ViewPolicy:
             resource = request_resource(current, self.prefix, self.query_args)
             text = variant(scheme=scheme, host=host, principal=principal, root=root)
             known = (resource, full_key(text, resource))
-            if len(path) + len(query) <= _MEMO_URL_LENGTH:
+            size = len(path) + len(query) + len(host or "") + len(root) + len(principal or "")
+            if size <= _MEMO_URL_LENGTH:  # every part counts: a client sends the Host too
                 if len(self.keys) >= _MEMO_ENTRIES:
                     self.keys.clear()  # random URLs: start over rather than grow
                 self.keys[memo] = known
