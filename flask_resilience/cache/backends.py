@@ -61,18 +61,25 @@ class L2Backend(Protocol):
     def drop_entries(self) -> None: ...
 
 
+# Anything else under our keys (another Redis type, a damaged value) is read
+# as missing, with PCALL, and replaced: a key someone else wrote must cost a
+# miss, never an error that takes L2 down or wedges its resource.
+#
 # A lookup is one round trip: the resource's generation (created when
 # missing), the entry if it was stored under that generation, and the
 # stampede lock when there is none. A stored value is the generation
-# (GENERATION_LENGTH characters) followed by the entry.
+# (GENERATION_LENGTH characters, as long as a fresh one: ARGV[3]) followed by
+# the entry.
 _LOOKUP = """
-local generation = redis.call('GET', KEYS[3])
-if not generation then
+local generation = redis.pcall('GET', KEYS[3])
+if type(generation) ~= 'string' or #generation ~= #ARGV[3] then
   generation = ARGV[3]
   redis.call('SET', KEYS[3], generation, 'PX', ARGV[4])
 end
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, 16) == generation then return {string.sub(value, 17), generation, 0} end
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'string' and string.sub(value, 1, #generation) == generation then
+  return {string.sub(value, #generation + 1), generation, 0}
+end
 if ARGV[2] == '0' then return {false, generation, 0} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, generation, 1} end
 return {false, generation, 0}
@@ -82,7 +89,8 @@ return {false, generation, 0}
 # conditional: only while the generation read before the view ran is current.
 # It releases our lock either way.
 _PUT = """
-local generation = redis.call('GET', KEYS[2])
+local generation = redis.pcall('GET', KEYS[2])
+if type(generation) ~= 'string' or #generation ~= #ARGV[5] then generation = false end
 local stored = 0
 if ARGV[3] == '' and not generation then
   generation = ARGV[5]
@@ -93,27 +101,40 @@ if generation and (ARGV[3] == '' or generation == ARGV[3]) then
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
   stored = 1
 end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+if ARGV[4] ~= '' and redis.pcall('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
 return stored
 """
 
 _UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# The epoch and the tag counters, each created (at its random start) when missing.
+# The epoch and the tag counters, each created (at its random start) when
+# missing, or replaced when damaged (an epoch of another length, a counter
+# that is not an integer): the tag's entries are then stale, never wrong.
 _VERSIONS = """
 local out = {}
 for index, key in ipairs(KEYS) do
-  local value = redis.call('GET', key)
-  if not value then
+  local value = redis.pcall('GET', key)
+  local fine = type(value) == 'string'
+  if fine and index == 1 then fine = #value == #ARGV[1] end
+  if fine and index > 1 then fine = string.match(value, '^%-?%d+$') ~= nil and #value < 19 end
+  if not fine then
     value = ARGV[index]
     redis.call('SET', key, value)
   end
   out[index] = value
 end
 return out
+"""
+
+# A tag's invalidation: the counter moves on, or starts afresh when damaged.
+_BUMP = """
+local bumped = redis.pcall('INCR', KEYS[1])
+if type(bumped) == 'number' then return bumped end
+redis.call('SET', KEYS[1], ARGV[1])
+return tonumber(ARGV[1])
 """
 
 _TAGS = "cache-tags"  # the hash slot of the epoch and every tag counter
@@ -139,6 +160,7 @@ class RedisBackend:
         self._put = store.script(_PUT)
         self._unlock = store.script(_UNLOCK)
         self._versions = store.script(_VERSIONS)
+        self._bump = store.script(_BUMP)
         # Where the resource sits in a generation key relative to the prefix: "{slot}:cache:g:".
         self._generation_head = len(store.key("cache", "g", "", slot=_slot(""))) - len(store.prefix)
 
@@ -199,7 +221,8 @@ class RedisBackend:
         return _text(values[0]) or "", [int(value) for value in values[1:]]
 
     def bump_tag(self, tag: str) -> int:
-        return self.store.incr(self.store.key("cache", "t", tag, slot=_TAGS))
+        key = self.store.key("cache", "t", tag, slot=_TAGS)
+        return int(self.store.run_script(self._bump, [key], [fresh_counter()]))
 
     def drop_entries(self) -> None:
         self.store.delete_matching("{*}:cache:[egl]:*")
