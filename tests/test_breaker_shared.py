@@ -255,3 +255,31 @@ def test_four_processes_share_one_circuit(redis_url: str, key_prefix: str) -> No
             if worker.is_alive():
                 worker.kill()
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+
+
+def test_the_status_endpoint_reports_the_shared_state_not_a_late_copy(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    """An operator (or a script) asks any worker: the answer is the circuit's
+    state in Redis, even where that worker's copy has not heard of it yet
+    (its listener restarting, or a message still on its way)."""
+    clock = FakeClock(1_700_000_000)
+    _, tripping = _shared_app(make_app, redis_url, clock)
+    extension = Resilience()
+    extension.circuit_breaker(SERVICE, clock=clock, **PARAMETERS)
+    asked, _ = make_app(
+        extension,
+        RESILIENCE_REDIS_URL=redis_url,
+        RESILIENCE_BREAKER_STORAGE="redis",
+        RESILIENCE_HEALTH_PUBLIC=True,
+    )
+    store = get_state(asked).redis
+    assert store is not None and store.subscriber.wait_until_listening(10)
+    store.subscriber.stop()  # this worker hears nothing of what follows
+    _trip(tripping, 5)
+    assert tripping.state is CircuitState.OPEN
+    answer = asked.test_client().get("/api/health/circuit-breakers")
+    assert answer.status_code == 200
+    assert answer.json is not None
+    assert answer.json["circuit_breakers"][SERVICE]["state"] == "OPEN"
+    assert answer.json["healthy"] is False

@@ -270,6 +270,12 @@ class CircuitBreaker(Protection, OperatorControls):
         with self._lock:
             self._refresh_fast()
 
+    def refresh(self) -> None:
+        """Read the shared state now (a status page asks; a call would sync on
+        its own): this process's copy may not have heard of a change yet. A
+        no-op read when nothing is shared; when Redis fails, the copy stays."""
+        self._sync()
+
     def mark_stale(self) -> None:
         """Shared state may have changed unseen (new process, lost pub/sub):
         read it again before the next call (a no-op read when nothing is shared)."""

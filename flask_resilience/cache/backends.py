@@ -62,35 +62,52 @@ class L2Backend(Protocol):
 
 
 # Anything else under our keys (another Redis type, a damaged value) is read
-# as missing, with PCALL, and replaced: a key someone else wrote must cost a
-# miss, never an error that takes L2 down or wedges its resource.
-#
+# as missing and replaced: a key someone else wrote must cost a miss, never
+# an error that takes L2 down or wedges its resource. READ is that GET: a
+# WRONGTYPE reply reads as missing; any other error (an ACL refusal, say) is
+# raised as it is.
+_READ = """
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then
+    if string.find(value['err'] or '', 'WRONGTYPE', 1, true) then return false end
+    return redis.call('GET', key)
+  end
+  return value
+end
+"""
+
 # A lookup is one round trip: the resource's generation (created when
 # missing), the entry if it was stored under that generation, and the
 # stampede lock when there is none. A stored value is the generation
 # (GENERATION_LENGTH characters, as long as a fresh one: ARGV[3]) followed by
 # the entry.
-_LOOKUP = """
-local generation = redis.pcall('GET', KEYS[3])
-if type(generation) ~= 'string' or #generation ~= #ARGV[3] then
+_LOOKUP = (
+    _READ
+    + """
+local generation = read(KEYS[3])
+if not generation or #generation ~= #ARGV[3] then
   generation = ARGV[3]
   redis.call('SET', KEYS[3], generation, 'PX', ARGV[4])
 end
-local value = redis.pcall('GET', KEYS[1])
-if type(value) == 'string' and string.sub(value, 1, #generation) == generation then
+local value = read(KEYS[1])
+if value and string.sub(value, 1, #generation) == generation then
   return {string.sub(value, #generation + 1), generation, 0}
 end
 if ARGV[2] == '0' then return {false, generation, 0} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, generation, 1} end
 return {false, generation, 0}
 """
+)
 
 # A store is one round trip too. With an expected generation it is
 # conditional: only while the generation read before the view ran is current.
 # It releases our lock either way.
-_PUT = """
-local generation = redis.pcall('GET', KEYS[2])
-if type(generation) ~= 'string' or #generation ~= #ARGV[5] then generation = false end
+_PUT = (
+    _READ
+    + """
+local generation = read(KEYS[2])
+if generation and #generation ~= #ARGV[5] then generation = false end
 local stored = 0
 if ARGV[3] == '' and not generation then
   generation = ARGV[5]
@@ -101,41 +118,69 @@ if generation and (ARGV[3] == '' or generation == ARGV[3]) then
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
   stored = 1
 end
-if ARGV[4] ~= '' and redis.pcall('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+if ARGV[4] ~= '' and read(KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
 return stored
 """
+)
 
-_UNLOCK = """
-if redis.pcall('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+_UNLOCK = (
+    _READ
+    + """
+if read(KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+)
+
+# A damaged tag counter restarts from the server's clock in microseconds:
+# above any counter's random start (under 2**40), so every process takes it
+# for a newer version (they ignore older ones, which may be late messages).
+_RESTART = """
+local function restart(key)
+  local now = redis.call('TIME')
+  local value = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', key, value)
+  return value
+end
 """
 
 # The epoch and the tag counters, each created (at its random start) when
 # missing, or replaced when damaged (an epoch of another length, a counter
 # that is not an integer): the tag's entries are then stale, never wrong.
-_VERSIONS = """
+_VERSIONS = (
+    _READ
+    + _RESTART
+    + """
 local out = {}
 for index, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  local fine = type(value) == 'string'
-  if fine and index == 1 then fine = #value == #ARGV[1] end
-  if fine and index > 1 then fine = string.match(value, '^%-?%d+$') ~= nil and #value < 19 end
-  if not fine then
+  local value = read(key)
+  if not value then
     value = ARGV[index]
     redis.call('SET', key, value)
+  elseif index == 1 and #value ~= #ARGV[1] then
+    value = ARGV[1]
+    redis.call('SET', key, value)
+  elseif index > 1 and (not string.match(value, '^%d+$') or #value > 18) then
+    value = restart(key)
   end
   out[index] = value
 end
 return out
 """
+)
 
-# A tag's invalidation: the counter moves on, or starts afresh when damaged.
-_BUMP = """
-local bumped = redis.pcall('INCR', KEYS[1])
+# A tag's invalidation: the counter moves on, or restarts when damaged.
+_BUMP = (
+    _RESTART
+    + """
+local bumped = redis.pcall('INCRBY', KEYS[1], 1)
 if type(bumped) == 'number' then return bumped end
-redis.call('SET', KEYS[1], ARGV[1])
-return tonumber(ARGV[1])
+local err = bumped['err'] or ''
+if string.find(err, 'WRONGTYPE', 1, true) or string.find(err, 'not an integer', 1, true) then
+  return tonumber(restart(KEYS[1]))
+end
+return redis.call('INCRBY', KEYS[1], 1)
 """
+)
 
 _TAGS = "cache-tags"  # the hash slot of the epoch and every tag counter
 
@@ -222,7 +267,7 @@ class RedisBackend:
 
     def bump_tag(self, tag: str) -> int:
         key = self.store.key("cache", "t", tag, slot=_TAGS)
-        return int(self.store.run_script(self._bump, [key], [fresh_counter()]))
+        return int(self.store.run_script(self._bump, [key], []))
 
     def drop_entries(self) -> None:
         self.store.delete_matching("{*}:cache:[egl]:*")

@@ -40,6 +40,8 @@ def circuit_breakers() -> Response:
     """Every breaker's state and statistics (admin unless RESILIENCE_HEALTH_PUBLIC)."""
     stats_access()
     registry = breakers_of()
+    for breaker in registry:  # the shared state, not a copy a message has not reached yet
+        breaker.refresh()
     return no_store(jsonify(healthy=registry.all_healthy(), circuit_breakers=registry.stats()))
 
 
