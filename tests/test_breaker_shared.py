@@ -6,6 +6,7 @@ import contextlib
 import multiprocessing
 import queue
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from multiprocessing.sharedctypes import Synchronized
@@ -18,6 +19,7 @@ from flask import Flask
 from flask_resilience import CircuitOpenError, CircuitState, Resilience
 from flask_resilience.breaker.breaker import CircuitBreaker
 from flask_resilience.state import get_state
+from tests.cache_outage import stopped
 from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
 from tests.services import free_port, start_redis_server
@@ -283,3 +285,30 @@ def test_the_status_endpoint_reports_the_shared_state_not_a_late_copy(
     assert answer.json is not None
     assert answer.json["circuit_breakers"][SERVICE]["state"] == "OPEN"
     assert answer.json["healthy"] is False
+
+
+def test_the_status_endpoint_pays_one_timeout_when_redis_hangs(
+    make_app: MakeApp, throwaway_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """Reading the shared state must not cost one Redis timeout per breaker
+    while Redis hangs: after the first failure the rest show their copies."""
+    url, server = throwaway_redis
+    extension = Resilience()
+    for name in ("one", "two", "three", "four"):
+        extension.circuit_breaker(name, **PARAMETERS)
+    app, _ = make_app(
+        extension,
+        RESILIENCE_REDIS_URL=url,
+        RESILIENCE_BREAKER_STORAGE="redis",
+        RESILIENCE_HEALTH_PUBLIC=True,
+        RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2,
+    )
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening(10)
+    client = app.test_client()
+    assert client.get("/api/health/circuit-breakers").status_code == 200
+    with stopped(server):
+        answer = client.get("/api/health/circuit-breakers")
+    assert answer.status_code == 200 and answer.json is not None
+    errors = [breaker["storage_errors"] for breaker in answer.json["circuit_breakers"].values()]
+    assert sum(errors) == 1, errors

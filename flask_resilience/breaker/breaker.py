@@ -264,17 +264,19 @@ class CircuitBreaker(Protection, OperatorControls):
 
     # -- shared storage ------------------------------------------------------------
 
-    def _sync(self) -> None:
+    def _sync(self) -> bool:
         self._needs_sync = False
-        self._link.sync()
+        read = self._link.sync()
         with self._lock:
             self._refresh_fast()
+        return read
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
         """Read the shared state now (a status page asks; a call would sync on
-        its own): this process's copy may not have heard of a change yet. A
-        no-op read when nothing is shared; when Redis fails, the copy stays."""
-        self._sync()
+        its own): this process's copy may not have heard of a change yet.
+        False when shared storage did not answer (the copy stays); True also
+        when nothing is shared."""
+        return self._sync()
 
     def mark_stale(self) -> None:
         """Shared state may have changed unseen (new process, lost pub/sub):

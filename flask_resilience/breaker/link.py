@@ -62,8 +62,9 @@ class Link(Protocol):
     storage: str
     wall_clock: bool  # shared circuits compare times across hosts
 
-    def sync(self) -> None:
-        """Mirror the stored state (a new process, a lost message)."""
+    def sync(self) -> bool:
+        """Mirror the stored state (a new process, a lost message); False
+        when storage did not answer."""
 
     def admit(self, now: float) -> Decision | None:
         """Admission for an OPEN circuit past its deadline or a HALF_OPEN one."""
@@ -85,8 +86,8 @@ class _LocalLink:
     storage = "local"
     wall_clock = False
 
-    def sync(self) -> None:
-        return None
+    def sync(self) -> bool:
+        return True
 
     def admit(self, now: float) -> Decision | None:
         return None

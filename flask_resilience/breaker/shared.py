@@ -167,20 +167,22 @@ class RedisLink:
         self.apply(verdict, "local")
         return verdict
 
-    def sync(self) -> None:
+    def sync(self) -> bool:
         self.sharing.store.subscriber.ensure_running()  # first thing a freshly forked worker does
         key = self.sharing.keys(self.breaker.name)[0]
         reply = self.sharing.run(self.breaker, lambda: self.sharing.store.hash_get(key, ["s", "u", "v", "e"]))
-        if reply is not None:
-            state, until_ms, version, epoch = reply
-            self.apply(
-                Verdict(
-                    State(_text(state or b"CLOSED")),
-                    float(_text(until_ms or b"0")) / 1000,
-                    int(version or 0),
-                    _text(epoch or b""),
-                )
+        if reply is None:
+            return False
+        state, until_ms, version, epoch = reply
+        self.apply(
+            Verdict(
+                State(_text(state or b"CLOSED")),
+                float(_text(until_ms or b"0")) / 1000,
+                int(version or 0),
+                _text(epoch or b""),
             )
+        )
+        return True
 
     def admit(self, now: float) -> Decision | None:
         token = uuid.uuid4().hex
