@@ -21,6 +21,8 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from flask_resilience import Resilience, cached, current_principal, invalidate_cache_by_tag
 from flask_resilience.cache.service import AppCache
 from flask_resilience.responses import pack, unpack
+from flask_resilience.state import get_state
+from tests.clock import eventually
 from tests.conftest import MakeApp
 
 RUNS = count(1)  # every computed body is unique
@@ -733,3 +735,42 @@ def test_invalidating_a_tag_whose_counter_is_damaged_invalidates_and_keeps_l2_up
     assert cache.stats()["l2"]["available"] and cache.stats()["l2"]["pending_invalidations"] == 0
     again = client.get("/fares")
     assert again.status_code == 200 and again.headers["X-Cache"] == "MISS"  # stale: computed again
+
+
+def test_an_invalidation_after_the_tag_counter_was_lost_reaches_every_l1(
+    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
+) -> None:
+    """The counter may vanish (evicted under an allkeys policy, a FLUSHDB)
+    while processes keep entries in L1 under its old version. The next
+    invalidation must still make them stale, here and in every process:
+    a counter recreated below the version they knew was taken for a late,
+    older message and ignored."""
+
+    def build() -> tuple[Flask, Any]:
+        app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+
+        @app.get("/fares")
+        @cached(60, tags=["fares"])
+        def fares() -> Response:
+            return Response(f"fares-{next(RUNS)}")
+
+        store = get_state(app).redis
+        assert store is not None and store.subscriber.wait_until_listening(10)
+        return app, app.test_client()
+
+    writer, writer_client = build()
+    _reader, reader_client = build()
+    for client in (writer_client, reader_client, writer_client, reader_client):
+        client.get("/fares")
+    assert writer_client.get("/fares").headers["Cache-Status"].endswith("detail=l1")
+    before = reader_client.get("/fares")
+    assert before.headers["Cache-Status"].endswith("detail=l1")
+    (counter,) = raw_redis.scan_iter(match=f"{key_prefix}*:cache:t:fares")
+    raw_redis.delete(counter)
+    with writer.app_context():
+        invalidate_cache_by_tag("fares")
+    fresh = writer_client.get("/fares")
+    assert fresh.headers["X-Cache"] == "MISS"
+    # The reader drops its L1 copy: it serves what the writer stored after the invalidation.
+    assert eventually(lambda: reader_client.get("/fares").get_data() == fresh.get_data())
+    assert fresh.get_data() != before.get_data()

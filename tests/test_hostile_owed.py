@@ -135,17 +135,20 @@ def test_an_invalidation_redis_took_is_not_applied_again_while_only_its_publish_
     writer, writer_clock = _app(make_app, url, source)
     raw = redis.Redis.from_url(url)
     try:
+        version_of(writer)  # the tag's counter exists (it starts from the server's clock)
+        (counter,) = raw.scan_iter(match="*cache:t:items")
+        start = int(raw.get(counter) or 0)
         _acl(raw, "-publish")
         with writer.app_context():
             invalidate_cache_by_tag("items")  # Redis took it; nobody heard of it
         for _ in range(5):
             writer_clock.advance(1.5)
             version_of(writer)
-        bumps = [int(raw.get(key) or 0) for key in raw.scan_iter(match="*cache:t:items")]
+        bumps = [int(raw.get(key) or 0) - start for key in raw.scan_iter(match="*cache:t:items")]
     finally:
         _acl(raw, "+publish")
         raw.close()
-    assert bumps == [1], f"the tag was invalidated in Redis again and again: counter {bumps}"
+    assert bumps == [1], f"the tag was invalidated in Redis again and again: counter moved {bumps}"
 
 
 # -- 3. "never again serves what it invalidated (neither from its L1 nor from L2)" -------------
@@ -347,7 +350,8 @@ def test_holds_the_listener_reconnecting_settles_without_a_request(
         assert eventually(lambda: _pending(writer) == 0, 20), "the reconnected listener did not settle"
         raw = redis.Redis.from_url(url)
         try:
-            counters = [key for key in raw.scan_iter(match="*cache:t:items") if raw.get(key) == b"1"]
+            # Nothing but the owed invalidation touches this tag after the restart.
+            counters = list(raw.scan_iter(match="*cache:t:items"))
         finally:
             raw.close()
         assert counters, "the owed 'items' invalidation did not reach the restarted Redis"

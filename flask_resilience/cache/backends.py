@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -31,8 +32,12 @@ class PatternsNeedRedis(RuntimeError):
 
 
 def fresh_counter() -> int:
-    """A new tag counter's start: random, so a recreated one matches no old entry."""
-    return secrets.randbelow(1 << 40) + 1
+    """A new tag counter's start: this host's clock in microseconds, so a
+    counter recreated after it was lost (evicted, flushed) is above every
+    version processes knew and matches no old entry (they take a lower one
+    for a late message and ignore it). Redis starts its counters from its
+    own clock the same way (``_RESTART``)."""
+    return time.time_ns() // 1000
 
 
 GENERATION_LENGTH = 16
@@ -131,9 +136,10 @@ return 0
 """
 )
 
-# A damaged tag counter restarts from the server's clock in microseconds:
-# above any counter's random start (under 2**40), so every process takes it
-# for a newer version (they ignore older ones, which may be late messages).
+# A tag counter starts (when missing) and restarts (when damaged) from the
+# server's clock in microseconds: above whatever version it had before, so
+# every process takes it for newer (they ignore older versions, which may be
+# late messages). A counter recreated at 1 by INCR would be ignored everywhere.
 _RESTART = """
 local function restart(key)
   local now = redis.call('TIME')
@@ -143,9 +149,10 @@ local function restart(key)
 end
 """
 
-# The epoch and the tag counters, each created (at its random start) when
-# missing, or replaced when damaged (an epoch of another length, a counter
-# that is not an integer): the tag's entries are then stale, never wrong.
+# The epoch and the tag counters, each created when missing (the epoch at a
+# random token, counters from the clock), or replaced when damaged (an epoch
+# of another length, a counter that is not an integer): the tag's entries
+# are then stale, never wrong.
 _VERSIONS = (
     _READ
     + _RESTART
@@ -153,9 +160,11 @@ _VERSIONS = (
 local out = {}
 for index, key in ipairs(KEYS) do
   local value = read(key)
-  if not value then
-    value = ARGV[index]
+  if not value and index == 1 then
+    value = ARGV[1]
     redis.call('SET', key, value)
+  elseif not value then
+    value = restart(key)
   elseif index == 1 and #value ~= #ARGV[1] then
     value = ARGV[1]
     redis.call('SET', key, value)
@@ -168,10 +177,11 @@ return out
 """
 )
 
-# A tag's invalidation: the counter moves on, or restarts when damaged.
+# A tag's invalidation: the counter moves on, or (re)starts when missing or damaged.
 _BUMP = (
     _RESTART
     + """
+if not redis.pcall('GET', KEYS[1]) then return tonumber(restart(KEYS[1])) end
 local bumped = redis.pcall('INCRBY', KEYS[1], 1)
 if type(bumped) == 'number' then return bumped end
 local err = bumped['err'] or ''
@@ -261,7 +271,7 @@ class RedisBackend:
     def tag_versions(self, tags: list[str]) -> tuple[str, list[int]]:
         keys = [self.store.key("cache", "epoch", slot=_TAGS)]
         keys += [self.store.key("cache", "t", tag, slot=_TAGS) for tag in tags]
-        starts: list[Any] = [fresh_token(), *(fresh_counter() for _ in tags)]
+        starts: list[Any] = [fresh_token()]  # counters start from the server's clock
         values = self.store.run_script(self._versions, keys, starts)
         return _text(values[0]) or "", [int(value) for value in values[1:]]
 
