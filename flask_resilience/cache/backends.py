@@ -141,6 +141,8 @@ return 0
 # every process takes it for newer (they ignore older versions, which may be
 # late messages). A counter recreated at 1 by INCR would be ignored everywhere.
 _RESTART = """
+-- TIME before a write: servers older than 5.0 need effects replication asked for.
+if redis.replicate_commands then redis.replicate_commands() end
 local function restart(key)
   local now = redis.call('TIME')
   local value = now[1] .. string.format('%06d', tonumber(now[2]))
