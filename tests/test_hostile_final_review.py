@@ -318,3 +318,32 @@ def test_reading_the_status_after_the_shared_state_was_lost_does_not_close_an_op
     with pytest.raises(CircuitOpenError):
         breaker.call(lambda: called.append(1))
     assert called == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_resolve_principal takes a loader's False for user id 'False': two credentials share one entry",
+)
+def test_a_loader_answering_false_for_no_user_does_not_make_two_credentials_one_principal(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    """``return user.is_authenticated and user.id`` answers False for nobody
+    (a bool is an int, so the loader's type allows it). That is no user: each
+    Authorization header must stay its own principal, not "user:False" for all."""
+    app, extension = make_app(RESILIENCE_REDIS_URL=redis_url, RESILIENCE_AUDIT_ENABLED=False)
+
+    @extension.principal_loader
+    def loader() -> str | int | None:
+        known = request.headers.get("X-User")
+        return bool(known) and str(known)
+
+    @app.get("/account")
+    @cached(60, per_user=True)
+    def account() -> ResponseReturnValue:
+        return jsonify(token=request.headers.get("Authorization"), run=next(RUNS))
+
+    client = app.test_client()
+    first = client.get("/account", headers={"Authorization": "Bearer alice-token"})
+    second = client.get("/account", headers={"Authorization": "Bearer mallory-token"})
+    assert first.json is not None and first.json["token"] == "Bearer alice-token"
+    assert second.json is not None and second.json["token"] == "Bearer mallory-token", "served alice's entry"
