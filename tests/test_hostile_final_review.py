@@ -347,3 +347,37 @@ def test_a_loader_answering_false_for_no_user_does_not_make_two_credentials_one_
     second = client.get("/account", headers={"Authorization": "Bearer mallory-token"})
     assert first.json is not None and first.json["token"] == "Bearer alice-token"
     assert second.json is not None and second.json["token"] == "Bearer mallory-token", "served alice's entry"
+
+
+@pytest.mark.cluster
+def test_holds_tag_counters_restart_from_the_clock_on_a_redis_cluster(
+    cluster_nodes: list[tuple[str, int]], key_prefix: str
+) -> None:
+    """The scripts (TIME before a write, a missing, damaged or foreign-typed
+    counter) on a cluster: each restart is above what was known, and the
+    next bump too."""
+    from flask_resilience.cache.backends import RedisBackend
+    from flask_resilience.stores.redis import RedisStore, build_client
+
+    store = RedisStore(
+        build_client(None, tuple(cluster_nodes), socket_timeout=0.5, connect_timeout=0.5), key_prefix
+    )
+    try:
+        backend = RedisBackend(store)
+        _, (known,) = backend.tag_versions(["fares"])
+        key = store.key("cache", "t", "fares", slot="cache-tags")
+        for damage in ("missing", "text", "list"):
+            store.client.delete(key)
+            if damage == "text":
+                store.client.set(key, "twelve")
+            elif damage == "list":
+                store.client.rpush(key, "x")
+            bumped = backend.bump_tag("fares")
+            assert bumped > known, damage
+            _, (read,) = backend.tag_versions(["fares"])
+            assert read == bumped, damage
+            known = bumped
+    finally:
+        for name in list(store.scan()):
+            store.delete(name)
+        store.close()
