@@ -112,7 +112,7 @@ def _resolve_principal(environ: dict[str, Any]) -> Principal | None:
         user_id = _flask_login_user_id()
     else:
         user_id = None
-    if user_id is not None and user_id != "":
+    if user_id is not None and user_id != "" and not isinstance(user_id, bool):  # a loader's False: nobody
         return Principal("user", str(user_id))
     # What request.headers.get("Authorization") reads, without its lookups.
     authorization = environ.get("HTTP_AUTHORIZATION")

@@ -47,10 +47,6 @@ def _tagged_app(make_app: MakeApp, redis_url: str) -> tuple[Flask, Any]:
     return app, app.test_client()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_BUMP INCRBYs a negative (damaged) counter; the version is below what processes knew, ignored",
-)
 def test_an_invalidation_after_the_tag_counter_was_damaged_to_a_negative_integer_reaches_every_l1(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
 ) -> None:
@@ -118,10 +114,6 @@ def _flask_caching_app(make_app: MakeApp, key_prefix: str) -> tuple[Flask, Any]:
     return app, cache
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FlaskCachingBackend.tag_versions: int() outside _run, a text counter raises ValueError (500)",
-)
 def test_a_damaged_tag_counter_on_flask_caching_costs_a_miss_not_a_500(
     make_app: MakeApp, key_prefix: str
 ) -> None:
@@ -194,9 +186,6 @@ def test_holds_a_per_user_entry_is_never_served_to_the_next_caller_in_a_reused_a
 # -- 3. breaker status reads Redis ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="refresh() parses the stored state unchecked: State('BOGUS') raises, status is 500"
-)
 def test_the_status_endpoint_answers_when_the_shared_state_is_damaged(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis
 ) -> None:
@@ -217,10 +206,6 @@ def test_the_status_endpoint_answers_when_the_shared_state_is_damaged(
     assert answer.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refresh() clears _needs_sync though Redis failed: the worker never reads the OPEN circuit",
-)
 def test_reading_the_status_while_redis_hangs_does_not_make_a_new_worker_forget_to_sync(
     make_app: MakeApp, throwaway_redis: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
@@ -255,10 +240,6 @@ def test_reading_the_status_while_redis_hangs_does_not_make_a_new_worker_forget_
     assert called == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="learn() drops a version below the known one, even here=True: a rolled-back bump is ignored",
-)
 def test_an_invalidation_after_the_tag_counter_rolled_back_reaches_every_l1(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
 ) -> None:
@@ -286,10 +267,6 @@ def test_an_invalidation_after_the_tag_counter_rolled_back_reaches_every_l1(
     assert eventually(lambda: reader_client.get("/fares").get_data() == body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisLink.sync adopts a missing state hash as CLOSED v0: a status read closes the circuit",
-)
 def test_reading_the_status_after_the_shared_state_was_lost_does_not_close_an_open_circuit(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis
 ) -> None:
@@ -320,10 +297,6 @@ def test_reading_the_status_after_the_shared_state_was_lost_does_not_close_an_op
     assert called == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_resolve_principal takes a loader's False for user id 'False': two credentials share one entry",
-)
 def test_a_loader_answering_false_for_no_user_does_not_make_two_credentials_one_principal(
     make_app: MakeApp, redis_url: str
 ) -> None:
@@ -383,10 +356,6 @@ def test_holds_tag_counters_restart_from_the_clock_on_a_redis_cluster(
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the status loop breaks on any storage error: one foreign-typed key hides other circuits OPEN",
-)
 def test_one_damaged_breaker_key_does_not_hide_another_circuits_open_state(
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis
 ) -> None:

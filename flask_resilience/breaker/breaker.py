@@ -276,7 +276,12 @@ class CircuitBreaker(Protection, OperatorControls):
         its own): this process's copy may not have heard of a change yet.
         False when shared storage did not answer (the copy stays); True also
         when nothing is shared."""
-        return self._sync()
+        pending = self._needs_sync
+        read = self._sync()
+        if not read and pending:
+            self._needs_sync = True  # a status read must not spend the next call's sync
+            self._fast = False
+        return read
 
     def mark_stale(self) -> None:
         """Shared state may have changed unseen (new process, lost pub/sub):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..lifecycle import fork_generation
-from ..stores.redis import RedisStore, StoreUnavailableError
+from ..stores.redis import RedisStore, StoreUnavailableError, is_wrong_type
 from . import scripts
 from .config import Outcome
 from .link import Admission, Decision, Link, Mirror
@@ -168,20 +168,43 @@ class RedisLink:
         return verdict
 
     def sync(self) -> bool:
+        """Mirror the stored state. False when Redis did not answer; a state
+        Redis holds damaged (another type, values that do not read) is
+        counted and this copy kept, and so is a state that is gone (evicted,
+        flushed): reading it as CLOSED would close an open circuit."""
         self.sharing.store.subscriber.ensure_running()  # first thing a freshly forked worker does
         key = self.sharing.keys(self.breaker.name)[0]
-        reply = self.sharing.run(self.breaker, lambda: self.sharing.store.hash_get(key, ["s", "u", "v", "e"]))
+        damaged = False
+
+        def read() -> list[bytes | None] | None:
+            nonlocal damaged
+            try:
+                return self.sharing.store.hash_get(key, ["s", "u", "v", "e"])
+            except StoreUnavailableError as exc:
+                if not is_wrong_type(exc):
+                    raise
+                damaged = True
+                return None
+
+        reply = self.sharing.run(self.breaker, read)
         if reply is None:
-            return False
+            if damaged:
+                self.breaker.count_storage_error()
+            return damaged
+        if all(field is None for field in reply):
+            return True  # nothing stored: this copy stands
         state, until_ms, version, epoch = reply
-        self.apply(
-            Verdict(
+        try:
+            verdict = Verdict(
                 State(_text(state or b"CLOSED")),
                 float(_text(until_ms or b"0")) / 1000,
                 int(version or 0),
                 _text(epoch or b""),
             )
-        )
+        except (ValueError, TypeError):
+            self.breaker.count_storage_error()
+            return True
+        self.apply(verdict)
         return True
 
     def admit(self, now: float) -> Decision | None:

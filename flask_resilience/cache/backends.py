@@ -179,18 +179,22 @@ return out
 """
 )
 
-# A tag's invalidation: the counter moves on, or (re)starts when missing or damaged.
+# A tag's invalidation: the counter moves to the server's clock, or one past
+# it when it is already there (many in one microsecond). So a bump is above
+# every version processes knew even after the counter was lost, damaged, or
+# rolled back by a failover (they ignore older versions: late messages).
 _BUMP = (
-    _RESTART
+    _READ
+    + _RESTART
     + """
-if not redis.pcall('GET', KEYS[1]) then return tonumber(restart(KEYS[1])) end
-local bumped = redis.pcall('INCRBY', KEYS[1], 1)
-if type(bumped) == 'number' then return bumped end
-local err = bumped['err'] or ''
-if string.find(err, 'WRONGTYPE', 1, true) or string.find(err, 'not an integer', 1, true) then
-  return tonumber(restart(KEYS[1]))
+local current = read(KEYS[1])
+local now = redis.call('TIME')
+local clock = now[1] .. string.format('%06d', tonumber(now[2]))
+if current and string.match(current, '^%d+$') and #current <= 18 and tonumber(current) >= tonumber(clock) then
+  return redis.call('INCRBY', KEYS[1], 1)
 end
-return redis.call('INCRBY', KEYS[1], 1)
+redis.call('SET', KEYS[1], clock)
+return tonumber(clock)
 """
 )
 
@@ -365,13 +369,25 @@ class FlaskCachingBackend:
 
     def tag_versions(self, tags: list[str]) -> tuple[str, list[int]]:
         epoch = self._current(f"{self._prefix}epoch", fresh_token())
-        return str(epoch), [int(self._current(f"{self._prefix}t:{tag}", fresh_counter())) for tag in tags]
+        return str(epoch), [self._counter(f"{self._prefix}t:{tag}") for tag in tags]
 
     def bump_tag(self, tag: str) -> int:
         # cachelib's inc is atomic on Redis and Memcached, best effort elsewhere.
         name = f"{self._prefix}t:{tag}"
-        self._current(name, fresh_counter())
+        self._counter(name)
         return int(self._run(lambda: self._backend().inc(name, 1)) or 0)
+
+    def _counter(self, name: str) -> int:
+        """A tag counter's value; one that is not a whole number (written by
+        something else, damaged) starts again from the clock."""
+        value = self._current(name, fresh_counter())
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, (str, bytes)) and value.isdigit() and len(value) <= 18:
+            return int(value)
+        restarted = fresh_counter()
+        self._run(lambda: self._backend().set(name, restarted, timeout=0))
+        return restarted
 
     def drop_entries(self) -> None:
         """Nothing to list; bumping the tag every entry carries already made them stale."""

@@ -30,10 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.exceptions import ResponseError
-
 from ..responses import VERSION, StoredResponse, UnreadableRecord, pack, unpack, valid_time
-from ..stores.redis import RedisStore, StoreUnavailableError
+from ..stores.redis import RedisStore, StoreUnavailableError, is_wrong_type
 from .protocol import Completed, InFlight, Record, Unreadable
 
 KIND = b"I"
@@ -132,14 +130,6 @@ class Records(Protocol):
     def __len__(self) -> int: ...
 
 
-def _wrong_type(exc: StoreUnavailableError) -> bool:
-    """Whether Redis answered, refusing the record key's type: something else
-    holds the key. That is a record this version cannot read, not an outage
-    (``fail_open`` must not run the request again over it)."""
-    cause = exc.__cause__
-    return isinstance(cause, ResponseError) and "WRONGTYPE" in str(cause)
-
-
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -179,7 +169,7 @@ class RedisRecords:
             else:
                 existing = self._redis.run_script(self._claim, [self._key(record_key)], [value, _ms(lease)])
         except StoreUnavailableError as exc:
-            if not _wrong_type(exc):
+            if not is_wrong_type(exc):
                 raise
             return Claim(None, value, UNREADABLE)
         if existing is None:
@@ -206,7 +196,7 @@ class RedisRecords:
         try:
             value = self._redis.get(self._key(record_key))
         except StoreUnavailableError as exc:
-            if not _wrong_type(exc):
+            if not is_wrong_type(exc):
                 raise
             return UNREADABLE
         return None if value is None else decode(value)

@@ -45,6 +45,13 @@ class StoreUnavailableError(RuntimeError):
     """Redis did not answer (refused, timed out, or errored)."""
 
 
+def is_wrong_type(exc: StoreUnavailableError) -> bool:
+    """Whether Redis did answer, refusing the key's type (WRONGTYPE):
+    something else holds the key. A damaged value, not an outage."""
+    cause = exc.__cause__
+    return isinstance(cause, redis.ResponseError) and "WRONGTYPE" in str(cause)
+
+
 class LuaScript:
     """A Lua script run with ``EVALSHA`` straight on the client.
 
