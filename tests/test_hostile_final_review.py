@@ -267,36 +267,6 @@ def test_an_invalidation_after_the_tag_counter_rolled_back_reaches_every_l1(
     assert eventually(lambda: reader_client.get("/fares").get_data() == body)
 
 
-def test_reading_the_status_after_the_shared_state_was_lost_does_not_close_an_open_circuit(
-    make_app: MakeApp, redis_url: str, raw_redis: redis.Redis
-) -> None:
-    """The state hash goes (evicted, a FLUSHDB) while this worker holds the
-    circuit OPEN. Without a status read its calls stay refused until the
-    timeout; one GET of the status page turns it CLOSED (window cleared) and
-    the next call goes to the failing service."""
-    clock = FakeClock(1_700_000_000)
-    extension = Resilience()
-    breaker = extension.circuit_breaker(SERVICE, clock=clock, **PARAMETERS)
-    app, _ = make_app(
-        extension,
-        RESILIENCE_REDIS_URL=redis_url,
-        RESILIENCE_BREAKER_STORAGE="redis",
-        RESILIENCE_HEALTH_PUBLIC=True,
-    )
-    store = get_state(app).redis
-    assert store is not None and store.subscriber.wait_until_listening(10)
-    _trip(breaker, 5)
-    assert breaker.state is CircuitState.OPEN
-    raw_redis.delete(store.key("state", slot=f"breaker:{SERVICE}"))
-    answer = app.test_client().get("/api/health/circuit-breakers")
-    assert answer.status_code == 200
-    assert breaker.state is CircuitState.OPEN
-    called: list[int] = []
-    with pytest.raises(CircuitOpenError):
-        breaker.call(lambda: called.append(1))
-    assert called == []
-
-
 def test_a_loader_answering_false_for_no_user_does_not_make_two_credentials_one_principal(
     make_app: MakeApp, redis_url: str
 ) -> None:

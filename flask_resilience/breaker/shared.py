@@ -170,8 +170,9 @@ class RedisLink:
     def sync(self) -> bool:
         """Mirror the stored state. False when Redis did not answer; a state
         Redis holds damaged (another type, values that do not read) is
-        counted and this copy kept, and so is a state that is gone (evicted,
-        flushed): reading it as CLOSED would close an open circuit."""
+        counted and this copy kept. A state that is gone (a restart without
+        persistence, a flush) reads as CLOSED, as every worker's admission
+        script reads it: the shared store decides."""
         self.sharing.store.subscriber.ensure_running()  # first thing a freshly forked worker does
         key = self.sharing.keys(self.breaker.name)[0]
         damaged = False
@@ -191,8 +192,6 @@ class RedisLink:
             if damaged:
                 self.breaker.count_storage_error()
             return damaged
-        if all(field is None for field in reply):
-            return True  # nothing stored: this copy stands
         state, until_ms, version, epoch = reply
         try:
             verdict = Verdict(
