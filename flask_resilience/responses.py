@@ -149,8 +149,12 @@ class StoredResponse:
 
 def pack(kind: bytes, header: Mapping[str, Any], body: bytes) -> bytes:
     """The envelope for ``kind`` (one byte) holding ``header`` and ``body``."""
-    raw = _header_json(header).encode()
-    return b"FR" + kind + bytes((VERSION,)) + _LENGTH.pack(len(raw)) + raw + body
+    return pack_json(kind, _header_json(header).encode(), body)
+
+
+def pack_json(kind: bytes, header: bytes, body: bytes) -> bytes:
+    """:func:`pack` for a header already encoded (compact JSON, as ``pack`` writes it)."""
+    return b"FR" + kind + bytes((VERSION,)) + _LENGTH.pack(len(header)) + header + body
 
 
 def unpack(kind: bytes, data: bytes) -> tuple[dict[str, Any], bytes]:

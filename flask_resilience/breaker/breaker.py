@@ -264,9 +264,15 @@ class CircuitBreaker(Protection, OperatorControls):
 
     # -- shared storage ------------------------------------------------------------
 
-    def _sync(self) -> bool:
+    def _sync(self, *, keep_pending: bool = False) -> bool:
+        """Mirror the shared state; ``keep_pending``: a read that fails leaves a
+        pending sync for the next call (a call's own read spends it: during an
+        outage calls must not each pay a Redis timeout)."""
+        pending = self._needs_sync
         self._needs_sync = False
         read = self._link.sync()
+        if keep_pending and not read:
+            self._needs_sync = pending
         with self._lock:
             self._refresh_fast()
         return read
@@ -276,12 +282,7 @@ class CircuitBreaker(Protection, OperatorControls):
         its own): this process's copy may not have heard of a change yet.
         False when shared storage did not answer (the copy stays); True also
         when nothing is shared."""
-        pending = self._needs_sync
-        read = self._sync()
-        if not read and pending:
-            self._needs_sync = True  # a status read must not spend the next call's sync
-            self._fast = False
-        return read
+        return self._sync(keep_pending=True)
 
     def mark_stale(self) -> None:
         """Shared state may have changed unseen (new process, lost pub/sub):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..lifecycle import fork_generation
-from ..stores.redis import RedisStore, StoreUnavailableError, is_wrong_type
+from ..stores.redis import RedisStore, StoreUnavailableError, WrongTypeError
 from . import scripts
 from .config import Outcome
 from .link import Admission, Decision, Link, Mirror
@@ -175,23 +175,19 @@ class RedisLink:
         script reads it: the shared store decides."""
         self.sharing.store.subscriber.ensure_running()  # first thing a freshly forked worker does
         key = self.sharing.keys(self.breaker.name)[0]
-        damaged = False
 
         def read() -> list[bytes | None] | None:
-            nonlocal damaged
             try:
-                return self.sharing.store.hash_get(key, ["s", "u", "v", "e"])
-            except StoreUnavailableError as exc:
-                if not is_wrong_type(exc):
-                    raise
-                damaged = True
-                return None
+                return self.sharing.store.hash_get(key, _STATE_FIELDS)
+            except WrongTypeError:
+                return _DAMAGED
 
         reply = self.sharing.run(self.breaker, read)
         if reply is None:
-            if damaged:
-                self.breaker.count_storage_error()
-            return damaged
+            return False
+        if reply is _DAMAGED:
+            self.breaker.count_storage_error()
+            return True
         state, until_ms, version, epoch = reply
         try:
             verdict = Verdict(
@@ -260,6 +256,10 @@ class RedisLink:
             self.sharing.origin,
         ]
         return self._run(self.sharing.set_state, args) is not None
+
+
+_STATE_FIELDS = ["s", "u", "v", "e"]
+_DAMAGED: list[bytes | None] = []  # the state key holds another Redis type
 
 
 def _ms(seconds: float) -> int:

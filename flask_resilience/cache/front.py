@@ -48,7 +48,7 @@ _NOT_ELIGIBLE = (
 )
 _METHODS = frozenset({"GET", "HEAD"})
 _PER_SERVE = frozenset({"x-cache", "cache-status", "age"})
-_NOT_IN_304 = frozenset({"content-length", "content-type"})
+NOT_IN_304 = frozenset({"content-length", "content-type"})  # a 304 carries no body
 
 Identity = tuple[str, str, str, str, str]
 WsgiHeaders = list[tuple[str, str]]
@@ -194,7 +194,7 @@ class FrontTier:
             (id_header, request_id),
         )
         if entry.etag and "HTTP_IF_NONE_MATCH" in environ and _etag_matches(environ, entry.etag):
-            start_response("304 Not Modified", [h for h in headers if h[0].lower() not in _NOT_IN_304])
+            start_response("304 Not Modified", [h for h in headers if h[0].lower() not in NOT_IN_304])
             return []
         status = entry.response.status
         headers.append(("Content-Length", str(len(entry.body))))

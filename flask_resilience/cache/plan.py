@@ -368,9 +368,6 @@ def _mark_miss(response: Response, detail: str) -> Response:
     return response
 
 
-_NOT_IN_304 = frozenset({"content-length", "content-type"})
-
-
 def _not_modified(entry: CacheEntry, headers: Iterable[tuple[str, str]]) -> Response:
     """A 304 with the validators and caching headers a 200 would carry (RFC 9110 §15.4.5)."""
     response = Response(status=304)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 import heapq
 import random
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -30,14 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..responses import VERSION, StoredResponse, UnreadableRecord, pack, unpack, valid_time
-from ..stores.redis import RedisStore, StoreUnavailableError, is_wrong_type
+from ..responses import StoredResponse, UnreadableRecord, pack, pack_json, unpack, valid_time
+from ..stores.redis import RedisStore, WrongTypeError
 from .protocol import Completed, InFlight, Record, Unreadable
 
 KIND = b"I"
 UNREADABLE = Unreadable()
-_IN_FLIGHT_PREAMBLE = b"FR" + KIND + bytes((VERSION,))
-_LENGTH = struct.Struct(">I")
 
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
@@ -65,8 +62,7 @@ def in_flight_value(fingerprint: str, owner: str) -> bytes:
     bytes the encoder gives, without running it on every claim.
     """
     if fingerprint.isascii() and fingerprint.isalnum() and owner.isascii() and owner.isalnum():
-        header = f'{{"p":1,"fp":"{fingerprint}","o":"{owner}"}}'.encode()
-        return _IN_FLIGHT_PREAMBLE + _LENGTH.pack(len(header)) + header
+        return pack_json(KIND, f'{{"p":1,"fp":"{fingerprint}","o":"{owner}"}}'.encode(), b"")
     return pack(KIND, {"p": 1, "fp": fingerprint, "o": owner}, b"")
 
 
@@ -168,9 +164,7 @@ class RedisRecords:
                 existing = self._redis.set_absent_or_get(self._key(record_key), value, lease)
             else:
                 existing = self._redis.run_script(self._claim, [self._key(record_key)], [value, _ms(lease)])
-        except StoreUnavailableError as exc:
-            if not is_wrong_type(exc):
-                raise
+        except WrongTypeError:
             return Claim(None, value, UNREADABLE)
         if existing is None:
             return Claim(owner, value, None)
@@ -195,9 +189,7 @@ class RedisRecords:
     def get(self, record_key: str) -> Record | None:
         try:
             value = self._redis.get(self._key(record_key))
-        except StoreUnavailableError as exc:
-            if not is_wrong_type(exc):
-                raise
+        except WrongTypeError:
             return UNREADABLE
         return None if value is None else decode(value)
 

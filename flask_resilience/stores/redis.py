@@ -45,11 +45,9 @@ class StoreUnavailableError(RuntimeError):
     """Redis did not answer (refused, timed out, or errored)."""
 
 
-def is_wrong_type(exc: StoreUnavailableError) -> bool:
-    """Whether Redis did answer, refusing the key's type (WRONGTYPE):
-    something else holds the key. A damaged value, not an outage."""
-    cause = exc.__cause__
-    return isinstance(cause, redis.ResponseError) and "WRONGTYPE" in str(cause)
+class WrongTypeError(StoreUnavailableError):
+    """Redis answered, refusing the key's type (WRONGTYPE): something else
+    holds the key. A damaged value, not an outage."""
 
 
 class LuaScript:
@@ -282,6 +280,10 @@ class RedisStore:
     def _run(self, command: Callable[[], Any]) -> Any:
         try:
             return command()
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):  # also raised from inside a script
+                raise WrongTypeError(f"Redis holds something else under the key: {exc}") from exc
+            raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
 
