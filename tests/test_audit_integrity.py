@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy
 from flask import Flask
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, select, text, update
 
 from flask_resilience import AuditEventType, Resilience, log_auth_event, log_data_change
@@ -47,6 +49,10 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X
         ({"note": "card 4111 1111 1111 1111 ok"}, {"note": "card [CARD ****1111] ok"}),
         ({"note": "order 4111 1111 1111 1112"}, {"note": "order 4111 1111 1111 1112"}),  # fails Luhn: kept
         ({"pan_as_number": 4111111111111111}, {"pan_as_number": "[CARD ****1111]"}),
+        ({"note": "tok_4111111111111111;"}, {"note": "tok_[CARD ****1111];"}),
+        # digits inside a hex hash or an id are not a card: masking them altered purge anchors
+        ({"hash": "81ed7583ef4111111111111111bf14"}, {"hash": "81ed7583ef4111111111111111bf14"}),
+        ({"id": "ord4111111111111111"}, {"id": "ord4111111111111111"}),
         ({"header": "Bearer abc.def-ghi"}, {"header": f"Bearer {MASK}"}),
         ({"text": f"sent {JWT} to api"}, {"text": f"sent {MASK} to api"}),
         ({"line": "evil\r\nINFO forged entry"}, {"line": "evil\\r\\nINFO forged entry"}),
@@ -56,6 +62,17 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X
 )
 def test_redaction_matrix(value: Any, expected: Any) -> None:
     assert Redactor().value(value) == expected
+
+
+_HEX = st.from_regex(r"[0-9a-f]{0,24}", fullmatch=True)
+
+
+@given(_HEX, st.from_regex(r"[0-9]{13,19}", fullmatch=True), _HEX, st.sampled_from("abcdef"))
+def test_a_hex_digest_is_never_redacted(head: str, digits: str, tail: str, letter: str) -> None:
+    """Hashes and hex ids (purge anchors among them) hold digit runs that can pass the Luhn check."""
+    inside = f"{head}{letter}{digits}{letter}{tail}"
+    for digest in (inside, f"{digits}{letter}{tail}", f"{head}{letter}{digits}"):
+        assert Redactor().text(digest) == digest
 
 
 def test_configured_keys_hook_and_text_fields() -> None:

@@ -173,3 +173,38 @@ def test_purge_keeps_recent_entries_when_one_is_backdated(make_app: MakeApp, dat
     kept = [(row["resource"], row["resource_id"]) for row in rows if row["event_type"] == "UPDATE"]
     assert sorted(kept) == [("recent", "1"), ("recent", "2"), ("recent", "3")], kept
     verify_ok(app)
+
+
+def _mask_every_string(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _mask_every_string(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_every_string(item) for item in value]
+    return "[MASKED]" if isinstance(value, str) else value
+
+
+def _masking_redactor(fields: dict[str, Any]) -> dict[str, Any]:
+    return {**fields, "details": _mask_every_string(fields.get("details"))}
+
+
+def test_an_apps_redactor_cannot_alter_the_purge_anchor(make_app: MakeApp, database: str) -> None:
+    """The purge record holds chain ids, seqs and hashes, nothing of a user's:
+    an app redactor that masks every string in ``details`` (or the built-in
+    card check, which once read digits inside a hash as a card number) must
+    not change it, or verify rejects the anchor and reports the purge a gap."""
+    app, _ = make_app(
+        RESILIENCE_AUDIT_DATABASE_URI=database,
+        RESILIENCE_AUDIT_REDACTOR=_masking_redactor,
+    )
+    writer = AppAudit.of(app).writer
+    with freeze_time(datetime.now(UTC) - timedelta(days=200)), app.app_context():
+        log_data_change(AuditEventType.UPDATE, "old", 1, {"price": 1})
+        writer.flush()
+    with app.app_context():
+        log_data_change(AuditEventType.UPDATE, "recent", 1, {"price": 2})
+        writer.flush()
+    purge = ["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
+    purged = app.test_cli_runner().invoke(args=purge)
+    assert purged.exit_code == 0, purged.output
+    assert [row["resource"] for row in stored(database) if row["event_type"] == "UPDATE"] == ["recent"]
+    verify_ok(app)

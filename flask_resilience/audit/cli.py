@@ -139,13 +139,12 @@ def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
         click.confirm("delete them?", abort=True)
     deleted, anchors = purge(engine, before)
     if deleted:
-        app_audit.record(
+        app_audit.record_own(
             {
                 "event_type": AuditEventType.ADMIN,
                 "message": f"audit purge of entries older than {older_than}",
                 "details": {PURGE_KEY: anchors, "deleted": deleted},
-            },
-            durable=True,
+            }
         )
     click.echo(f"deleted {deleted} entries older than {before.isoformat()}Z")
     store = app_audit.writer.checkpoints

@@ -220,7 +220,18 @@ class AppAudit(Feature):
             session = transaction.app_session()
             transaction.defer(session, lambda later: self.record(later, durable=durable), fields)
             return None
-        entry = AuditEntry.from_mapping(storable(self.redactor.fields(fields)))
+        return self._enqueue(AuditEntry.from_mapping(storable(self.redactor.fields(fields))), durable)
+
+    def record_own(self, fields: dict[str, Any]) -> AuditEntry | None:
+        """Record, durably, an entry of the extension's own whose fields hold
+        only what it built (chain ids, seqs, hashes: a purge's anchors). No
+        redaction, the app's redactor included: altering one would make
+        ``verify`` reject what the entry states."""
+        if not self.enabled:
+            return None
+        return self._enqueue(AuditEntry.from_mapping(storable(fields)), durable=True)
+
+    def _enqueue(self, entry: AuditEntry, durable: bool) -> AuditEntry:
         if self.writer.engine is None:
             self.engine()
         self.counters.count(entry)
