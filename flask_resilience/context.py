@@ -49,14 +49,22 @@ REQUEST_ID_ENVIRON = "flask_resilience.request_id"
 """Where the request middleware keeps the request's id in the WSGI environ."""
 
 
+valid_request_id = _VALID_REQUEST_ID.fullmatch
+"""Whether an incoming request id is kept as it is (its match, else None)."""
+
+
+def new_request_id() -> str:
+    """A new request id: 32 hex digits. A correlation id, not a secret: the
+    module-level generator is reseeded in every forked worker and is far
+    cheaper than os.urandom, which costs tens of microseconds on some VMs."""
+    return random.getrandbits(128).to_bytes(16).hex()
+
+
 def request_id_from(incoming: str | None) -> str:
     """A valid incoming id as it is, else a new one."""
-    if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
+    if incoming is not None and valid_request_id(incoming):
         return incoming
-    # A correlation id, not a secret: the module-level generator is reseeded
-    # in every forked worker and is far cheaper than os.urandom, which costs
-    # tens of microseconds on some VMs.
-    return f"{random.getrandbits(128):032x}"
+    return new_request_id()
 
 
 def current_request_id() -> str:

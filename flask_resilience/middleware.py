@@ -18,12 +18,34 @@ from types import TracebackType
 from typing import Any
 
 from .cache.front import IDENTITY_ENVIRON, OFFER_ENVIRON, FrontTier, Offer, identity_of
-from .context import REQUEST_ID_ENVIRON, request_id_from
+from .context import REQUEST_ID_ENVIRON, new_request_id, valid_request_id
 from .stores.pubsub import Subscriber
 from .stores.redis import RedisStore
 
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None] | None
+
+
+class _Echo:
+    """``start_response`` for the app: the request id joins the headers (it
+    replaces one the app set itself)."""
+
+    __slots__ = ("id_length", "id_lower", "pair", "start_response")
+
+    def __init__(self, start_response: Any, id_header: str, id_lower: str, request_id: str) -> None:
+        self.start_response = start_response
+        self.pair = (id_header, request_id)
+        self.id_lower = id_lower
+        self.id_length = len(id_lower)
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo = None) -> Any:
+        length, id_lower = self.id_length, self.id_lower
+        for name, _value in headers:
+            if len(name) == length and name.lower() == id_lower:  # the app set one: ours replaces it
+                headers = [pair for pair in headers if pair[0].lower() != id_lower]
+                break
+        headers.append(self.pair)
+        return self.start_response(status, headers, exc_info)
 
 
 class RequestMiddleware:
@@ -50,7 +72,10 @@ class RequestMiddleware:
         self._layered = front.layered
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        request_id = environ[REQUEST_ID_ENVIRON] = request_id_from(environ.get(self._id_environ))
+        incoming = environ.get(self._id_environ)
+        if incoming is None or not valid_request_id(incoming):
+            incoming = new_request_id()
+        request_id = environ[REQUEST_ID_ENVIRON] = incoming
         subscriber = self._subscriber
         if subscriber is not None and not subscriber.is_running():
             subscriber = self._listen()
@@ -69,17 +94,7 @@ class RequestMiddleware:
             if identity is not None:
                 environ[IDENTITY_ENVIRON] = identity
                 return self._keeping(environ, start_response, request_id)
-        echoed, id_lower = (self.id_header, request_id), self._id_lower
-
-        def start(status: str, headers: list[tuple[str, str]], exc_info: ExcInfo = None) -> Any:
-            for name, _value in headers:
-                if name.lower() == id_lower:  # the app set one itself: ours replaces it
-                    headers = [pair for pair in headers if pair[0].lower() != id_lower]
-                    break
-            headers.append(echoed)
-            return start_response(status, headers, exc_info)
-
-        return self.wsgi_app(environ, start)
+        return self.wsgi_app(environ, _Echo(start_response, self.id_header, self._id_lower, request_id))
 
     def _keeping(self, environ: dict[str, Any], start_response: Any, request_id: str) -> Iterable[bytes]:
         """Run the app; when the view-level cache offered this request to the

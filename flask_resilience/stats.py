@@ -24,10 +24,18 @@ class Counters:
             self._endpoints: dict[str, Counter[str]] = {}
 
     def count(self, name: str, endpoint: str | None = None) -> None:
-        with self._lock:
-            self._counts[name] += 1
+        # acquire/release, not ``with``: half the cost, on every cache hit
+        # (nothing in between can raise but an interrupt, and finally covers it).
+        lock = self._lock
+        lock.acquire()
+        try:
+            counts = self._counts
+            counts[name] = counts.get(name, 0) + 1
             if endpoint is not None:
-                self._endpoint(endpoint)[name] += 1
+                counts = self._endpoints.get(endpoint) or self._endpoint(endpoint)
+                counts[name] = counts.get(name, 0) + 1
+        finally:
+            lock.release()
 
     def count_reason(self, table: str, reason: str, endpoint: str | None = None) -> None:
         with self._lock:

@@ -108,6 +108,16 @@ class Offer:
     mark: tuple[int, float]
 
 
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What every front hit on one entry sends alike: the status line and
+    headers (``Content-Length`` for a 200, none of the body's for a 304)."""
+
+    status: str
+    headers: WsgiHeaders
+    not_modified: WsgiHeaders
+
+
 FRONT_MARK = "_resilience_front"
 """Set on a view decorated ``@cached(front=True)``: its app's tier notes request identities."""
 
@@ -140,6 +150,9 @@ class FrontTier:
         self.max_routes = max_routes
         self.routes: dict[Identity, Route] = {}
         self._lock = threading.Lock()
+        # Per front key, its entry's reply built once (the entry is the check:
+        # a new entry under the key builds a new reply).
+        self._replies: dict[str, tuple[CacheEntry, _Reply]] = {}
 
     def arm_for(self, views: Iterable[object]) -> None:
         """Arm the tier when one of ``views`` opted in (or the app's setting opts every view in)."""
@@ -181,25 +194,39 @@ class FrontTier:
             return None
         if not route.head and environ["REQUEST_METHOD"] == "HEAD":
             return None
-        entry = self.lookup(route.key_for(environ))
+        key = route.key_for(environ)
+        entry = self.lookup(key)
         if entry is None or entry.response is None:
             return None
         self.layered.stats.count("l1_hits", route.endpoint)
+        known = self._replies.get(key)
+        reply = known[1] if known is not None and known[0] is entry else self._reply_for(key, entry)
         now = self.layered.clock()
-        headers = list(entry.response.headers)
-        headers += (
-            ("X-Cache", "HIT"),
-            ("Cache-Status", f"{CACHE_ID}; hit; ttl={max(0, int(entry.expires_at - now))}; detail=front"),
-            ("Age", str(max(0, int(now - entry.created_at)))),
+        ttl, age = int(entry.expires_at - now), int(now - entry.created_at)
+        per_request = [
+            ("Cache-Status", f"{CACHE_ID}; hit; ttl={ttl if ttl > 0 else 0}; detail=front"),
+            ("Age", str(age) if age > 0 else "0"),
             (id_header, request_id),
-        )
+        ]
         if entry.etag and "HTTP_IF_NONE_MATCH" in environ and _etag_matches(environ, entry.etag):
-            start_response("304 Not Modified", [h for h in headers if h[0].lower() not in NOT_IN_304])
+            start_response("304 Not Modified", reply.not_modified + per_request)
             return []
-        status = entry.response.status
-        headers.append(("Content-Length", str(len(entry.body))))
-        start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN')}", headers)
+        start_response(reply.status, reply.headers + per_request)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [entry.body]
+
+    def _reply_for(self, key: str, entry: CacheEntry) -> _Reply:
+        assert entry.response is not None
+        stored = [*entry.response.headers, ("X-Cache", "HIT")]
+        reply = _Reply(
+            f"{entry.response.status} {HTTP_STATUS_CODES.get(entry.response.status, 'UNKNOWN')}",
+            [*stored, ("Content-Length", str(len(entry.body)))],
+            [pair for pair in stored if pair[0].lower() not in NOT_IN_304],
+        )
+        replies = self._replies
+        if len(replies) >= self.max_routes and key not in replies:
+            replies.clear()  # bounded as the routes are: rebuilding costs one hit a little more
+        replies[key] = (entry, reply)
+        return reply
 
     def lookup(self, key: str) -> CacheEntry | None:
         """The front entry under ``key`` in L1 (one function per layer lookup)."""
