@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import gc
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -456,3 +458,31 @@ def test_a_stored_header_with_a_line_break_reads_as_a_miss() -> None:
     data = CacheEntry("response", b"{}", 1.0, 2.0, Stamp("e"), stored).encode()
     with pytest.raises(UnreadableEntry):
         decode(data)
+
+
+def test_front_hits_keep_no_entry_alive_after_l1_lets_it_go(make_app: MakeApp) -> None:
+    """What the tier builds per entry for its hits lives and dies with the
+    entry: L1's byte bound holds, however many entries were served and evicted."""
+    app, _ = make_app(RESILIENCE_CACHE_L1_MAX_BYTES=4_000_000)
+    big = b"x" * 1_000_000
+
+    @app.get("/big/<int:number>")
+    @cached(ttl=300, front=True)
+    def large(number: int) -> ResponseReturnValue:
+        return big + str(number).encode(), 200, {"Content-Type": "application/octet-stream"}
+
+    client = app.test_client()
+    tracemalloc.start()
+    try:
+        for number in range(40):
+            assert client.get(f"/big/{number}").status_code == 200  # stored, offered, kept
+            hit = client.get(f"/big/{number}")
+            assert detail(hit) == "front", hit.headers
+        del hit
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # L1 holds at most 4 MB (view entries and front entries alike), plus what the
+    # test client keeps of the last response; 40 MB went through.
+    assert held < 8_000_000, held

@@ -49,6 +49,10 @@ class CacheEntry:
     response: StoredResponse | None = None
     etag: str | None = None
     vary: tuple[str, ...] = ()
+    # What the front tier sends for every hit on this entry, built at its first
+    # hit (cache/front.py): it lives and dies with the entry, is never stored,
+    # and a copy made with dataclasses.replace starts without it.
+    front_reply: Any = field(default=None, init=False, compare=False, repr=False)
 
     def ttl(self, now: float) -> float:
         return self.expires_at - now

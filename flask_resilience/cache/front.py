@@ -118,6 +118,19 @@ class _Reply:
     not_modified: WsgiHeaders
 
 
+def _reply_for(entry: CacheEntry) -> _Reply:
+    """Build ``entry``'s reply and keep it on the entry (racing hits build the same one)."""
+    assert entry.response is not None
+    stored = [*entry.response.headers, ("X-Cache", "HIT")]
+    reply = _Reply(
+        f"{entry.response.status} {HTTP_STATUS_CODES.get(entry.response.status, 'UNKNOWN')}",
+        [*stored, ("Content-Length", str(len(entry.body)))],
+        [pair for pair in stored if pair[0].lower() not in NOT_IN_304],
+    )
+    object.__setattr__(entry, "front_reply", reply)  # a memo of the frozen entry's own data
+    return reply
+
+
 FRONT_MARK = "_resilience_front"
 """Set on a view decorated ``@cached(front=True)``: its app's tier notes request identities."""
 
@@ -150,9 +163,6 @@ class FrontTier:
         self.max_routes = max_routes
         self.routes: dict[Identity, Route] = {}
         self._lock = threading.Lock()
-        # Per front key, its entry's reply built once (the entry is the check:
-        # a new entry under the key builds a new reply).
-        self._replies: dict[str, tuple[CacheEntry, _Reply]] = {}
 
     def arm_for(self, views: Iterable[object]) -> None:
         """Arm the tier when one of ``views`` opted in (or the app's setting opts every view in)."""
@@ -194,13 +204,11 @@ class FrontTier:
             return None
         if not route.head and environ["REQUEST_METHOD"] == "HEAD":
             return None
-        key = route.key_for(environ)
-        entry = self.lookup(key)
+        entry = self.lookup(route.key_for(environ))
         if entry is None or entry.response is None:
             return None
         self.layered.stats.count("l1_hits", route.endpoint)
-        known = self._replies.get(key)
-        reply = known[1] if known is not None and known[0] is entry else self._reply_for(key, entry)
+        reply: _Reply = entry.front_reply or _reply_for(entry)
         now = self.layered.clock()
         ttl, age = int(entry.expires_at - now), int(now - entry.created_at)
         per_request = [
@@ -213,20 +221,6 @@ class FrontTier:
             return []
         start_response(reply.status, reply.headers + per_request)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [entry.body]
-
-    def _reply_for(self, key: str, entry: CacheEntry) -> _Reply:
-        assert entry.response is not None
-        stored = [*entry.response.headers, ("X-Cache", "HIT")]
-        reply = _Reply(
-            f"{entry.response.status} {HTTP_STATUS_CODES.get(entry.response.status, 'UNKNOWN')}",
-            [*stored, ("Content-Length", str(len(entry.body)))],
-            [pair for pair in stored if pair[0].lower() not in NOT_IN_304],
-        )
-        replies = self._replies
-        if len(replies) >= self.max_routes and key not in replies:
-            replies.clear()  # bounded as the routes are: rebuilding costs one hit a little more
-        replies[key] = (entry, reply)
-        return reply
 
     def lookup(self, key: str) -> CacheEntry | None:
         """The front entry under ``key`` in L1 (one function per layer lookup)."""
