@@ -1,0 +1,376 @@
+"""Hostile review of the last two commits (c8da2b3, 36a8098): redaction next
+to words, the unredacted purge record, the front tier's reply cache, the
+request id, sampled L1 timings and the acquire/release locks."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import tracemalloc
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from flask import Flask, Response
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import update
+
+from flask_resilience import AuditEventType, cached, log_data_change
+from flask_resilience.audit.redact import Redactor, luhn_valid
+from flask_resilience.audit.service import AppAudit
+from flask_resilience.audit.table import audit_log
+from flask_resilience.cache.layered import SAMPLE
+from flask_resilience.cache.service import AppCache
+from flask_resilience.stats import Counters
+from flask_resilience.stores.memory import MemoryStore
+from tests.audit_support import stored, verify_ok
+from tests.conftest import MakeApp
+
+# -- 1. redaction --------------------------------------------------------------------------
+
+
+def _luhn_tail(prefix: str) -> str:
+    """``prefix`` plus the one check digit that makes it pass Luhn."""
+    return next(prefix + str(d) for d in range(10) if luhn_valid(prefix + str(d)))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a UUID (hex id) whose last two groups are decimal and Luhn-valid is altered: '-' is a word edge",
+)
+def test_a_uuid_hex_id_is_never_altered() -> None:
+    tail = _luhn_tail("912345678901234")  # group 4 (variant 9) + group 5, 16 decimal digits
+    hex_id = f"a1b2c3d4-e5f6-4abc-{tail[:4]}-{tail[4:]}"
+    assert uuid.UUID(hex_id).version == 4
+    redactor = Redactor()
+    assert redactor.text(hex_id) == hex_id
+    fields = redactor.fields({"event_type": "UPDATE", "request_id": hex_id, "details": {"order": hex_id}})
+    assert fields["request_id"] == hex_id
+    assert fields["details"] == {"order": hex_id}
+
+
+@given(st.uuids(version=4))
+@settings(max_examples=300)
+def test_random_uuids_are_kept(value: uuid.UUID) -> None:
+    """Most UUIDs hold no decimal run long enough: kept (the defect above is the rare one)."""
+    text = str(value)
+    groups = text.split("-")
+    if not (groups[3] + groups[4]).isdigit():
+        assert Redactor().text(text) == text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a spaced card right after a short unrelated number ('qty 2 4111 ...') is stored in clear",
+)
+def test_a_card_after_a_quantity_is_masked() -> None:
+    redactor = Redactor()
+    for note in ("qty 2 4111 1111 1111 1111", "order 12 4111-1111-1111-1111 paid"):
+        assert "[CARD ****1111]" in redactor.text(note), note
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="only ASCII letters make a word: a card glued to a non-ASCII letter ('é4111...') is masked anyway",
+)
+def test_a_card_inside_a_non_ascii_word_is_left_alone() -> None:
+    for word in ("é4111111111111111", "4111111111111111ñ", "ß4111111111111111"):
+        assert Redactor().text(word) == word
+
+
+@given(
+    st.sampled_from([" ", "-"]),
+    st.sampled_from(["", "card ", "x: ", "(", "_"]),
+    st.sampled_from(["", " ok", ".", ")", "_"]),
+)
+def test_a_spaced_card_with_non_word_neighbours_is_masked(sep: str, before: str, after: str) -> None:
+    card = sep.join(["4111", "1111", "1111", "1111"])
+    assert Redactor().text(f"{before}{card}{after}") == f"{before}[CARD ****1111]{after}"
+
+
+def test_secrets_are_still_masked_next_to_words() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlMTIz"
+    redactor = Redactor()
+    assert redactor.value({"Password": "p", "x-api-key": "k"}) == {
+        "Password": "[REDACTED]",
+        "x-api-key": "[REDACTED]",
+    }
+    assert "[REDACTED]" in redactor.text(f"Authorization: Bearer abc{jwt}")
+    assert redactor.text(f"token={jwt};") == "token=[REDACTED];"
+
+
+# -- 2. purge and verify --------------------------------------------------------------------
+
+
+def _aged_app(make_app: MakeApp, **config: Any) -> Flask:
+    app, _ = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key", **config)
+    with app.app_context():
+        for index in range(6):
+            log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
+        audit = AppAudit.of(app)
+        audit.writer.flush()
+        with audit.engine().begin() as connection:
+            old = datetime(2020, 1, 1)
+            connection.execute(
+                update(audit_log).where(audit_log.c.seq <= 4).values(occurred_at=old, logged_at=old)
+            )
+    return app
+
+
+def _purge_rows(app: Flask) -> list[dict[str, Any]]:
+    url = str(AppAudit.of(app).engine().url)
+    return [row for row in stored(url) if row["event_type"] == AuditEventType.ADMIN]
+
+
+def test_purge_then_verify_with_a_hook_that_rewrites_everything(make_app: MakeApp) -> None:
+    def hook(fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "message": "hooked", "details": {"hooked": True}}
+
+    app = _aged_app(make_app, RESILIENCE_AUDIT_REDACTOR=hook)
+    result = app.test_cli_runner().invoke(
+        args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
+    )
+    assert result.exit_code == 0, result.output
+    verify_ok(app)
+    (purge_row,) = _purge_rows(app)
+    assert purge_row["message"] == "audit purge of entries older than 90d"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="--older-than goes into the unredacted purge record as typed: CR/LF not escaped (log forging)",
+)
+def test_the_purge_record_escapes_what_the_operator_typed(make_app: MakeApp) -> None:
+    app = _aged_app(make_app)
+    older_than = "90d\r\n"  # accepted: parse_age strips it
+    result = app.test_cli_runner().invoke(
+        args=["resilience", "audit", "purge", "--older-than", older_than, "--yes"]
+    )
+    assert result.exit_code == 0, result.output
+    (purge_row,) = _purge_rows(app)
+    assert "\r" not in purge_row["message"] and "\n" not in purge_row["message"]
+
+
+# -- 3. front tier ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FrontTier._replies pins served entries (bodies) L1 evicted: L1_MAX_BYTES no longer bounds memory",
+)
+def test_front_replies_do_not_pin_bodies_l1_evicted(make_app: MakeApp) -> None:
+    max_bytes = 1024 * 1024
+    app, _ = make_app(RESILIENCE_CACHE_L1_MAX_BYTES=max_bytes)
+    size = 256 * 1024
+
+    @app.get("/big/<int:n>")
+    @cached(ttl=300, front=True)
+    def big(n: int) -> Response:
+        return Response(bytes([n % 256]) * size, mimetype="application/octet-stream")
+
+    client = app.test_client()
+    client.get("/big/0")  # warm imports before measuring
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for n in range(1, 41):
+            assert client.get(f"/big/{n}").status_code == 200
+            hit = client.get(f"/big/{n}")
+            assert hit.headers["Cache-Status"].endswith("detail=front")
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    front = AppCache.of(app).front
+    pinned = sum(len(entry.body) for entry, _reply in front._replies.values())
+    assert retained < 4 * max_bytes, (retained, pinned)
+
+
+def test_front_hit_after_change_never_serves_old_reply(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    version = {"n": 0}
+
+    @app.get("/v")
+    @cached(ttl=300, tags=["v"], front=True)
+    def v() -> Response:
+        version["n"] += 1
+        n = version["n"]
+        return Response("x" * n, status=200, headers={"X-Version": str(n), "ETag": f'"e{n}"'})
+
+    from flask_resilience import invalidate_cache_by_tag
+
+    client = app.test_client()
+    for round_ in range(1, 4):
+        client.get("/v")
+        hit = client.get("/v")
+        assert hit.headers["Cache-Status"].endswith("detail=front")
+        assert hit.headers["X-Version"] == str(round_)
+        assert hit.headers["Content-Length"] == str(round_)
+        assert hit.data == b"x" * round_
+        not_modified = client.get("/v", headers={"If-None-Match": f'"e{round_}"'})
+        assert not_modified.status_code == 304
+        assert "Content-Length" not in not_modified.headers and "Content-Type" not in not_modified.headers
+        head = client.head("/v")
+        assert head.data == b"" and head.headers["Content-Length"] == str(round_)
+        ids = {client.get("/v").headers["X-Request-ID"] for _ in range(3)}
+        assert len(ids) == 3
+        with app.app_context():
+            invalidate_cache_by_tag("v")
+
+
+# -- 4. request id ---------------------------------------------------------------------------
+
+
+def test_app_set_request_id_is_replaced_in_any_case(make_app: MakeApp) -> None:
+    app, _ = make_app()
+
+    @app.get("/own")
+    def own() -> Response:
+        return Response("x", headers=[("x-REQUEST-id", "app"), ("X-Request-Id", "app2")])
+
+    client = app.test_client()
+    response = client.get("/own", headers={"X-Request-ID": "abc:1.2-3_"})
+    values = [v for k, v in response.headers.items() if k.lower() == "x-request-id"]
+    assert values == ["abc:1.2-3_"]
+    missing = client.get("/nope", headers={"X-Request-ID": "bad id"})
+    assert missing.status_code == 404
+    (new,) = [v for k, v in missing.headers.items() if k.lower() == "x-request-id"]
+    assert len(new) == 32 and int(new, 16) >= 0
+
+
+def test_request_ids_unique_across_forks_and_threads(make_app: MakeApp) -> None:
+    app, _ = make_app()
+
+    @app.get("/id")
+    def ident() -> str:
+        return "ok"
+
+    def ids(count: int) -> list[str]:
+        client = app.test_client()
+        return [client.get("/id").headers["X-Request-ID"] for _ in range(count)]
+
+    app.test_client().get("/id")  # the parent drew from its generator before forking
+    readers = []
+    for _ in range(3):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(read)
+            os.write(write, ",".join(ids(20)).encode())
+            os._exit(0)
+        os.close(write)
+        readers.append((pid, read))
+    seen: list[str] = []
+    for pid, read in readers:
+        with os.fdopen(read) as pipe:
+            seen += pipe.read().split(",")
+        os.waitpid(pid, 0)
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(ids(50))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seen += [i for chunk in results for i in chunk]
+    assert len(seen) == 3 * 20 + 4 * 50
+    assert len(set(seen)) == len(seen)
+
+
+# -- 5/6. counters, sampled timings, the L1 store ---------------------------------------------
+
+
+def _hammer(threads: int, work: Callable[[int], None]) -> None:
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            work(index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "deadlock"
+    assert not errors, errors
+
+
+def test_counters_lose_nothing_under_threads() -> None:
+    counters = Counters("reasons")
+
+    def work(index: int) -> None:
+        for _ in range(20_000):
+            counters.count("hits", f"ep{index % 3}")
+            counters.count("hits")
+
+    _hammer(8, work)
+    snap = counters.snapshot()
+    assert snap["hits"] == 8 * 40_000
+    assert sum(values["hits"] for values in snap["endpoints"].values()) == 8 * 20_000
+    assert not counters._lock.locked()
+
+
+def test_counters_release_the_lock_on_an_exception() -> None:
+    counters = Counters()
+    with pytest.raises(TypeError):
+        counters.count(["unhashable"], None)  # type: ignore[arg-type]
+    assert not counters._lock.locked()
+    counters.count("after")
+    assert counters.snapshot()["after"] == 1
+
+
+def test_memory_store_under_threads_and_expiry() -> None:
+    now = [0.0]
+    store: MemoryStore[bytes] = MemoryStore(max_entries=64, max_bytes=4096, clock=lambda: now[0])
+
+    def work(index: int) -> None:
+        for step in range(5000):
+            key = f"k{(index * 7 + step) % 100}"
+            if step % 3 == 0:
+                store.set(key, b"v" * (step % 50), ttl=1.0)
+            elif step % 7 == 0:
+                store.delete(key)
+            else:
+                value = store.get(key)
+                assert value is None or value == b"v" * len(value)
+            if index == 0 and step % 100 == 0:
+                now[0] += 0.5
+
+    _hammer(8, work)
+    assert not store._lock.locked()
+    now[0] += 10
+    assert all(store.get(f"k{i}") is None for i in range(100))
+
+
+def test_memory_store_get_releases_the_lock_when_the_clock_raises() -> None:
+    def clock() -> float:
+        raise RuntimeError("clock")
+
+    store: MemoryStore[str] = MemoryStore(clock=lambda: 0.0)
+    store.set("a", "x", ttl=5)
+    store._clock = clock
+    with pytest.raises(RuntimeError):
+        store.get("a")
+    assert not store._lock.locked()
+
+
+def test_l1_timings_sampled_with_weight_and_lookups_exact(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    layered = AppCache.of(app).layered
+    before = layered.stats.lookup_seconds["l1"].count()
+    since = layered.trusted_since()
+    lookups = SAMPLE * 10
+    for _ in range(lookups):
+        layered.get_l1("nothing-here", since)
+    counted = layered.stats.lookup_seconds["l1"].count() - before
+    assert counted == lookups
+    assert layered.stats.lookup_seconds["l1"].snapshot().count % SAMPLE == 0
