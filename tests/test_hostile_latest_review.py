@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 import tracemalloc
 import uuid
 from collections.abc import Callable
@@ -14,12 +15,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from flask import Flask, Response
+from flask import Flask, Response, request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
-from flask_resilience import AuditEventType, cached, log_data_change
+from flask_resilience import AuditEventType, cached, invalidate_cache_by_tag, log_data_change
 from flask_resilience.audit.redact import Redactor, luhn_valid
 from flask_resilience.audit.service import AppAudit
 from flask_resilience.audit.table import audit_log
@@ -27,7 +28,8 @@ from flask_resilience.cache.layered import SAMPLE
 from flask_resilience.cache.service import AppCache
 from flask_resilience.stats import Counters
 from flask_resilience.stores.memory import MemoryStore
-from tests.audit_support import stored, verify_ok
+from tests.audit_support import database, stored, verify_ok  # noqa: F401 - a fixture
+from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
 
 # -- 1. redaction --------------------------------------------------------------------------
@@ -69,7 +71,11 @@ def test_random_uuids_are_kept(value: uuid.UUID) -> None:
 )
 def test_a_card_after_a_quantity_is_masked() -> None:
     redactor = Redactor()
-    for note in ("qty 2 4111 1111 1111 1111", "order 12 4111-1111-1111-1111 paid"):
+    for note in (
+        "qty 2 4111 1111 1111 1111",
+        "order 12 4111-1111-1111-1111 paid",
+        "4111 1111 1111 1111 2 items",
+    ):
         assert "[CARD ****1111]" in redactor.text(note), note
 
 
@@ -106,8 +112,8 @@ def test_secrets_are_still_masked_next_to_words() -> None:
 # -- 2. purge and verify --------------------------------------------------------------------
 
 
-def _aged_app(make_app: MakeApp, **config: Any) -> Flask:
-    app, _ = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key", **config)
+def _aged_app(make_app: MakeApp, url: str, **config: Any) -> Flask:
+    app, _ = make_app(RESILIENCE_AUDIT_HMAC_KEY="chain-key", RESILIENCE_AUDIT_DATABASE_URI=url, **config)
     with app.app_context():
         for index in range(6):
             log_data_change(AuditEventType.UPDATE, "fare", index, {"price": index})
@@ -121,22 +127,21 @@ def _aged_app(make_app: MakeApp, **config: Any) -> Flask:
     return app
 
 
-def _purge_rows(app: Flask) -> list[dict[str, Any]]:
-    url = str(AppAudit.of(app).engine().url)
+def _purge_rows(url: str) -> list[dict[str, Any]]:
     return [row for row in stored(url) if row["event_type"] == AuditEventType.ADMIN]
 
 
-def test_purge_then_verify_with_a_hook_that_rewrites_everything(make_app: MakeApp) -> None:
+def test_purge_then_verify_with_a_hook_that_rewrites_everything(make_app: MakeApp, database: str) -> None:  # noqa: F811
     def hook(fields: dict[str, Any]) -> dict[str, Any]:
         return {**fields, "message": "hooked", "details": {"hooked": True}}
 
-    app = _aged_app(make_app, RESILIENCE_AUDIT_REDACTOR=hook)
+    app = _aged_app(make_app, database, RESILIENCE_AUDIT_REDACTOR=hook)
     result = app.test_cli_runner().invoke(
         args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
     )
     assert result.exit_code == 0, result.output
     verify_ok(app)
-    (purge_row,) = _purge_rows(app)
+    (purge_row,) = _purge_rows(database)
     assert purge_row["message"] == "audit purge of entries older than 90d"
 
 
@@ -144,14 +149,14 @@ def test_purge_then_verify_with_a_hook_that_rewrites_everything(make_app: MakeAp
     strict=True,
     reason="--older-than goes into the unredacted purge record as typed: CR/LF not escaped (log forging)",
 )
-def test_the_purge_record_escapes_what_the_operator_typed(make_app: MakeApp) -> None:
-    app = _aged_app(make_app)
+def test_the_purge_record_escapes_what_the_operator_typed(make_app: MakeApp, database: str) -> None:  # noqa: F811
+    app = _aged_app(make_app, database)
     older_than = "90d\r\n"  # accepted: parse_age strips it
     result = app.test_cli_runner().invoke(
         args=["resilience", "audit", "purge", "--older-than", older_than, "--yes"]
     )
     assert result.exit_code == 0, result.output
-    (purge_row,) = _purge_rows(app)
+    (purge_row,) = _purge_rows(database)
     assert "\r" not in purge_row["message"] and "\n" not in purge_row["message"]
 
 
@@ -202,8 +207,6 @@ def test_front_hit_after_change_never_serves_old_reply(make_app: MakeApp) -> Non
         n = version["n"]
         return Response("x" * n, status=200, headers={"X-Version": str(n), "ETag": f'"e{n}"'})
 
-    from flask_resilience import invalidate_cache_by_tag
-
     client = app.test_client()
     for round_ in range(1, 4):
         client.get("/v")
@@ -227,16 +230,24 @@ def test_front_hit_after_change_never_serves_old_reply(make_app: MakeApp) -> Non
 
 
 def test_app_set_request_id_is_replaced_in_any_case(make_app: MakeApp) -> None:
-    app, _ = make_app()
+    app, _ = make_app(PROPAGATE_EXCEPTIONS=False)
 
     @app.get("/own")
     def own() -> Response:
         return Response("x", headers=[("x-REQUEST-id", "app"), ("X-Request-Id", "app2")])
 
+    @app.get("/boom")
+    def boom() -> Response:
+        raise RuntimeError("boom")
+
     client = app.test_client()
     response = client.get("/own", headers={"X-Request-ID": "abc:1.2-3_"})
     values = [v for k, v in response.headers.items() if k.lower() == "x-request-id"]
     assert values == ["abc:1.2-3_"]
+    assert client.get("/own", headers={"X-Request-ID": "a" * 128}).headers["X-Request-ID"] == "a" * 128
+    assert len(client.get("/own", headers={"X-Request-ID": "a" * 129}).headers["X-Request-ID"]) == 32
+    failing = client.get("/boom", headers={"X-Request-ID": "err-1"})
+    assert failing.status_code == 500 and failing.headers["X-Request-ID"] == "err-1"
     missing = client.get("/nope", headers={"X-Request-ID": "bad id"})
     assert missing.status_code == 404
     (new,) = [v for k, v in missing.headers.items() if k.lower() == "x-request-id"]
@@ -374,3 +385,73 @@ def test_l1_timings_sampled_with_weight_and_lookups_exact(make_app: MakeApp) -> 
     counted = layered.stats.lookup_seconds["l1"].count() - before
     assert counted == lookups
     assert layered.stats.lookup_seconds["l1"].snapshot().count % SAMPLE == 0
+
+
+def test_repeated_purges_of_whole_chains_keep_verify_green(make_app: MakeApp, database: str) -> None:  # noqa: F811
+    """Everything old, the previous purge's own record included, purged twice over."""
+    app = _aged_app(make_app, database)
+    runner = app.test_cli_runner()
+    engine = AppAudit.of(app).engine()
+    for _ in range(3):
+        with engine.begin() as connection:
+            old = datetime(2020, 1, 1)
+            connection.execute(update(audit_log).values(occurred_at=old, logged_at=old))
+        result = runner.invoke(args=["resilience", "audit", "purge", "--older-than", "90d", "--yes"])
+        assert result.exit_code == 0, result.output
+        verify_ok(app)
+        with app.app_context():
+            log_data_change(AuditEventType.UPDATE, "fare", 99, {"price": 1})
+            AppAudit.of(app).writer.flush()
+        verify_ok(app)
+
+
+def test_front_hits_follow_clock_invalidation_and_encoding_with_redis(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    version = {"n": 0}
+
+    def build() -> Flask:
+        app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+
+        @app.get("/r")
+        @cached(ttl=300, tags=["r"], front=True)
+        def r() -> Response:
+            version["n"] += 1
+            encoding = request.headers.get("Accept-Encoding", "none")
+            return Response(
+                f"v{version['n']}-{encoding}", headers={"Vary": "Accept-Encoding", "X-V": encoding}
+            )
+
+        return app
+
+    first, other = build(), build()
+    clock = FakeClock(time.time())
+    AppCache.of(first).layered.clock = clock
+    client = first.test_client()
+    for encoding in ("gzip", "br"):  # once L1 is trusted (subscribed), a hit is kept as front
+
+        def front_hit(encoding: str = encoding) -> bool:
+            status = str(client.get("/r", headers={"Accept-Encoding": encoding}).headers.get("Cache-Status"))
+            return status.endswith("detail=front")
+
+        assert eventually(front_hit)
+    for encoding in ("gzip", "br", "gzip"):
+        hit = client.get("/r", headers={"Accept-Encoding": encoding})
+        assert hit.headers["Cache-Status"].endswith("detail=front"), hit.headers
+        assert hit.headers["X-V"] == encoding and hit.data.decode().endswith(encoding)
+        assert hit.headers["Content-Length"] == str(len(hit.data))
+        assert [k.lower() for k, _v in hit.headers.items()].count("x-request-id") == 1
+    clock.advance(30)
+    aged = client.get("/r", headers={"Accept-Encoding": "gzip"})
+    assert aged.headers["Age"] == "30" and "ttl=270;" in aged.headers["Cache-Status"]
+    old = aged.data
+    with other.app_context():
+        invalidate_cache_by_tag("r")
+
+    def changed() -> bool:
+        data: bytes = client.get("/r", headers={"Accept-Encoding": "gzip"}).data
+        return data != old
+
+    assert eventually(changed)
+    fresh = client.get("/r", headers={"Accept-Encoding": "gzip"})
+    assert fresh.data != old and fresh.headers["Content-Length"] == str(len(fresh.data))
