@@ -444,7 +444,7 @@ def test_front_hits_follow_clock_invalidation_and_encoding_with_redis(
     clock.advance(30)
     aged = client.get("/r", headers={"Accept-Encoding": "gzip"})
     assert aged.headers["Age"] == "30" and "ttl=270;" in aged.headers["Cache-Status"]
-    old = aged.data
+    old: bytes = aged.data
     with other.app_context():
         invalidate_cache_by_tag("r")
 
