@@ -527,3 +527,21 @@ def test_memory_store_lock_survives_signal_handler_exceptions() -> None:
     store: MemoryStore[int] = MemoryStore()
     store.set("a", 1)
     assert not _interrupted(store._lock, lambda: store.get("a"))
+
+
+def test_front_route_setting_its_own_request_id_is_overridden(make_app: MakeApp) -> None:
+    app, _ = make_app()
+
+    @app.get("/fid")
+    @cached(ttl=300, front=True)
+    def fid() -> Response:
+        return Response("x", headers=[("x-request-ID", "app-set"), ("X-REQUEST-ID", "again")])
+
+    client = app.test_client()
+    details = []
+    for index in range(3):
+        response = client.get("/fid", headers={"X-Request-ID": f"mine-{index}"})
+        values = [v for k, v in response.headers.items() if k.lower() == "x-request-id"]
+        assert values == [f"mine-{index}"]
+        details.append(str(response.headers.get("Cache-Status")).rsplit("detail=", 1)[-1])
+    assert details[-1] == "front"
