@@ -12,7 +12,9 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -545,3 +547,25 @@ def test_front_route_setting_its_own_request_id_is_overridden(make_app: MakeApp)
         assert values == [f"mine-{index}"]
         details.append(str(response.headers.get("Cache-Status")).rsplit("detail=", 1)[-1])
     assert details[-1] == "front"
+
+
+def test_request_ids_unique_across_gunicorn_workers(key_prefix: str, tmp_path: Path) -> None:
+    import requests
+
+    from tests.gunicorn_server import gunicorn
+
+    env = {
+        "RESILIENCE_KEY_PREFIX": key_prefix,
+        "RESILIENCE_AUDIT_DATABASE_URI": f"sqlite:///{tmp_path / 'audit.db'}",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}",
+    }
+    with gunicorn(env, workers=3) as server:
+
+        def fetch(_: int) -> str:
+            with requests.Session() as session:  # a new connection each, six at once: every worker answers
+                return str(session.get(f"{server.url}/api/health", timeout=5).headers["X-Request-ID"])
+
+        with ThreadPoolExecutor(6) as pool:
+            ids = list(pool.map(fetch, range(240)))
+    assert all(len(i) == 32 for i in ids)
+    assert len(set(ids)) == len(ids)
