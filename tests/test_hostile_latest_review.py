@@ -569,3 +569,63 @@ def test_request_ids_unique_across_gunicorn_workers(key_prefix: str, tmp_path: P
             ids = list(pool.map(fetch, range(240)))
     assert all(len(i) == 32 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_front_replies_consistent_under_threads_with_invalidations(make_app: MakeApp) -> None:
+    """Hits on ten keys from six threads while a seventh invalidates: every
+    answer's headers, length and body belong to one and the same entry."""
+    app, _ = make_app(RESILIENCE_CACHE_L1_MAX_ENTRIES=8)  # fewer than the keys: replies are cleared too
+    lock = threading.Lock()
+    made = [0]
+
+    @app.get("/k/<int:n>")
+    @cached(ttl=300, tags=["k"], front=True)
+    def k(n: int) -> Response:
+        with lock:
+            made[0] += 1
+            version = made[0]
+        return Response(f"{n}:{version}" + "." * (version % 7), headers={"X-N": str(n), "X-V": str(version)})
+
+    stop = threading.Event()
+    bad: list[str] = []
+    fronts = [0]
+
+    def reader(index: int) -> None:
+        client = app.test_client()
+        for step in range(400):
+            n = (index + step) % 10
+            response = client.get(f"/k/{n}")
+            text = response.get_data(as_text=True)
+            expected = f"{n}:{response.headers['X-V']}"
+            if (
+                response.headers["X-N"] != str(n)
+                or not text.startswith(expected)
+                or response.headers["Content-Length"] != str(len(response.data))
+            ):
+                bad.append(f"{n}: {text!r} {dict(response.headers)}")
+            if str(response.headers.get("Cache-Status")).endswith("detail=front"):
+                fronts[0] += 1
+
+    def invalidator() -> None:
+        while not stop.is_set():
+            with app.app_context():
+                invalidate_cache_by_tag("k")
+
+    side = threading.Thread(target=invalidator)
+    side.start()
+    try:
+        _hammer(6, reader)
+    finally:
+        stop.set()
+        side.join()
+    assert not bad, bad[:3]
+    assert fronts[0] > 0
+
+
+def test_l2_lookups_each_timed(make_app: MakeApp, redis_url: str) -> None:
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+    layered = AppCache.of(app).layered
+    before = layered.stats.lookup_seconds["l2"].count()
+    for index in range(37):
+        layered.lookup_l2(f"absent-{index}", "res", layered.trusted_since())
+    assert layered.stats.lookup_seconds["l2"].count() - before == 37
