@@ -24,18 +24,15 @@ class Counters:
             self._endpoints: dict[str, Counter[str]] = {}
 
     def count(self, name: str, endpoint: str | None = None) -> None:
-        # acquire/release, not ``with``: half the cost, on every cache hit
-        # (nothing in between can raise but an interrupt, and finally covers it).
-        lock = self._lock
-        lock.acquire()
-        try:
+        # ``with``, not acquire/release: an exception from a signal handler
+        # (a request timeout, Ctrl-C) right after acquire() would leave the
+        # lock held; ``with`` leaves no such gap.
+        with self._lock:
             counts = self._counts
-            counts[name] = counts.get(name, 0) + 1
+            counts[name] = counts.get(name, 0) + 1  # not +=: a Counter's += costs twice as much
             if endpoint is not None:
                 counts = self._endpoints.get(endpoint) or self._endpoint(endpoint)
                 counts[name] = counts.get(name, 0) + 1
-        finally:
-            lock.release()
 
     def count_reason(self, table: str, reason: str, endpoint: str | None = None) -> None:
         with self._lock:

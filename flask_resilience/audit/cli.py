@@ -34,12 +34,12 @@ def register(root: click.Group) -> None:
     root.add_command(db)
 
 
-_AGE = re.compile(r"^(\d+)([dhm])$")
+_AGE = re.compile(r"(\d+)([dhm])")
 
 
 def parse_age(value: str) -> timedelta:
     """``90d``, ``12h`` or ``30m``."""
-    match = _AGE.match(value.strip())
+    match = _AGE.fullmatch(value.strip())
     if match is None:
         raise click.BadParameter("use a number followed by d, h or m, e.g. 90d")
     amount, unit = int(match.group(1)), match.group(2)
@@ -123,7 +123,9 @@ def audit_verify(allow_unkeyed: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
     """Delete entries older than the given age, keeping chains verifiable."""
-    before = _utcnow() - parse_age(older_than)
+    age = parse_age(older_than)
+    older_than = older_than.strip()  # as parsed: the record is stored unredacted (no CR/LF from the shell)
+    before = _utcnow() - age
     app_audit = current_audit()
     engine = _audit_engine()
     app_audit.writer.flush()

@@ -46,9 +46,17 @@ SENSITIVE_KEYS = frozenset(
     }
 )
 
-# Not next to a letter or digit: a digit run inside a hash or a hex id (a
-# purge anchor's) is not a card number, and masking it would alter the record.
-_CARD = re.compile(r"(?<![0-9A-Za-z])(?:\d[ -]?){12,18}\d(?![0-9A-Za-z])")
+# A run of digits (spaces or single dashes between them) that may hold a card
+# number; not part of a longer word: no letter or digit of any script right
+# before or after it, nor one joined to it by a dash (a UUID's groups). The
+# digits inside a hash or a hex id are not a card, and masking them would
+# alter the record (a purge anchor's hash once was).
+_DIGIT_RUN = re.compile(r"(?<![^\W_])(?<![^\W_]-)\d(?:[ -]?\d){12,}(?![^\W_])(?!-[^\W_])")
+_GROUP = re.compile(r"\d+")
+# Runs of more groups than a card and a number or two around it (4-4-4-4-3
+# with a quantity each side) are lists: cards in them are looked for run by run.
+_MAX_GROUPS = 8
+_CARD_IN_LIST = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
 
@@ -71,10 +79,39 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _mask_card(match: re.Match[str]) -> str:
+    run = match.group(0)
+    if run.count(" ") + run.count("-") >= _MAX_GROUPS:  # a list of numbers: cards are looked for as they come
+        return _CARD_IN_LIST.sub(_mask_whole, run)
+    return _mask_groups(run, [(found.start(), found.end(), found.group()) for found in _GROUP.finditer(run)])
+
+
+def _mask_whole(match: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", match.group(0))
-    if 13 <= len(digits) <= 19 and luhn_valid(digits):
-        return f"[CARD ****{digits[-4:]}]"
-    return match.group(0)
+    return f"[CARD ****{digits[-4:]}]" if luhn_valid(digits) else match.group(0)
+
+
+def _mask_groups(run: str, groups: list[tuple[int, int, str]]) -> str:
+    """Mask the card numbers among a few digit groups: spans of whole groups
+    with 13 to 19 digits that pass the Luhn check, the longest first (so a
+    quantity before or after a card does not hide it)."""
+    cards = []
+    for first in range(len(groups)):
+        digits = ""
+        for last in range(first, len(groups)):
+            digits += groups[last][2]
+            if len(digits) > 19:
+                break
+            if len(digits) >= 13 and luhn_valid(digits):
+                cards.append((len(digits), first, last, digits))
+    taken: list[tuple[int, int, str]] = []
+    for _, first, last, digits in sorted(cards, key=lambda card: (-card[0], card[1])):
+        if all(last < other[0] or first > other[1] for other in taken):
+            taken.append((first, last, digits))
+    pieces, position = [], 0
+    for first, last, digits in sorted(taken):
+        pieces += [run[position : groups[first][0]], f"[CARD ****{digits[-4:]}]"]
+        position = groups[last][1]
+    return "".join(pieces) + run[position:]
 
 
 class Redactor:
@@ -104,7 +141,7 @@ class Redactor:
         if "bearer" in lowered or "basic" in lowered:
             value = _BEARER.sub(lambda match: f"{match.group(1)} {MASK}", value)
         if len(value) >= 13:
-            value = _CARD.sub(_mask_card, value)
+            value = _DIGIT_RUN.sub(_mask_card, value)
         if "\r" in value or "\n" in value:
             value = value.replace("\r", "\\r").replace("\n", "\\n")
         if len(value) > self.max_text:

@@ -76,9 +76,7 @@ class MemoryStore(Generic[V]):
 
     def get(self, key: str) -> V | None:
         """The value, or None when absent or expired; a hit refreshes its recency."""
-        lock = self._lock
-        lock.acquire()  # not ``with``: half the cost, on every L1 lookup
-        try:
+        with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
                 self._remove(key)
@@ -90,8 +88,6 @@ class MemoryStore(Generic[V]):
             self._entries.move_to_end(key)
             self._stats.hits += 1
             return entry.value
-        finally:
-            lock.release()
 
     def set(self, key: str, value: V, ttl: float | None = None) -> bool:
         """Store ``value``; False when it is larger than ``max_bytes``."""
