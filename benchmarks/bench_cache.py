@@ -275,6 +275,7 @@ def figures(quick: bool = False, redis_url: str = REDIS_URL) -> list[Figure]:
     one_get = one_get_app(redis_url)
     contenders = {
         "bare": requester(bare),
+        "bare twin": requester(bare_app()),
         "no decorators": requester(plain),
         "L1 hit": requester(view_level),
         "front hit": requester(front),
@@ -313,6 +314,15 @@ def figures(quick: bool = False, redis_url: str = REDIS_URL) -> list[Figure]:
 
     rows = [
         row("cache: extension on, no decorators / bare (raw WSGI)", "no decorators", "bare", 1.05),
+        Figure(
+            "noise: a second bare app / bare (raw WSGI)",
+            t["bare twin"],
+            t["bare"],
+            t["bare twin"] / t["bare"],
+            "-",
+            None,
+            note="two identical apps measured alike in this run: how far apart the same cost lands",
+        ),
         row("cache: L1 hit (view-level) / bare", "L1 hit", "bare", 0.9),
         row("cache: L1 hit / Flask-Caching SimpleCache hit", "L1 hit", "SimpleCache hit", 0.9),
         row("cache: front-tier hit / bare", "front hit", "bare", 0.2),
