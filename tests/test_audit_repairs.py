@@ -208,3 +208,37 @@ def test_an_apps_redactor_cannot_alter_the_purge_anchor(make_app: MakeApp, datab
     assert purged.exit_code == 0, purged.output
     assert [row["resource"] for row in stored(database) if row["event_type"] == "UPDATE"] == ["recent"]
     verify_ok(app)
+
+
+def test_a_purge_signed_with_another_key_than_the_writers_says_so(make_app: MakeApp, database: str) -> None:
+    """A maintenance app whose audit key is not the writers' signs the purge
+    record with it: the writers' verify will reject the anchor and report the
+    purged entries as a gap. The purge says so when it runs, not months later."""
+    writers, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_HMAC_KEY="writers-key")
+    writer = AppAudit.of(writers).writer
+    with freeze_time(datetime.now(UTC) - timedelta(days=200)), writers.app_context():
+        log_data_change(AuditEventType.UPDATE, "old", 1, {"price": 1})
+        writer.flush()
+    with writers.app_context():
+        log_data_change(AuditEventType.UPDATE, "recent", 1, {"price": 2})
+        writer.flush()
+    purge = ["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
+    maintenance, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_HMAC_KEY="another-key")
+    purged = maintenance.test_cli_runner().invoke(args=purge)
+    assert purged.exit_code == 0, purged.output
+    assert "warning: this app signs audit entries with key" in purged.output, purged.output
+    code, output = _verify_output(writers)  # what the warning foretells
+    assert code == 1 and "purge anchor rejected" in output, output
+
+
+def test_a_purge_signed_with_the_writers_key_says_nothing_of_keys(make_app: MakeApp, database: str) -> None:
+    app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_HMAC_KEY="writers-key")
+    writer = AppAudit.of(app).writer
+    with freeze_time(datetime.now(UTC) - timedelta(days=200)), app.app_context():
+        log_data_change(AuditEventType.UPDATE, "old", 1, {"price": 1})
+        writer.flush()
+    purge = ["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
+    purged = app.test_cli_runner().invoke(args=purge)
+    assert purged.exit_code == 0 and "deleted" in purged.output, purged.output
+    assert "warning" not in purged.output, purged.output
+    verify_ok(app)

@@ -20,7 +20,7 @@ from .db_cli import db
 from .events import AuditEventType
 from .export import as_csv, as_jsonl, count_rows, export_rows
 from .keys import Keyring, app_keyring
-from .purge import PURGE_KEY, plan, purge
+from .purge import PURGE_KEY, newest_key_ids, plan, purge
 from .service import AppAudit, current_audit
 from .table import missing_tables
 from .verify import ChainReport, verify
@@ -129,6 +129,7 @@ def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
     app_audit = current_audit()
     engine = _audit_engine()
     app_audit.writer.flush()
+    _warn_of_another_key(engine)
     if dry_run or (not yes and interactive()):
         cuts = plan(engine, before)
         for cut in cuts:
@@ -157,6 +158,20 @@ def audit_purge(older_than: str, dry_run: bool, yes: bool) -> None:
             click.echo(f"old checkpoints kept: they cannot be deleted here ({type(exc).__name__})")
         else:
             click.echo(f"pruned {pruned} checkpoints older than {before.isoformat()}Z")
+
+
+def _warn_of_another_key(engine: Engine) -> None:
+    """The purge record is signed with this app's key: when the newest entries
+    were signed with others, a verify holding only those rejects its anchors."""
+    signing = app_keyring(current_app, get_state().config).signing_id
+    recent = newest_key_ids(engine)
+    if recent and signing not in recent:
+        others = ", ".join(sorted(key or "none (unkeyed)" for key in recent))
+        click.echo(
+            f"warning: this app signs audit entries with key {signing or 'none (unkeyed)'}, but the newest "
+            f"entries were signed with {others}: a verify that does not accept this app's key will reject "
+            "the purge record and report the purged entries as a gap"
+        )
 
 
 def interactive() -> bool:

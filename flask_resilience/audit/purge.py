@@ -67,6 +67,14 @@ def plan(engine: Engine, before: datetime, *, by_occurrence: bool = False) -> li
     return sorted(result, key=lambda cut: cut.chain_id)
 
 
+def newest_key_ids(engine: Engine, entries: int = 100) -> set[str | None]:
+    """The key ids that signed the newest ``entries`` entries (None: unkeyed),
+    newest by ``occurred_at``: indexed, so this reads a few rows, not the table."""
+    with engine.connect() as connection:
+        newest = select(audit_log.c.key_id).order_by(audit_log.c.occurred_at.desc()).limit(entries).subquery()
+        return set(connection.execute(select(newest.c.key_id).distinct()).scalars())
+
+
 def anchor_after(engine: Engine, cut: ChainCut) -> dict[str, Any]:
     """Where ``cut``'s chain starts once its prefix is gone: the first kept
     entry, or (a chain purged whole) the seq after the last deleted one."""
