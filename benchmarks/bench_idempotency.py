@@ -222,16 +222,6 @@ def measure(redis_url: str, number: int, rounds: int = 7) -> dict[str, float]:
         memory.clear()
         replayed()
 
-    numbers = itertools.count()
-    first_of = poster(ours, lambda: None)
-
-    def first_request() -> None:
-        _STRIPPED_KEY[0] = f"first-{next(numbers)}"  # a new key each time: claimed, run, completed
-        try:
-            first_of()
-        finally:
-            _STRIPPED_KEY[0] = "replayed"
-
     try:
         return interleaved(
             {

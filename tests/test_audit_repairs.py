@@ -175,6 +175,20 @@ def test_purge_keeps_recent_entries_when_one_is_backdated(make_app: MakeApp, dat
     verify_ok(app)
 
 
+PURGE_90D = ["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
+
+
+def _old_and_recent(app: Flask) -> None:
+    """One entry logged 200 days ago (a purge at 90 days takes it), one now (kept)."""
+    writer = AppAudit.of(app).writer
+    with freeze_time(datetime.now(UTC) - timedelta(days=200)), app.app_context():
+        log_data_change(AuditEventType.UPDATE, "old", 1, {"price": 1})
+        writer.flush()
+    with app.app_context():
+        log_data_change(AuditEventType.UPDATE, "recent", 1, {"price": 2})
+        writer.flush()
+
+
 def _mask_every_string(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _mask_every_string(item) for key, item in value.items()}
@@ -196,15 +210,8 @@ def test_an_apps_redactor_cannot_alter_the_purge_anchor(make_app: MakeApp, datab
         RESILIENCE_AUDIT_DATABASE_URI=database,
         RESILIENCE_AUDIT_REDACTOR=_masking_redactor,
     )
-    writer = AppAudit.of(app).writer
-    with freeze_time(datetime.now(UTC) - timedelta(days=200)), app.app_context():
-        log_data_change(AuditEventType.UPDATE, "old", 1, {"price": 1})
-        writer.flush()
-    with app.app_context():
-        log_data_change(AuditEventType.UPDATE, "recent", 1, {"price": 2})
-        writer.flush()
-    purge = ["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
-    purged = app.test_cli_runner().invoke(args=purge)
+    _old_and_recent(app)
+    purged = app.test_cli_runner().invoke(args=PURGE_90D)
     assert purged.exit_code == 0, purged.output
     assert [row["resource"] for row in stored(database) if row["event_type"] == "UPDATE"] == ["recent"]
     verify_ok(app)
@@ -215,16 +222,9 @@ def test_a_purge_signed_with_another_key_than_the_writers_says_so(make_app: Make
     record with it: the writers' verify will reject the anchor and report the
     purged entries as a gap. The purge says so when it runs, not months later."""
     writers, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_HMAC_KEY="writers-key")
-    writer = AppAudit.of(writers).writer
-    with freeze_time(datetime.now(UTC) - timedelta(days=200)), writers.app_context():
-        log_data_change(AuditEventType.UPDATE, "old", 1, {"price": 1})
-        writer.flush()
-    with writers.app_context():
-        log_data_change(AuditEventType.UPDATE, "recent", 1, {"price": 2})
-        writer.flush()
-    purge = ["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
+    _old_and_recent(writers)
     maintenance, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_HMAC_KEY="another-key")
-    purged = maintenance.test_cli_runner().invoke(args=purge)
+    purged = maintenance.test_cli_runner().invoke(args=PURGE_90D)
     assert purged.exit_code == 0, purged.output
     assert "warning: this app signs audit entries with key" in purged.output, purged.output
     code, output = _verify_output(writers)  # what the warning foretells
@@ -233,12 +233,8 @@ def test_a_purge_signed_with_another_key_than_the_writers_says_so(make_app: Make
 
 def test_a_purge_signed_with_the_writers_key_says_nothing_of_keys(make_app: MakeApp, database: str) -> None:
     app, _ = make_app(RESILIENCE_AUDIT_DATABASE_URI=database, RESILIENCE_AUDIT_HMAC_KEY="writers-key")
-    writer = AppAudit.of(app).writer
-    with freeze_time(datetime.now(UTC) - timedelta(days=200)), app.app_context():
-        log_data_change(AuditEventType.UPDATE, "old", 1, {"price": 1})
-        writer.flush()
-    purge = ["resilience", "audit", "purge", "--older-than", "90d", "--yes"]
-    purged = app.test_cli_runner().invoke(args=purge)
+    _old_and_recent(app)
+    purged = app.test_cli_runner().invoke(args=PURGE_90D)
     assert purged.exit_code == 0 and "deleted" in purged.output, purged.output
     assert "warning" not in purged.output, purged.output
     verify_ok(app)
