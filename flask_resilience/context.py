@@ -49,10 +49,6 @@ REQUEST_ID_ENVIRON = "flask_resilience.request_id"
 """Where the request middleware keeps the request's id in the WSGI environ."""
 
 
-valid_request_id = _VALID_REQUEST_ID.fullmatch
-"""Whether an incoming request id is kept as it is (its match, else None)."""
-
-
 def new_request_id() -> str:
     """A new request id: 32 hex digits. A correlation id, not a secret: the
     module-level generator is reseeded in every forked worker and is far
@@ -62,7 +58,7 @@ def new_request_id() -> str:
 
 def request_id_from(incoming: str | None) -> str:
     """A valid incoming id as it is, else a new one."""
-    if incoming is not None and valid_request_id(incoming):
+    if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
         return incoming
     return new_request_id()
 

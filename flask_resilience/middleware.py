@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from .cache.front import IDENTITY_ENVIRON, OFFER_ENVIRON, FrontTier, Offer, identity_of
-from .context import REQUEST_ID_ENVIRON, new_request_id, valid_request_id
+from .context import REQUEST_ID_ENVIRON, request_id_from
 from .stores.pubsub import Subscriber
 from .stores.redis import RedisStore
 
@@ -72,10 +72,7 @@ class RequestMiddleware:
         self._layered = front.layered
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        incoming = environ.get(self._id_environ)
-        if incoming is None or not valid_request_id(incoming):
-            incoming = new_request_id()
-        request_id = environ[REQUEST_ID_ENVIRON] = incoming
+        request_id = environ[REQUEST_ID_ENVIRON] = request_id_from(environ.get(self._id_environ))
         subscriber = self._subscriber
         if subscriber is not None and not subscriber.is_running():
             subscriber = self._listen()
