@@ -19,6 +19,7 @@ from flask import Flask
 from flask_resilience import CircuitOpenError, CircuitState, Resilience
 from flask_resilience.breaker.breaker import CircuitBreaker
 from flask_resilience.state import get_state
+from flask_resilience.stores.redis import RedisStore
 from tests.cache_outage import stopped
 from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
@@ -39,6 +40,23 @@ class Boom(Exception):
 
 def fail() -> None:
     raise Boom
+
+
+def status_app(
+    make_app: MakeApp, extension: Resilience, redis_url: str, **config: Any
+) -> tuple[Flask, RedisStore]:
+    """An app whose breakers share their state in Redis, with a public status
+    page, listening for state changes (``config`` added)."""
+    app, _ = make_app(
+        extension,
+        RESILIENCE_REDIS_URL=redis_url,
+        RESILIENCE_BREAKER_STORAGE="redis",
+        RESILIENCE_HEALTH_PUBLIC=True,
+        **config,
+    )
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening(10)
+    return app, store
 
 
 def _shared_app(
@@ -269,14 +287,7 @@ def test_the_status_endpoint_reports_the_shared_state_not_a_late_copy(
     _, tripping = _shared_app(make_app, redis_url, clock)
     extension = Resilience()
     extension.circuit_breaker(SERVICE, clock=clock, **PARAMETERS)
-    asked, _ = make_app(
-        extension,
-        RESILIENCE_REDIS_URL=redis_url,
-        RESILIENCE_BREAKER_STORAGE="redis",
-        RESILIENCE_HEALTH_PUBLIC=True,
-    )
-    store = get_state(asked).redis
-    assert store is not None and store.subscriber.wait_until_listening(10)
+    asked, store = status_app(make_app, extension, redis_url)
     store.subscriber.stop()  # this worker hears nothing of what follows
     _trip(tripping, 5)
     assert tripping.state is CircuitState.OPEN
@@ -296,15 +307,7 @@ def test_the_status_endpoint_pays_one_timeout_when_redis_hangs(
     extension = Resilience()
     for name in ("one", "two", "three", "four"):
         extension.circuit_breaker(name, **PARAMETERS)
-    app, _ = make_app(
-        extension,
-        RESILIENCE_REDIS_URL=url,
-        RESILIENCE_BREAKER_STORAGE="redis",
-        RESILIENCE_HEALTH_PUBLIC=True,
-        RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2,
-    )
-    store = get_state(app).redis
-    assert store is not None and store.subscriber.wait_until_listening(10)
+    app, _store = status_app(make_app, extension, url, RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2)
     client = app.test_client()
     assert client.get("/api/health/circuit-breakers").status_code == 200
     with stopped(server):

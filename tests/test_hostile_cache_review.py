@@ -28,6 +28,21 @@ from tests.conftest import MakeApp
 RUNS = count(1)  # every computed body is unique
 
 
+def tagged_app(make_app: MakeApp, redis_url: str) -> tuple[Flask, Any]:
+    """An app caching ``/fares`` (a new body each run) under the tag ``fares``,
+    listening for invalidations; with its test client."""
+    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
+
+    @app.get("/fares")
+    @cached(60, tags=["fares"])
+    def fares() -> Response:
+        return Response(f"fares-{next(RUNS)}")
+
+    store = get_state(app).redis
+    assert store is not None and store.subscriber.wait_until_listening(10)
+    return app, app.test_client()
+
+
 def _raw(
     app: Flask,
     path: str,
@@ -745,21 +760,8 @@ def test_an_invalidation_after_the_tag_counter_was_lost_reaches_every_l1(
     invalidation must still make them stale, here and in every process:
     a counter recreated below the version they knew was taken for a late,
     older message and ignored."""
-
-    def build() -> tuple[Flask, Any]:
-        app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
-
-        @app.get("/fares")
-        @cached(60, tags=["fares"])
-        def fares() -> Response:
-            return Response(f"fares-{next(RUNS)}")
-
-        store = get_state(app).redis
-        assert store is not None and store.subscriber.wait_until_listening(10)
-        return app, app.test_client()
-
-    writer, writer_client = build()
-    _reader, reader_client = build()
+    writer, writer_client = tagged_app(make_app, redis_url)
+    _reader, reader_client = tagged_app(make_app, redis_url)
     for client in (writer_client, reader_client, writer_client, reader_client):
         client.get("/fares")
     assert writer_client.get("/fares").headers["Cache-Status"].endswith("detail=l1")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from flask_resilience import (
@@ -22,29 +22,16 @@ from flask_resilience import (
     invalidate_cache_by_tag,
 )
 from flask_resilience.cache.service import AppCache
-from flask_resilience.state import get_state
 from tests.cache_outage import stopped
 from tests.clock import FakeClock, eventually
 from tests.conftest import MakeApp
-from tests.test_breaker_shared import PARAMETERS, SERVICE, _shared_app, _trip
+from tests.test_breaker_shared import PARAMETERS, SERVICE, _shared_app, _trip, status_app
+from tests.test_hostile_cache_review import tagged_app
 
 RUNS = count(1)  # every computed body is unique
 
 
 # -- 1. tag counters start from the clock -------------------------------------------------------
-
-
-def _tagged_app(make_app: MakeApp, redis_url: str) -> tuple[Flask, Any]:
-    app, _ = make_app(RESILIENCE_REDIS_URL=redis_url)
-
-    @app.get("/fares")
-    @cached(60, tags=["fares"])
-    def fares() -> Response:
-        return Response(f"fares-{next(RUNS)}")
-
-    store = get_state(app).redis
-    assert store is not None and store.subscriber.wait_until_listening(10)
-    return app, app.test_client()
 
 
 def test_an_invalidation_after_the_tag_counter_was_damaged_to_a_negative_integer_reaches_every_l1(
@@ -54,8 +41,8 @@ def test_an_invalidation_after_the_tag_counter_was_damaged_to_a_negative_integer
     restarts it from the clock; _BUMP only restarts what INCRBY refuses, so
     "-1" becomes 0: below the version every process knew, and learn()
     ignores it here and in every other process (L1 keeps the old entry)."""
-    writer, writer_client = _tagged_app(make_app, redis_url)
-    _reader, reader_client = _tagged_app(make_app, redis_url)
+    writer, writer_client = tagged_app(make_app, redis_url)
+    _reader, reader_client = tagged_app(make_app, redis_url)
     for client in (writer_client, reader_client, writer_client, reader_client):
         client.get("/fares")
     before = writer_client.get("/fares")
@@ -74,8 +61,8 @@ def test_holds_an_invalidation_after_the_tag_counter_became_another_type_or_text
     make_app: MakeApp, redis_url: str, raw_redis: redis.Redis, key_prefix: str
 ) -> None:
     """Another Redis type, then text: each next invalidation is seen everywhere, L2 stays up."""
-    writer, writer_client = _tagged_app(make_app, redis_url)
-    _reader, reader_client = _tagged_app(make_app, redis_url)
+    writer, writer_client = tagged_app(make_app, redis_url)
+    _reader, reader_client = tagged_app(make_app, redis_url)
     for damage in ("list", "text", "huge"):
         for client in (writer_client, reader_client, writer_client, reader_client):
             assert client.get("/fares").status_code == 200
@@ -193,14 +180,7 @@ def test_the_status_endpoint_answers_when_the_shared_state_is_damaged(
     the status page into a 500: it is what on-call reads in an incident."""
     extension = Resilience()
     extension.circuit_breaker(SERVICE, **PARAMETERS)
-    app, _ = make_app(
-        extension,
-        RESILIENCE_REDIS_URL=redis_url,
-        RESILIENCE_BREAKER_STORAGE="redis",
-        RESILIENCE_HEALTH_PUBLIC=True,
-    )
-    store = get_state(app).redis
-    assert store is not None and store.subscriber.wait_until_listening(10)
+    app, store = status_app(make_app, extension, redis_url)
     raw_redis.hset(store.key("state", slot=f"breaker:{SERVICE}"), mapping={"s": "BOGUS", "u": "x", "v": "y"})
     answer = app.test_client().get("/api/health/circuit-breakers")
     assert answer.status_code == 200
@@ -220,15 +200,7 @@ def test_reading_the_status_while_redis_hangs_does_not_make_a_new_worker_forget_
     assert tripping.state is CircuitState.OPEN
     extension = Resilience()
     fresh = extension.circuit_breaker(SERVICE, clock=clock, **PARAMETERS)
-    app, _ = make_app(
-        extension,
-        RESILIENCE_REDIS_URL=url,
-        RESILIENCE_BREAKER_STORAGE="redis",
-        RESILIENCE_HEALTH_PUBLIC=True,
-        RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2,
-    )
-    store = get_state(app).redis
-    assert store is not None and store.subscriber.wait_until_listening(10)
+    app, _store = status_app(make_app, extension, url, RESILIENCE_REDIS_SOCKET_TIMEOUT=0.2)
     client = app.test_client()
     with stopped(server):
         answer = client.get("/api/health/circuit-breakers")
@@ -247,8 +219,8 @@ def test_an_invalidation_after_the_tag_counter_rolled_back_reaches_every_l1(
     counter back below the version processes knew (a loss of its last
     writes). The next invalidation bumps it to a version still below theirs,
     so every process, the invalidating one included, ignores it."""
-    writer, writer_client = _tagged_app(make_app, redis_url)
-    _reader, reader_client = _tagged_app(make_app, redis_url)
+    writer, writer_client = tagged_app(make_app, redis_url)
+    _reader, reader_client = tagged_app(make_app, redis_url)
     writer_client.get("/fares")
     (counter,) = raw_redis.scan_iter(match=f"{key_prefix}*:cache:t:fares")
     lagging = int(raw_redis.get(counter) or 0)  # what the replica has
@@ -337,14 +309,7 @@ def test_one_damaged_breaker_key_does_not_hide_another_circuits_open_state(
     extension = Resilience()
     extension.circuit_breaker("damaged", clock=clock, **PARAMETERS)
     extension.circuit_breaker(SERVICE, clock=clock, **PARAMETERS)
-    asked, _ = make_app(
-        extension,
-        RESILIENCE_REDIS_URL=redis_url,
-        RESILIENCE_BREAKER_STORAGE="redis",
-        RESILIENCE_HEALTH_PUBLIC=True,
-    )
-    store = get_state(asked).redis
-    assert store is not None and store.subscriber.wait_until_listening(10)
+    asked, store = status_app(make_app, extension, redis_url)
     client = asked.test_client()
     assert client.get("/api/health/circuit-breakers").status_code == 200
     store.subscriber.stop()  # this worker hears nothing of what follows
